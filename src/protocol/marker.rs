@@ -1,0 +1,150 @@
+//! The end-of-execution marker on the output pipes (see `docs/protocol.md`, "Output
+//! ordering"): finds markers in the byte stream read from a pipe, however the reads split it,
+//! and hands back the data around them untouched.
+
+use memchr::memmem;
+
+/// One piece of a pipe's byte stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Data(&'a [u8]),
+    Marker,
+}
+
+/// Scans a pipe's bytes for the session's marker. Keeps back only a trailing fragment that
+/// could be the start of a marker, until the next read decides it.
+#[derive(Debug)]
+pub struct MarkerScanner {
+    marker: Vec<u8>,
+    finder: memmem::Finder<'static>,
+    /// A suffix of earlier input that is a proper prefix of the marker.
+    held: Vec<u8>,
+    joined: Vec<u8>,
+}
+
+impl MarkerScanner {
+    /// The marker for a token is `ESC "PYREPL3:" token ESC`.
+    pub fn new(token: &str) -> Self {
+        let mut marker = Vec::with_capacity(token.len() + 10);
+        marker.extend_from_slice(b"\x1bPYREPL3:");
+        marker.extend_from_slice(token.as_bytes());
+        marker.push(0x1b);
+        let finder = memmem::Finder::new(&marker).into_owned();
+        MarkerScanner {
+            marker,
+            finder,
+            held: Vec::new(),
+            joined: Vec::new(),
+        }
+    }
+
+    pub fn marker(&self) -> &[u8] {
+        &self.marker
+    }
+
+    /// Splits `chunk` (preceded by whatever was held back) into pieces, calling `sink` for
+    /// each in stream order.
+    pub fn feed(&mut self, chunk: &[u8], mut sink: impl FnMut(Piece<'_>)) {
+        let input: &[u8] = if self.held.is_empty() {
+            chunk
+        } else {
+            self.joined.clear();
+            self.joined.extend_from_slice(&self.held);
+            self.joined.extend_from_slice(chunk);
+            self.held.clear();
+            &self.joined
+        };
+        let mut pos = 0;
+        while let Some(found) = self.finder.find(&input[pos..]) {
+            if found > 0 {
+                sink(Piece::Data(&input[pos..pos + found]));
+            }
+            sink(Piece::Marker);
+            pos += found + self.marker.len();
+        }
+        let rest = &input[pos..];
+        let keep = partial_marker_suffix(rest, &self.marker);
+        if rest.len() > keep {
+            sink(Piece::Data(&rest[..rest.len() - keep]));
+        }
+        let tail = rest[rest.len() - keep..].to_vec();
+        self.held = tail;
+    }
+
+    /// Bytes held back as a possible marker start; at end of stream they are plain data.
+    pub fn take_held(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// Length of the longest suffix of `data` that is a proper prefix of `marker`.
+fn partial_marker_suffix(data: &[u8], marker: &[u8]) -> usize {
+    let first = marker[0];
+    let window = data.len().min(marker.len() - 1);
+    let tail_start = data.len() - window;
+    // Longest first: the earliest position in the window that starts a marker prefix.
+    for start in tail_start..data.len() {
+        if data[start] == first && marker.starts_with(&data[start..]) {
+            return data.len() - start;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `parts` and returns the pieces as ("data" concatenated between markers).
+    fn scan(scanner: &mut MarkerScanner, parts: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut segments = vec![Vec::new()];
+        for part in parts {
+            scanner.feed(part, |piece| match piece {
+                Piece::Data(d) => segments.last_mut().unwrap().extend_from_slice(d),
+                Piece::Marker => segments.push(Vec::new()),
+            });
+        }
+        let held = scanner.take_held();
+        segments.last_mut().unwrap().extend_from_slice(&held);
+        segments
+    }
+
+    #[test]
+    fn markers_are_found_at_every_split_point() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let marker = MarkerScanner::new(token).marker().to_vec();
+        let mut stream = b"hello \x1b[31mred\x1b".to_vec();
+        stream.extend_from_slice(&marker);
+        stream.extend_from_slice(b"after\x1bPYREPL3:");
+        stream.extend_from_slice(&marker);
+        stream.extend_from_slice(b"tail\x1b");
+        for a in 0..stream.len() {
+            for b in a..stream.len() {
+                let mut s = MarkerScanner::new(token);
+                let got = scan(&mut s, &[&stream[..a], &stream[a..b], &stream[b..]]);
+                assert_eq!(
+                    got,
+                    vec![
+                        b"hello \x1b[31mred\x1b".to_vec(),
+                        b"after\x1bPYREPL3:".to_vec(),
+                        b"tail\x1b".to_vec()
+                    ],
+                    "split at {a},{b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plain_data_is_passed_through_without_holding() {
+        let mut s = MarkerScanner::new("abc");
+        let mut out = Vec::new();
+        s.feed(b"no escape here\n", |p| {
+            if let Piece::Data(d) = p {
+                out.extend_from_slice(d)
+            }
+        });
+        assert_eq!(out, b"no escape here\n");
+        assert!(s.take_held().is_empty());
+    }
+}

@@ -1,0 +1,258 @@
+//! The wire protocol between host and worker: the message enum (JSON objects tagged by
+//! `type`) and the length-prefixed frame codec. `docs/protocol.md` is the contract; this module
+//! is its Rust form and owns nothing else.
+
+mod codec;
+mod marker;
+
+pub use codec::{FrameDecoder, ProtocolError, DEFAULT_MAX_FRAME_LEN};
+pub use marker::{MarkerScanner, Piece};
+
+use serde::{Deserialize, Serialize};
+
+/// Which output pipe a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamName {
+    Stdout,
+    Stderr,
+}
+
+impl StreamName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamName::Stdout => "stdout",
+            StreamName::Stderr => "stderr",
+        }
+    }
+}
+
+/// How a transaction (a later feature) treats the namespace after the code ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionPolicy {
+    #[default]
+    CommitAlways,
+    RollbackOnFailure,
+    RollbackAlways,
+}
+
+/// Every message of the protocol. The `type` field selects the variant; every variant has
+/// an `id` that is unique within its session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Execute(Execute),
+    Output(Output),
+    Input(InputRequest),
+    InputResponse(InputResponse),
+    Result(ResultMsg),
+    Error(ErrorMsg),
+    Cancel(Cancel),
+    Interrupt(Interrupt),
+    Ready(Ready),
+    Heartbeat(Heartbeat),
+    Shutdown(Shutdown),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execute {
+    pub id: String,
+    pub code: String,
+    #[serde(default)]
+    pub transaction_id: Option<String>,
+    #[serde(default)]
+    pub transaction_policy: TransactionPolicy,
+    #[serde(default)]
+    pub capture_source: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub id: String,
+    pub execution_id: String,
+    pub stream: StreamName,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputRequest {
+    /// The input id that an `input_response` names.
+    pub id: String,
+    pub execution_id: String,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub password: bool,
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputResponse {
+    pub id: String,
+    pub input_id: String,
+    /// `None` is end-of-file: `input()` raises `EOFError`.
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMsg {
+    pub id: String,
+    pub execution_id: String,
+    #[serde(default)]
+    pub value: serde_json::Value,
+    #[serde(default)]
+    pub repr: Option<String>,
+    /// Seconds.
+    #[serde(default)]
+    pub execution_time: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    pub id: String,
+    #[serde(default)]
+    pub execution_id: Option<String>,
+    pub exception_type: String,
+    #[serde(default)]
+    pub exception_message: String,
+    #[serde(default)]
+    pub traceback: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub id: String,
+    pub execution_id: String,
+    #[serde(default = "default_grace_ms")]
+    pub grace_timeout_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    500
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interrupt {
+    pub id: String,
+    pub execution_id: String,
+    #[serde(default)]
+    pub force_restart: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub id: String,
+    #[serde(default)]
+    pub session_id: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    pub pid: u32,
+    #[serde(default)]
+    pub python_version: String,
+}
+
+/// Sent by the host without fields; answered by the worker with the fields filled and
+/// `in_reply_to` naming the request.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_usage: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shutdown {
+    pub id: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub checkpoint: bool,
+}
+
+impl Message {
+    /// Encodes the message as one frame (length prefix + JSON) appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut *out, self).map_err(ProtocolError::Encode)?;
+        let len = out.len() - start - 4;
+        let len = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge {
+            len: len as u64,
+            max: u32::MAX as usize,
+        })?;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// The `type` tag, for logs and errors.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Execute(_) => "execute",
+            Message::Output(_) => "output",
+            Message::Input(_) => "input",
+            Message::InputResponse(_) => "input_response",
+            Message::Result(_) => "result",
+            Message::Error(_) => "error",
+            Message::Cancel(_) => "cancel",
+            Message::Interrupt(_) => "interrupt",
+            Message::Ready(_) => "ready",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::Shutdown(_) => "shutdown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_use_the_documented_json_shape() {
+        let msg = Message::Execute(Execute {
+            id: "e1".into(),
+            code: "1+1".into(),
+            transaction_id: None,
+            transaction_policy: TransactionPolicy::CommitAlways,
+            capture_source: false,
+        });
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["type"], "execute");
+        assert_eq!(json["id"], "e1");
+        assert_eq!(json["transaction_policy"], "commit_always");
+
+        let parsed: Message = serde_json::from_str(
+            r#"{"type":"result","id":"w1-1","execution_id":"e1","value":2,"repr":"2","execution_time":0.5,"extra":1}"#,
+        )
+        .unwrap();
+        match parsed {
+            Message::Result(r) => {
+                assert_eq!(r.value, serde_json::json!(2));
+                assert_eq!(r.repr.as_deref(), Some("2"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        let msg = Message::InputResponse(InputResponse {
+            id: "h1".into(),
+            input_id: "w1-2".into(),
+            data: None,
+        });
+        let mut buf = Vec::new();
+        msg.encode_into(&mut buf).unwrap();
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+        dec.extend(&buf);
+        assert_eq!(dec.next_message().unwrap(), Some(msg));
+        assert_eq!(dec.next_message().unwrap(), None);
+    }
+}
