@@ -1,0 +1,39 @@
+//! The crate's error type: every failure a caller of the library can see, with the context
+//! needed to act on it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::ProtocolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not start the Python worker `{python}`: {source}")]
+    Spawn {
+        python: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the Python worker did not become ready within {0:?}")]
+    StartTimeout(Duration),
+    #[error("the Python worker exited during start-up ({status}){stderr}")]
+    StartFailed { status: String, stderr: String },
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the session is closed")]
+    SessionClosed,
+    #[error("the session's worker is dead ({0}); call restart() to get a fresh one")]
+    SessionDead(String),
+    #[error("no pending input request with id {0:?} (unknown, or already answered)")]
+    UnknownInput(String),
+    #[error("I/O error while {context}: {source}")]
+    Io {
+        context: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io { context, source }
+    }
+}

@@ -1,0 +1,312 @@
+//! Starting a worker process: the interpreter path, the file descriptors (protocol socket on
+//! fd 3, stdout/stderr pipes, stdin from /dev/null), the process group, the environment and the
+//! working directory; plus the OS-level helpers that act on a worker (group kill, exit status
+//! text, /proc readings). It owns no running state: the session actor owns the process.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
+
+use tokio::net::unix::pipe;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::error::Error;
+
+/// The Python side, embedded so the binary is self-contained.
+pub const AGENT_SOURCE: &str = include_str!("../../worker/agent.py");
+
+/// The fd number the protocol socket has in the worker.
+pub const PROTOCOL_FD: i32 = 3;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub python: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub session_id: String,
+    pub marker_token: String,
+}
+
+/// A started worker: the process and the host's ends of its channels.
+#[derive(Debug)]
+pub struct SpawnedWorker {
+    pub child: Child,
+    pub pid: u32,
+    pub socket: UnixStream,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
+/// Returns the real interpreter behind `python` (its `sys.executable`), asking it once per
+/// process: `python3` is often a launcher shim that adds tens of milliseconds to every start.
+pub async fn resolve_python(python: &Path) -> Result<PathBuf, Error> {
+    static CACHE: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+    if let Some(found) = lock_cache(&CACHE).as_ref().and_then(|m| m.get(python)) {
+        return Ok(found.clone());
+    }
+    let out = Command::new(python)
+        .args(["-c", "import sys; sys.stdout.write(sys.executable or '')"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            python: python.to_path_buf(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::StartFailed {
+            status: describe_exit(out.status),
+            stderr: stderr_excerpt(&out.stderr),
+        });
+    }
+    let real = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let resolved = if real.is_empty() {
+        python.to_path_buf()
+    } else {
+        PathBuf::from(real)
+    };
+    lock_cache(&CACHE)
+        .get_or_insert_with(HashMap::new)
+        .insert(python.to_path_buf(), resolved.clone());
+    Ok(resolved)
+}
+
+fn lock_cache<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent (single insert).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts the agent. The caller must have resolved `spec.python` already.
+pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
+    let (host_sock, child_sock) = std::os::unix::net::UnixStream::pair()
+        .map_err(Error::io("creating the protocol socket"))?;
+    let child_sock: OwnedFd = raise_fd(child_sock.into())?;
+    let (out_r, out_w) = std::io::pipe().map_err(Error::io("creating the stdout pipe"))?;
+    let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
+
+    let mut cmd = Command::new(&spec.python);
+    cmd.arg("-c")
+        .arg(AGENT_SOURCE)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(OwnedFd::from(out_w)))
+        .stderr(Stdio::from(OwnedFd::from(err_w)))
+        .env("PYREPL3_FD", PROTOCOL_FD.to_string())
+        .env("PYREPL3_SESSION_ID", &spec.session_id)
+        .env("PYREPL3_MARKER", &spec.marker_token)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        // Its own process group: terminating the session kills everything it started, and a
+        // Ctrl-C at the host's terminal is not delivered to the worker behind our back.
+        .process_group(0)
+        .kill_on_drop(true);
+    let child_fd = child_sock.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+    unsafe {
+        cmd.pre_exec(move || place_fd(child_fd, PROTOCOL_FD));
+    }
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
+        python: spec.python.clone(),
+        source,
+    })?;
+    drop(child_sock);
+    let pid = child.id().ok_or_else(|| Error::StartFailed {
+        status: "exited before it could be tracked".into(),
+        stderr: String::new(),
+    })?;
+
+    host_sock
+        .set_nonblocking(true)
+        .map_err(Error::io("configuring the protocol socket"))?;
+    let socket =
+        UnixStream::from_std(host_sock).map_err(Error::io("registering the protocol socket"))?;
+    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(out_r))
+        .map_err(Error::io("registering the stdout pipe"))?;
+    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(err_r))
+        .map_err(Error::io("registering the stderr pipe"))?;
+    Ok(SpawnedWorker {
+        child,
+        pid,
+        socket,
+        stdout,
+        stderr,
+    })
+}
+
+/// Moves an fd above the stdio range so that setting up the child's stdio cannot clobber it
+/// (possible when the host itself was started with fd 0, 1 or 2 closed).
+fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own, or -1.
+    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if raw < 0 {
+        return Err(Error::Io {
+            context: "moving the protocol socket's fd",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// In the child: puts `fd` at `target`, inheritable across exec.
+fn place_fd(fd: i32, target: i32) -> io::Result<()> {
+    // SAFETY: plain syscalls on fds owned by this (child) process.
+    unsafe {
+        if fd == target {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, target) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the worker's whole process group. The worker leads its own group (it is
+/// spawned with `process_group(0)`), so `pid` is the group id; pids ≤ 1 are refused so that a
+/// bug can never signal the host's own group or every process.
+pub fn kill_group(pid: u32, signal: i32) {
+    let Ok(pgid) = i32::try_from(pid) else { return };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: killpg has no memory-safety preconditions. ESRCH (group already gone) is fine.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+/// Whether any process of the group `pid` is still running. Zombies (dead, waiting to be
+/// reaped by their parent or init) do not count: they hold no resources but a pid.
+pub fn group_alive(pid: u32) -> bool {
+    !group_members(pid).is_empty()
+}
+
+/// The pids of the live (non-zombie) processes in process group `pgid`, from /proc.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After the command name: state, ppid, pgrp.
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                return false;
+            };
+            let mut fields = after.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+            pgrp == Some(pgid) && state != Some("Z") && state != Some("X")
+        })
+        .collect()
+}
+
+/// "exited with status 3" / "killed by signal 9 (SIGKILL)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exited with status {code}")
+    } else if let Some(sig) = status.signal() {
+        format!("killed by signal {sig} ({})", signal_name(sig))
+    } else {
+        format!("ended: {status}")
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => "signal",
+    }
+}
+
+/// The last few lines of what a worker wrote to stderr, for start-up error messages.
+pub fn stderr_excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(15)..];
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(":\n{}", tail.join("\n"))
+    }
+}
+
+/// Resident memory and CPU time (user + system) of a process, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcStats {
+    pub rss_bytes: u64,
+    pub cpu_time_secs: f64,
+}
+
+pub fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ')': state is field 3 of stat(5), so utime (14) is index 11, stime 12, rss 21.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    let page = if page > 0 { page as u64 } else { 4096 };
+    Some(ProcStats {
+        rss_bytes: rss_pages * page,
+        cpu_time_secs: (utime + stime) as f64 / ticks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stats_of_this_process_are_plausible() {
+        let stats = proc_stats(std::process::id()).expect("own /proc entry");
+        assert!(stats.rss_bytes > 1024 * 1024);
+    }
+
+    #[test]
+    fn exit_statuses_are_described() {
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(9)),
+            "killed by signal 9 (SIGKILL)"
+        );
+    }
+}

@@ -1,0 +1,541 @@
+"""pyrepl3 worker agent: the Python side of docs/protocol.md.
+
+The host runs this file as `python3 -c <source>`. Inside the worker process it owns: the
+protocol socket (framing, one reader thread, one send lock), the persistent user namespace,
+compiling and running cells on the main thread (trailing-expression results, top-level await
+on one session event loop), `input()`/`sys.stdin`/`getpass` as protocol requests, cancellation
+by SIGINT, and the end-of-execution marker that orders output before each result.
+Standard library only; nothing here waits on a timer or polls.
+"""
+import builtins
+import io
+import json
+import math
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+
+MAX_FRAME = 16 << 20        # largest frame either side may send (protocol.md)
+TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
+VALUE_LIMIT = 1 << 20       # a result `value` whose JSON is larger is sent as null
+CO_COROUTINE = 0x0080       # inspect.CO_COROUTINE, without importing inspect
+INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # ints the host can hold; bigger ones get repr only
+
+_AGENT_GLOBALS = globals()  # frames running with these globals are the agent's own
+# Bound once, so user code that monkeypatches `json` cannot break the channel.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+_agent = None               # the Agent, for input() and getpass()
+
+
+def _clip(text, limit=TEXT_LIMIT):
+    if text is not None and len(text) > limit:
+        return text[:limit] + "... [truncated %d characters]" % (len(text) - limit)
+    return text
+
+
+def _safe_str(obj):
+    try:
+        return str(obj)
+    except BaseException:
+        return "<str() failed>"
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _plain_json(value):
+    """`value` if it is plain JSON data (protocol.md) no bigger than VALUE_LIMIT, else None.
+
+    The walk charges a lower bound of each node's JSON size, so a huge list is rejected
+    after VALUE_LIMIT / 2 nodes instead of being serialised first."""
+    budget = [VALUE_LIMIT]
+
+    def plain(v, depth):
+        kind = type(v)
+        budget[0] -= len(v) + 2 if kind is str else 2
+        if kind is int:
+            ok = INT_RANGE[0] <= v <= INT_RANGE[1]
+        elif kind is float:
+            ok = math.isfinite(v)
+        elif isinstance(v, list) and depth < 64:
+            ok = all(plain(item, depth + 1) for item in v)
+        elif isinstance(v, dict) and depth < 64:
+            ok = all(type(k) is str and plain(k, depth) and plain(item, depth + 1)
+                     for k, item in v.items())
+        else:
+            ok = kind in (str, bool) or v is None
+        return ok and budget[0] >= 0
+
+    try:
+        if plain(value, 0) and len(_encode(value)) <= VALUE_LIMIT:
+            return value
+    except (ValueError, TypeError, RecursionError):
+        pass
+    return None
+
+
+def input(prompt=""):
+    """Read a line from the client (a protocol `input` request); EOFError at end-of-file."""
+    data = _agent.request_input(prompt, False)
+    if data is None:
+        raise EOFError("EOF when reading a line")
+    for ending in ("\r\n", "\n"):
+        if data.endswith(ending):
+            return data[:-len(ending)]
+    return data
+
+
+def getpass(prompt="Password: ", stream=None):
+    """Read a password from the client (an `input` request with password=true)."""
+    data = _agent.request_input(prompt, True)
+    if data is None:
+        raise EOFError
+    return data[:-1] if data.endswith("\n") else data
+
+
+class _Stdin(io.TextIOBase):
+    """sys.stdin: a read that needs data becomes one `input` request to the client."""
+
+    encoding, errors, name = "utf-8", "strict", "<stdin>"
+
+    def __init__(self):
+        super().__init__()
+        self._pending = ""  # rest of a multi-line answer, served to the next reads
+
+    def readable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def close(self):
+        pass  # `exit()` closes sys.stdin before raising SystemExit; the session lives on
+
+    def _fill(self, newline):
+        if not self._pending:
+            data = _agent.request_input("", False)
+            if data is None:
+                return False
+            self._pending = data + "\n" if newline and not data.endswith("\n") else data
+        return True
+
+    def readline(self, size=-1):
+        if size == 0 or not self._fill(True):
+            return ""
+        cut = self._pending.find("\n") + 1 or len(self._pending)
+        if size is not None and size > 0:
+            cut = min(cut, size)
+        line, self._pending = self._pending[:cut], self._pending[cut:]
+        return line
+
+    def read(self, size=-1):
+        if size == 0 or not self._fill(False):
+            return ""
+        cut = len(self._pending) if size is None or size < 0 else size
+        chunk, self._pending = self._pending[:cut], self._pending[cut:]
+        return chunk
+
+
+class Agent:
+    def __init__(self, fd, session_id, marker):
+        self._session_id = session_id
+        self._marker = b"\x1bPYREPL3:" + marker.encode() + b"\x1b"
+        self._pid = os.getpid()
+        self._main_ident = threading.get_ident()
+        self._ids = iter(range(1, 1 << 62))  # next() on it is atomic under the GIL
+
+        os.set_inheritable(fd, False)  # user subprocesses must never hold the channel
+        self._sock = socket.socket(fileno=fd)
+        self._sock.setblocking(True)  # the host may hand over a non-blocking socketpair end
+        self._send_lock = threading.Lock()
+
+        # Private dups of fds 1 and 2 carry only the marker, so it still reaches the host
+        # when user code redirects or closes fd 1/2.
+        self._marker_fds = (os.dup(1), os.dup(2))
+        for dup in self._marker_fds:
+            os.set_inheritable(dup, False)
+        self._streams = [self._text_stream(1), self._text_stream(2),
+                         sys.__stdout__, sys.__stderr__]
+        sys.stdout, sys.stderr = self._streams[:2]
+        sys.stdin = _Stdin()
+        builtins.input = input
+
+        # Shared with the reader thread. The main thread stores _running_id without the lock:
+        # a plain store cannot be interrupted by the SIGINT handler, a lock acquire can.
+        self._state_lock = threading.Lock()
+        self._running_id = None          # execution whose user code is running now
+        self._interrupt_target = None    # execution the last SIGINT was sent for
+        self._queued = set()             # executions received but not started...
+        self._cancelled_early = set()    # ...and those of them already cancelled
+        self._main_sending = False       # main thread is mid-frame: defer KeyboardInterrupt
+        self._interrupt_deferred = False
+        self._waiters = {}               # input id -> [threading.Event, answer]
+
+        self._inbox = queue.SimpleQueue()
+        self._unfinished = None          # execution still owed a terminal frame
+        self._cell_count = 0
+        self._compile_flags = 0          # PyCF_ALLOW_TOP_LEVEL_AWAIT + __future__ seen so far
+        self._loop = None
+        main_module = types.ModuleType("__main__")
+        main_module.__builtins__ = builtins
+        self._namespace = main_module.__dict__
+        self._agent_module = sys.modules.get("__main__")  # keep the agent's module alive
+        sys.modules["__main__"] = main_module  # so pickle finds classes defined in cells
+        self._sigint_handler = self._on_sigint
+        signal.signal(signal.SIGINT, self._sigint_handler)
+
+    @staticmethod
+    def _text_stream(fd):
+        try:
+            os.set_blocking(fd, True)
+        except OSError:
+            pass
+        return io.TextIOWrapper(io.open(fd, "wb", closefd=False), encoding="utf-8",
+                                errors="backslashreplace", line_buffering=True)
+
+    # ---- channel -------------------------------------------------------------------------
+    def _new_id(self):
+        return "w%d-%d" % (self._pid, next(self._ids))
+
+    def send(self, msg):
+        msg.setdefault("id", self._new_id())
+        data = _encode(msg).encode("utf-8", "replace")  # lone surrogates would break the host
+        if len(data) > MAX_FRAME:  # never emit a frame the host must reject
+            msg = {k: _clip(v, 1 << 16) if isinstance(v, str) else v for k, v in msg.items()}
+            if "value" in msg:
+                msg["value"] = None
+            data = _encode(msg).encode("utf-8", "replace")
+        on_main = threading.get_ident() == self._main_ident
+        if on_main:  # a KeyboardInterrupt mid-sendall would leave half a frame on the wire
+            self._main_sending = True
+        try:
+            with self._send_lock:
+                self._sock.sendall(len(data).to_bytes(4, "big") + data)
+        finally:
+            if on_main:
+                self._main_sending = False
+        if on_main and self._interrupt_deferred:
+            self._interrupt_deferred = False
+            if self._running_id is not None:
+                raise KeyboardInterrupt
+
+    def _recv_exact(self, size):
+        buf = bytearray(size)
+        view, got = memoryview(buf), 0
+        while got < size:
+            n = self._sock.recv_into(view[got:])
+            if n == 0:
+                raise EOFError
+            got += n
+        return bytes(buf)
+
+    def read_loop(self):
+        """Reader thread: blocks on the socket (never with a timeout) and dispatches frames."""
+        try:
+            while True:
+                size = int.from_bytes(self._recv_exact(4), "big")
+                if size > MAX_FRAME:
+                    self._protocol_error("frame of %d bytes exceeds the limit" % size)
+                try:
+                    msg = _decode(self._recv_exact(size).decode("utf-8"))
+                except ValueError as exc:
+                    self._protocol_error("bad JSON: %s" % exc)
+                self._dispatch(msg)
+        except (EOFError, OSError):
+            # The host is gone: take the whole process group along so nothing is orphaned,
+            # but only when we lead it (otherwise killpg(0) would hit the host's group).
+            if os.getpgrp() == self._pid:
+                os.killpg(0, signal.SIGKILL)
+            os._exit(1)
+        except BaseException as exc:
+            self._protocol_error("reader failed: %r" % (exc,))
+
+    def _protocol_error(self, why):
+        try:
+            _write_all(self._marker_fds[1], ("pyrepl3 agent: protocol error: %s\n" % why).encode())
+        finally:
+            os._exit(70)
+
+    def _dispatch(self, msg):
+        kind, msg_id = (msg.get("type"), msg.get("id")) if isinstance(msg, dict) else (0, 0)
+        if not isinstance(msg_id, str):
+            self._protocol_error("message without a string id: %.200r" % (msg,))
+        if kind == "execute" and isinstance(msg.get("code"), str):
+            with self._state_lock:
+                self._queued.add(msg_id)
+            self._inbox.put(msg)
+        elif kind == "input_response" and isinstance(msg.get("data"), (str, type(None))):
+            waiter = self._waiters.get(msg.get("input_id"))
+            if waiter is not None:  # unknown or abandoned (cancelled) input: ignored
+                waiter[1] = msg["data"]
+                waiter[0].set()
+        elif kind in ("cancel", "interrupt") and isinstance(msg.get("execution_id"), str):
+            with self._state_lock:
+                if msg["execution_id"] == self._running_id:
+                    self._interrupt_target = msg["execution_id"]
+                    signal.pthread_kill(self._main_ident, signal.SIGINT)
+                elif msg["execution_id"] in self._queued:  # cancel overtook its execute
+                    self._cancelled_early.add(msg["execution_id"])
+        elif kind == "heartbeat":
+            names = [k for k in list(self._namespace) if isinstance(k, str)]
+            self.send({"type": "heartbeat", "in_reply_to": msg_id, "memory_usage": self._rss(),
+                       "cpu_time": sum(os.times()[:2]),
+                       "namespace_size": sum(not (k.startswith("__") and k.endswith("__"))
+                                             for k in names)})
+        elif kind == "shutdown":
+            self._flush_output()
+            os._exit(0)
+        else:
+            self._protocol_error("unknown message: %.200r" % (msg,))
+
+    @staticmethod
+    def _rss():
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _on_sigint(self, signum, frame):
+        # Each run consumes the target, so a SIGINT sent for an execution that has since
+        # ended is absorbed instead of hitting the agent's loop or the next execution.
+        target, self._interrupt_target = self._interrupt_target, None
+        running = self._running_id
+        if running is None or (target is not None and target != running):
+            return
+        if self._main_sending:
+            self._interrupt_deferred = True
+            return
+        raise KeyboardInterrupt
+
+    def request_input(self, prompt, password):
+        """Ask the client for a line; returns the answer, or None at end-of-file."""
+        # The marker orders this request after everything printed before it (protocol.md).
+        self._end_output()
+        input_id = self._new_id()
+        waiter = [threading.Event(), None]
+        try:
+            self._waiters[input_id] = waiter
+            self.send({"type": "input", "id": input_id, "execution_id": self._running_id,
+                       "prompt": _clip(_safe_str(prompt)), "password": password,
+                       "timeout": None})
+            waiter[0].wait()  # SIGINT interrupts the wait, so a cancel ends it
+        finally:
+            self._waiters.pop(input_id, None)
+        return waiter[1]
+
+    # ---- executions ----------------------------------------------------------------------
+    def serve_forever(self):
+        self.send({"type": "ready", "session_id": self._session_id, "pid": self._pid,
+                   "python_version": "%d.%d.%d" % tuple(sys.version_info[:3]),
+                   "capabilities": ["execute", "input", "cancel", "interrupt", "heartbeat",
+                                    "shutdown", "top_level_await", "output_marker"]})
+        # Finish start-up while the first execute is in flight rather than before `ready`.
+        import ast, getpass as getpass_module, linecache, traceback  # noqa: F401
+        getpass_module.getpass = getpass
+        self._compile_flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        while True:
+            try:
+                self._execute(self._inbox.get())
+            except BaseException as exc:  # nothing user code does may end this loop
+                self._running_id = None
+                self._salvage(exc)
+
+    def _salvage(self, exc):
+        """Send the terminal frame an execution is still owed after an agent failure."""
+        try:
+            if self._unfinished is not None:
+                execution_id, self._unfinished = self._unfinished, None
+                self._end_output()
+                self.send({"type": "error", "execution_id": execution_id,
+                           "exception_type": type(exc).__name__,
+                           "exception_message": _clip(_safe_str(exc)), "traceback": ""})
+        except BaseException:
+            pass
+
+    def _execute(self, msg):
+        execution_id, source = msg["id"], msg["code"]
+        self._unfinished = execution_id
+        self._cell_count += 1
+        started = time.perf_counter()
+        outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count)
+        elapsed = time.perf_counter() - started
+        if signal.getsignal(signal.SIGINT) is not self._sigint_handler:
+            signal.signal(signal.SIGINT, self._sigint_handler)  # user code replaced it
+        if outcome[0] == "result":
+            frame = {"type": "result", "execution_id": execution_id, "value": outcome[2],
+                     "repr": outcome[1], "execution_time": elapsed}
+        else:
+            frame = self._error_frame(execution_id, outcome[1], outcome[2], source)
+        outcome = None  # drop the exception (and the frames it holds) before waiting again
+        self._end_output()
+        self.send(frame)
+        self._unfinished = None
+
+    def _run_cell(self, execution_id, source, filename):
+        """Compile and run one cell with SIGINT armed. Returns ("result", repr, value) or
+        ("error", exception, raised_while_compiling).
+
+        Everything between arming and disarming sits in one try, so a KeyboardInterrupt that
+        lands anywhere in that window, even just after user code returned, becomes this
+        execution's error. Disarming is a plain store, which the handler cannot interrupt."""
+        compiling = True
+        try:
+            with self._state_lock:
+                self._queued.discard(execution_id)
+                cancelled = execution_id in self._cancelled_early
+                self._cancelled_early.discard(execution_id)
+                self._interrupt_deferred = False
+                self._running_id = execution_id
+            if cancelled:
+                raise KeyboardInterrupt
+            body, last = self._compile(source, filename)
+            compiling = False
+            if body is not None:
+                self._run_code(body)
+            value = None if last is None else self._run_code(last)
+            text = shown = None
+            if value is not None:  # repr and value are computed here so a cancel ends them
+                text, shown = _clip(repr(value)), _plain_json(value)
+                builtins._ = value  # as sys.displayhook does
+            self._running_id = None
+            return ("result", text, shown)
+        except BaseException as exc:
+            self._running_id = None
+            return ("error", exc, compiling)
+
+    def _compile(self, source, filename):
+        import __future__, ast, linecache
+        # Registered first, so tracebacks show source lines.
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        flags = self._compile_flags
+        tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        body = None
+        if tree.body:
+            body = compile(tree, filename, "exec", flags, dont_inherit=True)
+            for name in __future__.all_feature_names:  # they last for the session, as in a REPL
+                flags |= body.co_flags & getattr(__future__, name).compiler_flag
+            self._compile_flags = flags
+        if last is not None:
+            last = compile(last, filename, "eval", flags, dont_inherit=True)
+        return body, last
+
+    def _run_code(self, code):
+        result = eval(code, self._namespace)
+        if code.co_flags & CO_COROUTINE:  # top-level await: eval returned a coroutine
+            result = self._run_coroutine(result)
+        return result
+
+    def _run_coroutine(self, coro):
+        if self._loop is None:
+            import asyncio  # costly; only sessions that use top-level await pay for it
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+        task = self._loop.create_task(coro)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                # Interrupted while the loop waited: cancel the cell's task so its finally
+                # blocks run now, inside this execution, rather than in a later one.
+                task.cancel()
+                try:
+                    self._loop.run_until_complete(task)
+                except BaseException:
+                    pass
+            raise
+
+    # ---- output ordering -----------------------------------------------------------------
+    def _flush_output(self):
+        for stream in [sys.stdout, sys.stderr] + self._streams:
+            try:
+                stream.flush()
+            except BaseException:
+                pass  # a broken or closed user stream must not stop the marker
+
+    def _end_output(self):
+        """Flush, then mark the end of this execution's output on both pipes (protocol.md)."""
+        self._flush_output()
+        for fd in self._marker_fds:
+            try:
+                _write_all(fd, self._marker)
+            except OSError:
+                pass  # the host stopped reading that pipe; it notices that by itself
+
+    # ---- errors --------------------------------------------------------------------------
+    def _error_frame(self, execution_id, exc, compiling, source):
+        import traceback
+        try:
+            if compiling:
+                if isinstance(exc, SyntaxError) and exc.text is None and exc.lineno:
+                    lines = source.splitlines()  # errors from code generation lack the text
+                    if 0 < exc.lineno <= len(lines):
+                        exc.text = lines[exc.lineno - 1] + "\n"
+                text = "".join(traceback.format_exception_only(type(exc), exc))
+            else:
+                _trim_traceback_chain(exc)
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                sys.last_type, sys.last_value, sys.last_exc = type(exc), exc, exc  # pdb.pm()
+                sys.last_traceback = exc.__traceback__
+        except BaseException:
+            text = "%s: %s\n" % (type(exc).__name__, _safe_str(exc))
+        return {"type": "error", "execution_id": execution_id,
+                "exception_type": type(exc).__name__,
+                "exception_message": _clip(_safe_str(exc)), "traceback": _clip(text)}
+
+
+def _trim_traceback_chain(exc):
+    seen, todo = set(), [exc]
+    while todo:
+        current = todo.pop()
+        if current is not None and id(current) not in seen:
+            seen.add(id(current))
+            current.__traceback__ = _trim_traceback(current.__traceback__)
+            todo += [current.__cause__, current.__context__]
+
+
+def _trim_traceback(tb):
+    """Drop the agent's frames: the leading ones (with the event-loop plumbing under them),
+    and everything from the first agent frame below user code (input(), the SIGINT handler)."""
+    def plumbing(frame):
+        name = frame.f_globals.get("__name__")
+        return frame.f_globals is _AGENT_GLOBALS or (
+            isinstance(name, str) and (name.startswith("asyncio") or name == "selectors"))
+
+    while tb is not None and plumbing(tb.tb_frame):
+        tb = tb.tb_next
+    kept = []
+    while tb is not None and tb.tb_frame.f_globals is not _AGENT_GLOBALS:
+        kept.append(tb)
+        tb = tb.tb_next
+    trimmed = None
+    for entry in reversed(kept):
+        trimmed = types.TracebackType(trimmed, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return trimmed
+
+
+def main():
+    global _agent
+    fd = int(os.environ.get("PYREPL3_FD", "3"))
+    session_id = os.environ.get("PYREPL3_SESSION_ID", "")
+    marker = os.environ.get("PYREPL3_MARKER", "")
+    for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
+        del os.environ[key]  # user code and its children must not see them
+    _agent = Agent(fd, session_id, marker)
+    threading.Thread(target=_agent.read_loop, name="pyrepl3-reader", daemon=True).start()
+    _agent.serve_forever()
+
+
+main()
