@@ -1,0 +1,19 @@
+//! pyrepl3: a subprocess-isolated Python execution service.
+//!
+//! A [`Session`] is one Python worker process whose namespace persists across executions.
+//! Code runs there, output streams back live as [`Event`]s, `input()` becomes an
+//! [`Event::Input`] answered with [`Session::input_response`], and a running execution can be
+//! cancelled without losing the session. Nothing in this crate wakes up on a timer to look
+//! for work: see `docs/event-driven.md`.
+
+pub mod cli;
+pub mod error;
+pub mod protocol;
+pub mod session;
+pub mod worker;
+
+pub use error::Error;
+pub use session::{
+    CancelOutcome, Event, ExecuteOptions, Execution, ExecutionOutcome, Session, SessionConfig,
+    SessionInfo, SessionState,
+};

@@ -1,0 +1,491 @@
+//! Sessions: the public handle ([`Session`]) and the value types of its API. Each session is
+//! served by one actor task (`actor.rs`) that owns the worker process, the execution queue and
+//! all routing; the handle only sends it commands. Output decoding lives in `output.rs`.
+
+mod actor;
+mod output;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::Error;
+use crate::protocol::{self, Message, StreamName};
+
+pub use actor::EVENT_CHANNEL_CAPACITY;
+
+/// How to start and run a session's worker.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Python interpreter; resolved once to the real binary behind it (`sys.executable`).
+    pub python: PathBuf,
+    /// Extra environment variables for the worker (on top of the host's own).
+    pub env: Vec<(String, String)>,
+    /// Working directory; `None` gives each session a fresh temporary directory that is
+    /// removed when the session ends.
+    pub cwd: Option<PathBuf>,
+    /// How long the worker may take to report `ready`, at start and at every restart.
+    pub start_timeout: Duration,
+    /// Timeout applied to executions that do not set their own; `None`: no limit.
+    pub default_timeout: Option<Duration>,
+    /// After an execution's timeout: how long the interrupted code may take to stop before
+    /// the worker is killed and restarted.
+    pub timeout_grace: Duration,
+    /// How long `shutdown()` waits for the worker to exit before killing its process group.
+    pub shutdown_grace: Duration,
+    /// Largest protocol frame accepted from the worker.
+    pub max_frame_len: usize,
+    /// Session id; `None` generates one.
+    pub session_id: Option<String>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            python: PathBuf::from("python3"),
+            env: Vec::new(),
+            cwd: None,
+            start_timeout: Duration::from_secs(10),
+            default_timeout: None,
+            timeout_grace: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(2),
+            max_frame_len: protocol::DEFAULT_MAX_FRAME_LEN,
+            session_id: None,
+        }
+    }
+}
+
+/// Per-execution options.
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteOptions {
+    /// Ends the execution with an `ExecutionTimeout` error when it runs longer (counted from
+    /// when it starts running, not from when it was queued).
+    pub timeout: Option<Duration>,
+    /// The execution id; `None` generates a UUID.
+    pub execution_id: Option<String>,
+}
+
+/// What an execution reports, in order. Exactly one terminal event (`Result` or `Error`)
+/// ends every execution, after all of its output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Output {
+        stream: StreamName,
+        data: String,
+    },
+    /// The code is waiting in `input()`; answer with [`Session::input_response`].
+    Input {
+        input_id: String,
+        prompt: String,
+        password: bool,
+    },
+    Result {
+        /// The trailing expression's value when JSON-serialisable, else `null`.
+        value: serde_json::Value,
+        /// `repr()` of the trailing expression's value; `None` when there was none or it
+        /// was `None`.
+        repr: Option<String>,
+        execution_time: Duration,
+    },
+    Error {
+        exception_type: String,
+        exception_message: String,
+        traceback: String,
+    },
+}
+
+impl Event {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Event::Result { .. } | Event::Error { .. })
+    }
+
+    /// The event as a protocol message (the JSON schema of `docs/protocol.md`).
+    pub fn to_message(&self, execution_id: &str) -> Message {
+        let id = uuid::Uuid::new_v4().to_string();
+        let execution_id = execution_id.to_string();
+        match self.clone() {
+            Event::Output { stream, data } => Message::Output(protocol::Output {
+                id,
+                execution_id,
+                stream,
+                data,
+            }),
+            Event::Input {
+                input_id,
+                prompt,
+                password,
+            } => Message::Input(protocol::InputRequest {
+                id: input_id,
+                execution_id,
+                prompt,
+                password,
+                timeout: None,
+            }),
+            Event::Result {
+                value,
+                repr,
+                execution_time,
+            } => Message::Result(protocol::ResultMsg {
+                id,
+                execution_id,
+                value,
+                repr,
+                execution_time: execution_time.as_secs_f64(),
+            }),
+            Event::Error {
+                exception_type,
+                exception_message,
+                traceback,
+            } => Message::Error(protocol::ErrorMsg {
+                id,
+                execution_id: Some(execution_id),
+                exception_type,
+                exception_message,
+                traceback,
+            }),
+        }
+    }
+
+    pub(crate) fn error(exception_type: &str, message: impl Into<String>) -> Event {
+        let message = message.into();
+        Event::Error {
+            exception_type: exception_type.to_string(),
+            traceback: format!("{exception_type}: {message}\n"),
+            exception_message: message,
+        }
+    }
+}
+
+/// One submitted execution: a stream of its [`Event`]s that ends after the terminal event.
+/// Dropping it does not stop the code; its remaining events are discarded.
+#[derive(Debug)]
+pub struct Execution {
+    id: String,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Execution {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next event, `None` after the terminal one.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Waits for the end and gathers the output. Input requests are not answered here: use
+    /// the stream for code that calls `input()`.
+    pub async fn outcome(mut self) -> ExecutionOutcome {
+        let mut outcome = ExecutionOutcome {
+            stdout: String::new(),
+            stderr: String::new(),
+            events: Vec::new(),
+            terminal: Event::error("SessionClosed", "the execution ended without a result"),
+        };
+        while let Some(event) = self.events.recv().await {
+            match &event {
+                Event::Output {
+                    stream: StreamName::Stdout,
+                    data,
+                } => outcome.stdout.push_str(data),
+                Event::Output {
+                    stream: StreamName::Stderr,
+                    data,
+                } => outcome.stderr.push_str(data),
+                _ => {}
+            }
+            if event.is_terminal() {
+                outcome.terminal = event.clone();
+            }
+            outcome.events.push(event);
+        }
+        outcome
+    }
+}
+
+impl Stream for Execution {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// Everything an execution produced, gathered by [`Execution::outcome`].
+#[derive(Debug, Clone)]
+pub struct ExecutionOutcome {
+    pub stdout: String,
+    pub stderr: String,
+    /// Every event in order, the terminal one last.
+    pub events: Vec<Event>,
+    pub terminal: Event,
+}
+
+impl ExecutionOutcome {
+    /// `repr` of the result, if the execution ended with one.
+    pub fn repr(&self) -> Option<&str> {
+        match &self.terminal {
+            Event::Result { repr, .. } => repr.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The exception type, if the execution ended with an error.
+    pub fn error_type(&self) -> Option<&str> {
+        match &self.terminal {
+            Event::Error { exception_type, .. } => Some(exception_type),
+            _ => None,
+        }
+    }
+}
+
+/// How a [`Session::cancel`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// The code stopped (KeyboardInterrupt) within the grace period, or was removed from the
+    /// queue before it started; the namespace is kept.
+    Cancelled,
+    /// The code did not stop in time: the worker was killed and restarted, the namespace lost.
+    Killed,
+    /// No such execution is running or queued.
+    NotRunning,
+}
+
+/// How a [`Session::interrupt`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterruptOutcome {
+    /// KeyboardInterrupt was delivered (or a queued execution removed).
+    Interrupted,
+    /// `force_restart`: the worker was killed and a fresh one started.
+    Restarted,
+    NotRunning,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Starting,
+    Idle,
+    Busy,
+    Restarting,
+    /// The worker died or broke the protocol; `restart()` brings a fresh one.
+    Dead,
+    ShuttingDown,
+    Closed,
+}
+
+/// A snapshot of a session, from [`Session::info`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub state: SessionState,
+    pub pid: Option<u32>,
+    pub python_version: String,
+    pub cwd: PathBuf,
+    /// Unix time, seconds.
+    pub created_at: f64,
+    /// Unix time, seconds: when the last execution ended (or the session was created).
+    pub last_used_at: f64,
+    pub execution_count: u64,
+    pub error_count: u64,
+    pub queued: usize,
+    pub restarts: u64,
+    /// Resident memory of the worker, read from /proc when asked.
+    pub rss_bytes: Option<u64>,
+    /// CPU time (user + system) of the worker, read from /proc when asked.
+    pub cpu_time_secs: Option<f64>,
+    /// User globals in the namespace, from a heartbeat round trip (`None` if unanswered).
+    pub namespace_size: Option<u64>,
+    /// Times the actor woke up on a timer (execution deadlines, grace periods).
+    pub timer_wakeups: u64,
+    /// Worker messages for an execution that had already ended, dropped.
+    pub late_messages_dropped: u64,
+    pub dead_reason: Option<String>,
+}
+
+/// A live Python session. Cloning gives another handle to the same session; when the last
+/// handle is dropped the session shuts down.
+#[derive(Debug, Clone)]
+pub struct Session {
+    inner: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    id: String,
+    commands: mpsc::UnboundedSender<actor::Command>,
+    state: watch::Receiver<SessionState>,
+}
+
+/// How long `info()` waits for the worker's heartbeat answer.
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(1);
+
+impl Session {
+    /// Starts a worker and waits until it is ready (or `start_timeout` passes).
+    pub async fn start(config: SessionConfig) -> Result<Session, Error> {
+        let (commands, state, ready) = actor::spawn(config).await?;
+        let id = ready.await.map_err(|_| Error::SessionClosed)??;
+        Ok(Session {
+            inner: Arc::new(Handle {
+                id,
+                commands,
+                state,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn state(&self) -> SessionState {
+        *self.inner.state.borrow()
+    }
+
+    /// A receiver that sees every state change (e.g. to learn at once that the worker died).
+    pub fn state_changes(&self) -> watch::Receiver<SessionState> {
+        self.inner.state.clone()
+    }
+
+    /// Queues `code`; executions of one session run one at a time, in call order.
+    pub fn execute(&self, code: impl Into<String>, options: ExecuteOptions) -> Execution {
+        let id = options
+            .execution_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (events_tx, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let command = actor::Command::Execute {
+            id: id.clone(),
+            code: code.into(),
+            timeout: options.timeout,
+            events: events_tx,
+        };
+        if let Err(mpsc::error::SendError(actor::Command::Execute { events, .. })) =
+            self.inner.commands.send(command)
+        {
+            // The channel is new and empty, so this cannot be full.
+            let _ = events.try_send(Event::error("SessionClosed", "the session is closed"));
+        }
+        Execution { id, events }
+    }
+
+    /// Answers the pending `input()` request `input_id`.
+    pub async fn input_response(
+        &self,
+        input_id: &str,
+        data: impl Into<String>,
+    ) -> Result<(), Error> {
+        self.answer_input(input_id, Some(data.into())).await
+    }
+
+    /// Answers the pending `input()` request `input_id` with end-of-file (`EOFError`).
+    pub async fn input_eof(&self, input_id: &str) -> Result<(), Error> {
+        self.answer_input(input_id, None).await
+    }
+
+    async fn answer_input(&self, input_id: &str, data: Option<String>) -> Result<(), Error> {
+        self.request(|reply| actor::Command::InputResponse {
+            input_id: input_id.to_string(),
+            data,
+            reply,
+        })
+        .await?
+    }
+
+    /// Stops `execution_id`: KeyboardInterrupt first; if the code has not stopped after
+    /// `grace`, the worker is killed and restarted (namespace lost). A queued execution is
+    /// removed with an error event.
+    pub async fn cancel(
+        &self,
+        execution_id: &str,
+        grace: Duration,
+    ) -> Result<CancelOutcome, Error> {
+        self.request(|reply| actor::Command::Cancel {
+            execution_id: execution_id.to_string(),
+            grace,
+            reply,
+        })
+        .await
+    }
+
+    /// Delivers KeyboardInterrupt to `execution_id` without waiting for it to stop; with
+    /// `force_restart` the worker is killed and restarted at once instead.
+    pub async fn interrupt(
+        &self,
+        execution_id: &str,
+        force_restart: bool,
+    ) -> Result<InterruptOutcome, Error> {
+        self.request(|reply| actor::Command::Interrupt {
+            execution_id: execution_id.to_string(),
+            force_restart,
+            reply,
+        })
+        .await?
+    }
+
+    /// Replaces the worker with a fresh one (empty namespace). A running execution ends with
+    /// a `SessionRestarted` error; queued ones run on the new worker.
+    pub async fn restart(&self) -> Result<(), Error> {
+        self.request(|reply| actor::Command::Restart { reply })
+            .await?
+    }
+
+    /// Ends the session: asks the worker to exit, kills its process group after the
+    /// shutdown grace, fails running and queued executions, removes the temporary directory.
+    /// Returns when no process of the session is left.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        match self
+            .request(|reply| actor::Command::Shutdown { reply })
+            .await
+        {
+            Ok(()) | Err(Error::SessionClosed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A snapshot: counters from the actor, memory and CPU from /proc, and the namespace size
+    /// from one heartbeat round trip answered by the worker's reader thread.
+    pub async fn info(&self) -> Result<SessionInfo, Error> {
+        let mut info = self.request(|reply| actor::Command::Info { reply }).await?;
+        if let Some(pid) = info.pid {
+            if let Some(stats) = crate::worker::proc_stats(pid) {
+                info.rss_bytes = Some(stats.rss_bytes);
+                info.cpu_time_secs = Some(stats.cpu_time_secs);
+            }
+            let (reply, answer) = oneshot::channel();
+            if self
+                .inner
+                .commands
+                .send(actor::Command::Heartbeat { reply })
+                .is_ok()
+            {
+                // not polling: one deadline for one heartbeat answer.
+                if let Ok(Ok(beat)) = tokio::time::timeout(HEARTBEAT_DEADLINE, answer).await {
+                    info.namespace_size = beat.namespace_size;
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> actor::Command,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(reply))
+            .map_err(|_| Error::SessionClosed)?;
+        answer.await.map_err(|_| Error::SessionClosed)
+    }
+}
