@@ -1,0 +1,203 @@
+//! `pyrepl3 exec`: one execution in a fresh session, wired to this process's stdio and
+//! signals. Output is written as it arrives; `input()` prompts are answered from stdin;
+//! Ctrl-C cancels the code (a second Ctrl-C restarts the worker at once).
+
+use std::io::{BufRead, Read, Write};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use super::ExecArgs;
+use crate::protocol::StreamName;
+use crate::{Event, ExecuteOptions, Session, SessionConfig};
+
+const EXIT_OK: i32 = 0;
+const EXIT_EXCEPTION: i32 = 1;
+const EXIT_USAGE: i32 = 2;
+const EXIT_TIMEOUT: i32 = 124;
+const EXIT_INTERRUPTED: i32 = 130;
+/// How long cancelled code may take to stop before its worker is killed.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+pub async fn run(args: ExecArgs) -> i32 {
+    let timeout = match args.timeout {
+        None => None,
+        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(secs) => {
+            eprintln!("pyrepl3: --timeout must be a positive number of seconds, not {secs}");
+            return EXIT_USAGE;
+        }
+    };
+    let code = if args.code == "-" {
+        let mut code = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut code) {
+            eprintln!("pyrepl3: could not read the code from standard input: {e}");
+            return EXIT_USAGE;
+        }
+        code
+    } else {
+        args.code.clone()
+    };
+    let mut interrupts = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pyrepl3: could not install the Ctrl-C handler: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let config = SessionConfig {
+        python: args.python.clone(),
+        ..SessionConfig::default()
+    };
+    let session = match Session::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pyrepl3: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let status = drive(&session, code, timeout, args.json, &mut interrupts).await;
+    if let Err(e) = session.shutdown().await {
+        eprintln!("pyrepl3: shutting the session down: {e}");
+    }
+    status
+}
+
+async fn drive(
+    session: &Session,
+    code: String,
+    timeout: Option<Duration>,
+    json: bool,
+    interrupts: &mut tokio::signal::unix::Signal,
+) -> i32 {
+    let mut execution = session.execute(
+        code,
+        ExecuteOptions {
+            timeout,
+            ..ExecuteOptions::default()
+        },
+    );
+    let execution_id = execution.id().to_string();
+    let stdin_lines = StdinLines::start();
+    let mut interrupted = 0u32;
+    let mut status = EXIT_EXCEPTION;
+    let mut pending_input: Option<String> = None;
+    let mut lines = stdin_lines.lines;
+    loop {
+        tokio::select! {
+            event = execution.next_event() => {
+                let Some(event) = event else { break };
+                if json {
+                    print_json(&event, &execution_id);
+                }
+                match event {
+                    Event::Output { stream, data } => {
+                        if !json {
+                            write_stream(stream, data.as_bytes());
+                        }
+                    }
+                    Event::Input { input_id, prompt, .. } => {
+                        if !json {
+                            write_stream(StreamName::Stdout, prompt.as_bytes());
+                        }
+                        pending_input = Some(input_id);
+                        let _ = stdin_lines.requests.send(());
+                    }
+                    Event::Result { repr, .. } => {
+                        if let (Some(repr), false) = (repr, json) {
+                            write_stream(StreamName::Stdout, format!("{repr}\n").as_bytes());
+                        }
+                        status = EXIT_OK;
+                    }
+                    Event::Error { exception_type, traceback, .. } => {
+                        if !json {
+                            write_stream(StreamName::Stderr, traceback.as_bytes());
+                        }
+                        status = if exception_type == "ExecutionTimeout" {
+                            EXIT_TIMEOUT
+                        } else {
+                            EXIT_EXCEPTION
+                        };
+                    }
+                }
+            }
+            line = lines.recv(), if pending_input.is_some() => {
+                let Some(input_id) = pending_input.take() else { continue };
+                let answered = match line.flatten() {
+                    Some(line) => session.input_response(&input_id, line).await,
+                    None => session.input_eof(&input_id).await,
+                };
+                // Unknown input: the execution ended meanwhile (e.g. cancelled); nothing to do.
+                let _ = answered;
+            }
+            _ = interrupts.recv() => {
+                interrupted += 1;
+                let session = session.clone();
+                let id = execution_id.clone();
+                if interrupted == 1 {
+                    // Cancel in the background so output keeps streaming meanwhile.
+                    tokio::spawn(async move { session.cancel(&id, CANCEL_GRACE).await });
+                } else {
+                    tokio::spawn(async move { session.interrupt(&id, true).await });
+                }
+            }
+        }
+    }
+    if interrupted > 0 {
+        EXIT_INTERRUPTED
+    } else {
+        status
+    }
+}
+
+fn print_json(event: &Event, execution_id: &str) {
+    match serde_json::to_string(&event.to_message(execution_id)) {
+        Ok(line) => write_stream(StreamName::Stdout, format!("{line}\n").as_bytes()),
+        Err(e) => eprintln!("pyrepl3: could not encode an event as JSON: {e}"),
+    }
+}
+
+/// Writes and flushes at once, so output appears as it is produced. A closed stdout (e.g.
+/// piped into `head`) is not an error worth dying for: the code keeps running to its end.
+fn write_stream(stream: StreamName, bytes: &[u8]) {
+    let _ = match stream {
+        StreamName::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|_| out.flush())
+        }
+        StreamName::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(bytes).and_then(|_| err.flush())
+        }
+    };
+}
+
+/// Lines of this process's stdin, read one per request by a thread (reading stdin blocks and
+/// cannot be cancelled; a thread keeps a half-read line safe across `select!` rounds).
+struct StdinLines {
+    requests: std::sync::mpsc::Sender<()>,
+    /// `None` inside: end of file or a read error.
+    lines: mpsc::UnboundedReceiver<Option<String>>,
+}
+
+impl StdinLines {
+    fn start() -> Self {
+        let (requests, wanted) = std::sync::mpsc::channel::<()>();
+        let (line_tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            while wanted.recv().is_ok() {
+                let mut line = String::new();
+                let answer = match stdin.lock().read_line(&mut line) {
+                    Ok(0) | Err(_) => None,
+                    Ok(_) => Some(line),
+                };
+                if line_tx.send(answer).is_err() {
+                    break;
+                }
+            }
+        });
+        StdinLines { requests, lines }
+    }
+}

@@ -1,0 +1,51 @@
+//! The command line: argument parsing and dispatch to one module per subcommand. Each
+//! subcommand returns the process exit status; nothing here outlives `main`.
+
+mod exec;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pyrepl3",
+    version,
+    about = "Run Python in isolated, persistent worker sessions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CODE (or standard input with `-`) in a fresh session and exit.
+    ///
+    /// Exit status: 0 success, 1 Python exception, 124 timeout, 130 interrupted (Ctrl-C),
+    /// 2 bad usage or the worker could not be started.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Stop the code after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Print every event as one JSON object per line (the protocol's message schema).
+    #[arg(long)]
+    pub json: bool,
+    /// Python interpreter to run the worker with.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+    /// The code to run; `-` (the default) reads it from standard input.
+    #[arg(value_name = "CODE", default_value = "-")]
+    pub code: String,
+}
+
+/// Runs the parsed command line and returns the exit status.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Exec(args) => exec::run(args).await,
+    }
+}
