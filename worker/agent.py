@@ -328,7 +328,9 @@ class Agent:
             self.send({"type": "input", "id": input_id, "execution_id": self._running_id,
                        "prompt": _clip(_safe_str(prompt)), "password": password,
                        "timeout": None})
-            waiter[0].wait()  # SIGINT interrupts the wait, so a cancel ends it
+            # not polling: one untimed wait, completed by the reader thread; SIGINT
+            # interrupts it, so a cancel ends it.
+            waiter[0].wait()
         finally:
             self._waiters.pop(input_id, None)
         return waiter[1]

@@ -523,6 +523,7 @@ impl Actor {
                         OutputPipe::new(StreamName::Stderr, stderr, &spec.marker_token),
                     ],
                     ready: false,
+                    // not polling: a deadline, raced in the one sleep_until of `wait`.
                     start_deadline: Instant::now() + self.config.start_timeout,
                     ordered_received: 0,
                     held: VecDeque::new(),
@@ -728,6 +729,7 @@ impl Actor {
         let grace = self.config.shutdown_grace;
         if let Some(w) = &mut self.worker {
             w.exit_cause.get_or_insert(ExitCause::Shutdown);
+            // not polling: a deadline, raced in the one sleep_until of `wait`.
             w.kill_deadline = Some(Instant::now() + grace);
         }
         self.send(Message::Shutdown(protocol::Shutdown {
@@ -858,6 +860,7 @@ impl Actor {
             let _ = reply.send(CancelOutcome::NotRunning);
             return;
         };
+        // not polling: a deadline, raced in the one sleep_until of `wait`.
         let deadline = Instant::now() + grace;
         match &mut run.cancel {
             Some(cancel) => {
@@ -953,6 +956,7 @@ impl Actor {
             id: queued.id.clone(),
             sink: queued.sink,
             timeout: queued.timeout,
+            // not polling: a deadline, raced in the one sleep_until of `wait`.
             deadline: queued.timeout.map(|t| Instant::now() + t),
             cancel: None,
             pending_inputs: HashSet::new(),
@@ -1003,6 +1007,7 @@ impl Actor {
                 Some(_) => {}
                 None if run.deadline.is_some_and(|at| at <= now) => {
                     run.cancel = Some(CancelState {
+                        // not polling: a deadline, raced in the one sleep_until of `wait`.
                         deadline: now + grace,
                         timed_out: true,
                         replies: Vec::new(),
