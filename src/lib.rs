@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod error;
 pub mod protocol;
+pub mod ratelimit;
 pub mod session;
 pub mod worker;
 

@@ -4,7 +4,7 @@ The host runs this file as `python3 -c <source>`. Inside the worker process it o
 protocol socket (framing, one reader thread, one send lock), the persistent user namespace,
 compiling and running cells on the main thread (trailing-expression results, top-level await
 on one session event loop), `input()`/`sys.stdin`/`getpass` as protocol requests, cancellation
-by SIGINT, and the end-of-execution marker that orders output before each result.
+by SIGINT, and the output marker that orders output before each input request and result.
 Standard library only; nothing here waits on a timer or polls.
 """
 import builtins
@@ -49,7 +49,10 @@ def _safe_str(obj):
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # user code set O_NONBLOCK on the shared pipe; undo it
+            os.set_blocking(fd, True)
 
 
 def _plain_json(value):
@@ -156,7 +159,8 @@ class Agent:
         os.set_inheritable(fd, False)  # user subprocesses must never hold the channel
         self._sock = socket.socket(fileno=fd)
         self._sock.setblocking(True)  # the host may hand over a non-blocking socketpair end
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()     # one frame at a time on the socket
+        self._ordered_lock = threading.Lock()  # one marker+frame pair at a time
 
         # Private dups of fds 1 and 2 carry only the marker, so it still reaches the host
         # when user code redirects or closes fd 1/2.
@@ -176,7 +180,7 @@ class Agent:
         self._interrupt_target = None    # execution the last SIGINT was sent for
         self._queued = set()             # executions received but not started...
         self._cancelled_early = set()    # ...and those of them already cancelled
-        self._main_sending = False       # main thread is mid-frame: defer KeyboardInterrupt
+        self._main_sending = False       # main thread is mid-send: defer KeyboardInterrupt
         self._interrupt_deferred = False
         self._waiters = {}               # input id -> [threading.Event, answer]
 
@@ -206,7 +210,10 @@ class Agent:
     def _new_id(self):
         return "w%d-%d" % (self._pid, next(self._ids))
 
-    def send(self, msg):
+    def send(self, msg, ordered=False):
+        """Send one frame. An ordered one (input, result, error) is preceded by the marker on
+        both pipes (protocol.md); the host pairs the k-th marker with the k-th ordered frame,
+        so a marker and its frame go out as one unit: never one without the other."""
         msg.setdefault("id", self._new_id())
         data = _encode(msg).encode("utf-8", "replace")  # lone surrogates would break the host
         if len(data) > MAX_FRAME:  # never emit a frame the host must reject
@@ -214,12 +221,25 @@ class Agent:
             if "value" in msg:
                 msg["value"] = None
             data = _encode(msg).encode("utf-8", "replace")
+        frame = len(data).to_bytes(4, "big") + data
+        if ordered:
+            self._flush_output()  # still interruptible: nothing is on the wire yet
         on_main = threading.get_ident() == self._main_ident
-        if on_main:  # a KeyboardInterrupt mid-sendall would leave half a frame on the wire
+        if on_main:  # defer KeyboardInterrupt: no half frame, no marker without its frame
             self._main_sending = True
         try:
-            with self._send_lock:
-                self._sock.sendall(len(data).to_bytes(4, "big") + data)
+            if ordered:
+                with self._ordered_lock:  # pairs markers and frames across threads
+                    for fd in self._marker_fds:
+                        try:
+                            _write_all(fd, self._marker)
+                        except OSError:
+                            pass  # the host stopped reading that pipe; it notices by itself
+                    with self._send_lock:
+                        self._sock.sendall(frame)
+            else:
+                with self._send_lock:
+                    self._sock.sendall(frame)
         finally:
             if on_main:
                 self._main_sending = False
@@ -319,15 +339,14 @@ class Agent:
 
     def request_input(self, prompt, password):
         """Ask the client for a line; returns the answer, or None at end-of-file."""
-        # The marker orders this request after everything printed before it (protocol.md).
-        self._end_output()
         input_id = self._new_id()
         waiter = [threading.Event(), None]
         try:
             self._waiters[input_id] = waiter
+            # Ordered: the marker puts this request after everything printed before it.
             self.send({"type": "input", "id": input_id, "execution_id": self._running_id,
                        "prompt": _clip(_safe_str(prompt)), "password": password,
-                       "timeout": None})
+                       "timeout": None}, ordered=True)
             # not polling: one untimed wait, completed by the reader thread; SIGINT
             # interrupts it, so a cancel ends it.
             waiter[0].wait()
@@ -357,10 +376,10 @@ class Agent:
         try:
             if self._unfinished is not None:
                 execution_id, self._unfinished = self._unfinished, None
-                self._end_output()
                 self.send({"type": "error", "execution_id": execution_id,
                            "exception_type": type(exc).__name__,
-                           "exception_message": _clip(_safe_str(exc)), "traceback": ""})
+                           "exception_message": _clip(_safe_str(exc)), "traceback": ""},
+                          ordered=True)
         except BaseException:
             pass
 
@@ -379,8 +398,7 @@ class Agent:
         else:
             frame = self._error_frame(execution_id, outcome[1], outcome[2], source)
         outcome = None  # drop the exception (and the frames it holds) before waiting again
-        self._end_output()
-        self.send(frame)
+        self.send(frame, ordered=True)
         self._unfinished = None
 
     def _run_cell(self, execution_id, source, filename):
@@ -459,22 +477,12 @@ class Agent:
                     pass
             raise
 
-    # ---- output ordering -----------------------------------------------------------------
     def _flush_output(self):
         for stream in [sys.stdout, sys.stderr] + self._streams:
             try:
                 stream.flush()
             except BaseException:
                 pass  # a broken or closed user stream must not stop the marker
-
-    def _end_output(self):
-        """Flush, then mark the end of this execution's output on both pipes (protocol.md)."""
-        self._flush_output()
-        for fd in self._marker_fds:
-            try:
-                _write_all(fd, self._marker)
-            except OSError:
-                pass  # the host stopped reading that pipe; it notices that by itself
 
     # ---- errors --------------------------------------------------------------------------
     def _error_frame(self, execution_id, exc, compiling, source):
