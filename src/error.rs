@@ -23,6 +23,8 @@ pub enum Error {
     SessionClosed,
     #[error("the session's worker is dead ({0}); call restart() to get a fresh one")]
     SessionDead(String),
+    #[error("the worker did not answer a heartbeat within {0:?}")]
+    HeartbeatTimeout(Duration),
     #[error("no pending input request with id {0:?} (unknown, or already answered)")]
     UnknownInput(String),
     #[error("I/O error while {context}: {source}")]

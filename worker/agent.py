@@ -173,8 +173,9 @@ class Agent:
         sys.stdin = _Stdin()
         builtins.input = input
 
-        # Shared with the reader thread. The main thread stores _running_id without the lock:
-        # a plain store cannot be interrupted by the SIGINT handler, a lock acquire can.
+        # Shared with the reader thread. The main thread arms _running_id under the lock (so a
+        # cancel cannot slip between dequeue and start) but disarms it with a plain store,
+        # which the SIGINT handler cannot interrupt; the handler re-checks the target anyway.
         self._state_lock = threading.Lock()
         self._running_id = None          # execution whose user code is running now
         self._interrupt_target = None    # execution the last SIGINT was sent for

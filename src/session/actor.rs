@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::unix::pipe;
@@ -14,9 +16,12 @@ use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::output::{OutputPipe, PipeItem};
-use super::{CancelOutcome, Event, InterruptOutcome, SessionConfig, SessionInfo, SessionState};
+use super::{
+    CancelOutcome, Event, InterruptOutcome, Scope, SessionConfig, SessionInfo, SessionState,
+};
 use crate::error::Error;
 use crate::protocol::{self, FrameDecoder, Heartbeat, Message, StreamName};
 use crate::worker::{self, SpawnedWorker, WorkerSpec};
@@ -52,6 +57,11 @@ pub(crate) enum Command {
         force_restart: bool,
         reply: oneshot::Sender<Result<InterruptOutcome, Error>>,
     },
+    /// Cancels the running execution and removes every queued one.
+    CancelAll {
+        grace: Duration,
+        reply: oneshot::Sender<CancelOutcome>,
+    },
     Restart {
         reply: oneshot::Sender<Result<(), Error>>,
     },
@@ -72,10 +82,12 @@ type ReadyReply = oneshot::Receiver<Result<String, Error>>;
 /// yields the session id once the worker is ready, or the start-up error.
 pub(crate) async fn spawn(
     config: SessionConfig,
+    scope: Scope,
 ) -> Result<
     (
         mpsc::UnboundedSender<Command>,
         watch::Receiver<SessionState>,
+        Arc<AtomicU64>,
         ReadyReply,
     ),
     Error,
@@ -100,7 +112,10 @@ pub(crate) async fn spawn(
     let (state_tx, state_rx) = watch::channel(SessionState::Starting);
     let (ready_tx, ready_rx) = oneshot::channel();
     let now = unix_now();
+    let executions = Arc::new(AtomicU64::new(0));
     let mut actor = Actor {
+        shutdown_token: scope.token,
+        executions: executions.clone(),
         id,
         config,
         python,
@@ -128,8 +143,8 @@ pub(crate) async fn spawn(
         read_buf: vec![0; READ_CHUNK],
     };
     actor.start_worker();
-    tokio::spawn(actor.run());
-    Ok((commands_tx, state_rx, ready_rx))
+    scope.tracker.spawn(actor.run());
+    Ok((commands_tx, state_rx, executions, ready_rx))
 }
 
 fn unix_now() -> f64 {
@@ -299,6 +314,7 @@ struct Queued {
 /// What woke the actor.
 enum Wake {
     Command(Option<Command>),
+    OwnerShutdown,
     SocketReadable,
     SocketWritable,
     Pipe(usize),
@@ -309,6 +325,10 @@ enum Wake {
 
 struct Actor {
     id: String,
+    /// Cancelled by the owner of the session (a pool shutting down): shut down gracefully.
+    shutdown_token: CancellationToken,
+    /// Terminal events delivered, shared with the handles for a lock-free read.
+    executions: Arc<AtomicU64>,
     config: SessionConfig,
     python: PathBuf,
     cwd: PathBuf,
@@ -398,6 +418,7 @@ impl Actor {
             let wake = self.wait().await;
             match wake {
                 Wake::Command(Some(cmd)) => self.on_command(cmd),
+                Wake::OwnerShutdown => self.begin_shutdown(),
                 Wake::Command(None) => {
                     // Every handle is gone: nobody can use the session any more.
                     self.commands_open = false;
@@ -434,6 +455,8 @@ impl Actor {
             .filter(|r| !r.sink.backlog.is_empty() && !r.sink.gone)
             .map(|r| &r.sink.tx);
         let commands = &mut self.commands;
+        let owner_shutdown = &self.shutdown_token;
+        let closing = self.closing;
         let commands_open = self.commands_open;
         let (socket_r, socket_w, pipe0, pipe1, child) = match self.worker.as_mut() {
             Some(w) => {
@@ -454,6 +477,7 @@ impl Actor {
         };
         tokio::select! {
             cmd = commands.recv(), if commands_open => Wake::Command(cmd),
+            _ = owner_shutdown.cancelled(), if !closing => Wake::OwnerShutdown,
             _ = pipe_readable(pipe0) => Wake::Pipe(0),
             _ = pipe_readable(pipe1) => Wake::Pipe(1),
             _ = readable(socket_r) => Wake::SocketReadable,
@@ -652,8 +676,7 @@ impl Actor {
                     let _ = reply.send(outcome);
                 }
             }
-            self.execution_count += 1;
-            self.error_count += 1;
+            self.count_execution(true);
             self.last_used_at = unix_now();
             run.sink.push(event);
             run.sink.close();
@@ -798,6 +821,18 @@ impl Actor {
                 grace,
                 reply,
             } => self.cancel(execution_id, grace, reply),
+            Command::CancelAll { grace, reply } => {
+                let queued: Vec<String> = self.queue.iter().map(|q| q.id.clone()).collect();
+                for id in queued {
+                    self.remove_queued(&id);
+                }
+                match self.current.as_ref().map(|r| r.id.clone()) {
+                    Some(id) => self.cancel(id, grace, reply),
+                    None => {
+                        let _ = reply.send(CancelOutcome::NotRunning);
+                    }
+                }
+            }
             Command::Interrupt {
                 execution_id,
                 force_restart,
@@ -1270,14 +1305,20 @@ impl Actor {
         }
     }
 
+    fn count_execution(&mut self, failed: bool) {
+        self.execution_count += 1;
+        self.executions
+            .store(self.execution_count, Ordering::Relaxed);
+        if failed {
+            self.error_count += 1;
+        }
+    }
+
     fn finish_current(&mut self, event: Event) {
         let Some(mut run) = self.current.take() else {
             return;
         };
-        self.execution_count += 1;
-        if matches!(event, Event::Error { .. }) {
-            self.error_count += 1;
-        }
+        self.count_execution(matches!(event, Event::Error { .. }));
         self.last_used_at = unix_now();
         run.sink.push(event);
         run.sink.close();

@@ -7,6 +7,7 @@ mod output;
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,9 +15,11 @@ use std::time::Duration;
 use futures::Stream;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::protocol::{self, Message, StreamName};
+use crate::protocol::{self, Heartbeat, Message, StreamName};
 
 pub use actor::EVENT_CHANNEL_CAPACITY;
 
@@ -324,6 +327,16 @@ struct Handle {
     id: String,
     commands: mpsc::UnboundedSender<actor::Command>,
     state: watch::Receiver<SessionState>,
+    executions: Arc<AtomicU64>,
+}
+
+/// Where a session lives in the shutdown tree: cancelling `token` makes the session shut down
+/// (gracefully, then by kill after its grace), and its actor task is spawned on `tracker`, so
+/// the owner can wait until every task (and so every worker process) is gone.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub token: CancellationToken,
+    pub tracker: TaskTracker,
 }
 
 /// How long `info()` waits for the worker's heartbeat answer.
@@ -332,15 +345,65 @@ const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(1);
 impl Session {
     /// Starts a worker and waits until it is ready (or `start_timeout` passes).
     pub async fn start(config: SessionConfig) -> Result<Session, Error> {
-        let (commands, state, ready) = actor::spawn(config).await?;
+        Session::start_in(config, Scope::default()).await
+    }
+
+    /// Like [`Session::start`], inside an owner's shutdown tree (see [`Scope`]).
+    pub async fn start_in(config: SessionConfig, scope: Scope) -> Result<Session, Error> {
+        let (commands, state, executions, ready) = actor::spawn(config, scope).await?;
         let id = ready.await.map_err(|_| Error::SessionClosed)??;
         Ok(Session {
             inner: Arc::new(Handle {
                 id,
                 commands,
                 state,
+                executions,
             }),
         })
+    }
+
+    /// Executions that have ended so far (a cheap read, no round trip).
+    pub fn execution_count(&self) -> u64 {
+        self.inner.executions.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the session can no longer run code without a restart: its worker died,
+    /// or the session was shut down.
+    pub async fn died(&self) {
+        let mut states = self.inner.state.clone();
+        let _ = states
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    SessionState::Dead | SessionState::ShuttingDown | SessionState::Closed
+                )
+            })
+            .await;
+    }
+
+    /// One heartbeat round trip, answered by the worker's reader thread (so a busy worker
+    /// answers too). Fails if no answer comes within `deadline`.
+    pub async fn ping(&self, deadline: Duration) -> Result<Heartbeat, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(actor::Command::Heartbeat { reply })
+            .map_err(|_| Error::SessionClosed)?;
+        // not polling: one deadline for one heartbeat answer.
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(beat)) => Ok(beat),
+            Ok(Err(_)) => Err(Error::SessionDead(
+                "no heartbeat: the worker is not ready".into(),
+            )),
+            Err(_) => Err(Error::HeartbeatTimeout(deadline)),
+        }
+    }
+
+    /// Cancels whatever runs (with `grace`, as [`Session::cancel`]) and removes everything
+    /// queued.
+    pub async fn cancel_all(&self, grace: Duration) -> Result<CancelOutcome, Error> {
+        self.request(|reply| actor::Command::CancelAll { grace, reply })
+            .await
     }
 
     pub fn id(&self) -> &str {
@@ -461,17 +524,8 @@ impl Session {
                 info.rss_bytes = Some(stats.rss_bytes);
                 info.cpu_time_secs = Some(stats.cpu_time_secs);
             }
-            let (reply, answer) = oneshot::channel();
-            if self
-                .inner
-                .commands
-                .send(actor::Command::Heartbeat { reply })
-                .is_ok()
-            {
-                // not polling: one deadline for one heartbeat answer.
-                if let Ok(Ok(beat)) = tokio::time::timeout(HEARTBEAT_DEADLINE, answer).await {
-                    info.namespace_size = beat.namespace_size;
-                }
+            if let Ok(beat) = self.ping(HEARTBEAT_DEADLINE).await {
+                info.namespace_size = beat.namespace_size;
             }
         }
         Ok(info)
