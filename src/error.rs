@@ -27,6 +27,19 @@ pub enum Error {
     HeartbeatTimeout(Duration),
     #[error("no pending input request with id {0:?} (unknown, or already answered)")]
     UnknownInput(String),
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    #[error("the pool is shut down")]
+    PoolClosed,
+    #[error("no session could be acquired within {0:?}")]
+    AcquireTimeout(Duration),
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+    #[error("the warmup code failed with {exception_type}: {exception_message}")]
+    Warmup {
+        exception_type: String,
+        exception_message: String,
+    },
     #[error("I/O error while {context}: {source}")]
     Io {
         context: &'static str,

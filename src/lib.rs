@@ -8,12 +8,14 @@
 
 pub mod cli;
 pub mod error;
+pub mod pool;
 pub mod protocol;
 pub mod ratelimit;
 pub mod session;
 pub mod worker;
 
 pub use error::Error;
+pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
     CancelOutcome, Event, ExecuteOptions, Execution, ExecutionOutcome, Session, SessionConfig,
     SessionInfo, SessionState,
