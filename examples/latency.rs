@@ -77,5 +77,40 @@ async fn main() -> Result<(), pyrepl3::Error> {
         }
         report(name, samples);
     }
-    session.shutdown().await
+    session.shutdown().await?;
+
+    // The pool: warm acquire (idle session available), and how long warmup takes to bring
+    // idle back to min_idle after an acquire took it below.
+    let pool = pyrepl3::SessionPool::start(pyrepl3::PoolConfig {
+        min_idle: 2,
+        max_sessions: 4,
+        pre_warm: true,
+        recycle_after_executions: None,
+        ..Default::default()
+    })
+    .await?;
+    let mut acquires = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let guard = pool.acquire().await?;
+        acquires.push(t0.elapsed());
+        drop(guard);
+    }
+    report("warm pool acquire", acquires);
+    let mut refills = Vec::new();
+    let mut idle = pool.idle_changes();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let guard = pool.acquire().await?;
+        idle.wait_for(|n| *n >= 2)
+            .await
+            .map_err(|_| pyrepl3::Error::PoolClosed)?;
+        refills.push(t0.elapsed());
+        guard.discard();
+        idle.wait_for(|n| *n >= 2)
+            .await
+            .map_err(|_| pyrepl3::Error::PoolClosed)?;
+    }
+    report("acquire -> idle back at min_idle", refills);
+    pool.shutdown().await
 }

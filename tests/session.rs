@@ -703,3 +703,33 @@ async fn output_not_valid_utf8_is_replaced_not_lost() {
     let _ = StreamName::Stdout;
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn output_rate_limit_slows_the_worker_and_loses_nothing() {
+    let config = SessionConfig {
+        output_rate: Some(pyrepl3::session::OutputRate {
+            bytes_per_second: 1_000_000.0,
+            burst_bytes: 65_536,
+        }),
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    let t0 = Instant::now();
+    // 10 000 lines of 100 bytes: 1 MB, of which the burst covers 64 KiB.
+    let out = run(
+        &s,
+        "import sys\nfor i in range(10000):\n    sys.stdout.write(f'{i:099d}\\n')\n'done'",
+    )
+    .await;
+    let took = t0.elapsed();
+    assert_eq!(out.repr(), Some("'done'"));
+    assert_eq!(out.stdout.len(), 1_000_000);
+    let expected: String = (0..10000).map(|i| format!("{i:099}\n")).collect();
+    assert!(out.stdout == expected, "every byte, in order");
+    assert!(took >= Duration::from_millis(900), "not limited: {took:?}");
+    assert!(
+        s.info().await.unwrap().timer_wakeups > 0,
+        "the limiter paused the pipes"
+    );
+    s.shutdown().await.unwrap();
+}

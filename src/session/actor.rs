@@ -24,6 +24,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::protocol::{self, FrameDecoder, Heartbeat, Message, StreamName};
+use crate::ratelimit::RateLimiter;
 use crate::worker::{self, SpawnedWorker, WorkerSpec};
 
 /// Events buffered per execution between the actor and the consumer.
@@ -34,6 +35,8 @@ const BACKLOG_LIMIT: usize = 1024 * 1024;
 /// Output of unknown owner held per pipe before that pipe stops being read.
 const STRAY_LIMIT: usize = 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// How long the processes left in a closed session's group may take to die after SIGKILL.
+const GROUP_EXIT_DEADLINE: Duration = Duration::from_secs(2);
 
 pub(crate) enum Command {
     Execute {
@@ -113,7 +116,13 @@ pub(crate) async fn spawn(
     let (ready_tx, ready_rx) = oneshot::channel();
     let now = unix_now();
     let executions = Arc::new(AtomicU64::new(0));
+    let output_limiter = config
+        .output_rate
+        .map(|rate| RateLimiter::new(rate.bytes_per_second, rate.burst_bytes.max(1)));
     let mut actor = Actor {
+        last_pid: None,
+        output_limiter,
+        output_paused_until: None,
         shutdown_token: scope.token,
         executions: executions.clone(),
         id,
@@ -325,6 +334,12 @@ enum Wake {
 
 struct Actor {
     id: String,
+    /// Process group of the last worker that exited, checked empty before the actor ends.
+    last_pid: Option<u32>,
+    /// `SessionConfig::output_rate`: bytes per second read from the worker's pipes.
+    output_limiter: Option<RateLimiter>,
+    /// The output rate was exceeded: the pipes are not read until then.
+    output_paused_until: Option<Instant>,
     /// Cancelled by the owner of the session (a pool shutting down): shut down gracefully.
     shutdown_token: CancellationToken,
     /// Terminal events delivered, shared with the handles for a lock-free read.
@@ -436,6 +451,13 @@ impl Actor {
                 Wake::Deadline => self.on_deadline(),
             }
         }
+        // The worker was reaped, but a child it started may still be dying from the group
+        // kill: "closed" means no process of the session is left.
+        if let Some(pgid) = self.last_pid {
+            if !worker::kill_group_and_wait(pgid, GROUP_EXIT_DEADLINE).await {
+                tracing::warn!(session = %self.id, pgid, "processes of the session's group survived SIGKILL");
+            }
+        }
         self.state.send_replace(SessionState::Closed);
         for waiter in self.shutdown_waiters.drain(..) {
             let _ = waiter.send(());
@@ -449,6 +471,7 @@ impl Actor {
     async fn wait(&mut self) -> Wake {
         let next_deadline = self.next_deadline();
         let backlog_bytes = self.current.as_ref().map_or(0, |r| r.sink.backlog_bytes);
+        let output_paused = self.output_paused_until;
         let consumer = self
             .current
             .as_ref()
@@ -460,7 +483,7 @@ impl Actor {
         let commands_open = self.commands_open;
         let (socket_r, socket_w, pipe0, pipe1, child) = match self.worker.as_mut() {
             Some(w) => {
-                let reading_allowed = backlog_bytes < BACKLOG_LIMIT;
+                let reading_allowed = backlog_bytes < BACKLOG_LIMIT && output_paused.is_none();
                 fn pipe_rx(p: &OutputPipe, reading_allowed: bool) -> Option<&pipe::Receiver> {
                     (reading_allowed && !p.eof && p.stray_bytes < STRAY_LIMIT).then_some(&p.rx)
                 }
@@ -495,6 +518,7 @@ impl Actor {
                 earliest = Some(earliest.map_or(at, |e| e.min(at)));
             }
         };
+        consider(self.output_paused_until);
         if let Some(w) = &self.worker {
             consider((!w.ready && w.exit_cause.is_none()).then_some(w.start_deadline));
             consider(w.kill_deadline);
@@ -608,6 +632,7 @@ impl Actor {
         };
         // Sweep the group: children of user code do not outlive the worker.
         worker::kill_group(w.pid, libc::SIGKILL);
+        self.last_pid = Some(w.pid);
         let cause = w.exit_cause.get_or_insert(ExitCause::Unexpected).clone();
         let was_ready = w.ready;
         let status_text = match status {
@@ -1020,6 +1045,9 @@ impl Actor {
     fn on_deadline(&mut self) {
         self.timer_wakeups += 1;
         let now = Instant::now();
+        if self.output_paused_until.is_some_and(|at| at <= now) {
+            self.output_paused_until = None;
+        }
         let mut kill: Option<ExitCause> = None;
         if let Some(w) = &mut self.worker {
             if !w.ready && w.exit_cause.is_none() && w.start_deadline <= now {
@@ -1201,7 +1229,20 @@ impl Actor {
             return;
         };
         let mut items = Vec::new();
-        w.pipes[i].read_available(&mut self.read_buf, &mut items);
+        let limit = self
+            .output_limiter
+            .as_ref()
+            .map_or(READ_CHUNK, |l| (l.burst() as usize).clamp(1, READ_CHUNK));
+        let before = w.pipes[i].bytes_read;
+        w.pipes[i].read_available(&mut self.read_buf[..limit], &mut items);
+        let read = w.pipes[i].bytes_read - before;
+        if let Some(limiter) = &self.output_limiter {
+            // Over the rate: stop reading both pipes until the debt is paid. The pipes fill
+            // and the worker blocks in write(): it is slowed down, nothing is dropped.
+            if let Ok(Some(due)) = limiter.reserve(read as u32) {
+                self.output_paused_until = Some(due);
+            }
+        }
         self.route_items(i, items);
     }
 

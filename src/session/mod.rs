@@ -46,6 +46,17 @@ pub struct SessionConfig {
     pub max_frame_len: usize,
     /// Session id; `None` generates one.
     pub session_id: Option<String>,
+    /// Limits how fast the worker's output is read; a worker that writes faster is slowed
+    /// down (its writes block), never dropped. `None`: unlimited.
+    pub output_rate: Option<OutputRate>,
+}
+
+/// A byte rate for [`SessionConfig::output_rate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutputRate {
+    pub bytes_per_second: f64,
+    /// Bytes that may be read at once before the rate applies (also the largest read).
+    pub burst_bytes: u32,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +71,7 @@ impl Default for SessionConfig {
             shutdown_grace: Duration::from_secs(2),
             max_frame_len: protocol::DEFAULT_MAX_FRAME_LEN,
             session_id: None,
+            output_rate: None,
         }
     }
 }

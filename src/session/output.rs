@@ -26,6 +26,8 @@ pub(crate) struct OutputPipe {
     /// Markers passed so far.
     pub markers: u64,
     pub eof: bool,
+    /// Bytes read from the pipe so far.
+    pub bytes_read: u64,
     /// Text whose owner is not known yet, with the segment it was read in.
     pub stray: VecDeque<(u64, String)>,
     pub stray_bytes: usize,
@@ -40,6 +42,7 @@ impl OutputPipe {
             utf8_tail: Vec::new(),
             markers: 0,
             eof: false,
+            bytes_read: 0,
             stray: VecDeque::new(),
             stray_bytes: 0,
         }
@@ -54,6 +57,7 @@ impl OutputPipe {
                 true
             }
             Ok(n) => {
+                self.bytes_read += n as u64;
                 self.feed(&buf[..n], items);
                 true
             }

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
 
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -214,6 +218,40 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
             pgrp == Some(pgid) && state != Some("Z") && state != Some("X")
         })
         .collect()
+}
+
+/// Kills the group `pgid` and waits until none of its processes is running any more (each
+/// member's exit is awaited on its pidfd: an event, not a poll), or until `within` passes.
+/// Returns whether the group is gone.
+pub async fn kill_group_and_wait(pgid: u32, within: Duration) -> bool {
+    kill_group(pgid, libc::SIGKILL);
+    // not polling: one deadline bounding the wait for every member's exit event.
+    let deadline = tokio::time::Instant::now() + within;
+    for pid in group_members(pgid) {
+        let Some(exited) = pid_exit_event(pid) else {
+            continue; // already gone
+        };
+        if tokio::time::timeout_at(deadline, exited.readable())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// A pidfd that becomes readable when `pid` exits; `None` if it is gone already.
+fn pid_exit_event(pid: u32) -> Option<AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // SAFETY: `owned` stays open, and is the same fd, for as long as the AsyncFd owns it.
+    unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }.ok()
 }
 
 /// "exited with status 3" / "killed by signal 9 (SIGKILL)".
