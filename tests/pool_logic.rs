@@ -24,6 +24,7 @@ struct FakeInner {
     state: watch::Sender<SessionState>,
     executions: AtomicU64,
     cancels: AtomicUsize,
+    answers_heartbeat: std::sync::atomic::AtomicBool,
     shut_down_at: Mutex<Option<Instant>>,
 }
 
@@ -63,12 +64,20 @@ impl PoolSession for Fake {
         .boxed()
     }
     fn validate(&self, _deadline: Duration) -> BoxFuture<'static, Result<(), Error>> {
-        async { Ok(()) }.boxed()
+        let answers = self.inner.answers_heartbeat.load(Ordering::Relaxed);
+        async move {
+            if answers {
+                Ok(())
+            } else {
+                Err(Error::HeartbeatTimeout(Duration::from_secs(1)))
+            }
+        }
+        .boxed()
     }
-    fn cancel_all(&self, _grace: Duration) -> BoxFuture<'static, ()> {
+    fn cancel_all(&self, _grace: Duration) -> BoxFuture<'static, bool> {
         self.inner.cancels.fetch_add(1, Ordering::Relaxed);
         self.set_state(SessionState::Idle);
-        async {}.boxed()
+        async { false }.boxed()
     }
     fn restart(&self) -> BoxFuture<'static, Result<(), Error>> {
         async { Ok(()) }.boxed()
@@ -110,6 +119,7 @@ impl SessionFactory for Shared {
                     state: watch::Sender::new(SessionState::Idle),
                     executions: AtomicU64::new(0),
                     cancels: AtomicUsize::new(0),
+                    answers_heartbeat: std::sync::atomic::AtomicBool::new(true),
                     shut_down_at: Mutex::new(None),
                 }),
             })
@@ -402,4 +412,30 @@ async fn warmup_refills_even_while_acquirers_create_their_own_sessions() {
     let _b = pool.acquire().await.unwrap();
     pool.idle_changes().wait_for(|n| *n == 1).await.unwrap();
     assert_eq!(pool.info().total, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_idle_too_long_are_validated_and_replaced_if_silent() {
+    let config = PoolConfig {
+        min_idle: 0,
+        max_sessions: 2,
+        validate_after_idle: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let (pool, _factory) = fake_pool(config).await;
+    let first = pool.acquire().await.unwrap();
+    let silent = (*first).clone();
+    drop(first);
+    // Fresh enough: handed out without a check.
+    silent
+        .inner
+        .answers_heartbeat
+        .store(false, Ordering::Relaxed);
+    assert_eq!(pool.acquire().await.unwrap().id(), silent.id());
+    // Idle past the threshold and not answering: replaced by a new session.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let next = pool.acquire().await.unwrap();
+    assert_ne!(next.id(), silent.id());
+    assert!(silent.inner.shut_down_at.lock().unwrap().is_some());
+    assert_eq!(pool.info().metrics.sessions_removed, 1);
 }

@@ -45,8 +45,9 @@ pub trait PoolSession: Clone + Send + Sync + 'static {
     fn settled(&self) -> BoxFuture<'static, ()>;
     /// One liveness round trip.
     fn validate(&self, deadline: Duration) -> BoxFuture<'static, Result<(), Error>>;
-    /// Stops whatever runs (KeyboardInterrupt, then kill after `grace`).
-    fn cancel_all(&self, grace: Duration) -> BoxFuture<'static, ()>;
+    /// Stops whatever runs (KeyboardInterrupt, then kill after `grace`). Returns whether
+    /// the worker had to be killed and restarted.
+    fn cancel_all(&self, grace: Duration) -> BoxFuture<'static, bool>;
     /// A fresh worker (used to recycle).
     fn restart(&self) -> BoxFuture<'static, Result<(), Error>>;
     fn shutdown(&self) -> BoxFuture<'static, ()>;
@@ -545,7 +546,9 @@ impl<F: SessionFactory> Inner<F> {
             let pool = self.clone();
             let grace = self.config.release_grace;
             self.scope.tracker.spawn(async move {
-                member.session.cancel_all(grace).await;
+                if member.session.cancel_all(grace).await {
+                    pool.lock().metrics.sessions_restarted += 1;
+                }
                 member.session.settled().await;
                 pool.release(member);
             });
@@ -564,6 +567,7 @@ impl<F: SessionFactory> Inner<F> {
             let pool = self.clone();
             self.scope.tracker.spawn(async move {
                 let mut member = member;
+                pool.lock().metrics.sessions_restarted += 1;
                 if member.session.restart().await.is_ok() {
                     member.baseline = member.session.execution_count();
                     let mut st = pool.lock();

@@ -91,10 +91,13 @@ impl PoolSession for Session {
         async move { session.ping(deadline).await.map(|_| ()) }.boxed()
     }
 
-    fn cancel_all(&self, grace: Duration) -> BoxFuture<'static, ()> {
+    fn cancel_all(&self, grace: Duration) -> BoxFuture<'static, bool> {
         let session = self.clone();
         async move {
-            let _ = session.cancel_all(grace).await;
+            matches!(
+                session.cancel_all(grace).await,
+                Ok(crate::session::CancelOutcome::Killed)
+            )
         }
         .boxed()
     }

@@ -51,6 +51,9 @@ pub struct PoolMetrics {
     pub sessions_created: u64,
     pub sessions_removed: u64,
     pub sessions_recycled: u64,
+    /// Workers replaced while the pool held the session: recycling, and releases of a busy
+    /// session whose code had to be killed.
+    pub sessions_restarted: u64,
     /// Removed because they were found dead (or failed) when released.
     pub removed_dead_on_release: u64,
     pub spawn_failures: u64,
