@@ -12,13 +12,14 @@ import io
 import json
 import math
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
 import types
+from fcntl import ioctl as _ioctl
+from termios import FIONREAD as _FIONREAD
 
 MAX_FRAME = 16 << 20        # largest frame either side may send (protocol.md)
 TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
@@ -149,17 +150,19 @@ class _Stdin(io.TextIOBase):
 
 
 class Agent:
-    def __init__(self, fd, session_id, marker):
+    def __init__(self, exec_fd, control_fd, session_id, marker):
         self._session_id = session_id
         self._marker = b"\x1bPYREPL3:" + marker.encode() + b"\x1b"
         self._pid = os.getpid()
         self._main_ident = threading.get_ident()
         self._ids = iter(range(1, 1 << 62))  # next() on it is atomic under the GIL
 
-        os.set_inheritable(fd, False)  # user subprocesses must never hold the channel
-        self._sock = socket.socket(fileno=fd)
-        self._sock.setblocking(True)  # the host may hand over a non-blocking socketpair end
-        self._send_lock = threading.Lock()     # one frame at a time on the socket
+        # Two channels (protocol.md): the main thread reads `execute` from the exec channel
+        # itself when idle, so starting code needs no hand-off between threads (~40 µs each
+        # on this kind of machine); the reader thread owns the control channel.
+        self._exec = self._channel(exec_fd)
+        self._control = self._channel(control_fd)
+        self._send_lock = threading.Lock()     # one frame at a time per sender
         self._ordered_lock = threading.Lock()  # one marker+frame pair at a time
 
         # Private dups of fds 1 and 2 carry only the marker, so it still reaches the host
@@ -179,13 +182,11 @@ class Agent:
         self._state_lock = threading.Lock()
         self._running_id = None          # execution whose user code is running now
         self._interrupt_target = None    # execution the last SIGINT was sent for
-        self._queued = set()             # executions received but not started...
-        self._cancelled_early = set()    # ...and those of them already cancelled
+        self._cancelled_early = []       # cancels that arrived before their execute (bounded)
         self._main_sending = False       # main thread is mid-send: defer KeyboardInterrupt
         self._interrupt_deferred = False
         self._waiters = {}               # input id -> [threading.Event, answer]
 
-        self._inbox = queue.SimpleQueue()
         self._unfinished = None          # execution still owed a terminal frame
         self._cell_count = 0
         self._compile_flags = 0          # PyCF_ALLOW_TOP_LEVEL_AWAIT + __future__ seen so far
@@ -197,6 +198,13 @@ class Agent:
         sys.modules["__main__"] = main_module  # so pickle finds classes defined in cells
         self._sigint_handler = self._on_sigint
         signal.signal(signal.SIGINT, self._sigint_handler)
+
+    @staticmethod
+    def _channel(fd):
+        os.set_inheritable(fd, False)  # user subprocesses must never hold the channel
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(True)  # the host may hand over a non-blocking socketpair end
+        return sock
 
     @staticmethod
     def _text_stream(fd):
@@ -216,6 +224,11 @@ class Agent:
         both pipes (protocol.md); the host pairs the k-th marker with the k-th ordered frame,
         so a marker and its frame go out as one unit: never one without the other."""
         msg.setdefault("id", self._new_id())
+        if ordered:
+            self._flush_output()  # still interruptible: nothing is on the wire yet
+            # Nothing unread in either pipe means the host has read (and, as it reads and
+            # routes in one step, routed) every byte written so far: no marker is needed.
+            msg["marked"] = marked = not self._pipes_drained()
         data = _encode(msg).encode("utf-8", "replace")  # lone surrogates would break the host
         if len(data) > MAX_FRAME:  # never emit a frame the host must reject
             msg = {k: _clip(v, 1 << 16) if isinstance(v, str) else v for k, v in msg.items()}
@@ -223,24 +236,23 @@ class Agent:
                 msg["value"] = None
             data = _encode(msg).encode("utf-8", "replace")
         frame = len(data).to_bytes(4, "big") + data
-        if ordered:
-            self._flush_output()  # still interruptible: nothing is on the wire yet
         on_main = threading.get_ident() == self._main_ident
+        sock = self._exec if on_main else self._control
         if on_main:  # defer KeyboardInterrupt: no half frame, no marker without its frame
             self._main_sending = True
         try:
             if ordered:
                 with self._ordered_lock:  # pairs markers and frames across threads
-                    for fd in self._marker_fds:
+                    for fd in self._marker_fds if marked else ():
                         try:
                             _write_all(fd, self._marker)
                         except OSError:
                             pass  # the host stopped reading that pipe; it notices by itself
                     with self._send_lock:
-                        self._sock.sendall(frame)
+                        sock.sendall(frame)
             else:
                 with self._send_lock:
-                    self._sock.sendall(frame)
+                    sock.sendall(frame)
         finally:
             if on_main:
                 self._main_sending = False
@@ -249,34 +261,51 @@ class Agent:
             if self._running_id is not None:
                 raise KeyboardInterrupt
 
-    def _recv_exact(self, size):
+    def _pipes_drained(self):
+        try:
+            return all(not int.from_bytes(_ioctl(fd, _FIONREAD, b"\0\0\0\0"), "little")
+                       for fd in self._marker_fds)
+        except OSError:
+            return False  # cannot tell: mark, which is always correct
+
+    @staticmethod
+    def _recv_exact(sock, size):
         buf = bytearray(size)
         view, got = memoryview(buf), 0
         while got < size:
-            n = self._sock.recv_into(view[got:])
+            n = sock.recv_into(view[got:])
             if n == 0:
                 raise EOFError
             got += n
         return bytes(buf)
 
+    def _recv_frame(self, sock):
+        """One message from `sock`; blocks (never with a timeout) until it is complete."""
+        size = int.from_bytes(self._recv_exact(sock, 4), "big")
+        if size > MAX_FRAME:
+            self._protocol_error("frame of %d bytes exceeds the limit" % size)
+        try:
+            msg = _decode(self._recv_exact(sock, size).decode("utf-8"))
+        except ValueError as exc:
+            self._protocol_error("bad JSON: %s" % exc)
+        if not isinstance(msg, dict) or not isinstance(msg.get("id"), str):
+            self._protocol_error("message without a string id: %.200r" % (msg,))
+        return msg
+
+    def _host_gone(self):
+        # Take the whole process group along so nothing is orphaned, but only when we lead
+        # it (otherwise killpg(0) would hit the host's group).
+        if os.getpgrp() == self._pid:
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
     def read_loop(self):
-        """Reader thread: blocks on the socket (never with a timeout) and dispatches frames."""
+        """Reader thread: blocks on the control channel (never with a timeout) and dispatches."""
         try:
             while True:
-                size = int.from_bytes(self._recv_exact(4), "big")
-                if size > MAX_FRAME:
-                    self._protocol_error("frame of %d bytes exceeds the limit" % size)
-                try:
-                    msg = _decode(self._recv_exact(size).decode("utf-8"))
-                except ValueError as exc:
-                    self._protocol_error("bad JSON: %s" % exc)
-                self._dispatch(msg)
+                self._dispatch(self._recv_frame(self._control))
         except (EOFError, OSError):
-            # The host is gone: take the whole process group along so nothing is orphaned,
-            # but only when we lead it (otherwise killpg(0) would hit the host's group).
-            if os.getpgrp() == self._pid:
-                os.killpg(0, signal.SIGKILL)
-            os._exit(1)
+            self._host_gone()
         except BaseException as exc:
             self._protocol_error("reader failed: %r" % (exc,))
 
@@ -287,14 +316,8 @@ class Agent:
             os._exit(70)
 
     def _dispatch(self, msg):
-        kind, msg_id = (msg.get("type"), msg.get("id")) if isinstance(msg, dict) else (0, 0)
-        if not isinstance(msg_id, str):
-            self._protocol_error("message without a string id: %.200r" % (msg,))
-        if kind == "execute" and isinstance(msg.get("code"), str):
-            with self._state_lock:
-                self._queued.add(msg_id)
-            self._inbox.put(msg)
-        elif kind == "input_response" and isinstance(msg.get("data"), (str, type(None))):
+        kind, msg_id = msg.get("type"), msg["id"]
+        if kind == "input_response" and isinstance(msg.get("data"), (str, type(None))):
             waiter = self._waiters.get(msg.get("input_id"))
             if waiter is not None:  # unknown or abandoned (cancelled) input: ignored
                 waiter[1] = msg["data"]
@@ -304,8 +327,8 @@ class Agent:
                 if msg["execution_id"] == self._running_id:
                     self._interrupt_target = msg["execution_id"]
                     signal.pthread_kill(self._main_ident, signal.SIGINT)
-                elif msg["execution_id"] in self._queued:  # cancel overtook its execute
-                    self._cancelled_early.add(msg["execution_id"])
+                else:  # not running (yet): remembered in case its execute is still on the way
+                    self._cancelled_early = self._cancelled_early[-63:] + [msg["execution_id"]]
         elif kind == "heartbeat":
             names = [k for k in list(self._namespace) if isinstance(k, str)]
             self.send({"type": "heartbeat", "in_reply_to": msg_id, "memory_usage": self._rss(),
@@ -367,7 +390,13 @@ class Agent:
         self._compile_flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         while True:
             try:
-                self._execute(self._inbox.get())
+                try:
+                    msg = self._recv_frame(self._exec)
+                except (EOFError, OSError):
+                    self._host_gone()
+                if msg.get("type") != "execute" or not isinstance(msg.get("code"), str):
+                    self._protocol_error("not an execute on the exec channel: %.200r" % (msg,))
+                self._execute(msg)
             except BaseException as exc:  # nothing user code does may end this loop
                 self._running_id = None
                 self._salvage(exc)
@@ -412,9 +441,9 @@ class Agent:
         compiling = True
         try:
             with self._state_lock:
-                self._queued.discard(execution_id)
                 cancelled = execution_id in self._cancelled_early
-                self._cancelled_early.discard(execution_id)
+                if cancelled:
+                    self._cancelled_early.remove(execution_id)
                 self._interrupt_deferred = False
                 self._running_id = execution_id
             if cancelled:
@@ -539,12 +568,13 @@ def _trim_traceback(tb):
 
 def main():
     global _agent
-    fd = int(os.environ.get("PYREPL3_FD", "3"))
+    exec_fd = int(os.environ.get("PYREPL3_FD", "3"))
+    control_fd = int(os.environ.get("PYREPL3_CONTROL_FD", "4"))
     session_id = os.environ.get("PYREPL3_SESSION_ID", "")
     marker = os.environ.get("PYREPL3_MARKER", "")
     for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
         del os.environ[key]  # user code and its children must not see them
-    _agent = Agent(fd, session_id, marker)
+    _agent = Agent(exec_fd, control_fd, session_id, marker)
     threading.Thread(target=_agent.read_loop, name="pyrepl3-reader", daemon=True).start()
     _agent.serve_forever()
 

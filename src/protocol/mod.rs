@@ -86,6 +86,13 @@ pub struct InputRequest {
     pub password: bool,
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Whether markers on the pipes precede this message (see `docs/protocol.md`).
+    #[serde(default = "marked_default")]
+    pub marked: bool,
+}
+
+fn marked_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +114,8 @@ pub struct ResultMsg {
     /// Seconds.
     #[serde(default)]
     pub execution_time: f64,
+    #[serde(default = "marked_default")]
+    pub marked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +128,8 @@ pub struct ErrorMsg {
     pub exception_message: String,
     #[serde(default)]
     pub traceback: String,
+    #[serde(default = "marked_default")]
+    pub marked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -183,20 +183,17 @@ enum ExitCause {
 struct Worker {
     child: Child,
     pid: u32,
-    socket: UnixStream,
-    socket_open: bool,
-    decoder: FrameDecoder,
-    /// Encoded frames not yet written (the socket was full).
-    outbox: Vec<u8>,
+    /// `EXEC` and `CONTROL` (see `docs/protocol.md`).
+    channels: [Channel; 2],
     pipes: [OutputPipe; 2],
     ready: bool,
     start_deadline: Instant,
-    /// Ordered messages (`input`, `result`, `error`) received so far.
-    ordered_received: u64,
-    /// Ordered messages received but not yet delivered: waiting for their markers.
+    /// Markers announced so far: ordered messages (`input`, `result`, `error`) received with
+    /// `marked: true`. The k-th marked message is preceded by the k-th marker on each pipe.
+    markers_expected: u64,
+    /// Ordered messages received but not yet delivered, with the marker count both pipes
+    /// must reach first (an unmarked message waits only for those before it).
     held: VecDeque<(u64, Message)>,
-    /// Ordered messages delivered so far.
-    ordered_delivered: u64,
     exit_cause: Option<ExitCause>,
     /// Shutdown: kill the group if it has not exited by then.
     kill_deadline: Option<Instant>,
@@ -208,6 +205,71 @@ impl Drop for Worker {
         // Whatever path drops a worker (including the runtime shutting down under us), no
         // process of its group survives it.
         worker::kill_group(self.pid, libc::SIGKILL);
+    }
+}
+
+const EXEC: usize = 0;
+const CONTROL: usize = 1;
+
+/// One of the two protocol channels to the worker.
+struct Channel {
+    sock: UnixStream,
+    open: bool,
+    decoder: FrameDecoder,
+    /// Encoded frames not yet written (the socket was full).
+    outbox: Vec<u8>,
+}
+
+impl Channel {
+    fn new(sock: UnixStream, max_frame_len: usize) -> Self {
+        Channel {
+            sock,
+            open: true,
+            decoder: FrameDecoder::new(max_frame_len),
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Reads once without blocking into the decoder. Returns whether bytes arrived.
+    fn read_available(&mut self) -> bool {
+        let spare = self.decoder.spare(READ_CHUNK);
+        match self.sock.try_read(spare) {
+            Ok(0) => {
+                self.decoder.commit(READ_CHUNK, 0);
+                self.open = false;
+                false
+            }
+            Ok(n) => {
+                self.decoder.commit(READ_CHUNK, n);
+                true
+            }
+            Err(e) => {
+                self.decoder.commit(READ_CHUNK, 0);
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) {
+                    self.open = false;
+                }
+                false
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut written = 0;
+        while written < self.outbox.len() {
+            match self.sock.try_write(&self.outbox[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // The worker is gone; its exit is reported through `on_exit`.
+                    written = self.outbox.len();
+                }
+            }
+        }
+        self.outbox.drain(..written);
     }
 }
 
@@ -324,8 +386,8 @@ struct Queued {
 enum Wake {
     Command(Option<Command>),
     OwnerShutdown,
-    SocketReadable,
-    SocketWritable,
+    SocketReadable(usize),
+    SocketWritable(usize),
     Pipe(usize),
     Exited(std::io::Result<ExitStatus>),
     ConsumerReady,
@@ -439,8 +501,12 @@ impl Actor {
                     self.commands_open = false;
                     self.begin_shutdown();
                 }
-                Wake::SocketReadable => self.on_socket_readable(),
-                Wake::SocketWritable => self.flush_outbox(),
+                Wake::SocketReadable(i) => self.on_socket_readable(i),
+                Wake::SocketWritable(i) => {
+                    if let Some(w) = &mut self.worker {
+                        w.channels[i].flush();
+                    }
+                }
                 Wake::Pipe(i) => self.on_pipe_readable(i),
                 Wake::Exited(status) => self.on_exit(status),
                 Wake::ConsumerReady => {
@@ -481,30 +547,36 @@ impl Actor {
         let owner_shutdown = &self.shutdown_token;
         let closing = self.closing;
         let commands_open = self.commands_open;
-        let (socket_r, socket_w, pipe0, pipe1, child) = match self.worker.as_mut() {
+        let (exec_r, control_r, exec_w, control_w, pipe0, pipe1, child) = match self.worker.as_mut()
+        {
             Some(w) => {
                 let reading_allowed = backlog_bytes < BACKLOG_LIMIT && output_paused.is_none();
                 fn pipe_rx(p: &OutputPipe, reading_allowed: bool) -> Option<&pipe::Receiver> {
                     (reading_allowed && !p.eof && p.stray_bytes < STRAY_LIMIT).then_some(&p.rx)
                 }
                 let [p0, p1] = &w.pipes;
+                let [ex, ctl] = &w.channels;
                 (
-                    w.socket_open.then_some(&w.socket),
-                    (!w.outbox.is_empty()).then_some(&w.socket),
+                    ex.open.then_some(&ex.sock),
+                    ctl.open.then_some(&ctl.sock),
+                    (!ex.outbox.is_empty()).then_some(&ex.sock),
+                    (!ctl.outbox.is_empty()).then_some(&ctl.sock),
                     pipe_rx(p0, reading_allowed),
                     pipe_rx(p1, reading_allowed),
                     Some(&mut w.child),
                 )
             }
-            None => (None, None, None, None, None),
+            None => (None, None, None, None, None, None, None),
         };
         tokio::select! {
             cmd = commands.recv(), if commands_open => Wake::Command(cmd),
             _ = owner_shutdown.cancelled(), if !closing => Wake::OwnerShutdown,
             _ = pipe_readable(pipe0) => Wake::Pipe(0),
             _ = pipe_readable(pipe1) => Wake::Pipe(1),
-            _ = readable(socket_r) => Wake::SocketReadable,
-            _ = writable(socket_w) => Wake::SocketWritable,
+            _ = readable(exec_r) => Wake::SocketReadable(EXEC),
+            _ = readable(control_r) => Wake::SocketReadable(CONTROL),
+            _ = writable(exec_w) => Wake::SocketWritable(EXEC),
+            _ = writable(control_w) => Wake::SocketWritable(CONTROL),
             status = exited(child) => Wake::Exited(status),
             _ = consumer_ready(consumer) => Wake::ConsumerReady,
             _ = deadline(next_deadline) => Wake::Deadline,
@@ -555,17 +627,18 @@ impl Actor {
                 let SpawnedWorker {
                     child,
                     pid,
-                    socket,
+                    exec,
+                    control,
                     stdout,
                     stderr,
                 } = spawned;
                 self.worker = Some(Worker {
                     child,
                     pid,
-                    socket,
-                    socket_open: true,
-                    decoder: FrameDecoder::new(self.config.max_frame_len),
-                    outbox: Vec::new(),
+                    channels: [
+                        Channel::new(exec, self.config.max_frame_len),
+                        Channel::new(control, self.config.max_frame_len),
+                    ],
                     pipes: [
                         OutputPipe::new(StreamName::Stdout, stdout, &spec.marker_token),
                         OutputPipe::new(StreamName::Stderr, stderr, &spec.marker_token),
@@ -573,9 +646,8 @@ impl Actor {
                     ready: false,
                     // not polling: a deadline, raced in the one sleep_until of `wait`.
                     start_deadline: Instant::now() + self.config.start_timeout,
-                    ordered_received: 0,
+                    markers_expected: 0,
                     held: VecDeque::new(),
-                    ordered_delivered: 0,
                     exit_cause: None,
                     kill_deadline: None,
                     heartbeats: HashMap::new(),
@@ -649,7 +721,7 @@ impl Actor {
             }
             self.route_items(i, items);
         }
-        self.read_socket_now();
+        self.read_channels_now();
         if let Some(w) = self.worker.as_mut() {
             for pipe in &mut w.pipes {
                 pipe.eof = true;
@@ -933,11 +1005,7 @@ impl Actor {
                     timed_out: false,
                     replies: vec![reply],
                 });
-                self.send(Message::Cancel(protocol::Cancel {
-                    id: new_id(),
-                    execution_id,
-                    grace_timeout_ms: grace.as_millis() as u64,
-                }));
+                self.interrupt_worker();
             }
         }
     }
@@ -953,11 +1021,7 @@ impl Actor {
             self.kill_worker(ExitCause::ForcedInterrupt);
             return InterruptOutcome::Restarted;
         }
-        self.send(Message::Interrupt(protocol::Interrupt {
-            id: new_id(),
-            execution_id: execution_id.to_string(),
-            force_restart: false,
-        }));
+        self.interrupt_worker();
         InterruptOutcome::Interrupted
     }
 
@@ -1011,7 +1075,8 @@ impl Actor {
         let Some(queued) = self.queue.pop_front() else {
             return;
         };
-        let segment = w.ordered_delivered;
+        // Every marked message is delivered by now, so both pipes are at this marker count.
+        let segment = w.markers_expected;
         let mut run = Running {
             id: queued.id.clone(),
             sink: queued.sink,
@@ -1059,7 +1124,7 @@ impl Actor {
             }
         }
         let grace = self.config.timeout_grace;
-        let mut send_cancel: Option<String> = None;
+        let mut send_cancel = false;
         if let Some(run) = &mut self.current {
             match &run.cancel {
                 Some(cancel) if cancel.deadline <= now => {
@@ -1075,105 +1140,78 @@ impl Actor {
                         timed_out: true,
                         replies: Vec::new(),
                     });
-                    send_cancel = Some(run.id.clone());
+                    send_cancel = true;
                 }
                 None => {}
             }
         }
-        if let Some(execution_id) = send_cancel {
-            self.send(Message::Cancel(protocol::Cancel {
-                id: new_id(),
-                execution_id,
-                grace_timeout_ms: grace.as_millis() as u64,
-            }));
+        if send_cancel {
+            self.interrupt_worker();
         }
         if let Some(cause) = kill {
             self.kill_worker(cause);
         }
     }
 
-    // ---- the protocol socket ----
+    // ---- the protocol channels ----
+
+    /// KeyboardInterrupt for the running code: SIGINT straight to the worker's main thread.
+    /// Sent only while the host's current execution runs; one that lands after the code
+    /// returned is absorbed by the agent (protocol.md).
+    fn interrupt_worker(&mut self) {
+        if let Some(w) = &self.worker {
+            worker::interrupt_main_thread(w.pid);
+        }
+    }
 
     fn send(&mut self, msg: Message) {
         let Some(w) = &mut self.worker else { return };
-        if let Err(e) = msg.encode_into(&mut w.outbox) {
+        let channel = match msg {
+            Message::Execute(_) => &mut w.channels[EXEC],
+            _ => &mut w.channels[CONTROL],
+        };
+        if let Err(e) = msg.encode_into(&mut channel.outbox) {
             tracing::error!(session = %self.id, error = %e, "could not encode a message for the worker");
             return;
         }
-        self.flush_outbox();
+        channel.flush();
     }
 
-    fn flush_outbox(&mut self) {
-        let Some(w) = &mut self.worker else { return };
-        let mut written = 0;
-        while written < w.outbox.len() {
-            match w.socket.try_write(&w.outbox[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    // The worker is gone; its exit is reported through `on_exit`.
-                    written = w.outbox.len();
-                }
-            }
-        }
-        w.outbox.drain(..written);
-    }
-
-    fn on_socket_readable(&mut self) {
+    fn on_socket_readable(&mut self, i: usize) {
         let Some(w) = self.worker.as_mut() else {
             return;
         };
-        let spare = w.decoder.spare(READ_CHUNK);
-        match w.socket.try_read(spare) {
-            Ok(0) => {
-                w.decoder.commit(READ_CHUNK, 0);
-                w.socket_open = false;
-            }
-            Ok(n) => {
-                w.decoder.commit(READ_CHUNK, n);
-                self.decode_frames();
-            }
-            Err(e) => {
-                w.decoder.commit(READ_CHUNK, 0);
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) {
-                    w.socket_open = false;
+        if w.channels[i].read_available() {
+            self.decode_frames(i);
+        }
+    }
+
+    /// Reads whatever is left on the channels of an exited worker.
+    fn read_channels_now(&mut self) {
+        for i in [EXEC, CONTROL] {
+            while let Some(w) = self.worker.as_mut().filter(|w| w.channels[i].open) {
+                if w.channels[i].read_available() {
+                    self.decode_frames(i);
+                } else {
+                    w.channels[i].open = false;
                 }
             }
         }
     }
 
-    /// Reads whatever is left on the socket of an exited worker.
-    fn read_socket_now(&mut self) {
-        while let Some(w) = self.worker.as_mut().filter(|w| w.socket_open) {
-            let spare = w.decoder.spare(READ_CHUNK);
-            match w.socket.try_read(spare) {
-                Ok(n) if n > 0 => {
-                    w.decoder.commit(READ_CHUNK, n);
-                    self.decode_frames();
-                }
-                _ => {
-                    w.decoder.commit(READ_CHUNK, 0);
-                    w.socket_open = false;
-                }
-            }
-        }
-    }
-
-    fn decode_frames(&mut self) {
+    fn decode_frames(&mut self, i: usize) {
         loop {
             let Some(w) = self.worker.as_mut() else {
                 return;
             };
-            match w.decoder.next_message() {
+            match w.channels[i].decoder.next_message() {
                 Ok(Some(msg)) => self.on_frame(msg),
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(session = %self.id, error = %e, "protocol error from the worker");
-                    w.socket_open = false;
+                    for channel in &mut w.channels {
+                        channel.open = false;
+                    }
                     if w.exit_cause.is_none() {
                         w.exit_cause = Some(ExitCause::Protocol(e.to_string()));
                     }
@@ -1191,8 +1229,10 @@ impl Actor {
         match msg {
             Message::Ready(ready) => self.on_ready(ready),
             Message::Input(_) | Message::Result(_) | Message::Error(_) => {
-                w.ordered_received += 1;
-                let seq = w.ordered_received;
+                if is_marked(&msg) {
+                    w.markers_expected += 1;
+                }
+                let seq = w.markers_expected;
                 if let Some(run) = &mut self.current {
                     // The code stopped: a cancel in progress has succeeded, whenever the
                     // terminal message gets delivered.
@@ -1286,7 +1326,17 @@ impl Actor {
             let Some((_, msg)) = w.held.pop_front() else {
                 return;
             };
-            w.ordered_delivered = seq;
+            if !is_marked(&msg) {
+                // No marker follows the text read so far, so a trailing fragment held as a
+                // possible marker start is plain text: route it before this message.
+                for i in 0..2 {
+                    let mut items = Vec::new();
+                    if let Some(w) = self.worker.as_mut() {
+                        w.pipes[i].release_held(&mut items);
+                    }
+                    self.route_items(i, items);
+                }
+            }
             self.deliver_ordered(seq, msg);
         }
     }
@@ -1451,6 +1501,16 @@ fn terminal_or_input_execution(msg: &Message) -> Option<&str> {
     match msg {
         Message::Input(i) => Some(&i.execution_id),
         other => terminal_execution_id(other),
+    }
+}
+
+/// Whether an ordered message was preceded by markers (older agents always marked).
+fn is_marked(msg: &Message) -> bool {
+    match msg {
+        Message::Input(m) => m.marked,
+        Message::Result(m) => m.marked,
+        Message::Error(m) => m.marked,
+        _ => true,
     }
 }
 

@@ -141,6 +141,7 @@ impl Event {
                 prompt,
                 password,
                 timeout: None,
+                marked: true,
             }),
             Event::Result {
                 value,
@@ -152,6 +153,7 @@ impl Event {
                 value,
                 repr,
                 execution_time: execution_time.as_secs_f64(),
+                marked: true,
             }),
             Event::Error {
                 exception_type,
@@ -163,6 +165,7 @@ impl Event {
                 exception_type,
                 exception_message,
                 traceback,
+                marked: true,
             }),
         }
     }

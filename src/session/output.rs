@@ -79,6 +79,13 @@ impl OutputPipe {
         self.push_text(&held, true, items);
     }
 
+    /// Hands over, as text, a trailing fragment held back as a possible marker start. Only
+    /// for when no marker can be in flight (an unmarked message was released).
+    pub fn release_held(&mut self, items: &mut Vec<PipeItem>) {
+        let held = self.scanner.take_held();
+        self.push_text(&held, false, items);
+    }
+
     fn finish(&mut self, items: &mut Vec<PipeItem>) {
         self.eof = true;
         let held = self.scanner.take_held();

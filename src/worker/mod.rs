@@ -24,8 +24,12 @@ use crate::error::Error;
 /// The Python side, embedded so the binary is self-contained.
 pub const AGENT_SOURCE: &str = include_str!("../../worker/agent.py");
 
-/// The fd number the protocol socket has in the worker.
-pub const PROTOCOL_FD: i32 = 3;
+/// The fd number of the exec channel in the worker (`execute` in, `ready`/`input`/`result`/
+/// `error` out; read by the worker's main thread).
+pub const EXEC_FD: i32 = 3;
+/// The fd number of the control channel in the worker (everything else; read by the
+/// worker's reader thread).
+pub const CONTROL_FD: i32 = 4;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -42,7 +46,8 @@ pub struct WorkerSpec {
 pub struct SpawnedWorker {
     pub child: Child,
     pub pid: u32,
-    pub socket: UnixStream,
+    pub exec: UnixStream,
+    pub control: UnixStream,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
 }
@@ -89,9 +94,13 @@ fn lock_cache<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Starts the agent. The caller must have resolved `spec.python` already.
 pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
-    let (host_sock, child_sock) = std::os::unix::net::UnixStream::pair()
-        .map_err(Error::io("creating the protocol socket"))?;
-    let child_sock: OwnedFd = raise_fd(child_sock.into())?;
+    let (host_exec, child_exec) =
+        std::os::unix::net::UnixStream::pair().map_err(Error::io("creating the exec channel"))?;
+    let (host_control, child_control) = std::os::unix::net::UnixStream::pair()
+        .map_err(Error::io("creating the control channel"))?;
+    // Both at 10 or above, so that placing one at 3 or 4 cannot clobber the other.
+    let child_exec: OwnedFd = raise_fd(child_exec.into())?;
+    let child_control: OwnedFd = raise_fd(child_control.into())?;
     let (out_r, out_w) = std::io::pipe().map_err(Error::io("creating the stdout pipe"))?;
     let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
 
@@ -102,7 +111,8 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(OwnedFd::from(out_w)))
         .stderr(Stdio::from(OwnedFd::from(err_w)))
-        .env("PYREPL3_FD", PROTOCOL_FD.to_string())
+        .env("PYREPL3_FD", EXEC_FD.to_string())
+        .env("PYREPL3_CONTROL_FD", CONTROL_FD.to_string())
         .env("PYREPL3_SESSION_ID", &spec.session_id)
         .env("PYREPL3_MARKER", &spec.marker_token)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -110,26 +120,23 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         // Ctrl-C at the host's terminal is not delivered to the worker behind our back.
         .process_group(0)
         .kill_on_drop(true);
-    let child_fd = child_sock.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+    let (exec_fd, control_fd) = (child_exec.as_raw_fd(), child_control.as_raw_fd());
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
     unsafe {
-        cmd.pre_exec(move || place_fd(child_fd, PROTOCOL_FD));
+        cmd.pre_exec(move || {
+            place_fd(exec_fd, EXEC_FD)?;
+            place_fd(control_fd, CONTROL_FD)
+        });
     }
     let child = cmd.spawn().map_err(|source| Error::Spawn {
         python: spec.python.clone(),
         source,
     })?;
-    drop(child_sock);
+    drop((child_exec, child_control));
     let pid = child.id().ok_or_else(|| Error::StartFailed {
         status: "exited before it could be tracked".into(),
         stderr: String::new(),
     })?;
-
-    host_sock
-        .set_nonblocking(true)
-        .map_err(Error::io("configuring the protocol socket"))?;
-    let socket =
-        UnixStream::from_std(host_sock).map_err(Error::io("registering the protocol socket"))?;
     let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(out_r))
         .map_err(Error::io("registering the stdout pipe"))?;
     let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(err_r))
@@ -137,16 +144,24 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     Ok(SpawnedWorker {
         child,
         pid,
-        socket,
+        exec: register_socket(host_exec)?,
+        control: register_socket(host_control)?,
         stdout,
         stderr,
     })
 }
 
-/// Moves an fd above the stdio range so that setting up the child's stdio cannot clobber it
-/// (possible when the host itself was started with fd 0, 1 or 2 closed).
+fn register_socket(sock: std::os::unix::net::UnixStream) -> Result<UnixStream, Error> {
+    sock.set_nonblocking(true)
+        .map_err(Error::io("configuring a protocol channel"))?;
+    UnixStream::from_std(sock).map_err(Error::io("registering a protocol channel"))
+}
+
+/// Moves an fd to 10 or above, so that neither the child's stdio set-up nor placing the
+/// other channel can clobber it (fds 0-2 are possible when the host was started with them
+/// closed; 3 and 4 are where the channels go).
 fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
-    if fd.as_raw_fd() > 2 {
+    if fd.as_raw_fd() >= 10 {
         return Ok(fd);
     }
     // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own, or -1.
@@ -188,6 +203,22 @@ pub fn kill_group(pid: u32, signal: i32) {
     // SAFETY: killpg has no memory-safety preconditions. ESRCH (group already gone) is fine.
     unsafe {
         libc::killpg(pgid, signal);
+    }
+}
+
+/// Delivers SIGINT to the worker's main thread (its tid is its pid), where user code runs.
+/// Unlike a `cancel` message this needs nothing from the worker's reader thread, which would
+/// first have to win the GIL from a busy main thread (up to the 5 ms switch interval).
+pub fn interrupt_main_thread(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: tgkill has no memory-safety preconditions; ESRCH (gone) is fine.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGINT);
     }
 }
 

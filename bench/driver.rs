@@ -1,0 +1,346 @@
+//! The pyrepl3 side of the side-by-side benchmark: drives the Rust library directly and
+//! speaks the driver protocol of `bench/README.md` (JSON lines on stdin/stdout). The
+//! orchestrator (`bench/compare.py`) runs it next to the Jupyter driver.
+//!
+//! Built by `bench/run` as `cargo build --release --example bench_driver`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pyrepl3::{Event, ExecuteOptions, Execution, PoolConfig, Session, SessionConfig, SessionPool};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+type CaseResult = Result<(Vec<f64>, Value), String>;
+
+struct Driver {
+    python: PathBuf,
+    session: Option<Session>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut driver = Driver {
+        python: PathBuf::from("python3"),
+        session: None,
+    };
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let request: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                reply(json!({"ok": false, "error": format!("bad request: {e}")}));
+                continue;
+            }
+        };
+        match request["cmd"].as_str() {
+            Some("setup") => {
+                if let Some(p) = request["python"].as_str() {
+                    driver.python = PathBuf::from(p);
+                }
+                match driver.warm_session().await {
+                    Ok(_) => reply(
+                        json!({"ok": true, "name": "pyrepl3", "version": env!("CARGO_PKG_VERSION")}),
+                    ),
+                    Err(e) => reply(json!({"ok": false, "error": e})),
+                }
+            }
+            Some("run") => {
+                let case = request["case"].as_str().unwrap_or_default().to_string();
+                let n = request["n"].as_u64().unwrap_or(1) as usize;
+                let seconds = request["seconds"].as_f64().unwrap_or(30.0);
+                match driver.run(&case, n, seconds).await {
+                    Ok((samples, extra)) => {
+                        reply(json!({"ok": true, "samples": samples, "extra": extra}))
+                    }
+                    Err(e) => reply(json!({"ok": false, "error": e})),
+                }
+            }
+            Some("quit") => break,
+            other => reply(json!({"ok": false, "error": format!("unknown cmd {other:?}")})),
+        }
+    }
+    if let Some(session) = driver.session.take() {
+        let _ = session.shutdown().await;
+    }
+}
+
+fn reply(value: Value) {
+    println!("{value}");
+}
+
+fn config(python: &std::path::Path) -> SessionConfig {
+    SessionConfig {
+        python: python.to_path_buf(),
+        ..SessionConfig::default()
+    }
+}
+
+/// Reads events to the terminal one; returns it and the output bytes seen.
+async fn finish(execution: &mut Execution) -> Result<(Event, usize), String> {
+    let mut bytes = 0;
+    while let Some(event) = execution.next_event().await {
+        match event {
+            Event::Output { data, .. } => bytes += data.len(),
+            Event::Input { .. } => return Err("unexpected input request".into()),
+            terminal => return Ok((terminal, bytes)),
+        }
+    }
+    Err("execution ended without a terminal event".into())
+}
+
+async fn wait_output(execution: &mut Execution) -> Result<(), String> {
+    match execution.next_event().await {
+        Some(Event::Output { .. }) => Ok(()),
+        other => Err(format!("expected output, got {other:?}")),
+    }
+}
+
+fn ctx_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches")
+                        || l.starts_with("nonvoluntary_ctxt_switches")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    pyrepl3::worker::proc_stats(pid).map_or(0.0, |s| s.cpu_time_secs)
+}
+
+fn rss(pid: u32) -> u64 {
+    pyrepl3::worker::proc_stats(pid).map_or(0, |s| s.rss_bytes)
+}
+
+impl Driver {
+    async fn warm_session(&mut self) -> Result<Session, String> {
+        if let Some(s) = &self.session {
+            if s.state() == pyrepl3::SessionState::Idle {
+                return Ok(s.clone());
+            }
+            let _ = s.shutdown().await;
+        }
+        let session = Session::start(config(&self.python))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Warm it: first executions pay for imports and caches.
+        for _ in 0..20 {
+            let mut ex = session.execute("1+1", ExecuteOptions::default());
+            finish(&mut ex).await?;
+        }
+        self.session = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn run(&mut self, case: &str, n: usize, seconds: f64) -> CaseResult {
+        let s = self.warm_session().await?;
+        let mut samples = Vec::with_capacity(n);
+        let mut extra = json!({});
+        match case {
+            "roundtrip" => {
+                for _ in 0..n {
+                    let t0 = Instant::now();
+                    let mut ex = s.execute("1+1", ExecuteOptions::default());
+                    let (end, _) = finish(&mut ex).await?;
+                    samples.push(t0.elapsed().as_secs_f64());
+                    if !matches!(end, Event::Result { .. }) {
+                        return Err(format!("1+1 failed: {end:?}"));
+                    }
+                }
+            }
+            "cold_start" => {
+                for _ in 0..n {
+                    let t0 = Instant::now();
+                    let fresh = Session::start(config(&self.python))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    samples.push(t0.elapsed().as_secs_f64());
+                    let _ = fresh.shutdown().await;
+                }
+            }
+            "print_lines" | "print_10mb" => {
+                let code = if case == "print_lines" {
+                    "for i in range(200000): print(i)"
+                } else {
+                    "print('x'*10_000_000)"
+                };
+                let mut total = 0;
+                for _ in 0..n {
+                    let t0 = Instant::now();
+                    let mut ex = s.execute(code, ExecuteOptions::default());
+                    let (_, bytes) = finish(&mut ex).await?;
+                    samples.push(t0.elapsed().as_secs_f64());
+                    total = bytes;
+                }
+                extra = json!({"bytes": total});
+            }
+            "first_output" => {
+                for _ in 0..n {
+                    let t0 = Instant::now();
+                    let mut ex = s.execute("print('hi')", ExecuteOptions::default());
+                    wait_output(&mut ex).await?;
+                    samples.push(t0.elapsed().as_secs_f64());
+                    finish(&mut ex).await?;
+                }
+            }
+            "interrupt_busy" | "interrupt_sleep" => {
+                let code = if case == "interrupt_busy" {
+                    "print('go', flush=True)\nwhile True: pass"
+                } else {
+                    "import time\nprint('go', flush=True)\nwhile True: time.sleep(0.01)"
+                };
+                for _ in 0..n {
+                    let mut ex = s.execute(code, ExecuteOptions::default());
+                    wait_output(&mut ex).await?;
+                    let t0 = Instant::now();
+                    let id = ex.id().to_string();
+                    let (outcome, end) =
+                        tokio::join!(s.cancel(&id, Duration::from_secs(5)), finish(&mut ex));
+                    samples.push(t0.elapsed().as_secs_f64());
+                    let (end, _) = end?;
+                    match (&end, outcome) {
+                        (
+                            Event::Error { exception_type, .. },
+                            Ok(pyrepl3::CancelOutcome::Cancelled),
+                        ) if exception_type == "KeyboardInterrupt" => {}
+                        other => return Err(format!("cancel ended with {other:?}")),
+                    }
+                }
+            }
+            "input" => {
+                let mut totals = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t_exec = Instant::now();
+                    let mut ex = s.execute("x = input()", ExecuteOptions::default());
+                    let input_id = match ex.next_event().await {
+                        Some(Event::Input { input_id, .. }) => input_id,
+                        other => return Err(format!("expected an input request, got {other:?}")),
+                    };
+                    let t0 = Instant::now();
+                    s.input_response(&input_id, "answer")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    finish(&mut ex).await?;
+                    samples.push(t0.elapsed().as_secs_f64());
+                    totals.push(t_exec.elapsed().as_secs_f64());
+                }
+                extra = json!({"total": totals});
+            }
+            "idle" => {
+                let host = std::process::id();
+                let worker = s
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .pid
+                    .ok_or("no worker pid")?;
+                let (h0, w0) = (ctx_switches(host), ctx_switches(worker));
+                let (hc0, wc0) = (cpu_seconds(host), cpu_seconds(worker));
+                // The measurement itself: a session idle with its client attached.
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                let (h1, w1) = (ctx_switches(host), ctx_switches(worker));
+                let (hc1, wc1) = (cpu_seconds(host), cpu_seconds(worker));
+                extra = json!({
+                    "seconds": seconds,
+                    "ctx_switches": (h1 - h0) + (w1 - w0),
+                    "per_process": {"host": h1 - h0, "worker": w1 - w0},
+                    "cpu_seconds": (hc1 - hc0) + (wc1 - wc0),
+                    "cpu_per_process": {"host": hc1 - hc0, "worker": wc1 - wc0},
+                });
+            }
+            "memory" => {
+                let worker = s
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .pid
+                    .ok_or("no worker pid")?;
+                let mut ex = s.execute("1+1", ExecuteOptions::default());
+                finish(&mut ex).await?;
+                let worker_rss = rss(worker);
+                let host = std::process::id();
+                let host_rss_1 = rss(host);
+                let mut more = Vec::new();
+                for _ in 0..49 {
+                    more.push(
+                        Session::start(config(&self.python))
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                let host_rss_50 = rss(host);
+                for extra_session in more {
+                    let _ = extra_session.shutdown().await;
+                }
+                extra = json!({
+                    "worker_rss": worker_rss,
+                    "host_rss_1": host_rss_1,
+                    "host_rss_50": host_rss_50,
+                    "host_per_session": (host_rss_50 as f64 - host_rss_1 as f64) / 49.0,
+                });
+            }
+            "pool_acquire" => {
+                let pool = SessionPool::start(PoolConfig {
+                    min_idle: 2,
+                    max_sessions: 4,
+                    pre_warm: true,
+                    recycle_after_executions: None,
+                    session: config(&self.python),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                for _ in 0..n {
+                    let t0 = Instant::now();
+                    let guard = pool.acquire().await.map_err(|e| e.to_string())?;
+                    samples.push(t0.elapsed().as_secs_f64());
+                    drop(guard);
+                }
+                pool.shutdown().await.map_err(|e| e.to_string())?;
+            }
+            "concurrent" => {
+                let t0 = Instant::now();
+                let starts = (0..100).map(|_| Session::start(config(&self.python)));
+                let sessions: Vec<Session> = futures::future::try_join_all(starts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let started = t0.elapsed().as_secs_f64();
+                let t1 = Instant::now();
+                let work = sessions.iter().map(|session| async move {
+                    for i in 0..20 {
+                        let mut ex =
+                            session.execute(format!("x = {i} * 2\nx"), ExecuteOptions::default());
+                        finish(&mut ex).await?;
+                    }
+                    Ok::<(), String>(())
+                });
+                futures::future::try_join_all(work).await?;
+                let executions = t1.elapsed().as_secs_f64();
+                let host_rss = rss(std::process::id());
+                for session in &sessions {
+                    let _ = session.shutdown().await;
+                }
+                samples.push(started + executions);
+                extra = json!({
+                    "wall_seconds": started + executions,
+                    "start_seconds": started,
+                    "execute_seconds": executions,
+                    "host_rss": host_rss,
+                });
+            }
+            other => return Err(format!("unsupported case {other:?}")),
+        }
+        Ok((samples, extra))
+    }
+}
