@@ -22,6 +22,9 @@ use crate::error::Error;
 use crate::protocol::{self, Heartbeat, Message, StreamName};
 
 pub use actor::EVENT_CHANNEL_CAPACITY;
+/// The UTF-8 decoding of pipe output, public for the micro-benchmarks in `benches/`.
+#[doc(hidden)]
+pub use output::decode_utf8;
 
 /// How to start and run a session's worker.
 #[derive(Debug, Clone)]

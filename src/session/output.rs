@@ -150,8 +150,9 @@ fn push_text(
 }
 
 /// Decodes `bytes` after the incomplete character kept in `tail`. An incomplete sequence at
-/// the end is kept for the next call unless `flush`; invalid bytes become U+FFFD.
-pub(crate) fn decode_utf8(tail: &mut Vec<u8>, bytes: &[u8], flush: bool) -> String {
+/// the end is kept for the next call unless `flush`; invalid bytes become U+FFFD. One
+/// validation pass and one copy: this runs on every chunk of output.
+pub fn decode_utf8(tail: &mut Vec<u8>, bytes: &[u8], flush: bool) -> String {
     let joined;
     let input: &[u8] = if tail.is_empty() {
         bytes
@@ -160,36 +161,28 @@ pub(crate) fn decode_utf8(tail: &mut Vec<u8>, bytes: &[u8], flush: bool) -> Stri
         joined = std::mem::take(tail);
         &joined
     };
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    loop {
-        match std::str::from_utf8(rest) {
-            Ok(s) => {
-                out.push_str(s);
-                break;
-            }
-            Err(e) => {
-                let (good, bad) = rest.split_at(e.valid_up_to());
-                // `good` was just validated, so this never falls back.
-                out.push_str(std::str::from_utf8(good).unwrap_or_default());
-                match e.error_len() {
-                    Some(n) => {
-                        out.push(char::REPLACEMENT_CHARACTER);
-                        rest = &bad[n..];
-                    }
-                    None if flush => {
-                        out.push(char::REPLACEMENT_CHARACTER);
-                        break;
-                    }
-                    None => {
-                        tail.extend_from_slice(bad);
-                        break;
-                    }
-                }
-            }
+    let keep = if flush { 0 } else { incomplete_suffix_len(input) };
+    let (body, rest) = input.split_at(input.len() - keep);
+    tail.extend_from_slice(rest);
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// Length of a UTF-8 sequence cut off at the end of `bytes` (0 when the end is complete).
+fn incomplete_suffix_len(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: its lead byte is further back
         }
+        let needed = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if needed > back { back } else { 0 };
     }
-    out
+    0
 }
 
 #[cfg(test)]
