@@ -51,8 +51,8 @@ PLANS: dict[str, tuple[Plan, Plan]] = {
     "print_lines": (Plan(5, 2), Plan(2, 1)),
     "print_10mb": (Plan(5, 2), Plan(2, 1)),
     "first_output": (Plan(10, 20), Plan(10, 4)),
-    "interrupt_busy": (Plan(10, 2), Plan(4, 1)),
-    "interrupt_sleep": (Plan(10, 2), Plan(4, 1)),
+    "interrupt_busy": (Plan(10, 2), Plan(5, 2)),
+    "interrupt_sleep": (Plan(10, 2), Plan(5, 2)),
     "input": (Plan(10, 20), Plan(10, 4)),
     "idle": (Plan(1, 1, once=True), Plan(1, 1, once=True)),
     "memory": (Plan(1, 1, once=True), Plan(1, 1, once=True)),
@@ -202,7 +202,7 @@ class Driver:
                 status = f", exit status {rc}"
             except subprocess.TimeoutExpired:
                 pass
-        return f"{what}{status}; last lines of {self.log_path}:\n{self.log_tail()}"
+        return f"{what}{status}\n  last lines of {self.log_path}:\n{self.log_tail()}"
 
     def log_tail(self, lines: int = 8) -> str:
         try:
@@ -355,29 +355,31 @@ def build_rows(results: dict[str, dict[str, Side]], idle_seconds: float) -> list
     """Table rows: [what, pyrepl3, Jupyter, ratio]."""
     rows: list[list[str]] = []
 
-    def cell(side: Side | None, text: str | None) -> str:
+    def cell(side: Side | None, text: str | None, derived: bool = False) -> str:
         if side is None or side.unsupported:
             return "—"
         if side.error:
+            if derived:  # the case's first row already shows the error
+                return "error"
             first = side.error.splitlines()[0]
             return "error: " + (first if len(first) <= 60 else first[:57] + "...")
         return text if text is not None else "—"
 
-    def timed(label: str, p: Side, j: Side, p_xs: list[float], j_xs: list[float]) -> None:
+    def timed(label, p: Side, j: Side, p_xs, j_xs, derived: bool = False) -> None:
         ps, js = stats(p_xs), stats(j_xs)
         fmt = lambda s: f"{fmt_time(s['p50'])} / {fmt_time(s['p99'])}" if s else None
         ratio = fmt_ratio(js and js["p50"], ps and ps["p50"]) if not (p.error or j.error) else "—"
-        rows.append([label, cell(p, fmt(ps)), cell(j, fmt(js)), ratio])
+        rows.append([label, cell(p, fmt(ps), derived), cell(j, fmt(js), derived), ratio])
 
-    def valued(label: str, p: Side, j: Side, pv, jv, fmt, higher_is_better: bool = False) -> None:
+    def valued(label, p: Side, j: Side, pv, jv, fmt, higher_is_better=False, derived=False) -> None:
         if p.error or j.error:
             ratio = "—"
         else:
             ratio = fmt_ratio(pv, jv) if higher_is_better else fmt_ratio(jv, pv)
         rows.append([
             label,
-            cell(p, None if pv is None else fmt(pv)),
-            cell(j, None if jv is None else fmt(jv)),
+            cell(p, None if pv is None else fmt(pv), derived),
+            cell(j, None if jv is None else fmt(jv), derived),
             ratio,
         ])
 
@@ -390,7 +392,7 @@ def build_rows(results: dict[str, dict[str, Side]], idle_seconds: float) -> list
                    lambda v: f"{v:.0f}")
             valued(f"idle: CPU time / {span}", p, j,
                    total(p.extra.get("cpu_seconds")), total(j.extra.get("cpu_seconds")),
-                   lambda v: f"{v * 1e3:.0f} ms")
+                   lambda v: f"{v * 1e3:.0f} ms", derived=True)
         elif case == "memory":
             valued("memory: worker/kernel RSS", p, j,
                    p.extra.get("worker_rss"), j.extra.get("worker_rss"), fmt_bytes)
@@ -398,23 +400,23 @@ def build_rows(results: dict[str, dict[str, Side]], idle_seconds: float) -> list
                                ("host_rss_50", "memory: host RSS, 50 sessions"),
                                ("host_per_session", "memory: host RSS per session")):
                 if key in p.extra:
-                    valued(label, p, Side(unsupported=True), p.extra[key], None, fmt_bytes)
+                    valued(label, p, Side(unsupported=True), p.extra[key], None, fmt_bytes, derived=True)
         elif case == "concurrent":
             wall = lambda s: s.extra.get("wall_seconds", s.samples[0] if s.samples else None)
             valued("concurrent: 100 sessions × 20 runs, wall", p, j, wall(p), wall(j), fmt_time)
             if "host_rss" in p.extra or "host_rss" in j.extra:
                 valued("concurrent: host RSS", p, j,
-                       p.extra.get("host_rss"), j.extra.get("host_rss"), fmt_bytes)
+                       p.extra.get("host_rss"), j.extra.get("host_rss"), fmt_bytes, derived=True)
         else:
             timed(case, p, j, p.samples, j.samples)
-            if case == "input" and ("total" in p.extra or "total" in j.extra):
+            if case == "input":
                 timed("input (execute to result)", p, j,
-                      p.extra.get("total", []), j.extra.get("total", []))
+                      p.extra.get("total", []), j.extra.get("total", []), derived=True)
             if case in ("print_lines", "print_10mb"):
                 rate = lambda s: (s.extra["bytes"] / stats(s.samples)["p50"]
                                   if s.samples and s.extra.get("bytes") else None)
                 valued(f"{case}: output rate at p50", p, j, rate(p), rate(j),
-                       lambda v: fmt_bytes(v) + "/s", higher_is_better=True)
+                       lambda v: fmt_bytes(v) + "/s", higher_is_better=True, derived=True)
     return rows
 
 
@@ -494,13 +496,12 @@ def main(argv: list[str]) -> int:
         for case in args.case_list:
             plan = PLANS[case][1 if args.quick else 0]
             t0 = time.monotonic()
-            print(f"[bench] {case} ...", end="", file=sys.stderr, flush=True)
             results[case] = run_case(case, plan, drivers, idle_seconds)
             states = ", ".join(
                 f"{label} " + ("unsupported" if s.unsupported else "error" if s.error else f"{len(s.samples)} samples")
                 for label, s in results[case].items()
             )
-            print(f" {time.monotonic() - t0:.1f} s ({states})", file=sys.stderr)
+            print(f"[bench] {case}: {time.monotonic() - t0:.1f} s ({states})", file=sys.stderr)
     finally:
         for d in drivers:
             d.stop()

@@ -150,15 +150,25 @@ class Kernel:
         msg_id = self.client.execute(code, allow_stdin=allow_stdin)
         return (msg_id, *self.wait_result(msg_id, on_iopub, on_stdin, timeout))
 
+    def next_batch(self, deadline: float, waiting_for: str) -> list[tuple[str, dict, float]]:
+        """poll() until something arrives; a kernel that died or a passed deadline is an
+        error. (Liveness is checked only after a second without any message.)"""
+        while True:
+            batch = self.poll(min(deadline, time.perf_counter() + 1.0))
+            if batch:
+                return batch
+            if time.perf_counter() >= deadline:
+                raise CaseError(f"{waiting_for}: timed out")
+            if not self.km.is_alive():
+                raise CaseError(f"{waiting_for}: the kernel died")
+
     def wait_result(self, msg_id, on_iopub=None, on_stdin=None, timeout=WAIT):
         deadline = time.perf_counter() + timeout
         reply = None
         idle = False
         done_at = 0.0
         while reply is None or not idle:
-            batch = self.poll(deadline)
-            if not batch:
-                raise CaseError(f"no result within {timeout:.0f} s")
+            batch = self.next_batch(deadline, f"waiting for the result ({timeout:.0f} s bound)")
             for channel, msg, at in batch:
                 if msg.get("parent_header", {}).get("msg_id") != msg_id:
                     continue  # left over from an earlier request
@@ -214,10 +224,7 @@ class Driver:
                 f,
             )
         self.ksm = KernelSpecManager(kernel_dirs=[kernels])
-        self.kernel = self.new_kernel()
-        # One execution, so that the warm kernel has run code before the first timed case.
-        _, reply, _ = self.kernel.execute("1+1")
-        self.kernel.check_ok(reply)
+        self.kernel = self.warm_kernel()
         return {
             "ok": True,
             "name": "jupyter",
@@ -230,6 +237,17 @@ class Driver:
         kernel = Kernel(self.ksm)
         try:
             kernel.start()
+        except BaseException:
+            kernel.shutdown()
+            raise
+        return kernel
+
+    def warm_kernel(self) -> Kernel:
+        """The kernel the warm cases use: started, and it has run code once already."""
+        kernel = self.new_kernel()
+        try:
+            _, reply, _ = kernel.execute("1+1")
+            kernel.check_ok(reply)
         except BaseException:
             kernel.shutdown()
             raise
@@ -263,7 +281,7 @@ class Driver:
             except Exception as e:
                 log("shutdown failed:", e)
         self.kernel = None
-        self.kernel = self.new_kernel()
+        self.kernel = self.warm_kernel()
 
     # -- cases --
 
@@ -353,9 +371,7 @@ class Driver:
             sent_at = None  # when the interrupt was requested
             interrupted_at = None
             while interrupted_at is None:
-                batch = k.poll(deadline)
-                if not batch:
-                    raise CaseError("no 'go' / KeyboardInterrupt within %.0f s" % WAIT)
+                batch = k.next_batch(deadline, f"waiting for 'go' / KeyboardInterrupt ({WAIT:.0f} s bound)")
                 for channel, msg, at in batch:
                     if channel != "iopub" or msg["parent_header"].get("msg_id") != msg_id:
                         continue
@@ -415,7 +431,7 @@ class Driver:
         elapsed = time.perf_counter() - t0
         ctx = {name: ctx_switches(pid) - ctx0[name] for name, pid in pids.items()}
         cpu = {name: round(cpu_seconds(pid) - cpu0[name], 3) for name, pid in pids.items()}
-        return [elapsed], {
+        return [], {
             "seconds": elapsed,
             "ctx_switches": sum(ctx.values()),
             "per_process": ctx,

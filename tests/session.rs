@@ -733,3 +733,60 @@ async fn output_rate_limit_slows_the_worker_and_loses_nothing() {
     );
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn buffered_output_still_streams_while_the_code_blocks() {
+    let s = start().await;
+    // No input(), no end of execution: only the worker's flush deadline can send these.
+    for code in [
+        "import time\nprint('text layer')\ntime.sleep(100)",
+        "import sys, time\nsys.stdout.buffer.write(b'binary layer\\n')\ntime.sleep(100)",
+        "import sys, time\nprint('to stderr', file=sys.stderr)\ntime.sleep(100)",
+    ] {
+        let mut ex = s.execute(code, ExecuteOptions::default());
+        match guard(ex.next_event()).await {
+            Some(Event::Output { data, .. }) => assert!(data.ends_with('\n'), "{data:?}"),
+            other => panic!("expected streamed output for {code:?}, got {other:?}"),
+        }
+        assert_eq!(
+            guard(s.cancel(ex.id(), Duration::from_secs(5)))
+                .await
+                .unwrap(),
+            CancelOutcome::Cancelled
+        );
+        terminal(&mut ex).await;
+    }
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn buffered_prints_keep_their_order_against_fd_writes_and_child_processes() {
+    let s = start().await;
+    let code = r#"
+import os, subprocess, sys
+print("1 print", end="")
+os.write(1, b" 2 os.write\n")
+print("3 print")
+subprocess.run(["echo", "4 subprocess"])
+print("5 print")
+os.system("echo 6 os.system")
+print("7 print")
+pid = os.fork()
+if pid == 0:
+    os.write(1, b"8 forked child\n")
+    os._exit(0)
+os.waitpid(pid, 0)
+print("9 print")
+"#;
+    let out = run(&s, code).await;
+    assert!(
+        matches!(out.terminal, Event::Result { .. }),
+        "{:?}",
+        out.terminal
+    );
+    assert_eq!(
+        out.stdout,
+        "1 print 2 os.write\n3 print\n4 subprocess\n5 print\n6 os.system\n7 print\n8 forked child\n9 print\n"
+    );
+    s.shutdown().await.unwrap();
+}

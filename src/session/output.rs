@@ -161,7 +161,11 @@ pub fn decode_utf8(tail: &mut Vec<u8>, bytes: &[u8], flush: bool) -> String {
         joined = std::mem::take(tail);
         &joined
     };
-    let keep = if flush { 0 } else { incomplete_suffix_len(input) };
+    let keep = if flush {
+        0
+    } else {
+        incomplete_suffix_len(input)
+    };
     let (body, rest) = input.split_at(input.len() - keep);
     tail.extend_from_slice(rest);
     String::from_utf8_lossy(body).into_owned()
