@@ -18,6 +18,7 @@ import os
 import platform
 import select
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,7 +109,7 @@ def fmt_ratio(num: float | None, den: float | None) -> str:
     if num is None or den is None:
         return "—"
     if den == 0:
-        return "∞" if num > 0 else "—"
+        return "—"  # e.g. idle CPU time below the 10 ms clock tick
     r = num / den
     return f"{r:.3g}×"
 
@@ -267,6 +268,9 @@ class Side:
         return self.unsupported or self.error is not None
 
     def add(self, reply: dict) -> None:
+        wrapped = [k for k, v in (reply.get("extra") or {}).items() if isinstance(v, int) and v >= 2**63]
+        if reply.get("ok") and wrapped:  # an unsigned difference that went below zero
+            reply = {"ok": False, "error": f"implausible {', '.join(wrapped)} (an unsigned count wrapped below zero)"}
         if not reply.get("ok"):
             err = str(reply.get("error", "failed without a message"))
             if err.startswith("unsupported"):
@@ -305,7 +309,7 @@ def run_case(case: str, plan: Plan, drivers: list[Driver], idle_seconds: float) 
         for d in drivers:
             sides[d.label].add(d.run(case, plan.n, fields, timeout))
         return sides
-    for r in range(plan.rounds):
+    for _ in range(plan.rounds):
         for d in drivers:  # A B A B ...: machine noise hits both sides alike
             side = sides[d.label]
             if not side.done:
@@ -440,7 +444,7 @@ def report_text(h: dict, rows: list[list[str]]) -> str:
         markdown_table(rows),
         "",
         "ratio: Jupyter / pyrepl3 (p50 for times; the values for idle and memory);"
-        " output rate: pyrepl3 / Jupyter. Above 1 favours pyrepl3. — : not measured on that side.",
+        " output rate: pyrepl3 / Jupyter. Above 1 favours pyrepl3. —: not measured on that side, or no ratio.",
     ]
     return "\n".join(lines)
 
@@ -475,6 +479,7 @@ def main(argv: list[str]) -> int:
     pyrepl3_argv = (shlex.split(pyrepl3_cmd) if pyrepl3_cmd
                     else [os.path.join(ROOT, "target", "release", "examples", "bench_driver")])
     jupyter_argv = [python, os.path.join(BENCH, "jupyter_driver.py")]
+    idle_seconds = IDLE_SECONDS[1 if args.quick else 0]
     logs = tempfile.mkdtemp(prefix="pyrepl3-bench-logs-")
     drivers = [
         Driver("pyrepl3", pyrepl3_argv, os.path.join(logs, "pyrepl3.log")),
@@ -491,7 +496,6 @@ def main(argv: list[str]) -> int:
                 return 1
             print(f"[bench] {d.label} driver ready: {d.info.get('version', '?')}", file=sys.stderr)
 
-        idle_seconds = IDLE_SECONDS[1 if args.quick else 0]
         results: dict[str, dict[str, Side]] = {}
         for case in args.case_list:
             plan = PLANS[case][1 if args.quick else 0]
@@ -527,6 +531,10 @@ def main(argv: list[str]) -> int:
         json.dump(report, f, indent=1)
         f.write("\n")
     print(f"[bench] wrote {args.json}", file=sys.stderr)
+    if any(side.error for sides in results.values() for side in sides.values()):
+        print(f"[bench] some cases failed; driver logs kept in {logs}", file=sys.stderr)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
     return 0
 
 

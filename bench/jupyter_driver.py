@@ -58,18 +58,26 @@ def rss_bytes(pid: int) -> int:
     raise CaseError(f"no VmRSS in /proc/{pid}/status")
 
 
-def ctx_switches(pid: int) -> int:
-    """Voluntary + nonvoluntary context switches summed over all live threads of pid."""
-    total = 0
+def ctx_switches(pid: int) -> dict[str, int]:
+    """Voluntary + nonvoluntary context switches of each live thread of pid, by thread id."""
+    counts = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                        total += int(line.split()[1])
+                counts[tid] = sum(
+                    int(line.split()[1])
+                    for line in f
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+                )
         except FileNotFoundError:  # the thread ended meanwhile
             pass
-    return total
+    return counts
+
+
+def ctx_switches_since(pid: int, before: dict[str, int]) -> int:
+    """Switches since `before` (a ctx_switches() reading) of the threads alive now; a thread
+    started meanwhile counts from zero, one that ended meanwhile is lost (never negative)."""
+    return sum(count - before.get(tid, 0) for tid, count in ctx_switches(pid).items())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -152,7 +160,8 @@ class Kernel:
 
     def next_batch(self, deadline: float, waiting_for: str) -> list[tuple[str, dict, float]]:
         """poll() until something arrives; a kernel that died or a passed deadline is an
-        error. (Liveness is checked only after a second without any message.)"""
+        error. Not polling for work: the wait ends on the first message, and only a kernel
+        silent for a whole second gets a liveness check (so a dead one fails fast)."""
         while True:
             batch = self.poll(min(deadline, time.perf_counter() + 1.0))
             if batch:
@@ -429,7 +438,7 @@ class Driver:
         while time.perf_counter() < deadline:
             k.poll(deadline)
         elapsed = time.perf_counter() - t0
-        ctx = {name: ctx_switches(pid) - ctx0[name] for name, pid in pids.items()}
+        ctx = {name: ctx_switches_since(pid, ctx0[name]) for name, pid in pids.items()}
         cpu = {name: round(cpu_seconds(pid) - cpu0[name], 3) for name, pid in pids.items()}
         return [], {
             "seconds": elapsed,

@@ -790,3 +790,25 @@ print("9 print")
     );
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn user_code_sees_an_interactive_interpreters_argv_and_path() {
+    let s = start().await;
+    let cwd = s.info().await.unwrap().cwd;
+    std::fs::write(
+        cwd.join("localmod.py"),
+        "VALUE = 'from the working directory'\n",
+    )
+    .unwrap();
+    assert_eq!(
+        eval(&s, "import sys\nsys.argv").await.as_deref(),
+        Some("['']")
+    );
+    assert_eq!(eval(&s, "sys.path[0]").await.as_deref(), Some("''"));
+    assert_eq!(
+        eval(&s, "import localmod\nlocalmod.VALUE").await.as_deref(),
+        Some("'from the working directory'")
+    );
+    assert_eq!(eval(&s, "__name__").await.as_deref(), Some("'__main__'"));
+    s.shutdown().await.unwrap();
+}

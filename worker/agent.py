@@ -7,19 +7,21 @@ on one session event loop), `input()`/`sys.stdin`/`getpass` as protocol requests
 by SIGINT, and the output marker that orders output before each input request and result.
 Standard library only; nothing here waits on a timer or polls.
 """
+# Start-up time is part of every cold start: only modules that are built into the interpreter
+# or loaded by it anyway are imported before `ready` (json, socket and signal would pull in re
+# and enum, threading functools and collections: ~13 ms; fcntl and termios are shared
+# libraries, ~0.7 ms each to load); the rest is imported while the first execute is on its way.
+import _signal
 import builtins
 import io
-import json
 import math
 import os
-import signal
-import socket
 import sys
-import threading
+import _thread
 import time
 import types
-from fcntl import ioctl as _ioctl
-from termios import FIONREAD as _FIONREAD
+
+_ioctl = _FIONREAD = None  # fcntl.ioctl and termios.FIONREAD, imported after `ready`
 
 MAX_FRAME = 16 << 20        # largest frame either side may send (protocol.md)
 TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
@@ -28,9 +30,52 @@ CO_COROUTINE = 0x0080       # inspect.CO_COROUTINE, without importing inspect
 INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # ints the host can hold; bigger ones get repr only
 
 _AGENT_GLOBALS = globals()  # frames running with these globals are the agent's own
-# Bound once, so user code that monkeypatches `json` cannot break the channel.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_decode = json.JSONDecoder().decode
+
+
+def _json_codec():
+    """(encode, decode) for the channel: compact, non-ASCII kept, NaN refused. Built on the C
+    accelerator `_json` (what `json` itself uses) so that `json`, `re` and `enum` need not be
+    imported at start-up; bound once, so user code that monkeypatches `json` cannot break the
+    channel."""
+    try:
+        from _json import encode_basestring, make_encoder, make_scanner
+    except ImportError:  # an interpreter without the accelerator
+        import json
+        encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return encoder.encode, json.JSONDecoder().decode
+
+    def refuse(obj):
+        raise TypeError("Object of type %s is not JSON serializable" % type(obj).__name__)
+
+    def encode(obj):
+        # A fresh marker dict per call, as json does: an aborted encoding leaves entries behind.
+        chunks = make_encoder({}, refuse, encode_basestring, None, ":", ",", False, False,
+                              False)(obj, 0)
+        return "".join(chunks)
+
+    def constant(name):
+        raise ValueError("%s is not allowed" % name)
+
+    class Context:
+        strict, object_hook, object_pairs_hook = True, None, None
+        parse_float, parse_int, parse_constant, memo = float, int, constant, {}
+
+    scan = make_scanner(Context())
+
+    def decode(text):
+        text = text.strip()
+        try:
+            obj, end = scan(text, 0)
+        except StopIteration as stop:
+            raise ValueError("invalid JSON at character %s" % stop.value) from None
+        if end != len(text):
+            raise ValueError("extra data after JSON at character %d" % end)
+        return obj
+
+    return encode, decode
+
+
+_encode, _decode = _json_codec()
 _agent = None               # the Agent, for input() and getpass()
 
 
@@ -166,13 +211,18 @@ class _Flusher:
     def __init__(self):
         self.dirty = False
         self.streams = []
-        self._armed = threading.Event()
-        threading.Thread(target=self._run, name="pyrepl3-flusher", daemon=True).start()
+        # Held while disarmed: `arm` releases it, the flusher thread's acquire wakes.
+        self._armed = _thread.allocate_lock()
+        self._armed.acquire()
+        _thread.start_new_thread(self._run, ())
 
     def arm(self):
         if not self.dirty:
             self.dirty = True
-            self._armed.set()
+            try:
+                self._armed.release()
+            except RuntimeError:
+                pass  # already armed: the flusher has not woken up yet
 
     def flush_all(self):
         self.dirty = False
@@ -184,8 +234,7 @@ class _Flusher:
 
     def _run(self):
         while True:
-            self._armed.wait()  # not polling: untimed, set by the first unflushed write
-            self._armed.clear()
+            self._armed.acquire()  # not polling: untimed, released by the first unflushed write
             # not polling: one deadline per burst of output, armed by its first write.
             time.sleep(FLUSH_DELAY)
             self.flush_all()
@@ -241,7 +290,7 @@ class Agent:
         self._session_id = session_id
         self._marker = b"\x1bPYREPL3:" + marker.encode() + b"\x1b"
         self._pid = os.getpid()
-        self._main_ident = threading.get_ident()
+        self._main_ident = _thread.get_ident()
         self._ids = iter(range(1, 1 << 62))  # next() on it is atomic under the GIL
 
         # Two channels (protocol.md): the main thread reads `execute` from the exec channel
@@ -249,8 +298,8 @@ class Agent:
         # on this kind of machine); the reader thread owns the control channel.
         self._exec = self._channel(exec_fd)
         self._control = self._channel(control_fd)
-        self._send_lock = threading.Lock()     # one frame at a time per sender
-        self._ordered_lock = threading.Lock()  # one marker+frame pair at a time
+        self._send_lock = _thread.allocate_lock()     # one frame at a time per sender
+        self._ordered_lock = _thread.allocate_lock()  # one marker+frame pair at a time
 
         # Private dups of fds 1 and 2 carry only the marker, so it still reaches the host
         # when user code redirects or closes fd 1/2.
@@ -262,7 +311,6 @@ class Agent:
         self._streams = [self._text_stream(1), self._text_stream(2),
                          sys.__stdout__, sys.__stderr__]
         _flusher.streams = self._streams[:2]
-        _keep_output_order()
         sys.stdout, sys.stderr = self._streams[:2]
         sys.stdin = _Stdin()
         builtins.input = input
@@ -270,13 +318,13 @@ class Agent:
         # Shared with the reader thread. The main thread arms _running_id under the lock (so a
         # cancel cannot slip between dequeue and start) but disarms it with a plain store,
         # which the SIGINT handler cannot interrupt; the handler re-checks the target anyway.
-        self._state_lock = threading.Lock()
+        self._state_lock = _thread.allocate_lock()
         self._running_id = None          # execution whose user code is running now
         self._interrupt_target = None    # execution the last SIGINT was sent for
         self._cancelled_early = []       # cancels that arrived before their execute (bounded)
         self._main_sending = False       # main thread is mid-send: defer KeyboardInterrupt
         self._interrupt_deferred = False
-        self._waiters = {}               # input id -> [threading.Event, answer]
+        self._waiters = {}               # input id -> [lock held until answered, answer]
 
         self._unfinished = None          # execution still owed a terminal frame
         self._cell_count = 0
@@ -288,14 +336,13 @@ class Agent:
         self._agent_module = sys.modules.get("__main__")  # keep the agent's module alive
         sys.modules["__main__"] = main_module  # so pickle finds classes defined in cells
         self._sigint_handler = self._on_sigint
-        signal.signal(signal.SIGINT, self._sigint_handler)
+        _signal.signal(_signal.SIGINT, self._sigint_handler)
 
     @staticmethod
     def _channel(fd):
         os.set_inheritable(fd, False)  # user subprocesses must never hold the channel
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(True)  # the host may hand over a non-blocking socketpair end
-        return sock
+        os.set_blocking(fd, True)  # the host may hand over a non-blocking socketpair end
+        return fd
 
     @staticmethod
     def _text_stream(fd):
@@ -328,7 +375,7 @@ class Agent:
                 msg["value"] = None
             data = _encode(msg).encode("utf-8", "replace")
         frame = len(data).to_bytes(4, "big") + data
-        on_main = threading.get_ident() == self._main_ident
+        on_main = _thread.get_ident() == self._main_ident
         sock = self._exec if on_main else self._control
         if on_main:  # defer KeyboardInterrupt: no half frame, no marker without its frame
             self._main_sending = True
@@ -341,10 +388,10 @@ class Agent:
                         except OSError:
                             pass  # the host stopped reading that pipe; it notices by itself
                     with self._send_lock:
-                        sock.sendall(frame)
+                        _write_all(sock, frame)
             else:
                 with self._send_lock:
-                    sock.sendall(frame)
+                    _write_all(sock, frame)
         finally:
             if on_main:
                 self._main_sending = False
@@ -354,6 +401,8 @@ class Agent:
                 raise KeyboardInterrupt
 
     def _pipes_drained(self):
+        if _ioctl is None:
+            return False  # not set up yet: mark, which is always correct
         try:
             return all(not int.from_bytes(_ioctl(fd, _FIONREAD, b"\0\0\0\0"), "little")
                        for fd in self._marker_fds)
@@ -361,14 +410,16 @@ class Agent:
             return False  # cannot tell: mark, which is always correct
 
     @staticmethod
-    def _recv_exact(sock, size):
-        buf = bytearray(size)
-        view, got = memoryview(buf), 0
-        while got < size:
-            n = sock.recv_into(view[got:])
-            if n == 0:
+    def _recv_exact(fd, size):
+        data = os.read(fd, size)
+        if len(data) == size:
+            return data
+        buf = bytearray(data)
+        while len(buf) < size:
+            chunk = os.read(fd, size - len(buf))
+            if not chunk:
                 raise EOFError
-            got += n
+            buf += chunk
         return bytes(buf)
 
     def _recv_frame(self, sock):
@@ -388,7 +439,7 @@ class Agent:
         # Take the whole process group along so nothing is orphaned, but only when we lead
         # it (otherwise killpg(0) would hit the host's group).
         if os.getpgrp() == self._pid:
-            os.killpg(0, signal.SIGKILL)
+            os.killpg(0, _signal.SIGKILL)
         os._exit(1)
 
     def read_loop(self):
@@ -410,15 +461,16 @@ class Agent:
     def _dispatch(self, msg):
         kind, msg_id = msg.get("type"), msg["id"]
         if kind == "input_response" and isinstance(msg.get("data"), (str, type(None))):
-            waiter = self._waiters.get(msg.get("input_id"))
+            # Popped, so a second answer to the same request finds nothing to release.
+            waiter = self._waiters.pop(msg.get("input_id"), None)
             if waiter is not None:  # unknown or abandoned (cancelled) input: ignored
                 waiter[1] = msg["data"]
-                waiter[0].set()
+                waiter[0].release()
         elif kind in ("cancel", "interrupt") and isinstance(msg.get("execution_id"), str):
             with self._state_lock:
                 if msg["execution_id"] == self._running_id:
                     self._interrupt_target = msg["execution_id"]
-                    signal.pthread_kill(self._main_ident, signal.SIGINT)
+                    _signal.pthread_kill(self._main_ident, _signal.SIGINT)
                 else:  # not running (yet): remembered in case its execute is still on the way
                     self._cancelled_early = self._cancelled_early[-63:] + [msg["execution_id"]]
         elif kind == "heartbeat":
@@ -456,7 +508,8 @@ class Agent:
     def request_input(self, prompt, password):
         """Ask the client for a line; returns the answer, or None at end-of-file."""
         input_id = self._new_id()
-        waiter = [threading.Event(), None]
+        waiter = [_thread.allocate_lock(), None]
+        waiter[0].acquire()
         try:
             self._waiters[input_id] = waiter
             # Ordered: the marker puts this request after everything printed before it.
@@ -465,7 +518,7 @@ class Agent:
                        "timeout": None}, ordered=True)
             # not polling: one untimed wait, completed by the reader thread; SIGINT
             # interrupts it, so a cancel ends it.
-            waiter[0].wait()
+            waiter[0].acquire()
         finally:
             self._waiters.pop(input_id, None)
         return waiter[1]
@@ -477,7 +530,11 @@ class Agent:
                    "capabilities": ["execute", "input", "cancel", "interrupt", "heartbeat",
                                     "shutdown", "top_level_await", "output_marker"]})
         # Finish start-up while the first execute is in flight rather than before `ready`.
+        global _ioctl, _FIONREAD
         import ast, getpass as getpass_module, linecache, traceback  # noqa: F401
+        from fcntl import ioctl as _ioctl
+        from termios import FIONREAD as _FIONREAD
+        _keep_output_order()
         getpass_module.getpass = getpass
         self._compile_flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         while True:
@@ -512,8 +569,8 @@ class Agent:
         started = time.perf_counter()
         outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count)
         elapsed = time.perf_counter() - started
-        if signal.getsignal(signal.SIGINT) is not self._sigint_handler:
-            signal.signal(signal.SIGINT, self._sigint_handler)  # user code replaced it
+        if _signal.getsignal(_signal.SIGINT) is not self._sigint_handler:
+            _signal.signal(_signal.SIGINT, self._sigint_handler)  # user code replaced it
         if outcome[0] == "result":
             frame = {"type": "result", "execution_id": execution_id, "value": outcome[2],
                      "repr": outcome[1], "execution_time": elapsed}
@@ -661,6 +718,13 @@ def _trim_traceback(tb):
 
 def main():
     global _agent
+    # Started as `python agent.pyc` (cached bytecode) or `python -c source`: either way user
+    # code sees what the interactive interpreter gives it.
+    sys.argv[:] = [""]
+    script = globals().get("__file__")
+    if script and sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(
+            os.path.abspath(script)):
+        sys.path[0] = ""  # as with -c: the working directory, not the agent's cache
     exec_fd = int(os.environ.get("PYREPL3_FD", "3"))
     control_fd = int(os.environ.get("PYREPL3_CONTROL_FD", "4"))
     session_id = os.environ.get("PYREPL3_SESSION_ID", "")
@@ -668,7 +732,7 @@ def main():
     for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
         del os.environ[key]  # user code and its children must not see them
     _agent = Agent(exec_fd, control_fd, session_id, marker)
-    threading.Thread(target=_agent.read_loop, name="pyrepl3-reader", daemon=True).start()
+    _thread.start_new_thread(_agent.read_loop, ())
     _agent.serve_forever()
 
 

@@ -95,7 +95,7 @@ pub(crate) async fn spawn(
     ),
     Error,
 > {
-    let python = worker::resolve_python(&config.python).await?;
+    let interpreter = worker::prepare_interpreter(&config.python).await?;
     let (tempdir, cwd) = match &config.cwd {
         Some(dir) => (None, dir.clone()),
         None => {
@@ -127,7 +127,7 @@ pub(crate) async fn spawn(
         executions: executions.clone(),
         id,
         config,
-        python,
+        interpreter,
         cwd,
         _tempdir: tempdir,
         commands,
@@ -407,7 +407,7 @@ struct Actor {
     /// Terminal events delivered, shared with the handles for a lock-free read.
     executions: Arc<AtomicU64>,
     config: SessionConfig,
-    python: PathBuf,
+    interpreter: worker::Interpreter,
     cwd: PathBuf,
     _tempdir: Option<tempfile::TempDir>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -616,7 +616,7 @@ impl Actor {
 
     fn start_worker(&mut self) {
         let spec = WorkerSpec {
-            python: self.python.clone(),
+            interpreter: self.interpreter.clone(),
             env: self.config.env.clone(),
             cwd: self.cwd.clone(),
             session_id: self.id.clone(),

@@ -34,7 +34,7 @@ pub const CONTROL_FD: i32 = 4;
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
-    pub python: PathBuf,
+    pub interpreter: Interpreter,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub session_id: String,
@@ -52,15 +52,41 @@ pub struct SpawnedWorker {
     pub stderr: pipe::Receiver,
 }
 
-/// Returns the real interpreter behind `python` (its `sys.executable`), asking it once per
-/// process: `python3` is often a launcher shim that adds tens of milliseconds to every start.
-pub async fn resolve_python(python: &Path) -> Result<PathBuf, Error> {
-    static CACHE: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+/// An interpreter ready to run workers: the real binary behind the configured `python`, and
+/// the agent compiled for it.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    pub python: PathBuf,
+    /// The agent as bytecode (started as `python agent.pyc`), when a private cache directory
+    /// could be used; else workers compile the source at every start (`python -c`).
+    pub agent_pyc: Option<PathBuf>,
+}
+
+/// Prepares `python` once per process: resolves the real interpreter (its `sys.executable`;
+/// `python3` is often a launcher shim that adds tens of milliseconds to every start) and, in
+/// the same run, compiles the agent into the per-user cache, which saves compiling ~700 lines
+/// at every worker start (4 ms of a ~15 ms cold start). Compiled afresh by each host process,
+/// so the bytecode always matches the interpreter.
+pub async fn prepare_interpreter(python: &Path) -> Result<Interpreter, Error> {
+    static CACHE: Mutex<Option<HashMap<PathBuf, Interpreter>>> = Mutex::new(None);
     if let Some(found) = lock_cache(&CACHE).as_ref().and_then(|m| m.get(python)) {
         return Ok(found.clone());
     }
-    let out = Command::new(python)
-        .args(["-c", "import sys; sys.stdout.write(sys.executable or '')"])
+    let cache = agent_cache_paths(python);
+    let script = "import sys\n\
+        if len(sys.argv) == 3:\n    \
+            import py_compile\n    \
+            try:\n        \
+                py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)\n    \
+            except Exception as e:\n        \
+                sys.stderr.write('pyrepl3: could not compile the agent: %s\\n' % e)\n\
+        sys.stdout.write(sys.executable or '')";
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", script]);
+    if let Some((source, pyc_tmp, _)) = &cache {
+        cmd.arg(source).arg(pyc_tmp);
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -81,10 +107,63 @@ pub async fn resolve_python(python: &Path) -> Result<PathBuf, Error> {
     } else {
         PathBuf::from(real)
     };
+    let agent_pyc = cache.and_then(|(_, pyc_tmp, pyc)| {
+        // The rename publishes a complete file; a failed compile leaves no file to rename.
+        std::fs::rename(&pyc_tmp, &pyc).ok().map(|()| pyc)
+    });
+    let prepared = Interpreter {
+        python: resolved,
+        agent_pyc,
+    };
     lock_cache(&CACHE)
         .get_or_insert_with(HashMap::new)
-        .insert(python.to_path_buf(), resolved.clone());
-    Ok(resolved)
+        .insert(python.to_path_buf(), prepared.clone());
+    Ok(prepared)
+}
+
+/// (agent source, temporary bytecode path, final bytecode path) in the per-user cache, with
+/// the source written there; `None` when no private cache directory is available.
+fn agent_cache_paths(python: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    use std::hash::{Hash, Hasher};
+    let dir = private_cache_dir()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    AGENT_SOURCE.hash(&mut hasher);
+    let source_hash = hasher.finish();
+    python.hash(&mut hasher);
+    let key = hasher.finish();
+    let source = dir.join(format!("agent-{source_hash:016x}.py"));
+    if !source.exists() {
+        let tmp = dir.join(format!(
+            "agent-{source_hash:016x}.py.{}",
+            std::process::id()
+        ));
+        std::fs::write(&tmp, AGENT_SOURCE).ok()?;
+        std::fs::rename(&tmp, &source).ok()?;
+    }
+    let pyc_tmp = dir.join(format!("agent-{key:016x}.pyc.{}", std::process::id()));
+    let pyc = dir.join(format!("agent-{key:016x}.pyc"));
+    Some((source, pyc_tmp, pyc))
+}
+
+/// `$XDG_CACHE_HOME/pyrepl3` or `~/.cache/pyrepl3`, created 0700; refused unless it is a
+/// real directory owned by this user and closed to others (another user must not be able to
+/// plant the code our workers run).
+fn private_cache_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let dir = base.join("pyrepl3");
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let private = meta.is_dir() && meta.uid() == me && meta.permissions().mode() & 0o077 == 0;
+    private.then_some(dir)
 }
 
 fn lock_cache<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,7 +171,7 @@ fn lock_cache<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Starts the agent. The caller must have resolved `spec.python` already.
+/// Starts the agent with an interpreter from [`prepare_interpreter`].
 pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let (host_exec, child_exec) =
         std::os::unix::net::UnixStream::pair().map_err(Error::io("creating the exec channel"))?;
@@ -104,10 +183,12 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let (out_r, out_w) = std::io::pipe().map_err(Error::io("creating the stdout pipe"))?;
     let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
 
-    let mut cmd = Command::new(&spec.python);
-    cmd.arg("-c")
-        .arg(AGENT_SOURCE)
-        .current_dir(&spec.cwd)
+    let mut cmd = Command::new(&spec.interpreter.python);
+    match &spec.interpreter.agent_pyc {
+        Some(pyc) => cmd.arg(pyc),
+        None => cmd.arg("-c").arg(AGENT_SOURCE),
+    };
+    cmd.current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::from(OwnedFd::from(out_w)))
         .stderr(Stdio::from(OwnedFd::from(err_w)))
@@ -129,7 +210,7 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         });
     }
     let child = cmd.spawn().map_err(|source| Error::Spawn {
-        python: spec.python.clone(),
+        python: spec.interpreter.python.clone(),
         source,
     })?;
     drop((child_exec, child_control));
