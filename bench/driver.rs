@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use pyrepl3::{Event, ExecuteOptions, Execution, PoolConfig, Session, SessionConfig, SessionPool};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 type CaseResult = Result<(Vec<f64>, Value), String>;
 
@@ -24,8 +23,18 @@ async fn main() {
         python: PathBuf::from("python3"),
         session: None,
     };
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    // Requests are read by a plain thread: tokio's stdin would use its blocking pool, whose
+    // idle threads wake on a keep-alive timer and would be counted in the idle case.
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
         let request: Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(e) => {
@@ -258,6 +267,17 @@ impl Driver {
                     "cpu_seconds": (hc1 - hc0) + (wc1 - wc0),
                     "cpu_per_process": {"host": hc1 - hc0, "worker": wc1 - wc0},
                 });
+            }
+            "pids" => {
+                // For the orchestrator to measure idle cost from outside: a process that
+                // measures itself wakes up to do it.
+                let worker = s
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .pid
+                    .ok_or("no worker pid")?;
+                extra = json!({"host": std::process::id(), "worker": worker});
             }
             "memory" => {
                 let worker = s
