@@ -301,7 +301,64 @@ class Side:
         return out
 
 
+def thread_counters(pid: int) -> dict[int, tuple[int, int]]:
+    """{tid: (context switches, CPU ticks)} of every thread of `pid`, from /proc."""
+    counters = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return counters
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                ctx = sum(int(line.split()[1]) for line in f
+                          if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            counters[int(tid)] = (ctx, int(fields[11]) + int(fields[12]))  # utime + stime
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return counters
+
+
+def measure_idle_outside(drivers: list[Driver], seconds: float) -> dict[str, Side]:
+    """Idle cost, observed from this process: each driver names its processes (client or
+    host, worker or kernel), all sit idle with their session/kernel attached, and /proc is
+    read before and after the window, per thread id (a thread that starts counts from zero;
+    one that ends is lost, never negative). A process that measured itself would wake up to
+    do it."""
+    sides = {d.label: Side() for d in drivers}
+    watched: dict[str, dict[str, int]] = {}
+    for d in drivers:
+        reply = d.run("pids", 1, {}, RUN_TIMEOUT)
+        if reply.get("ok"):
+            watched[d.label] = {name: int(pid) for name, pid in (reply.get("extra") or {}).items()}
+        else:
+            sides[d.label].add(reply)
+    before = {label: {name: thread_counters(pid) for name, pid in procs.items()}
+              for label, procs in watched.items()}
+    time.sleep(seconds)  # the measurement window itself: every watched process is left alone
+    tick = os.sysconf("SC_CLK_TCK")
+    for label, procs in watched.items():
+        ctx, cpu = {}, {}
+        for name, pid in procs.items():
+            now = thread_counters(pid)
+            then = before[label][name]
+            ctx[name] = sum(max(c - then.get(t, (0, 0))[0], 0) for t, (c, _) in now.items())
+            cpu[name] = round(sum(max(u - then.get(t, (0, 0))[1], 0) for t, (_, u) in now.items()) / tick, 3)
+        sides[label].add({"ok": True, "samples": [], "extra": {
+            "seconds": seconds,
+            "ctx_switches": sum(ctx.values()),
+            "per_process": ctx,
+            "cpu_seconds": round(sum(cpu.values()), 3),
+            "cpu_per_process": cpu,
+        }})
+    return sides
+
+
 def run_case(case: str, plan: Plan, drivers: list[Driver], idle_seconds: float) -> dict[str, Side]:
+    if case == "idle":
+        return measure_idle_outside(drivers, idle_seconds)
     sides = {d.label: Side() for d in drivers}
     fields = {"seconds": idle_seconds} if case == "idle" else {}
     timeout = RUN_TIMEOUT + (idle_seconds if case == "idle" else 0)
@@ -413,6 +470,13 @@ def build_rows(results: dict[str, dict[str, Side]], idle_seconds: float) -> list
                        p.extra.get("host_rss"), j.extra.get("host_rss"), fmt_bytes, derived=True)
         else:
             timed(case, p, j, p.samples, j.samples)
+            if case == "cold_start" and p.extra.get("bare") and p.samples:
+                none = Side(unsupported=True)
+                timed("cold_start: bare interpreter (python -c pass)", p, none,
+                      p.extra["bare"], [], derived=True)
+                multiple = stats(p.samples)["p50"] / stats(p.extra["bare"])["p50"]
+                rows.append(["cold_start: pyrepl3 / bare interpreter (p50)",
+                             f"{multiple:.2f}×", "—", "—"])
             if case == "input":
                 timed("input (execute to result)", p, j,
                       p.extra.get("total", []), j.extra.get("total", []), derived=True)

@@ -57,8 +57,7 @@ async fn main() {
             Some("run") => {
                 let case = request["case"].as_str().unwrap_or_default().to_string();
                 let n = request["n"].as_u64().unwrap_or(1) as usize;
-                let seconds = request["seconds"].as_f64().unwrap_or(30.0);
-                match driver.run(&case, n, seconds).await {
+                match driver.run(&case, n).await {
                     Ok((samples, extra)) => {
                         reply(json!({"ok": true, "samples": samples, "extra": extra}))
                     }
@@ -105,29 +104,6 @@ async fn wait_output(execution: &mut Execution) -> Result<(), String> {
     }
 }
 
-fn ctx_switches(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .map(|status| {
-            status
-                .lines()
-                .filter(|l| {
-                    l.starts_with("voluntary_ctxt_switches")
-                        || l.starts_with("nonvoluntary_ctxt_switches")
-                })
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    pyrepl3::worker::proc_stats(pid).map_or(0.0, |s| s.cpu_time_secs)
-}
-
 fn rss(pid: u32) -> u64 {
     pyrepl3::worker::proc_stats(pid).map_or(0, |s| s.rss_bytes)
 }
@@ -152,7 +128,7 @@ impl Driver {
         Ok(session)
     }
 
-    async fn run(&mut self, case: &str, n: usize, seconds: f64) -> CaseResult {
+    async fn run(&mut self, case: &str, n: usize) -> CaseResult {
         let s = self.warm_session().await?;
         let mut samples = Vec::with_capacity(n);
         let mut extra = json!({});
@@ -169,7 +145,24 @@ impl Driver {
                 }
             }
             "cold_start" => {
+                // The reference the target is set against: the same interpreter's own start
+                // (`python -c pass`), spawned from this process too, interleaved with ours.
+                let real = pyrepl3::worker::prepare_interpreter(&self.python)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .python;
+                let mut bare = Vec::with_capacity(n);
                 for _ in 0..n {
+                    let t0 = Instant::now();
+                    let status = tokio::process::Command::new(&real)
+                        .args(["-c", "pass"])
+                        .status()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    bare.push(t0.elapsed().as_secs_f64());
+                    if !status.success() {
+                        return Err(format!("{} -c pass failed: {status}", real.display()));
+                    }
                     let t0 = Instant::now();
                     let fresh = Session::start(config(&self.python))
                         .await
@@ -177,6 +170,7 @@ impl Driver {
                     samples.push(t0.elapsed().as_secs_f64());
                     let _ = fresh.shutdown().await;
                 }
+                extra = json!({"bare": bare});
             }
             "print_lines" | "print_10mb" => {
                 let code = if case == "print_lines" {
@@ -245,28 +239,6 @@ impl Driver {
                     totals.push(t_exec.elapsed().as_secs_f64());
                 }
                 extra = json!({"total": totals});
-            }
-            "idle" => {
-                let host = std::process::id();
-                let worker = s
-                    .info()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .pid
-                    .ok_or("no worker pid")?;
-                let (h0, w0) = (ctx_switches(host), ctx_switches(worker));
-                let (hc0, wc0) = (cpu_seconds(host), cpu_seconds(worker));
-                // The measurement itself: a session idle with its client attached.
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-                let (h1, w1) = (ctx_switches(host), ctx_switches(worker));
-                let (hc1, wc1) = (cpu_seconds(host), cpu_seconds(worker));
-                extra = json!({
-                    "seconds": seconds,
-                    "ctx_switches": (h1 - h0) + (w1 - w0),
-                    "per_process": {"host": h1 - h0, "worker": w1 - w0},
-                    "cpu_seconds": (hc1 - hc0) + (wc1 - wc0),
-                    "cpu_per_process": {"host": hc1 - hc0, "worker": wc1 - wc0},
-                });
             }
             "pids" => {
                 // For the orchestrator to measure idle cost from outside: a process that

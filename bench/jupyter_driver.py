@@ -31,7 +31,6 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 KERNEL_NAME = "pyrepl3-bench-python"
 WAIT = 60.0  # generous bound on any single wait for the kernel, seconds
-IDLE_SECONDS = 30.0
 
 INTERRUPT_CODE = {
     "interrupt_busy": "print('go', flush=True)\nwhile True: pass",
@@ -56,39 +55,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise CaseError(f"no VmRSS in /proc/{pid}/status")
-
-
-def ctx_switches(pid: int) -> dict[str, int]:
-    """Voluntary + nonvoluntary context switches of each live thread of pid, by thread id."""
-    counts = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                counts[tid] = sum(
-                    int(line.split()[1])
-                    for line in f
-                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
-                )
-        except FileNotFoundError:  # the thread ended meanwhile
-            pass
-    return counts
-
-
-def ctx_switches_since(pid: int, before: dict[str, int]) -> int:
-    """Switches since `before` (a ctx_switches() reading) of the threads alive now; a thread
-    started meanwhile counts from zero, one that ended meanwhile is lost (never negative)."""
-    return sum(count - before.get(tid, 0) for tid, count in ctx_switches(pid).items())
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # after the ')' the fields start at field 3 (state); utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# --- one kernel -----------------------------------------------------------------------------
 
 
 class Kernel:
@@ -425,28 +391,9 @@ class Driver:
             totals.append(t1 - t0)
         return samples, {"total": totals}
 
-    def case_idle(self, n, req):
-        seconds = float(req.get("seconds", IDLE_SECONDS))
-        k = self.kernel
-        pids = {"kernel": k.pid, "driver": os.getpid()}
-        ctx0 = {name: ctx_switches(pid) for name, pid in pids.items()}
-        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        t0 = time.perf_counter()
-        # The measurement itself: stay idle with the client attached for `seconds`, listening
-        # on its channels as a front end would (any message is read and dropped).
-        deadline = t0 + seconds
-        while time.perf_counter() < deadline:
-            k.poll(deadline)
-        elapsed = time.perf_counter() - t0
-        ctx = {name: ctx_switches_since(pid, ctx0[name]) for name, pid in pids.items()}
-        cpu = {name: round(cpu_seconds(pid) - cpu0[name], 3) for name, pid in pids.items()}
-        return [], {
-            "seconds": elapsed,
-            "ctx_switches": sum(ctx.values()),
-            "per_process": ctx,
-            "cpu_seconds": round(sum(cpu.values()), 3),
-            "cpu_per_process": cpu,
-        }
+    def case_pids(self, n, req):
+        """The processes of an attached client, for the orchestrator to watch while idle."""
+        return [], {"kernel": self.kernel.pid, "driver": os.getpid()}
 
     def case_memory(self, n, req):
         kernel = self.new_kernel()
