@@ -25,6 +25,11 @@ pub enum Error {
     SessionDead(String),
     #[error("the worker did not answer a heartbeat within {0:?}")]
     HeartbeatTimeout(Duration),
+    #[error("the worker did not answer an {request} request within {deadline:?}")]
+    ReplyTimeout {
+        request: &'static str,
+        deadline: Duration,
+    },
     #[error("no pending input request with id {0:?} (unknown, or already answered)")]
     UnknownInput(String),
     #[error("invalid configuration: {0}")]

@@ -17,6 +17,6 @@ pub mod worker;
 pub use error::Error;
 pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
-    CancelOutcome, Event, ExecuteOptions, Execution, ExecutionOutcome, Session, SessionConfig,
-    SessionInfo, SessionState,
+    CancelOutcome, Completeness, Event, ExecuteOptions, Execution, ExecutionOutcome, Session,
+    SessionConfig, SessionInfo, SessionState,
 };

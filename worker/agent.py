@@ -479,11 +479,32 @@ class Agent:
                        "cpu_time": sum(os.times()[:2]),
                        "namespace_size": sum(not (k.startswith("__") and k.endswith("__"))
                                              for k in names)})
+        elif kind == "is_complete" and isinstance(msg.get("code"), str):
+            self.send({"type": "is_complete_reply", "in_reply_to": msg_id,
+                       "status": self._completeness(msg["code"]), "indent": ""})
         elif kind == "shutdown":
             self._flush_output()
             os._exit(0)
         else:
             self._protocol_error("unknown message: %.200r" % (msg,))
+
+    def _completeness(self, source):
+        """What `code.InteractiveConsole.push` would do with `source`, with the flags the
+        session compiles with (top-level await, __future__ imports), as asyncio's REPL does."""
+        import codeop, warnings  # only the REPL asks: not worth a cost before `ready`
+        compiler = codeop.CommandCompiler()
+        compiler.compiler.flags |= self._compile_flags
+        try:
+            # The code is compiled again when it runs: warn then, not twice. catch_warnings
+            # swaps the process-wide filters; the main thread is idle at a prompt.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                code = compiler(source, "<input>", "single")
+        except (SyntaxError, OverflowError, ValueError):
+            return "invalid"  # run anyway, so the user sees the error and its caret
+        except Exception:  # e.g. RecursionError on deep nesting: must not end the reader
+            return "invalid"
+        return "incomplete" if code is None else "complete"
 
     @staticmethod
     def _rss():
@@ -528,7 +549,8 @@ class Agent:
         self.send({"type": "ready", "session_id": self._session_id, "pid": self._pid,
                    "python_version": "%d.%d.%d" % tuple(sys.version_info[:3]),
                    "capabilities": ["execute", "input", "cancel", "interrupt", "heartbeat",
-                                    "shutdown", "top_level_await", "output_marker"]})
+                                    "shutdown", "top_level_await", "output_marker",
+                                    "is_complete"]})
         # Finish start-up while the first execute is in flight rather than before `ready`.
         global _ioctl, _FIONREAD
         import ast, getpass as getpass_module, linecache, traceback  # noqa: F401

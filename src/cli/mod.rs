@@ -2,6 +2,7 @@
 //! subcommand returns the process exit status; nothing here outlives `main`.
 
 mod exec;
+pub mod repl;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,11 @@ pub enum Command {
     /// Exit status: 0 success, 1 Python exception, 124 timeout, 130 interrupted (Ctrl-C),
     /// 2 bad usage or the worker could not be started.
     Exec(ExecArgs),
+    /// An interactive Python prompt whose code runs in an isolated worker session.
+    ///
+    /// Exit status: 0 on Ctrl-D (or the status passed to exit()), 2 if the worker could not
+    /// be started.
+    Repl(ReplArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,9 +49,17 @@ pub struct ExecArgs {
     pub code: String,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReplArgs {
+    /// Python interpreter to run the worker with.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+}
+
 /// Runs the parsed command line and returns the exit status.
 pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Exec(args) => exec::run(args).await,
+        Command::Repl(args) => repl::run(args).await,
     }
 }

@@ -53,6 +53,8 @@ pub enum Message {
     Ready(Ready),
     Heartbeat(Heartbeat),
     Shutdown(Shutdown),
+    IsComplete(IsComplete),
+    IsCompleteReply(IsCompleteReply),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,12 +89,17 @@ pub struct InputRequest {
     #[serde(default)]
     pub timeout: Option<f64>,
     /// Whether markers on the pipes precede this message (see `docs/protocol.md`).
-    #[serde(default = "marked_default")]
+    #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }
 
 fn marked_default() -> bool {
     true
+}
+
+/// `marked` is worker → host only: clients never see the default.
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +121,7 @@ pub struct ResultMsg {
     /// Seconds.
     #[serde(default)]
     pub execution_time: f64,
-    #[serde(default = "marked_default")]
+    #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }
 
@@ -128,7 +135,7 @@ pub struct ErrorMsg {
     pub exception_message: String,
     #[serde(default)]
     pub traceback: String,
-    #[serde(default = "marked_default")]
+    #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }
 
@@ -188,6 +195,36 @@ pub struct Shutdown {
     pub checkpoint: bool,
 }
 
+/// Asks whether `code` is a complete statement, as the interactive interpreter decides it
+/// (`codeop`, "single" mode); answered by the worker's reader thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsComplete {
+    pub id: String,
+    pub code: String,
+}
+
+/// What the interactive interpreter would do with the code of an `is_complete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletenessStatus {
+    /// Run it.
+    Complete,
+    /// Ask for another line (an open block, bracket, string or a trailing backslash).
+    Incomplete,
+    /// A syntax error: running it shows the error with its caret.
+    Invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsCompleteReply {
+    pub id: String,
+    pub in_reply_to: String,
+    pub status: CompletenessStatus,
+    /// Suggested indentation of the next line (reserved: the worker sends `""`).
+    #[serde(default)]
+    pub indent: String,
+}
+
 impl Message {
     /// Encodes the message as one frame (length prefix + JSON) appended to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
@@ -217,6 +254,8 @@ impl Message {
             Message::Ready(_) => "ready",
             Message::Heartbeat(_) => "heartbeat",
             Message::Shutdown(_) => "shutdown",
+            Message::IsComplete(_) => "is_complete",
+            Message::IsCompleteReply(_) => "is_complete_reply",
         }
     }
 }
@@ -249,6 +288,45 @@ mod tests {
                 assert_eq!(r.repr.as_deref(), Some("2"));
             }
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn is_complete_messages_use_the_documented_json_shape() {
+        let ask = Message::IsComplete(IsComplete {
+            id: "h1".into(),
+            code: "def f():".into(),
+        });
+        let json = serde_json::to_value(&ask).unwrap();
+        assert_eq!(json["type"], "is_complete");
+        assert_eq!(json["code"], "def f():");
+        assert_eq!(ask.type_name(), "is_complete");
+
+        let parsed: Message = serde_json::from_str(
+            r#"{"type":"is_complete_reply","id":"w1-3","in_reply_to":"h1","status":"incomplete","indent":""}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.type_name(), "is_complete_reply");
+        match &parsed {
+            Message::IsCompleteReply(r) => {
+                assert_eq!(r.in_reply_to, "h1");
+                assert_eq!(r.status, CompletenessStatus::Incomplete);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let json = serde_json::to_value(&parsed).unwrap();
+        assert_eq!(json["status"], "incomplete");
+        for (text, status) in [
+            ("complete", CompletenessStatus::Complete),
+            ("invalid", CompletenessStatus::Invalid),
+        ] {
+            let reply: Message = serde_json::from_value(serde_json::json!(
+                {"type": "is_complete_reply", "id": "w", "in_reply_to": "h", "status": text}
+            ))
+            .unwrap();
+            assert!(
+                matches!(reply, Message::IsCompleteReply(r) if r.status == status && r.indent.is_empty())
+            );
         }
     }
 

@@ -23,7 +23,7 @@ use super::{
     CancelOutcome, Event, InterruptOutcome, Scope, SessionConfig, SessionInfo, SessionState,
 };
 use crate::error::Error;
-use crate::protocol::{self, FrameDecoder, Heartbeat, Message, StreamName};
+use crate::protocol::{self, FrameDecoder, Heartbeat, IsCompleteReply, Message, StreamName};
 use crate::ratelimit::RateLimiter;
 use crate::worker::{self, SpawnedWorker, WorkerSpec};
 
@@ -76,6 +76,11 @@ pub(crate) enum Command {
     },
     Heartbeat {
         reply: oneshot::Sender<Heartbeat>,
+    },
+    /// Whether `code` is a complete statement (an `is_complete` round trip).
+    IsComplete {
+        code: String,
+        reply: oneshot::Sender<IsCompleteReply>,
     },
 }
 
@@ -198,6 +203,7 @@ struct Worker {
     /// Shutdown: kill the group if it has not exited by then.
     kill_deadline: Option<Instant>,
     heartbeats: HashMap<String, oneshot::Sender<Heartbeat>>,
+    is_complete_waiters: HashMap<String, oneshot::Sender<IsCompleteReply>>,
 }
 
 impl Drop for Worker {
@@ -651,6 +657,7 @@ impl Actor {
                     exit_cause: None,
                     kill_deadline: None,
                     heartbeats: HashMap::new(),
+                    is_complete_waiters: HashMap::new(),
                 });
             }
             Err(e) => self.start_failed(e),
@@ -975,6 +982,17 @@ impl Actor {
                     }));
                 }
             }
+            Command::IsComplete { code, reply } => {
+                // Not ready: the reply is dropped, which the handle reports.
+                let Some(w) = self.worker.as_mut().filter(|w| w.ready) else {
+                    return;
+                };
+                let id = new_id();
+                w.is_complete_waiters
+                    .retain(|_, waiter| !waiter.is_closed());
+                w.is_complete_waiters.insert(id.clone(), reply);
+                self.send(Message::IsComplete(protocol::IsComplete { id, code }));
+            }
         }
     }
 
@@ -1254,6 +1272,11 @@ impl Actor {
                     .and_then(|id| w.heartbeats.remove(id))
                 {
                     let _ = waiter.send(beat);
+                }
+            }
+            Message::IsCompleteReply(answer) => {
+                if let Some(waiter) = w.is_complete_waiters.remove(&answer.in_reply_to) {
+                    let _ = waiter.send(answer);
                 }
             }
             other => {

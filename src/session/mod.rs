@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::protocol::{self, Heartbeat, Message, StreamName};
+use crate::protocol::{self, CompletenessStatus, Heartbeat, Message, StreamName};
 
 pub use actor::EVENT_CHANNEL_CAPACITY;
 /// The UTF-8 decoding of pipe output, public for the micro-benchmarks in `benches/`.
@@ -304,6 +304,21 @@ pub enum SessionState {
     Closed,
 }
 
+/// Whether some source is a complete statement, from [`Session::is_complete`]: what the
+/// interactive interpreter (`code.InteractiveConsole`) would do with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Completeness {
+    /// Run it.
+    Complete,
+    /// Ask for another line: an open block (a compound statement ends with a blank line), an
+    /// open bracket or string, a trailing backslash. `indent` is a suggested indentation for
+    /// that line (the worker sends `""` for now).
+    Incomplete { indent: String },
+    /// A syntax error: run it anyway, so the error and its caret are shown.
+    Invalid,
+}
+
 /// A snapshot of a session, from [`Session::info`].
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
@@ -359,6 +374,9 @@ pub struct Scope {
 
 /// How long `info()` waits for the worker's heartbeat answer.
 const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(1);
+/// How long `is_complete()` waits for the worker's answer. Its reader thread answers, but it
+/// needs the GIL, which busy user code (a C call) can hold for a while.
+const IS_COMPLETE_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Session {
     /// Starts a worker and waits until it is ready (or `start_timeout` passes).
@@ -414,6 +432,38 @@ impl Session {
                 "no heartbeat: the worker is not ready".into(),
             )),
             Err(_) => Err(Error::HeartbeatTimeout(deadline)),
+        }
+    }
+
+    /// Whether `code` is a complete statement, decided by the worker's own `codeop` as the
+    /// interactive interpreter decides it (a compound statement is complete only after a
+    /// blank line). Answered by the worker's reader thread, so it does not wait for a running
+    /// execution.
+    pub async fn is_complete(&self, code: &str) -> Result<Completeness, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(actor::Command::IsComplete {
+                code: code.to_string(),
+                reply,
+            })
+            .map_err(|_| Error::SessionClosed)?;
+        // not polling: one deadline for one answer.
+        match tokio::time::timeout(IS_COMPLETE_DEADLINE, answer).await {
+            Ok(Ok(answer)) => Ok(match answer.status {
+                CompletenessStatus::Complete => Completeness::Complete,
+                CompletenessStatus::Incomplete => Completeness::Incomplete {
+                    indent: answer.indent,
+                },
+                CompletenessStatus::Invalid => Completeness::Invalid,
+            }),
+            Ok(Err(_)) => Err(Error::SessionDead(
+                "no answer to is_complete: the worker is not ready".into(),
+            )),
+            Err(_) => Err(Error::ReplyTimeout {
+                request: "is_complete",
+                deadline: IS_COMPLETE_DEADLINE,
+            }),
         }
     }
 
