@@ -11,6 +11,7 @@ pub mod error;
 pub mod pool;
 pub mod protocol;
 pub mod ratelimit;
+pub mod server;
 pub mod session;
 pub mod worker;
 

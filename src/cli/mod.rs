@@ -3,6 +3,7 @@
 
 mod exec;
 pub mod repl;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,34 @@ pub enum Command {
     /// Exit status: 0 on Ctrl-D (or the status passed to exit()), 2 if the worker could not
     /// be started.
     Repl(ReplArgs),
+    /// Serve sessions over HTTP and WebSocket (see docs/api.md).
+    ///
+    /// Settings: the --config TOML file, then PYREPL3_* environment variables, then flags.
+    /// Without any token configured, one is generated and printed. SIGTERM or Ctrl-C shut
+    /// down gracefully: exit status 0 when every session is gone.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8765; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// TOML settings file (tenants, pool, limits).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bearer token of the default tenant (else from the config, or generated).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Python interpreter for the workers.
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Warm sessions kept ready.
+    #[arg(long, value_name = "N")]
+    pub min_idle: Option<usize>,
+    /// Upper bound of sessions in the pool.
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,5 +90,6 @@ pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Exec(args) => exec::run(args).await,
         Command::Repl(args) => repl::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }

@@ -1,0 +1,73 @@
+//! `pyrepl3 serve`: loads the settings, starts the server, prints where it listens (and a
+//! generated token), and shuts down gracefully on SIGTERM or SIGINT.
+
+use std::io::Write;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::ServeArgs;
+use crate::server::{self, Overrides, ServerConfig};
+
+const EXIT_OK: i32 = 0;
+const EXIT_FAILED: i32 = 1;
+const EXIT_USAGE: i32 = 2;
+
+pub async fn run(args: ServeArgs) -> i32 {
+    let overrides = Overrides {
+        listen: args.listen,
+        token: args.token,
+        python: args.python,
+        min_idle: args.min_idle,
+        max_sessions: args.max_sessions,
+    };
+    let (config, generated) = match ServerConfig::load(args.config.as_deref(), &overrides) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("pyrepl3: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("pyrepl3: could not install the signal handlers");
+            return EXIT_USAGE;
+        }
+    };
+    let handle = match server::start(config).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("pyrepl3: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let addr = handle.local_addr();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "pyrepl3 serving on http://{addr}/");
+    if generated {
+        if let Some((_, token)) = handle.tokens().first() {
+            let _ = writeln!(out, "token: {token}");
+            let _ = writeln!(
+                out,
+                "try: curl -H 'Authorization: Bearer {token}' -X POST http://{addr}/v1/sessions"
+            );
+        }
+    }
+    let _ = out.flush();
+    drop(out);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("pyrepl3: shutting down");
+    match handle.shutdown().await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("pyrepl3: shutdown: {e}");
+            EXIT_FAILED
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! One execution's events as the server keeps them: numbered (`seq`), bounded, readable by
+//! whoever is attached (a WebSocket, an SSE stream, an HTTP request waiting for the end), and
+//! resumable after a disconnect (`since=seq`). It owns the back-pressure between a worker and
+//! its remote readers: while more than [`UNDELIVERED_LIMIT`] bytes have not reached a reader,
+//! the pump stops taking events from the session, so the session stops reading the worker's
+//! pipes and the worker blocks in `write()`. Nothing is dropped and memory stays bounded.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::session::{Event, Execution, Session};
+
+/// Bytes of events not yet delivered to any reader before the pump waits.
+pub const UNDELIVERED_LIMIT: usize = 8 * 1024 * 1024;
+/// Delivered events kept for a reader that reconnects with an older `since`.
+const RETAINED_DELIVERED: usize = 1024 * 1024;
+
+/// One event as sent to clients: the protocol message (with `seq`) in JSON.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    pub event: Event,
+    pub json: Arc<Value>,
+}
+
+#[derive(Debug)]
+pub struct ExecLog {
+    pub execution_id: String,
+    state: Mutex<LogState>,
+    /// A new event, the end, or a reader change.
+    changed: Notify,
+    /// Room for more undelivered events.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    events: VecDeque<LoggedEvent>,
+    next_seq: u64,
+    /// Highest seq handed to a reader.
+    delivered: u64,
+    undelivered_bytes: usize,
+    retained_bytes: usize,
+    done: bool,
+    readers: usize,
+    /// Bumped whenever `readers` changes, so a stale disconnect-grace timer knows it is stale.
+    readers_epoch: u64,
+}
+
+impl ExecLog {
+    pub fn new(execution_id: &str) -> Arc<Self> {
+        Arc::new(ExecLog {
+            execution_id: execution_id.to_string(),
+            state: Mutex::new(LogState {
+                next_seq: 1,
+                ..LogState::default()
+            }),
+            changed: Notify::new(),
+            room: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        // Plain counters and a queue; a panic elsewhere cannot leave them half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.lock().done
+    }
+
+    /// Moves `execution`'s events into the log until its terminal event, waiting for room
+    /// whenever readers are behind. `on_event` sees each event first (metrics).
+    pub async fn pump(self: Arc<Self>, mut execution: Execution, mut on_event: impl FnMut(&Event)) {
+        while let Some(event) = execution.next_event().await {
+            on_event(&event);
+            self.push(event).await;
+        }
+        let mut st = self.lock();
+        st.done = true;
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// Appends an event (and ends the log if it is terminal), after waiting for room.
+    pub async fn push(&self, event: Event) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.done {
+                    return; // already ended (the server ended it at shutdown)
+                }
+                if st.undelivered_bytes < UNDELIVERED_LIMIT {
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    let mut json = serde_json::to_value(event.to_message(&self.execution_id))
+                        .unwrap_or(Value::Null);
+                    if let Value::Object(map) = &mut json {
+                        map.insert("seq".into(), Value::from(seq));
+                    }
+                    let size = event_size(&event);
+                    st.undelivered_bytes += size;
+                    st.done = event.is_terminal();
+                    st.events.push_back(LoggedEvent {
+                        seq,
+                        event,
+                        json: Arc::new(json),
+                    });
+                    drop(st);
+                    self.changed.notify_waiters();
+                    return;
+                }
+            }
+            // not polling: woken when a reader takes events and frees room.
+            room.await;
+        }
+    }
+
+    /// Ends the log with `event` unless it has ended already (server shutdown).
+    pub async fn end_with(&self, event: Event) {
+        if !self.is_done() {
+            {
+                let mut st = self.lock();
+                // The end must get in even if readers are behind: make room in the count.
+                st.undelivered_bytes = 0;
+            }
+            self.push(event).await;
+        }
+    }
+
+    /// Events after `since`, waiting for at least one; `None` once the log has ended and
+    /// everything after `since` was read. Reading marks the events delivered.
+    pub async fn next_after(&self, since: u64) -> Option<Vec<LoggedEvent>> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut st = self.lock();
+                let batch: Vec<LoggedEvent> = st
+                    .events
+                    .iter()
+                    .filter(|e| e.seq > since)
+                    .cloned()
+                    .collect();
+                if let Some(last) = batch.last() {
+                    self.mark_delivered(&mut st, last.seq);
+                    return Some(batch);
+                }
+                if st.done {
+                    return None;
+                }
+            }
+            // not polling: woken by the next event or the end.
+            changed.await;
+        }
+    }
+
+    fn mark_delivered(&self, st: &mut LogState, upto: u64) {
+        if upto <= st.delivered {
+            return;
+        }
+        let newly: usize = st
+            .events
+            .iter()
+            .filter(|e| e.seq > st.delivered && e.seq <= upto)
+            .map(|e| event_size(&e.event))
+            .sum();
+        st.delivered = upto;
+        st.undelivered_bytes = st.undelivered_bytes.saturating_sub(newly);
+        st.retained_bytes += newly;
+        // Keep some delivered history for readers that resume from an older seq.
+        while st.retained_bytes > RETAINED_DELIVERED {
+            match st.events.front() {
+                Some(front) if front.seq <= st.delivered => {
+                    let size = event_size(&front.event);
+                    st.events.pop_front();
+                    st.retained_bytes = st.retained_bytes.saturating_sub(size);
+                }
+                _ => break,
+            }
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Registers a reader; the guard unregisters it. When the last reader leaves while the
+    /// execution still runs, `abandon` = (session, grace) cancels it unless a reader is back
+    /// within the grace.
+    pub fn attach(self: &Arc<Self>, abandon: Option<(Session, Duration)>) -> ReaderGuard {
+        let mut st = self.lock();
+        st.readers += 1;
+        st.readers_epoch += 1;
+        ReaderGuard {
+            log: self.clone(),
+            abandon,
+        }
+    }
+
+    /// Events after `since` that are there now, without waiting (marked delivered).
+    pub fn snapshot_after(&self, since: u64) -> Vec<LoggedEvent> {
+        let mut st = self.lock();
+        let batch: Vec<LoggedEvent> = st
+            .events
+            .iter()
+            .filter(|e| e.seq > since)
+            .cloned()
+            .collect();
+        if let Some(last) = batch.last() {
+            self.mark_delivered(&mut st, last.seq);
+        }
+        batch
+    }
+
+    /// Waits `grace`; true if the log still has no reader, has not ended, and no reader came
+    /// and went meanwhile.
+    async fn abandoned_after(&self, grace: Duration) -> bool {
+        let epoch = {
+            let st = self.lock();
+            if st.readers > 0 || st.done {
+                return false;
+            }
+            st.readers_epoch
+        };
+        // not polling: one deadline, the reconnect grace.
+        tokio::time::sleep(grace).await;
+        let st = self.lock();
+        st.readers == 0 && !st.done && st.readers_epoch == epoch
+    }
+
+    pub fn readers(&self) -> usize {
+        self.lock().readers
+    }
+}
+
+/// Keeps a reader registered while it lives.
+#[derive(Debug)]
+pub struct ReaderGuard {
+    log: Arc<ExecLog>,
+    abandon: Option<(Session, Duration)>,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let last_reader_left = {
+            let mut st = self.log.lock();
+            st.readers = st.readers.saturating_sub(1);
+            st.readers_epoch += 1;
+            st.readers == 0 && !st.done
+        };
+        if let (true, Some((session, grace))) = (last_reader_left, self.abandon.take()) {
+            let log = self.log.clone();
+            // A runtime is there whenever a reader (a request or connection task) drops.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if log.abandoned_after(grace).await {
+                        tracing::info!(execution = %log.execution_id, "nobody came back within the reconnect grace: cancelled");
+                        let _ = session.cancel(&log.execution_id, Duration::from_secs(2)).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn event_size(event: &Event) -> usize {
+    match event {
+        Event::Output { data, .. } => data.len() + 64,
+        Event::Error { traceback, .. } => traceback.len() + 64,
+        _ => 128,
+    }
+}
