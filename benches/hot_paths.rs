@@ -30,6 +30,7 @@ fn encode_execute(bencher: divan::Bencher) {
     let msg = Message::Execute(Execute {
         id: "0b3f5a52-1a4f-4c1e-9c55-6f1f0f1e2d3c".into(),
         code: "1+1".into(),
+        seq: 1,
         transaction_id: None,
         transaction_policy: TransactionPolicy::CommitAlways,
         capture_source: false,

@@ -812,3 +812,26 @@ async fn user_code_sees_an_interactive_interpreters_argv_and_path() {
     assert_eq!(eval(&s, "__name__").await.as_deref(), Some("'__main__'"));
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cancel_right_after_execute_stops_the_code_without_killing_the_worker() {
+    // Regression: SIGINT that reached the worker before the code started was absorbed, and
+    // the grace then killed the worker. The cancel is remembered until the code starts.
+    let s = start().await;
+    eval(&s, "kept = 1").await;
+    for _ in 0..10 {
+        let mut ex = s.execute("import time\ntime.sleep(100)", ExecuteOptions::default());
+        let outcome = guard(s.cancel(ex.id(), Duration::from_millis(1500)))
+            .await
+            .unwrap();
+        assert_eq!(outcome, CancelOutcome::Cancelled);
+        assert_eq!(error_type(&terminal(&mut ex).await), "KeyboardInterrupt");
+    }
+    assert_eq!(
+        eval(&s, "kept").await.as_deref(),
+        Some("1"),
+        "never restarted"
+    );
+    assert_eq!(s.info().await.unwrap().restarts, 0);
+    s.shutdown().await.unwrap();
+}

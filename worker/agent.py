@@ -286,7 +286,7 @@ def _keep_output_order():
 
 
 class Agent:
-    def __init__(self, exec_fd, control_fd, session_id, marker):
+    def __init__(self, exec_fd, control_fd, signal_fd, session_id, marker):
         self._session_id = session_id
         self._marker = b"\x1bPYREPL3:" + marker.encode() + b"\x1b"
         self._pid = os.getpid()
@@ -322,6 +322,17 @@ class Agent:
         self._running_id = None          # execution whose user code is running now
         self._interrupt_target = None    # execution the last SIGINT was sent for
         self._cancelled_early = []       # cancels that arrived before their execute (bounded)
+        # SIGINT targets (protocol.md, "Interrupting"): the host writes the `seq` of the
+        # execution it interrupts to this file before signalling; executions are numbered
+        # by the host, so a signal for code that finished can be told from one for code that
+        # has not started yet.
+        self._signal_fd = signal_fd
+        if signal_fd >= 0:
+            os.set_inheritable(signal_fd, False)
+        self._accepted_seq = 0           # the execution read from the exec channel last
+        self._running_seq = 0            # the execution whose user code runs now
+        self._finished_seq = 0           # the last execution whose end was sent
+        self._pending_seq = 0            # interrupted before it started: stop it at once
         self._main_sending = False       # main thread is mid-send: defer KeyboardInterrupt
         self._interrupt_deferred = False
         self._waiters = {}               # input id -> [lock held until answered, answer]
@@ -514,13 +525,36 @@ class Agent:
         except (OSError, ValueError, IndexError):
             return 0
 
+    def _signal_target(self):
+        """The seq the host's latest SIGINT is for (0: none), cleared once read, so that a
+        later untargeted SIGINT (user code signalling itself) is not taken for it."""
+        if self._signal_fd < 0:
+            return 0
+        try:
+            target = int.from_bytes(os.pread(self._signal_fd, 8, 0), "little")
+            if target:
+                os.pwrite(self._signal_fd, b"\0" * 8, 0)
+            return target
+        except OSError:
+            return 0
+
     def _on_sigint(self, signum, frame):
-        # Each run consumes the target, so a SIGINT sent for an execution that has since
-        # ended is absorbed instead of hitting the agent's loop or the next execution.
-        target, self._interrupt_target = self._interrupt_target, None
         running = self._running_id
-        if running is None or (target is not None and target != running):
-            return
+        # A cancel message's SIGINT (reader thread) names its execution; each run consumes
+        # it, so one sent for an execution that has since ended is absorbed.
+        message_target, self._interrupt_target = self._interrupt_target, None
+        if message_target is not None:
+            if running is None or message_target != running:
+                return
+        else:
+            target = self._signal_target()
+            if target:
+                if running is None or target != self._running_seq:
+                    if target > self._finished_seq and target != self._running_seq:
+                        self._pending_seq = target  # for code not started yet: kept
+                    return  # else for code that finished: absorbed
+            elif running is None:
+                return  # no user code to interrupt
         if self._main_sending:
             self._interrupt_deferred = True
             return
@@ -567,6 +601,8 @@ class Agent:
                     self._host_gone()
                 if msg.get("type") != "execute" or not isinstance(msg.get("code"), str):
                     self._protocol_error("not an execute on the exec channel: %.200r" % (msg,))
+                seq = msg.get("seq")
+                self._accepted_seq = seq if isinstance(seq, int) and seq > 0 else 0
                 self._execute(msg)
             except BaseException as exc:  # nothing user code does may end this loop
                 self._running_id = None
@@ -601,6 +637,7 @@ class Agent:
         outcome = None  # drop the exception (and the frames it holds) before waiting again
         self.send(frame, ordered=True)
         self._unfinished = None
+        self._finished_seq = max(self._finished_seq, self._accepted_seq)
 
     def _run_cell(self, execution_id, source, filename):
         """Compile and run one cell with SIGINT armed. Returns ("result", repr, value) or
@@ -615,7 +652,11 @@ class Agent:
                 cancelled = execution_id in self._cancelled_early
                 if cancelled:
                     self._cancelled_early.remove(execution_id)
+                seq = self._accepted_seq
+                if seq and self._pending_seq == seq:  # SIGINT came before the code started
+                    cancelled, self._pending_seq = True, 0
                 self._interrupt_deferred = False
+                self._running_seq = seq
                 self._running_id = execution_id
             if cancelled:
                 raise KeyboardInterrupt
@@ -749,11 +790,12 @@ def main():
         sys.path[0] = ""  # as with -c: the working directory, not the agent's cache
     exec_fd = int(os.environ.get("PYREPL3_FD", "3"))
     control_fd = int(os.environ.get("PYREPL3_CONTROL_FD", "4"))
+    signal_fd = int(os.environ.get("PYREPL3_SIGNAL_FD", "-1"))
     session_id = os.environ.get("PYREPL3_SESSION_ID", "")
     marker = os.environ.get("PYREPL3_MARKER", "")
     for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
         del os.environ[key]  # user code and its children must not see them
-    _agent = Agent(exec_fd, control_fd, session_id, marker)
+    _agent = Agent(exec_fd, control_fd, signal_fd, session_id, marker)
     _thread.start_new_thread(_agent.read_loop, ())
     _agent.serve_forever()
 

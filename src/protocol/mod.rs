@@ -61,6 +61,10 @@ pub enum Message {
 pub struct Execute {
     pub id: String,
     pub code: String,
+    /// The host's number for this execution (1, 2, ... per worker): the target a SIGINT is
+    /// meant for (see `worker::interrupt_main_thread`).
+    #[serde(default)]
+    pub seq: u64,
     #[serde(default)]
     pub transaction_id: Option<String>,
     #[serde(default)]
@@ -269,6 +273,7 @@ mod tests {
         let msg = Message::Execute(Execute {
             id: "e1".into(),
             code: "1+1".into(),
+            seq: 1,
             transaction_id: None,
             transaction_policy: TransactionPolicy::CommitAlways,
             capture_source: false,

@@ -190,6 +190,10 @@ struct Worker {
     pid: u32,
     /// `EXEC` and `CONTROL` (see `docs/protocol.md`).
     channels: [Channel; 2],
+    /// Where the target of the next SIGINT is written.
+    signal_target: std::os::fd::OwnedFd,
+    /// Number of the last execution sent to this worker.
+    last_seq: u64,
     pipes: [OutputPipe; 2],
     ready: bool,
     start_deadline: Instant,
@@ -379,6 +383,8 @@ struct Running {
     pending_inputs: HashSet<String>,
     /// The output segment (markers passed) whose text belongs to this execution.
     owned_segment: u64,
+    /// Its number on the worker (the SIGINT target).
+    seq: u64,
 }
 
 struct Queued {
@@ -635,6 +641,7 @@ impl Actor {
                     pid,
                     exec,
                     control,
+                    signal_target,
                     stdout,
                     stderr,
                 } = spawned;
@@ -645,6 +652,8 @@ impl Actor {
                         Channel::new(exec, self.config.max_frame_len),
                         Channel::new(control, self.config.max_frame_len),
                     ],
+                    signal_target,
+                    last_seq: 0,
                     pipes: [
                         OutputPipe::new(StreamName::Stdout, stdout, &spec.marker_token),
                         OutputPipe::new(StreamName::Stderr, stderr, &spec.marker_token),
@@ -1095,6 +1104,8 @@ impl Actor {
         };
         // Every marked message is delivered by now, so both pipes are at this marker count.
         let segment = w.markers_expected;
+        w.last_seq += 1;
+        let seq = w.last_seq;
         let mut run = Running {
             id: queued.id.clone(),
             sink: queued.sink,
@@ -1104,6 +1115,7 @@ impl Actor {
             cancel: None,
             pending_inputs: HashSet::new(),
             owned_segment: segment,
+            seq,
         };
         // Output written between executions (background threads, children) comes first.
         for pipe in &mut w.pipes {
@@ -1117,6 +1129,7 @@ impl Actor {
         self.send(Message::Execute(protocol::Execute {
             id: queued.id,
             code: queued.code,
+            seq,
             transaction_id: None,
             transaction_policy: protocol::TransactionPolicy::CommitAlways,
             capture_source: false,
@@ -1177,8 +1190,8 @@ impl Actor {
     /// Sent only while the host's current execution runs; one that lands after the code
     /// returned is absorbed by the agent (protocol.md).
     fn interrupt_worker(&mut self) {
-        if let Some(w) = &self.worker {
-            worker::interrupt_main_thread(w.pid);
+        if let (Some(w), Some(run)) = (&self.worker, &self.current) {
+            worker::interrupt_main_thread(w.pid, &w.signal_target, run.seq);
         }
     }
 

@@ -30,6 +30,9 @@ pub const EXEC_FD: i32 = 3;
 /// The fd number of the control channel in the worker (everything else; read by the
 /// worker's reader thread).
 pub const CONTROL_FD: i32 = 4;
+/// The fd number of the signal-target file in the worker: 8 bytes, the `seq` of the
+/// execution the next SIGINT is meant for (see [`interrupt_main_thread`]).
+pub const SIGNAL_FD: i32 = 5;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -48,6 +51,8 @@ pub struct SpawnedWorker {
     pub pid: u32,
     pub exec: UnixStream,
     pub control: UnixStream,
+    /// The host's end of the signal-target file (a memfd shared with the worker).
+    pub signal_target: OwnedFd,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
 }
@@ -180,6 +185,12 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     // Both at 10 or above, so that placing one at 3 or 4 cannot clobber the other.
     let child_exec: OwnedFd = raise_fd(child_exec.into())?;
     let child_control: OwnedFd = raise_fd(child_control.into())?;
+    let signal_target = signal_target_file()?;
+    let child_signal = raise_fd(
+        signal_target
+            .try_clone()
+            .map_err(Error::io("sharing the signal-target file"))?,
+    )?;
     let (out_r, out_w) = std::io::pipe().map_err(Error::io("creating the stdout pipe"))?;
     let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
 
@@ -194,6 +205,7 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         .stderr(Stdio::from(OwnedFd::from(err_w)))
         .env("PYREPL3_FD", EXEC_FD.to_string())
         .env("PYREPL3_CONTROL_FD", CONTROL_FD.to_string())
+        .env("PYREPL3_SIGNAL_FD", SIGNAL_FD.to_string())
         .env("PYREPL3_SESSION_ID", &spec.session_id)
         .env("PYREPL3_MARKER", &spec.marker_token)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -201,19 +213,24 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         // Ctrl-C at the host's terminal is not delivered to the worker behind our back.
         .process_group(0)
         .kill_on_drop(true);
-    let (exec_fd, control_fd) = (child_exec.as_raw_fd(), child_control.as_raw_fd());
+    let (exec_fd, control_fd, signal_fd) = (
+        child_exec.as_raw_fd(),
+        child_control.as_raw_fd(),
+        child_signal.as_raw_fd(),
+    );
     // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
     unsafe {
         cmd.pre_exec(move || {
             place_fd(exec_fd, EXEC_FD)?;
-            place_fd(control_fd, CONTROL_FD)
+            place_fd(control_fd, CONTROL_FD)?;
+            place_fd(signal_fd, SIGNAL_FD)
         });
     }
     let child = cmd.spawn().map_err(|source| Error::Spawn {
         python: spec.interpreter.python.clone(),
         source,
     })?;
-    drop((child_exec, child_control));
+    drop((child_exec, child_control, child_signal));
     let pid = child.id().ok_or_else(|| Error::StartFailed {
         status: "exited before it could be tracked".into(),
         stderr: String::new(),
@@ -227,6 +244,7 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         pid,
         exec: register_socket(host_exec)?,
         control: register_socket(host_control)?,
+        signal_target,
         stdout,
         stderr,
     })
@@ -287,15 +305,51 @@ pub fn kill_group(pid: u32, signal: i32) {
     }
 }
 
-/// Delivers SIGINT to the worker's main thread (its tid is its pid), where user code runs.
-/// Unlike a `cancel` message this needs nothing from the worker's reader thread, which would
-/// first have to win the GIL from a busy main thread (up to the 5 ms switch interval).
-pub fn interrupt_main_thread(pid: u32) {
+/// An anonymous 8-byte file (memfd): invisible in the worker's file system, shared by fd.
+fn signal_target_file() -> Result<OwnedFd, Error> {
+    // SAFETY: memfd_create with a valid NUL-terminated name; the fd is ours if >= 0.
+    let raw = unsafe { libc::memfd_create(c"pyrepl3-signal-target".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(Error::Io {
+            context: "creating the signal-target file",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ftruncate on an fd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), 8) } < 0 {
+        return Err(Error::Io {
+            context: "sizing the signal-target file",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(fd)
+}
+
+/// Delivers SIGINT to the worker's main thread (its tid is its pid), where user code runs,
+/// for the execution numbered `seq`. Unlike a `cancel` message this needs nothing from the
+/// worker's reader thread, which would first have to win the GIL from a busy main thread (up
+/// to the 5 ms switch interval). The target is written to the signal-target file first, so
+/// the worker can tell a signal for code that has not started yet (kept until it starts)
+/// from one for code that already finished (ignored): a signal carries no data of its own.
+pub fn interrupt_main_thread(pid: u32, signal_target: &OwnedFd, seq: u64) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
     };
     if pid <= 1 {
         return;
+    }
+    let bytes = seq.to_le_bytes();
+    // SAFETY: pwrite of 8 bytes from a valid buffer to an fd we own; a failure only means
+    // the worker falls back to its untargeted rule.
+    unsafe {
+        libc::pwrite(
+            signal_target.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            0,
+        );
     }
     // SAFETY: tgkill has no memory-safety preconditions; ESRCH (gone) is fine.
     unsafe {
