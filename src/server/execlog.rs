@@ -12,19 +12,78 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::protocol::Message;
 use crate::session::{Event, Execution, Session};
 
 /// Bytes of events not yet delivered to any reader before the pump waits.
-pub const UNDELIVERED_LIMIT: usize = 8 * 1024 * 1024;
+pub const UNDELIVERED_LIMIT: usize = 4 * 1024 * 1024;
+/// Most bytes handed to a reader at once.
+const BATCH_LIMIT: usize = 256 * 1024;
 /// Delivered events kept for a reader that reconnects with an older `since`.
 const RETAINED_DELIVERED: usize = 1024 * 1024;
 
-/// One event as sent to clients: the protocol message (with `seq`) in JSON.
+/// One event as sent to clients: the protocol message with `seq`, serialized once and
+/// shared by every reader (the JSON is the only copy the log keeps).
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub seq: u64,
-    pub event: Event,
-    pub json: Arc<Value>,
+    /// The message's `type`: output, input, result or error.
+    pub kind: &'static str,
+    pub text: Arc<str>,
+}
+
+impl LoggedEvent {
+    fn new(seq: u64, execution_id: &str, event: &Event) -> Self {
+        let mut json = serde_json::to_value(event.to_message(execution_id)).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut json {
+            map.insert("seq".into(), Value::from(seq));
+        }
+        let kind = match event {
+            Event::Output { .. } => "output",
+            Event::Input { .. } => "input",
+            Event::Result { .. } => "result",
+            Event::Error { .. } => "error",
+        };
+        LoggedEvent {
+            seq,
+            kind,
+            text: json.to_string().into(),
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.kind, "result" | "error")
+    }
+
+    /// The event back, for readers that need its fields (the HTTP collector).
+    pub fn event(&self) -> Option<Event> {
+        match serde_json::from_str::<Message>(&self.text).ok()? {
+            Message::Output(o) => Some(Event::Output {
+                stream: o.stream,
+                data: o.data,
+            }),
+            Message::Input(i) => Some(Event::Input {
+                input_id: i.id,
+                prompt: i.prompt,
+                password: i.password,
+            }),
+            Message::Result(r) => Some(Event::Result {
+                value: r.value,
+                repr: r.repr,
+                execution_time: Duration::from_secs_f64(r.execution_time.max(0.0)),
+            }),
+            Message::Error(e) => Some(Event::Error {
+                exception_type: e.exception_type,
+                exception_message: e.exception_message,
+                traceback: e.traceback,
+            }),
+            _ => None,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.text.len()
+    }
 }
 
 #[derive(Debug)]
@@ -100,19 +159,10 @@ impl ExecLog {
                 if st.undelivered_bytes < UNDELIVERED_LIMIT {
                     let seq = st.next_seq;
                     st.next_seq += 1;
-                    let mut json = serde_json::to_value(event.to_message(&self.execution_id))
-                        .unwrap_or(Value::Null);
-                    if let Value::Object(map) = &mut json {
-                        map.insert("seq".into(), Value::from(seq));
-                    }
-                    let size = event_size(&event);
-                    st.undelivered_bytes += size;
-                    st.done = event.is_terminal();
-                    st.events.push_back(LoggedEvent {
-                        seq,
-                        event,
-                        json: Arc::new(json),
-                    });
+                    let logged = LoggedEvent::new(seq, &self.execution_id, &event);
+                    st.undelivered_bytes += logged.size();
+                    st.done = logged.is_terminal();
+                    st.events.push_back(logged);
                     drop(st);
                     self.changed.notify_waiters();
                     return;
@@ -144,10 +194,16 @@ impl ExecLog {
             changed.as_mut().enable();
             {
                 let mut st = self.lock();
+                let mut bytes = 0;
                 let batch: Vec<LoggedEvent> = st
                     .events
                     .iter()
                     .filter(|e| e.seq > since)
+                    .take_while(|e| {
+                        let take = bytes < BATCH_LIMIT;
+                        bytes += e.size();
+                        take
+                    })
                     .cloned()
                     .collect();
                 if let Some(last) = batch.last() {
@@ -171,7 +227,7 @@ impl ExecLog {
             .events
             .iter()
             .filter(|e| e.seq > st.delivered && e.seq <= upto)
-            .map(|e| event_size(&e.event))
+            .map(LoggedEvent::size)
             .sum();
         st.delivered = upto;
         st.undelivered_bytes = st.undelivered_bytes.saturating_sub(newly);
@@ -180,7 +236,7 @@ impl ExecLog {
         while st.retained_bytes > RETAINED_DELIVERED {
             match st.events.front() {
                 Some(front) if front.seq <= st.delivered => {
-                    let size = event_size(&front.event);
+                    let size = front.size();
                     st.events.pop_front();
                     st.retained_bytes = st.retained_bytes.saturating_sub(size);
                 }
@@ -266,13 +322,5 @@ impl Drop for ReaderGuard {
                 });
             }
         }
-    }
-}
-
-fn event_size(event: &Event) -> usize {
-    match event {
-        Event::Output { data, .. } => data.len() + 64,
-        Event::Error { traceback, .. } => traceback.len() + 64,
-        _ => 128,
     }
 }

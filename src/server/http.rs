@@ -19,7 +19,7 @@ use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::execlog::{ExecLog, LoggedEvent};
+use super::execlog::ExecLog;
 use super::{AppState, Hosted, Tenant};
 use crate::error::Error;
 use crate::session::{CancelOutcome, Event, InterruptOutcome, Session};
@@ -365,8 +365,11 @@ async fn collect(
     let (mut result, mut error, mut execution_time) = (Value::Null, Value::Null, 0.0);
     let mut since = 0;
     while let Some(batch) = log.next_after(since).await {
-        for LoggedEvent { seq, event, .. } in batch {
-            since = seq;
+        for logged in batch {
+            since = logged.seq;
+            let Some(event) = logged.event() else {
+                continue;
+            };
             match event {
                 Event::Output { stream, data } => {
                     outputs.push(json!({"stream": stream, "data": data}))
@@ -428,20 +431,15 @@ fn sse(
             let mut last = since;
             for logged in batch {
                 last = logged.seq;
-                if let Event::Input { input_id, .. } = &logged.event {
-                    if !stdin.is_empty() {
-                        answer_input(&session, input_id, &mut stdin).await;
+                if logged.kind == "input" && !stdin.is_empty() {
+                    if let Some(Event::Input { input_id, .. }) = logged.event() {
+                        answer_input(&session, &input_id, &mut stdin).await;
                     }
                 }
-                let kind = logged
-                    .json
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("event");
                 events.push(Ok(SseEvent::default()
-                    .event(kind)
+                    .event(logged.kind)
                     .id(logged.seq.to_string())
-                    .data(logged.json.to_string())));
+                    .data(&*logged.text)));
             }
             Some((
                 futures::stream::iter(events),
@@ -487,7 +485,7 @@ async fn get_execution(
     let events: Vec<Value> = log
         .snapshot_after(query.since)
         .into_iter()
-        .map(|e| (*e.json).clone())
+        .filter_map(|e| serde_json::from_str::<Value>(&e.text).ok())
         .collect();
     Ok(Json(json!({
         "execution_id": execution_id,

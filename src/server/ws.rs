@@ -243,11 +243,11 @@ async fn write_loop(
             },
             batch = next_batch(current) => match batch {
                 Some(events) => {
-                    for LoggedEvent { seq, json, .. } in events {
+                    for LoggedEvent { seq, text, .. } in events {
                         if let Some(front) = queue.front_mut() {
                             front.1 = seq;
                         }
-                        if sink.send(WsMessage::Text(json.to_string().into())).await.is_err() {
+                        if sink.send(WsMessage::Text((*text).into())).await.is_err() {
                             return;
                         }
                     }
@@ -259,8 +259,8 @@ async fn write_loop(
             _ = shutdown.cancelled() => {
                 // Send what the logs still hold (they end at shutdown), then close.
                 while let Some((log, since, _guard)) = queue.pop_front() {
-                    for LoggedEvent { json, .. } in log.snapshot_after(since) {
-                        if sink.send(WsMessage::Text(json.to_string().into())).await.is_err() {
+                    for LoggedEvent { text, .. } in log.snapshot_after(since) {
+                        if sink.send(WsMessage::Text((*text).into())).await.is_err() {
                             return;
                         }
                     }
