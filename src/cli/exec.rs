@@ -2,7 +2,7 @@
 //! signals. Output is written as it arrives; `input()` prompts are answered from stdin;
 //! Ctrl-C cancels the code (a second Ctrl-C restarts the worker at once).
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -94,25 +94,25 @@ async fn drive(
                 match event {
                     Event::Output { stream, data } => {
                         if !json {
-                            write_stream(stream, data.as_bytes());
+                            super::write_flushed(stream, data.as_bytes());
                         }
                     }
                     Event::Input { input_id, prompt, .. } => {
                         if !json {
-                            write_stream(StreamName::Stdout, prompt.as_bytes());
+                            super::write_flushed(StreamName::Stdout, prompt.as_bytes());
                         }
                         pending_input = Some(input_id);
                         let _ = stdin_lines.requests.send(());
                     }
                     Event::Result { repr, .. } => {
                         if let (Some(repr), false) = (repr, json) {
-                            write_stream(StreamName::Stdout, format!("{repr}\n").as_bytes());
+                            super::write_flushed(StreamName::Stdout, format!("{repr}\n").as_bytes());
                         }
                         status = EXIT_OK;
                     }
                     Event::Error { exception_type, traceback, .. } => {
                         if !json {
-                            write_stream(StreamName::Stderr, traceback.as_bytes());
+                            super::write_flushed(StreamName::Stderr, traceback.as_bytes());
                         }
                         status = if exception_type == "ExecutionTimeout" {
                             EXIT_TIMEOUT
@@ -153,24 +153,9 @@ async fn drive(
 
 fn print_json(event: &Event, execution_id: &str) {
     match serde_json::to_string(&event.to_message(execution_id)) {
-        Ok(line) => write_stream(StreamName::Stdout, format!("{line}\n").as_bytes()),
+        Ok(line) => super::write_flushed(StreamName::Stdout, format!("{line}\n").as_bytes()),
         Err(e) => eprintln!("pyrepl3: could not encode an event as JSON: {e}"),
     }
-}
-
-/// Writes and flushes at once, so output appears as it is produced. A closed stdout (e.g.
-/// piped into `head`) is not an error worth dying for: the code keeps running to its end.
-fn write_stream(stream: StreamName, bytes: &[u8]) {
-    let _ = match stream {
-        StreamName::Stdout => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes).and_then(|_| out.flush())
-        }
-        StreamName::Stderr => {
-            let mut err = std::io::stderr().lock();
-            err.write_all(bytes).and_then(|_| err.flush())
-        }
-    };
 }
 
 /// Lines of this process's stdin, read one per request by a thread (reading stdin blocks and

@@ -85,6 +85,23 @@ pub struct ReplArgs {
     pub python: PathBuf,
 }
 
+/// Writes and flushes at once, so output appears as it is produced. A closed stdout or a
+/// terminal that went away (e.g. piped into `head`) is not worth failing for: the code keeps
+/// running to its end.
+pub(crate) fn write_flushed(stream: crate::protocol::StreamName, bytes: &[u8]) {
+    use std::io::Write;
+    let _ = match stream {
+        crate::protocol::StreamName::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|_| out.flush())
+        }
+        crate::protocol::StreamName::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(bytes).and_then(|_| err.flush())
+        }
+    };
+}
+
 /// Runs the parsed command line and returns the exit status.
 pub async fn run(cli: Cli) -> i32 {
     match cli.command {

@@ -437,8 +437,17 @@ impl<F: SessionFactory> Inner<F> {
             st.warming += n;
             n
         };
+        match self.warm(n).await.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts `n` sessions that were counted in `creating` and `warming` by the caller, and
+    /// hands each to a waiter or to idle. Returns the errors of those that failed.
+    async fn warm(self: &Arc<Self>, n: usize) -> Vec<Error> {
         let created = futures::future::join_all((0..n).map(|_| self.create())).await;
-        let mut first_error = None;
+        let mut errors = Vec::new();
         for result in created {
             let mut st = self.lock();
             st.creating -= 1;
@@ -450,14 +459,12 @@ impl<F: SessionFactory> Inner<F> {
                     self.put_back(&mut st, Member::new(session));
                 }
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    st.metrics.spawn_failures += 1;
+                    errors.push(e);
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        errors
     }
 
     /// Hands a session to the first live waiter, else makes it idle. The session is not
@@ -659,26 +666,11 @@ async fn warmup_task<F: SessionFactory>(
             if wanted == 0 {
                 break;
             }
-            let created = futures::future::join_all((0..wanted).map(|_| inner.create())).await;
-            let mut failed = false;
-            for result in created {
-                let mut st = inner.lock();
-                st.creating -= 1;
-                st.warming -= 1;
-                match result {
-                    Ok(session) => {
-                        st.metrics.sessions_created += 1;
-                        st.metrics.sessions_created_by_warmup += 1;
-                        inner.put_back(&mut st, Member::new(session));
-                    }
-                    Err(e) => {
-                        st.metrics.spawn_failures += 1;
-                        tracing::warn!(error = %e, "warmup could not start a session");
-                        failed = true;
-                    }
-                }
+            let errors = inner.warm(wanted).await;
+            for e in &errors {
+                tracing::warn!(error = %e, "warmup could not start a session");
             }
-            if !failed {
+            if errors.is_empty() {
                 backoff = None;
                 continue;
             }

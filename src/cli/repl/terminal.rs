@@ -9,7 +9,7 @@
 //! prompts start where the user expects them.
 
 use std::borrow::Cow;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use rustyline::completion::Completer;
@@ -131,11 +131,11 @@ impl Terminal {
             && partial.chars().count() <= INLINE_PROMPT_LIMIT
             && !partial.chars().any(char::is_control);
         let full_prompt = if inline {
-            write_flushed(StreamName::Stdout, b"\r");
+            crate::cli::write_flushed(StreamName::Stdout, b"\r");
             format!("{partial}{prompt}")
         } else {
             if self.interactive && !partial.is_empty() {
-                write_flushed(StreamName::Stdout, b"\n");
+                crate::cli::write_flushed(StreamName::Stdout, b"\n");
             }
             prompt.to_string()
         };
@@ -183,7 +183,7 @@ impl Terminal {
         if text.is_empty() {
             return;
         }
-        write_flushed(stream, text.as_bytes());
+        crate::cli::write_flushed(stream, text.as_bytes());
         match text.rfind('\n') {
             Some(at) => {
                 self.partial_line.clear();
@@ -196,7 +196,7 @@ impl Terminal {
     /// A message of pyrepl3's own, on stderr, on a line of its own.
     pub fn note(&mut self, text: &str) {
         self.fresh_line();
-        write_flushed(StreamName::Stderr, format!("{text}\n").as_bytes());
+        crate::cli::write_flushed(StreamName::Stderr, format!("{text}\n").as_bytes());
     }
 
     /// Ends the current output line if the code left one open, so prompts and messages start
@@ -204,7 +204,7 @@ impl Terminal {
     fn fresh_line(&mut self) {
         if !self.partial_line.is_empty() {
             self.partial_line.clear();
-            write_flushed(StreamName::Stdout, b"\n");
+            crate::cli::write_flushed(StreamName::Stdout, b"\n");
         }
     }
 
@@ -239,20 +239,6 @@ fn keeping_sigint<T>(f: impl FnOnce() -> T) -> T {
         unsafe { libc::sigaction(libc::SIGINT, &saved, std::ptr::null_mut()) };
     }
     value
-}
-
-/// Writes and flushes; a terminal that went away is not worth failing for.
-fn write_flushed(stream: StreamName, bytes: &[u8]) {
-    let _ = match stream {
-        StreamName::Stdout => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes).and_then(|_| out.flush())
-        }
-        StreamName::Stderr => {
-            let mut err = std::io::stderr().lock();
-            err.write_all(bytes).and_then(|_| err.flush())
-        }
-    };
 }
 
 fn warn_history(what: &str, path: &Path, error: &ReadlineError) {
@@ -314,7 +300,7 @@ fn serve(
                     ColorMode::Enabled
                 });
                 if !tty && kind != ReadKind::Code {
-                    write_flushed(StreamName::Stdout, prompt.as_bytes());
+                    crate::cli::write_flushed(StreamName::Stdout, prompt.as_bytes());
                 }
                 let reply = match editor.readline(&prompt) {
                     Ok(line) => {
