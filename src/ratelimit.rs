@@ -114,7 +114,7 @@ impl RateLimiter {
         if missing <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(missing / self.rate_per_second)
+            crate::time::clamped_duration(missing / self.rate_per_second)
         }
     }
 
@@ -165,9 +165,10 @@ impl RateLimiter {
         }
         bucket.metrics.waits += 1;
         let debt = -bucket.tokens;
-        Ok(Some(
-            now + Duration::from_secs_f64(debt / self.rate_per_second),
-        ))
+        Ok(Some(crate::time::deadline(
+            now,
+            crate::time::clamped_duration(debt / self.rate_per_second),
+        )))
     }
 
     pub fn metrics(&self) -> RateLimitMetrics {

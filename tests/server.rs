@@ -885,3 +885,109 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
         assert!(!pyrepl3::worker::group_alive(pid));
     }
 }
+
+#[tokio::test]
+async fn a_reader_that_drops_behind_a_full_socket_resumes_without_a_gap() {
+    // Regression: events written to the socket counted as delivered, so what sat in socket
+    // buffers when the connection dropped was gone from the log (a resume jumped 3 → 78).
+    let mut cfg = config(vec![tenant("alice", ALICE)]);
+    cfg.reconnect_grace_secs = 30.0;
+    let api = Api::start(cfg).await;
+    let id = api.new_session(ALICE).await;
+    let mut ws = api.ws(ALICE, &id, "").await;
+    ws_send(&mut ws, json!({"type": "execute", "id": "flood", "code": "import sys\nline = 'x' * 999 + '\\n'\nfor _ in range(20_000):\n    sys.stdout.write(line)"})).await;
+    let mut bytes = 0;
+    let mut last_seq = 0;
+    for _ in 0..3 {
+        let msg = ws_next(&mut ws).await;
+        last_seq = msg["seq"].as_u64().unwrap();
+        bytes += msg["data"].as_str().unwrap().len();
+    }
+    // The reader falls behind while the server fills the socket buffers, then drops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(ws);
+    let mut ws = api
+        .ws(ALICE, &id, &format!("?execution_id=flood&since={last_seq}"))
+        .await;
+    let end = guard(async {
+        loop {
+            let msg = ws_next(&mut ws).await;
+            assert_eq!(
+                msg["seq"].as_u64().unwrap(),
+                last_seq + 1,
+                "no gap, no repeat"
+            );
+            last_seq += 1;
+            if is_terminal(&msg) {
+                return msg;
+            }
+            bytes += msg["data"].as_str().unwrap().len();
+        }
+    })
+    .await;
+    assert_eq!(end["type"], "result", "{end}");
+    assert_eq!(bytes, 20_000_000);
+    api.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_creates_cannot_exceed_a_tenants_session_limit() {
+    // Regression: the limit was checked before waiting for the pool and the session added
+    // after, so five concurrent creates with max_sessions = 1 all succeeded.
+    let one = TenantConfig {
+        max_sessions: 1,
+        ..tenant("alice", ALICE)
+    };
+    let api = Api::start(config(vec![one])).await;
+    let creates = (0..5).map(|_| api.post("/v1/sessions", ALICE, json!({})));
+    let statuses: Vec<StatusCode> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        4
+    );
+    // A bad WebSocket message is answered with the id it carried.
+    let (_, list) = api.get("/v1/sessions", ALICE).await;
+    let id = list["sessions"][0]["id"].as_str().unwrap().to_string();
+    let mut ws = api.ws(ALICE, &id, "").await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "bad", "code": "1", "timeout": 1e30}),
+    )
+    .await;
+    let reply = ws_next(&mut ws).await;
+    assert_eq!(
+        (
+            reply["exception_type"].as_str(),
+            reply["in_reply_to"].as_str()
+        ),
+        (Some("BadRequest"), Some("bad"))
+    );
+    let (status, _) = api
+        .post(
+            &format!("/v1/sessions/{id}/execute"),
+            ALICE,
+            json!({"code": "1", "timeout": 1e30}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "absurd timeouts are refused, not a crash"
+    );
+    api.handle.shutdown().await.unwrap();
+}

@@ -23,7 +23,9 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 pub async fn run(args: ExecArgs) -> i32 {
     let timeout = match args.timeout {
         None => None,
-        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(secs) if secs > 0.0 && crate::time::duration_from_secs(secs).is_some() => {
+            crate::time::duration_from_secs(secs)
+        }
         Some(secs) => {
             eprintln!("pyrepl3: --timeout must be a positive number of seconds, not {secs}");
             return EXIT_USAGE;

@@ -319,7 +319,10 @@ impl<F: SessionFactory> Inner<F> {
     async fn acquire(self: &Arc<Self>) -> Result<Member<F::Session>, Error> {
         let t0 = Instant::now();
         // not polling: the caller's one acquire deadline.
-        let deadline = self.config.acquire_timeout.map(|t| t0 + t);
+        let deadline = self
+            .config
+            .acquire_timeout
+            .map(|t| crate::time::deadline(t0, t));
         loop {
             let step = {
                 let mut st = self.lock();
@@ -529,7 +532,7 @@ impl<F: SessionFactory> Inner<F> {
         st.metrics.last_health_check_at = Some(now);
         let due = st.eviction_due(self.config.min_idle, self.config.idle_timeout);
         while st.idle.len() > self.config.min_idle
-            && st.idle[0].since + self.config.idle_timeout <= now
+            && crate::time::deadline(st.idle[0].since, self.config.idle_timeout) <= now
         {
             let entry = st.idle.remove(0);
             entry.watch.cancel();

@@ -135,7 +135,8 @@ impl<S> State<S> {
 
     /// When the coldest idle session beyond `min_idle` expires; `None` when none can.
     pub fn eviction_due(&self, min_idle: usize, idle_timeout: Duration) -> Option<Instant> {
-        (self.idle.len() > min_idle).then(|| self.idle[0].since + idle_timeout)
+        (self.idle.len() > min_idle)
+            .then(|| crate::time::deadline(self.idle[0].since, idle_timeout))
     }
 
     pub fn record_acquisition(&mut self, took: Duration) {

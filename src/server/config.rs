@@ -111,12 +111,19 @@ pub struct Overrides {
     pub max_sessions: Option<usize>,
 }
 
+/// A validated number of seconds (see `ServerConfig::validate`) as a duration.
 fn secs(s: f64) -> Duration {
-    if s.is_finite() && s > 0.0 {
-        Duration::from_secs_f64(s)
-    } else {
-        Duration::ZERO
+    crate::time::duration_from_secs(s).unwrap_or(Duration::ZERO)
+}
+
+fn check_secs(what: &str, secs: f64) -> Result<(), Error> {
+    if crate::time::duration_from_secs(secs).is_none() {
+        return Err(Error::InvalidConfig(format!(
+            "{what} = {secs}: expected a number of seconds from 0 to {}",
+            crate::time::MAX_SECS
+        )));
     }
+    Ok(())
 }
 
 impl ServerConfig {
@@ -180,8 +187,34 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<(), Error> {
+        check_secs("reconnect_grace_secs", self.reconnect_grace_secs)?;
+        check_secs("shutdown_grace_secs", self.shutdown_grace_secs)?;
         let mut seen = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         for t in &self.tenants {
+            // Sessions belong to a tenant by name: two tenants with one name would share them.
+            if !names.insert(&t.name) {
+                return Err(Error::InvalidConfig(format!(
+                    "two tenants are named {:?}; names must be unique",
+                    t.name
+                )));
+            }
+            check_secs(
+                &format!("tenant {:?}: idle_timeout_secs", t.name),
+                t.idle_timeout_secs,
+            )?;
+            if let Some(limit) = t.execution_time_limit_secs {
+                check_secs(
+                    &format!("tenant {:?}: execution_time_limit_secs", t.name),
+                    limit,
+                )?;
+            }
+            if !(t.rate_per_second.is_finite() && t.rate_per_second > 0.0) || t.burst == 0 {
+                return Err(Error::InvalidConfig(format!(
+                    "tenant {:?}: rate_per_second must be above 0 and burst at least 1",
+                    t.name
+                )));
+            }
             if t.token.len() < 8 {
                 return Err(Error::InvalidConfig(format!(
                     "tenant {:?}: a token needs at least 8 characters",

@@ -19,8 +19,10 @@ use crate::session::{Event, Execution, Session};
 pub const UNDELIVERED_LIMIT: usize = 4 * 1024 * 1024;
 /// Most bytes handed to a reader at once.
 const BATCH_LIMIT: usize = 256 * 1024;
-/// Delivered events kept for a reader that reconnects with an older `since`.
-const RETAINED_DELIVERED: usize = 1024 * 1024;
+/// Delivered events kept for a reader that reconnects with an older `since`: more than can
+/// sit in the socket buffers of both ends when a connection drops (events written to a
+/// socket are not yet received), so a reconnecting client finds everything it missed.
+const RETAINED_DELIVERED: usize = 16 * 1024 * 1024;
 
 /// One event as sent to clients: the protocol message with `seq`, serialized once and
 /// shared by every reader (the JSON is the only copy the log keeps).
@@ -70,7 +72,7 @@ impl LoggedEvent {
             Message::Result(r) => Some(Event::Result {
                 value: r.value,
                 repr: r.repr,
-                execution_time: Duration::from_secs_f64(r.execution_time.max(0.0)),
+                execution_time: crate::time::clamped_duration(r.execution_time),
             }),
             Message::Error(e) => Some(Event::Error {
                 exception_type: e.exception_type,
@@ -186,7 +188,8 @@ impl ExecLog {
     }
 
     /// Events after `since`, waiting for at least one; `None` once the log has ended and
-    /// everything after `since` was read. Reading marks the events delivered.
+    /// everything after `since` was read. `since` is the reader's acknowledgement: it has
+    /// sent on everything up to there, so those events stop counting as undelivered.
     pub async fn next_after(&self, since: u64) -> Option<Vec<LoggedEvent>> {
         loop {
             let changed = self.changed.notified();
@@ -194,6 +197,7 @@ impl ExecLog {
             changed.as_mut().enable();
             {
                 let mut st = self.lock();
+                self.mark_delivered(&mut st, since);
                 let mut bytes = 0;
                 let batch: Vec<LoggedEvent> = st
                     .events
@@ -206,8 +210,7 @@ impl ExecLog {
                     })
                     .cloned()
                     .collect();
-                if let Some(last) = batch.last() {
-                    self.mark_delivered(&mut st, last.seq);
+                if !batch.is_empty() {
                     return Some(batch);
                 }
                 if st.done {
@@ -259,19 +262,16 @@ impl ExecLog {
         }
     }
 
-    /// Events after `since` that are there now, without waiting (marked delivered).
+    /// Events after `since` that are there now, without waiting. Like `next_after`, takes
+    /// `since` as acknowledged; what it returns is acknowledged by the next read.
     pub fn snapshot_after(&self, since: u64) -> Vec<LoggedEvent> {
         let mut st = self.lock();
-        let batch: Vec<LoggedEvent> = st
-            .events
+        self.mark_delivered(&mut st, since);
+        st.events
             .iter()
             .filter(|e| e.seq > since)
             .cloned()
-            .collect();
-        if let Some(last) = batch.last() {
-            self.mark_delivered(&mut st, last.seq);
-        }
-        batch
+            .collect()
     }
 
     /// Waits `grace`; true if the log still has no reader, has not ended, and no reader came

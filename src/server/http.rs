@@ -239,7 +239,8 @@ async fn create_session(
     auth: Auth,
 ) -> Result<Response, ApiError> {
     let tenant = &auth.0.config;
-    if state.count_for(&tenant.name) >= tenant.max_sessions {
+    // Reserved before waiting for the pool, so concurrent requests cannot all pass the check.
+    let Some(_reservation) = state.reserve_session(&tenant.name, tenant.max_sessions) else {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "session_limit",
@@ -248,7 +249,7 @@ async fn create_session(
                 tenant.name, tenant.max_sessions
             ),
         ));
-    }
+    };
     let guard = state.pool.acquire().await?;
     let hosted = state.add_session(&tenant.name, guard);
     Ok((StatusCode::CREATED, Json(summary(&hosted))).into_response())
@@ -327,7 +328,9 @@ async fn execute(
     }
     let timeout = match request.timeout {
         None => None,
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) if t > 0.0 && crate::time::duration_from_secs(t).is_some() => {
+            crate::time::duration_from_secs(t)
+        }
         Some(t) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

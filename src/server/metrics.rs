@@ -200,6 +200,11 @@ impl Metrics {
                 "Sessions removed by health checks.",
             ),
             (
+                "removed_dead_on_release",
+                m.removed_dead_on_release,
+                "Sessions found dead when released.",
+            ),
+            (
                 "timer_wakeups",
                 m.timer_wakeups,
                 "Timer wake-ups of the pool's tasks.",

@@ -103,6 +103,9 @@ pub(crate) struct AppState {
     pub pool: SessionPool,
     pub tenants: HashMap<String, Arc<Tenant>>,
     pub sessions: Mutex<HashMap<String, Arc<Hosted>>>,
+    /// Sessions being created, per tenant: counted against the tenant's limit while the pool
+    /// is awaited. Locked only after `sessions`, never the other way round.
+    reserved: Mutex<HashMap<String, usize>>,
     pub metrics: Metrics,
     /// Wakes the culler when a deadline may have changed.
     culler: Notify,
@@ -122,11 +125,21 @@ impl AppState {
             .cloned()
     }
 
-    pub fn count_for(&self, tenant: &str) -> usize {
-        lock(&self.sessions)
-            .values()
-            .filter(|h| h.tenant == tenant)
-            .count()
+    /// A place for one more session of `tenant`, if it is under `max`; held until the
+    /// session is added (or the request fails or is dropped).
+    pub fn reserve_session(self: &Arc<Self>, tenant: &str, max: usize) -> Option<Reservation> {
+        let sessions = lock(&self.sessions);
+        let held = sessions.values().filter(|h| h.tenant == tenant).count();
+        let mut reserved = lock(&self.reserved);
+        let pending = reserved.entry(tenant.to_string()).or_default();
+        if held + *pending >= max {
+            return None;
+        }
+        *pending += 1;
+        Some(Reservation {
+            state: self.clone(),
+            tenant: tenant.to_string(),
+        })
     }
 
     pub fn add_session(&self, tenant: &str, guard: PooledSession) -> Arc<Hosted> {
@@ -172,7 +185,7 @@ impl AppState {
             .find(|t| t.config.name == hosted.tenant)
             .and_then(|t| t.config.execution_time_limit_secs)
             .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64);
+            .and_then(crate::time::duration_from_secs);
         let timeout = match (timeout, limit) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -236,7 +249,7 @@ impl AppState {
                     return None; // busy sessions are never culled for idleness
                 }
                 let timeout = self.tenant_named(&h.tenant)?.config.idle_timeout();
-                Some(activity.last_end + timeout)
+                Some(crate::time::deadline(activity.last_end, timeout))
             })
             .min()
     }
@@ -254,13 +267,28 @@ impl AppState {
                 let timeout = self
                     .tenant_named(&h.tenant)
                     .map(|t| t.config.idle_timeout());
-                activity.running == 0 && timeout.is_some_and(|t| activity.last_end + t <= now)
+                activity.running == 0
+                    && timeout.is_some_and(|t| crate::time::deadline(activity.last_end, t) <= now)
             })
             .map(|h| h.id.clone())
             .collect();
         for id in expired {
             tracing::info!(session = %id, "culled after its idle timeout");
             self.remove_session(&id);
+        }
+    }
+}
+
+/// A tenant's place for a session being created (see `AppState::reserve_session`).
+pub(crate) struct Reservation {
+    state: Arc<AppState>,
+    tenant: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.state.reserved).get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
         }
     }
 }
@@ -369,6 +397,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
         pool,
         tenants,
         sessions: Mutex::new(HashMap::new()),
+        reserved: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
         culler: Notify::new(),
         execution_ended: Notify::new(),
@@ -412,7 +441,7 @@ async fn shut_down(state: &Arc<AppState>) {
     // Running executions get the grace to finish: wait for the "ended" events, bounded by
     // one deadline.
     // not polling: one deadline for the whole grace.
-    let deadline = Instant::now() + state.config.shutdown_grace();
+    let deadline = crate::time::deadline(Instant::now(), state.config.shutdown_grace());
     loop {
         let ended = state.execution_ended.notified();
         tokio::pin!(ended);

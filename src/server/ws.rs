@@ -99,10 +99,12 @@ async fn connection(
     writer.abort();
 }
 
-fn bad_request(message: impl Into<String>) -> Value {
+/// An error frame about a client message (`in_reply_to`: that message's `id`, if it had one).
+fn bad_request_to(in_reply_to: Option<&str>, message: impl Into<String>) -> Value {
     json!({
         "type": "error",
         "id": uuid::Uuid::new_v4().to_string(),
+        "in_reply_to": in_reply_to,
         "execution_id": null,
         "exception_type": "BadRequest",
         "exception_message": message.into(),
@@ -119,13 +121,18 @@ async fn handle(
 ) -> Option<Value> {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Some(bad_request(format!("not JSON: {e}"))),
+        Err(e) => return Some(bad_request_to(None, format!("not JSON: {e}"))),
     };
     let field = |name: &str| msg.get(name).and_then(Value::as_str).map(str::to_string);
+    let client_id = field("id");
+    let bad_request = |message: String| bad_request_to(client_id.as_deref(), message);
     match msg.get("type").and_then(Value::as_str) {
+        Some("execute") if state.closing.load(std::sync::atomic::Ordering::SeqCst) => {
+            Some(bad_request("the server is shutting down".into()))
+        }
         Some("execute") => {
             let Some(code) = field("code") else {
-                return Some(bad_request("execute needs a string `code`"));
+                return Some(bad_request("execute needs a string `code`".into()));
             };
             if code.len() > state.config.max_code_bytes {
                 return Some(bad_request(format!(
@@ -139,20 +146,33 @@ async fn handle(
                 .as_deref()
                 .is_some_and(|id| hosted.execution(id).is_some())
             {
-                return Some(bad_request("an execution with this id exists already"));
+                return Some(bad_request(
+                    "an execution with this id exists already".into(),
+                ));
             }
-            let timeout = msg
-                .get("timeout")
-                .and_then(Value::as_f64)
-                .filter(|t| t.is_finite() && *t > 0.0)
-                .map(Duration::from_secs_f64);
+            let timeout = match msg.get("timeout") {
+                None | Some(Value::Null) => None,
+                Some(t) => match t
+                    .as_f64()
+                    .filter(|t| *t > 0.0)
+                    .and_then(crate::time::duration_from_secs)
+                {
+                    Some(t) => Some(t),
+                    None => {
+                        return Some(bad_request(format!(
+                            "timeout must be a positive number of seconds up to {}, not {t}",
+                            crate::time::MAX_SECS
+                        )))
+                    }
+                },
+            };
             let log = state.start_execution(hosted, code, id, timeout);
             let _ = out.send(Outgoing::Follow(log, 0));
             None
         }
         Some("input_response") => {
             let Some(input_id) = field("input_id") else {
-                return Some(bad_request("input_response needs `input_id`"));
+                return Some(bad_request("input_response needs `input_id`".into()));
             };
             let answered = match msg.get("data") {
                 Some(Value::String(data)) => {
@@ -162,7 +182,7 @@ async fn handle(
                         .await
                 }
                 Some(Value::Null) | None => hosted.session.input_eof(&input_id).await,
-                Some(_) => return Some(bad_request("`data` must be a string or null")),
+                Some(_) => return Some(bad_request("`data` must be a string or null".into())),
             };
             answered.err().map(|e| bad_request(e.to_string()))
         }
@@ -181,6 +201,7 @@ async fn handle(
                 .and_then(Value::as_u64)
                 .unwrap_or(500);
             let is_cancel = kind == "cancel";
+            let reply_to = client_id.clone();
             // A cancel waits up to its grace: off the reading loop, so frames keep flowing.
             tokio::spawn(async move {
                 let outcome = if is_cancel {
@@ -201,13 +222,14 @@ async fn handle(
                         "execution_id": execution_id,
                         "outcome": outcome,
                     }),
-                    Err(e) => bad_request(e.to_string()),
+                    Err(e) => bad_request_to(reply_to.as_deref(), e.to_string()),
                 };
                 let _ = out.send(Outgoing::Reply(reply));
             });
             None
         }
-        other => Some(bad_request(format!("unknown message type {other:?}"))),
+        Some(other) => Some(bad_request(format!("unknown message type {other:?}"))),
+        None => Some(bad_request("a message needs a string `type`".into())),
     }
 }
 

@@ -660,7 +660,10 @@ impl Actor {
                     ],
                     ready: false,
                     // not polling: a deadline, raced in the one sleep_until of `wait`.
-                    start_deadline: Instant::now() + self.config.start_timeout,
+                    start_deadline: crate::time::deadline(
+                        Instant::now(),
+                        self.config.start_timeout,
+                    ),
                     markers_expected: 0,
                     held: VecDeque::new(),
                     exit_cause: None,
@@ -866,7 +869,7 @@ impl Actor {
         if let Some(w) = &mut self.worker {
             w.exit_cause.get_or_insert(ExitCause::Shutdown);
             // not polling: a deadline, raced in the one sleep_until of `wait`.
-            w.kill_deadline = Some(Instant::now() + grace);
+            w.kill_deadline = Some(crate::time::deadline(Instant::now(), grace));
         }
         self.send(Message::Shutdown(protocol::Shutdown {
             id: new_id(),
@@ -895,7 +898,7 @@ impl Actor {
                         sink.push(Event::error(
                             "SessionDead",
                             format!(
-                                "the session's worker is dead ({reason}); call restart() first"
+                                "the session's worker is dead ({reason}); restart the session first"
                             ),
                         ));
                         return;
@@ -1020,7 +1023,7 @@ impl Actor {
             return;
         };
         // not polling: a deadline, raced in the one sleep_until of `wait`.
-        let deadline = Instant::now() + grace;
+        let deadline = crate::time::deadline(Instant::now(), grace);
         match &mut run.cancel {
             Some(cancel) => {
                 cancel.replies.push(reply);
@@ -1111,7 +1114,9 @@ impl Actor {
             sink: queued.sink,
             timeout: queued.timeout,
             // not polling: a deadline, raced in the one sleep_until of `wait`.
-            deadline: queued.timeout.map(|t| Instant::now() + t),
+            deadline: queued
+                .timeout
+                .map(|t| crate::time::deadline(Instant::now(), t)),
             cancel: None,
             pending_inputs: HashSet::new(),
             owned_segment: segment,
@@ -1167,7 +1172,7 @@ impl Actor {
                 None if run.deadline.is_some_and(|at| at <= now) => {
                     run.cancel = Some(CancelState {
                         // not polling: a deadline, raced in the one sleep_until of `wait`.
-                        deadline: now + grace,
+                        deadline: crate::time::deadline(now, grace),
                         timed_out: true,
                         replies: Vec::new(),
                     });
@@ -1410,7 +1415,7 @@ impl Actor {
                     _ => Event::Result {
                         value: r.value,
                         repr: r.repr,
-                        execution_time: Duration::from_secs_f64(r.execution_time.max(0.0)),
+                        execution_time: crate::time::clamped_duration(r.execution_time),
                     },
                 };
                 self.finish_current(event);
