@@ -373,6 +373,7 @@ impl<F: SessionFactory> Inner<F> {
                 }
                 Step::Create => {
                     let created = match deadline {
+                        // not polling: the caller's acquire deadline.
                         Some(at) => tokio::time::timeout_at(at, self.create())
                             .await
                             .unwrap_or(Err(Error::AcquireTimeout(t0.elapsed()))),
@@ -400,6 +401,7 @@ impl<F: SessionFactory> Inner<F> {
                 }
                 Step::Wait(mut rx) => {
                     let received = match deadline {
+                        // not polling: the caller's acquire deadline.
                         Some(at) => tokio::time::timeout_at(at, &mut rx).await.ok(),
                         None => Some((&mut rx).await),
                     };
@@ -714,6 +716,7 @@ async fn health_task<F: SessionFactory>(
         tokio::select! {
             _ = token.cancelled() => return,
             _ = signals.health.notified() => {}
+            // not polling: the earliest idle expiry, re-armed when it changes.
             _ = sleep_until_opt(due) => {
                 if let Some(inner) = pool.upgrade() {
                     inner.evict_expired();

@@ -302,6 +302,7 @@ async fn culler(state: Arc<AppState>) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = state.culler.notified() => {}
+            // not polling: the earliest idle deadline, re-armed when it changes.
             _ = sleep_until_opt(due) => state.cull_expired(),
         }
     }
@@ -452,6 +453,7 @@ async fn shut_down(state: &Arc<AppState>) {
         }
         tokio::select! {
             _ = &mut ended => {}
+            // not polling: the one deadline of the shutdown grace.
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }

@@ -397,6 +397,7 @@ pub async fn kill_group_and_wait(pgid: u32, within: Duration) -> bool {
         let Some(exited) = pid_exit_event(pid) else {
             continue; // already gone
         };
+        // not polling: waits on the exit event, bounded by the one deadline.
         if tokio::time::timeout_at(deadline, exited.readable())
             .await
             .is_err()
