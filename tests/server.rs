@@ -797,31 +797,8 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("serve.toml");
     std::fs::write(&cfg, "shutdown_grace_secs = 1.0\n[pool]\nmin_idle = 1\n").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            ALICE,
-            "--config",
-        ])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_string();
+    let cfg = cfg.to_str().unwrap();
+    let (mut child, base) = spawn_server(&["--config", cfg]);
     let http = Client::new();
     let mut pids = Vec::new();
     let mut streams = Vec::new();

@@ -495,36 +495,13 @@ def socket_fd():
 fd = socket_fd()
 ";
 
-#[tokio::test]
-async fn malformed_frame_from_the_worker_is_a_clean_protocol_error() {
+/// Writes `frame` to the worker's protocol socket from user code: the session must end with
+/// a clean ProtocolError (no hang), and come back with `restart()`.
+async fn bad_frame_is_a_clean_protocol_error(frame: &str, message_contains: &str) {
     let s = start().await;
     let out = run(
         &s,
-        &format!(
-            "{FIND_SOCKET}os.write(fd, b'\\x00\\x00\\x00\\x05hello')\nimport time\ntime.sleep(100)"
-        ),
-    )
-    .await;
-    assert_eq!(
-        out.error_type(),
-        Some("ProtocolError"),
-        "{:?}",
-        out.terminal
-    );
-    assert_eq!(s.state(), SessionState::Dead);
-    guard(s.restart()).await.unwrap();
-    assert_eq!(eval(&s, "1+1").await.as_deref(), Some("2"));
-    s.shutdown().await.unwrap();
-}
-
-#[tokio::test]
-async fn oversized_frame_from_the_worker_is_a_clean_protocol_error() {
-    let s = start().await;
-    let out = run(
-        &s,
-        &format!(
-            "{FIND_SOCKET}os.write(fd, b'\\x7f\\xff\\xff\\xff')\nimport time\ntime.sleep(100)"
-        ),
+        &format!("{FIND_SOCKET}os.write(fd, {frame})\nimport time\ntime.sleep(100)"),
     )
     .await;
     assert_eq!(
@@ -540,10 +517,24 @@ async fn oversized_frame_from_the_worker_is_a_clean_protocol_error() {
         unreachable!()
     };
     assert!(
-        exception_message.contains("exceeds the limit"),
+        exception_message.contains(message_contains),
         "{exception_message}"
     );
+    assert_eq!(s.state(), SessionState::Dead);
+    guard(s.restart()).await.unwrap();
+    assert_eq!(eval(&s, "1+1").await.as_deref(), Some("2"));
     s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_frame_from_the_worker_is_a_clean_protocol_error() {
+    bad_frame_is_a_clean_protocol_error("b'\\x00\\x00\\x00\\x05hello'", "not a valid message")
+        .await;
+}
+
+#[tokio::test]
+async fn oversized_frame_from_the_worker_is_a_clean_protocol_error() {
+    bad_frame_is_a_clean_protocol_error("b'\\x7f\\xff\\xff\\xff'", "exceeds the limit").await;
 }
 
 #[tokio::test]
