@@ -262,6 +262,18 @@ async fn every_endpoint_and_clear_errors_for_client_mistakes() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     let (status, _) = api.get("/v1/no/such/route", ALICE).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Rejections written by the framework itself come in the same JSON shape.
+    for path in [
+        format!("/v1/sessions/{id}/executions/x?since=abc"),
+        format!("/v1/sessions/{id}/ws"),
+    ] {
+        let (status, body) = api.get(&path, ALICE).await;
+        assert!(status.is_client_error(), "{path}: {status}");
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{path}: {body}"
+        );
+    }
     let (status, body) = api
         .post(
             &format!("/v1/sessions/{id}/input"),

@@ -190,11 +190,42 @@ pub(crate) fn router(state: AppStateRef) -> Router {
         .with_state(state)
 }
 
+/// Counts error answers, and gives the few that the framework writes itself (a query
+/// string that does not parse, a plain GET on the WebSocket route) this API's JSON error
+/// shape instead of plain text.
 async fn count_errors(State(state): State<AppStateRef>, response: Response) -> Response {
-    if response.status().as_u16() >= 400 {
-        state.metrics.record_http_error(response.status().as_u16());
+    let status = response.status();
+    if status.as_u16() < 400 {
+        return response;
     }
-    response
+    state.metrics.record_http_error(status.as_u16());
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    // Framework rejections are short texts; anything longer is cut, not buffered.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 async fn healthz() -> Json<Value> {
