@@ -126,12 +126,8 @@ async fn drive(
             }
             line = lines.recv(), if pending_input.is_some() => {
                 let Some(input_id) = pending_input.take() else { continue };
-                let answered = match line.flatten() {
-                    Some(line) => session.input_response(&input_id, line).await,
-                    None => session.input_eof(&input_id).await,
-                };
                 // Unknown input: the execution ended meanwhile (e.g. cancelled); nothing to do.
-                let _ = answered;
+                let _ = session.answer_input(&input_id, line.flatten()).await;
             }
             _ = interrupts.recv() => {
                 interrupted += 1;

@@ -289,10 +289,6 @@ impl ExecLog {
         let st = self.lock();
         st.readers == 0 && !st.done && st.readers_epoch == epoch
     }
-
-    pub fn readers(&self) -> usize {
-        self.lock().readers
-    }
 }
 
 /// Keeps a reader registered while it lives.

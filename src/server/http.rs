@@ -442,10 +442,7 @@ async fn collect(
 
 async fn answer_input(session: &Session, input_id: &str, stdin: &mut VecDeque<String>) {
     // An answer for an input that meanwhile ended (cancelled) is refused: nothing to do.
-    let _ = match stdin.pop_front() {
-        Some(line) => session.input_response(input_id, line).await,
-        None => session.input_eof(input_id).await,
-    };
+    let _ = session.answer_input(input_id, stdin.pop_front()).await;
 }
 
 /// The execution's events from `since` on as server-sent events, live.
@@ -544,10 +541,9 @@ async fn input(
     Body(request): Body<InputRequest>,
 ) -> Result<StatusCode, ApiError> {
     let h = hosted(&state, &auth, &id)?;
-    match request.data {
-        Some(data) => h.session.input_response(&request.input_id, data).await?,
-        None => h.session.input_eof(&request.input_id).await?,
-    }
+    h.session
+        .answer_input(&request.input_id, request.data)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -180,11 +180,9 @@ impl AppState {
         timeout: Option<Duration>,
     ) -> Arc<ExecLog> {
         let limit = self
-            .tenants
-            .values()
-            .find(|t| t.config.name == hosted.tenant)
+            .tenant_named(&hosted.tenant)
             .and_then(|t| t.config.execution_time_limit_secs)
-            .filter(|s| s.is_finite() && *s > 0.0)
+            .filter(|s| *s > 0.0)
             .and_then(crate::time::duration_from_secs);
         let timeout = match (timeout, limit) {
             (Some(a), Some(b)) => Some(a.min(b)),

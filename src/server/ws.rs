@@ -174,16 +174,12 @@ async fn handle(
             let Some(input_id) = field("input_id") else {
                 return Some(bad_request("input_response needs `input_id`".into()));
             };
-            let answered = match msg.get("data") {
-                Some(Value::String(data)) => {
-                    hosted
-                        .session
-                        .input_response(&input_id, data.as_str())
-                        .await
-                }
-                Some(Value::Null) | None => hosted.session.input_eof(&input_id).await,
+            let data = match msg.get("data") {
+                Some(Value::String(data)) => Some(data.clone()),
+                Some(Value::Null) | None => None,
                 Some(_) => return Some(bad_request("`data` must be a string or null".into())),
             };
+            let answered = hosted.session.answer_input(&input_id, data).await;
             answered.err().map(|e| bad_request(e.to_string()))
         }
         Some(kind @ ("cancel" | "interrupt")) => {

@@ -523,7 +523,9 @@ impl Session {
         self.answer_input(input_id, None).await
     }
 
-    async fn answer_input(&self, input_id: &str, data: Option<String>) -> Result<(), Error> {
+    /// Answers the pending `input()` request `input_id` with a line, or with end-of-file
+    /// (`None`).
+    pub async fn answer_input(&self, input_id: &str, data: Option<String>) -> Result<(), Error> {
         self.request(|reply| actor::Command::InputResponse {
             input_id: input_id.to_string(),
             data,

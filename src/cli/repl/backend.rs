@@ -85,13 +85,7 @@ impl ReplBackend for LocalBackend {
         input_id: String,
         data: Option<String>,
     ) -> BoxFuture<'_, Result<(), Error>> {
-        async move {
-            match data {
-                Some(line) => self.session.input_response(&input_id, line).await,
-                None => self.session.input_eof(&input_id).await,
-            }
-        }
-        .boxed()
+        async move { self.session.answer_input(&input_id, data).await }.boxed()
     }
 
     fn cancel(
