@@ -104,6 +104,11 @@ async fn wait_output(execution: &mut Execution) -> Result<(), String> {
     }
 }
 
+async fn worker_pid(session: &Session) -> Result<u32, String> {
+    let info = session.info().await.map_err(|e| e.to_string())?;
+    info.pid.ok_or_else(|| "no worker pid".to_string())
+}
+
 fn rss(pid: u32) -> u64 {
     pyrepl3::worker::proc_stats(pid).map_or(0, |s| s.rss_bytes)
 }
@@ -243,21 +248,11 @@ impl Driver {
             "pids" => {
                 // For the orchestrator to measure idle cost from outside: a process that
                 // measures itself wakes up to do it.
-                let worker = s
-                    .info()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .pid
-                    .ok_or("no worker pid")?;
+                let worker = worker_pid(&s).await?;
                 extra = json!({"host": std::process::id(), "worker": worker});
             }
             "memory" => {
-                let worker = s
-                    .info()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .pid
-                    .ok_or("no worker pid")?;
+                let worker = worker_pid(&s).await?;
                 let mut ex = s.execute("1+1", ExecuteOptions::default());
                 finish(&mut ex).await?;
                 let worker_rss = rss(worker);

@@ -142,6 +142,32 @@ async fn ws_next(ws: &mut WsStream) -> Value {
     .await
 }
 
+/// Reads a resumed execution to its end: each event must follow the one before (starting
+/// after `last_seq`) with no gap and no repeat; output data goes to `on_data`. Returns the
+/// terminal message.
+async fn read_resumed(
+    ws: &mut WsStream,
+    mut last_seq: u64,
+    mut on_data: impl FnMut(&str),
+) -> Value {
+    guard(async {
+        loop {
+            let msg = ws_next(ws).await;
+            assert_eq!(
+                msg["seq"].as_u64().unwrap(),
+                last_seq + 1,
+                "no gap, no repeat"
+            );
+            last_seq += 1;
+            if is_terminal(&msg) {
+                return msg;
+            }
+            on_data(msg["data"].as_str().unwrap());
+        }
+    })
+    .await
+}
+
 fn is_terminal(msg: &Value) -> bool {
     matches!(msg["type"].as_str(), Some("result" | "error"))
 }
@@ -640,22 +666,7 @@ async fn a_client_that_reconnects_misses_nothing_and_gets_nothing_twice() {
     let mut ws = api
         .ws(ALICE, &id, &format!("?execution_id=count&since={last_seq}"))
         .await;
-    let end = guard(async {
-        loop {
-            let msg = ws_next(&mut ws).await;
-            assert_eq!(
-                msg["seq"].as_u64().unwrap(),
-                last_seq + 1,
-                "in order, no gap, no repeat"
-            );
-            last_seq += 1;
-            if is_terminal(&msg) {
-                return msg;
-            }
-            text.push_str(msg["data"].as_str().unwrap());
-        }
-    })
-    .await;
+    let end = read_resumed(&mut ws, last_seq, |data| text.push_str(data)).await;
     assert_eq!(end["repr"], "'done'");
     let expected: String = (0..300).map(|i| format!("{i}\n")).collect();
     assert_eq!(text, expected);
@@ -898,22 +909,7 @@ async fn a_reader_that_drops_behind_a_full_socket_resumes_without_a_gap() {
     let mut ws = api
         .ws(ALICE, &id, &format!("?execution_id=flood&since={last_seq}"))
         .await;
-    let end = guard(async {
-        loop {
-            let msg = ws_next(&mut ws).await;
-            assert_eq!(
-                msg["seq"].as_u64().unwrap(),
-                last_seq + 1,
-                "no gap, no repeat"
-            );
-            last_seq += 1;
-            if is_terminal(&msg) {
-                return msg;
-            }
-            bytes += msg["data"].as_str().unwrap().len();
-        }
-    })
-    .await;
+    let end = read_resumed(&mut ws, last_seq, |data| bytes += data.len()).await;
     assert_eq!(end["type"], "result", "{end}");
     assert_eq!(bytes, 20_000_000);
     api.handle.shutdown().await.unwrap();
