@@ -12,6 +12,7 @@ pub mod pool;
 pub mod protocol;
 pub mod ratelimit;
 pub mod server;
+pub mod service;
 pub mod session;
 pub(crate) mod sync;
 pub(crate) mod time;

@@ -1,5 +1,6 @@
 //! Server settings: the TOML file, then `PYREPL3_*` environment variables, then command-line
-//! flags, each overriding the one before; tenants (token → name and limits) and the pool.
+//! flags, each overriding the one before; their validation; and the [`ServiceConfig`] they
+//! make (tenants, pool, limits).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,44 +10,9 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::pool::PoolConfig;
+use crate::service::ServiceConfig;
+pub use crate::service::TenantConfig;
 use crate::session::SessionConfig;
-
-/// One client identity: its token and its limits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TenantConfig {
-    pub name: String,
-    pub token: String,
-    /// Sessions this tenant may hold at once (then 429).
-    pub max_sessions: usize,
-    /// Request rate (token bucket) per second, and its burst (then 429 with Retry-After).
-    pub rate_per_second: f64,
-    pub burst: u32,
-    /// Sessions unused this long after their last execution ended are culled.
-    pub idle_timeout_secs: f64,
-    /// Default time limit of an execution (a request may set a shorter one).
-    pub execution_time_limit_secs: Option<f64>,
-}
-
-impl Default for TenantConfig {
-    fn default() -> Self {
-        TenantConfig {
-            name: "default".into(),
-            token: String::new(),
-            max_sessions: 10,
-            rate_per_second: 50.0,
-            burst: 100,
-            idle_timeout_secs: 600.0,
-            execution_time_limit_secs: None,
-        }
-    }
-}
-
-impl TenantConfig {
-    pub fn idle_timeout(&self) -> Duration {
-        secs(self.idle_timeout_secs)
-    }
-}
 
 /// Pool settings as they appear in the config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +212,17 @@ impl ServerConfig {
             acquire_timeout: Some(Duration::from_secs(10)),
             session,
             ..PoolConfig::default()
+        }
+    }
+
+    /// What the service runs with: the tenants, the pool, the limits and graces.
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            tenants: self.tenants.clone(),
+            pool: self.pool_config(),
+            max_code_bytes: self.max_code_bytes,
+            reconnect_grace: self.reconnect_grace(),
+            shutdown_grace: self.shutdown_grace(),
         }
     }
 

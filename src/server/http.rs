@@ -1,11 +1,11 @@
-//! The HTTP API: routing, authentication (bearer token → tenant, per-tenant rate limit),
-//! JSON errors with the right status for every client mistake, and the handlers. See
+//! The HTTP API: routes, the extractors (bearer token → the service's caller; JSON bodies
+//! whose problems are answered in this API's error format), and the translation between
+//! HTTP and the service: each handler parses its request, calls the service, and maps the
+//! result or the [`ServiceError`] to a status and JSON (or server-sent events). See
 //! `docs/api.md`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -16,15 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::execlog::ExecLog;
-use super::{AppState, Hosted, Tenant};
-use crate::error::Error;
-use crate::session::{CancelOutcome, Event, InterruptOutcome, Session};
-
-type AppStateRef = Arc<AppState>;
+use crate::service::{
+    AfterStdin, Caller, ClientEvent, ExecuteRequest, Reader, Service, ServiceError, SessionSummary,
+};
 
 /// An error answer: `{"error": {"code": ..., "message": ...}}` with its status.
 #[derive(Debug)]
@@ -44,14 +41,6 @@ impl ApiError {
             retry_after: None,
         }
     }
-
-    fn not_found(what: &str) -> Self {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no such {what}"),
-        )
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -67,63 +56,59 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use ServiceError as E;
         let (status, code) = match &e {
-            Error::UnknownInput(_) => (StatusCode::NOT_FOUND, "unknown_input"),
-            Error::SessionClosed | Error::SessionDead(_) => {
-                (StatusCode::CONFLICT, "session_unavailable")
+            E::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            E::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            E::SessionNotFound { .. } | E::ExecutionNotFound { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
             }
-            Error::AcquireTimeout(_) | Error::PoolClosed => {
+            E::SessionLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "session_limit"),
+            E::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "code_too_large"),
+            E::InvalidTimeout { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::DuplicateExecutionId { .. } => (StatusCode::CONFLICT, "duplicate_execution_id"),
+            E::UnknownInput { .. } => (StatusCode::NOT_FOUND, "unknown_input"),
+            E::SessionUnavailable { .. } => (StatusCode::CONFLICT, "session_unavailable"),
+            E::NoSessionAvailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_session_available")
             }
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            E::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        ApiError::new(status, code, e.to_string())
+        let message = match &e {
+            E::Unauthorized => {
+                "missing or invalid bearer token (Authorization: Bearer <token>)".to_string()
+            }
+            E::InvalidTimeout { secs } => {
+                format!("timeout must be a positive number of seconds, not {secs}")
+            }
+            _ => e.to_string(),
+        };
+        let mut error = ApiError::new(status, code, message);
+        if let E::RateLimited { retry_in, .. } = &e {
+            error.retry_after = Some(retry_in.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        error
     }
 }
 
-/// The caller's tenant, from `Authorization: Bearer <token>`, after its rate limit.
-pub(crate) struct Auth(pub Arc<Tenant>);
+/// The caller, from `Authorization: Bearer <token>`, after its tenant's rate limit and the
+/// shutdown check (`Service::authenticate`).
+pub(crate) struct Auth(pub Caller);
 
-impl FromRequestParts<AppStateRef> for Auth {
+impl FromRequestParts<Service> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ApiError> {
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let Some(tenant) = token.and_then(|t| state.tenants.get(t)) else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or invalid bearer token (Authorization: Bearer <token>)",
-            ));
-        };
-        if !tenant.limiter.try_acquire() {
-            let wait = tenant.limiter.time_until_available();
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "request rate limit exceeded; retry in {:.3} s",
-                    wait.as_secs_f64()
-                ),
-            );
-            err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-            return Err(err);
-        }
-        if state.closing.load(Ordering::SeqCst) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down",
-            ));
-        }
-        Ok(Auth(tenant.clone()))
+        Ok(Auth(service.authenticate(token)?))
     }
 }
 
@@ -155,8 +140,7 @@ where
     }
 }
 
-pub(crate) fn router(state: AppStateRef) -> Router {
-    let max_body = state.config.max_body_bytes;
+pub(crate) fn router(service: Service, max_body: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
@@ -183,22 +167,22 @@ pub(crate) fn router(state: AppStateRef) -> Router {
             )
         })
         .layer(axum::middleware::map_response_with_state(
-            state.clone(),
+            service.clone(),
             count_errors,
         ))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+        .with_state(service)
 }
 
 /// Counts error answers, and gives the few that the framework writes itself (a query
 /// string that does not parse, a plain GET on the WebSocket route) this API's JSON error
 /// shape instead of plain text.
-async fn count_errors(State(state): State<AppStateRef>, response: Response) -> Response {
+async fn count_errors(State(service): State<Service>, response: Response) -> Response {
     let status = response.status();
     if status.as_u16() < 400 {
         return response;
     }
-    state.metrics.record_http_error(status.as_u16());
+    service.record_http_error(status.as_u16());
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -240,89 +224,60 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<AppStateRef>, _auth: Auth) -> Response {
-    let sessions = crate::sync::lock_unpoisoned(&state.sessions).len();
-    let tenants: Vec<_> = state
-        .tenants
-        .values()
-        .map(|t| (t.config.name.clone(), t.limiter.metrics()))
-        .collect();
-    let text = state.metrics.render(sessions, &state.pool.info(), &tenants);
+async fn metrics(State(service): State<Service>, _auth: Auth) -> Response {
+    let text = service.metrics_text();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn pool_info(State(state): State<AppStateRef>, _auth: Auth) -> Json<Value> {
-    Json(serde_json::to_value(state.pool.info()).unwrap_or(Value::Null))
+async fn pool_info(State(service): State<Service>, _auth: Auth) -> Json<Value> {
+    json_of(&service.pool_info())
 }
 
-fn summary(h: &Hosted) -> Value {
-    json!({"id": h.id, "state": h.session.state(), "created_at": h.created_at})
-}
-
-fn hosted(state: &AppState, auth: &Auth, id: &str) -> Result<Arc<Hosted>, ApiError> {
-    state
-        .hosted(&auth.0.config.name, id)
-        .ok_or_else(|| ApiError::not_found("session"))
+/// A service value as the JSON body (keys sorted, as every answer of this API has them).
+fn json_of<T: Serialize>(value: &T) -> Json<Value> {
+    Json(serde_json::to_value(value).unwrap_or(Value::Null))
 }
 
 async fn create_session(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
 ) -> Result<Response, ApiError> {
-    let tenant = &auth.0.config;
-    // Reserved before waiting for the pool, so concurrent requests cannot all pass the check.
-    let Some(_reservation) = state.reserve_session(&tenant.name, tenant.max_sessions) else {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "session_limit",
-            format!(
-                "tenant {:?} already holds {} sessions (its limit)",
-                tenant.name, tenant.max_sessions
-            ),
-        ));
-    };
-    let guard = state.pool.acquire().await?;
-    let hosted = state.add_session(&tenant.name, guard);
-    Ok((StatusCode::CREATED, Json(summary(&hosted))).into_response())
+    let summary = service.create_session(&caller).await?;
+    Ok((StatusCode::CREATED, json_of(&summary)).into_response())
 }
 
-async fn list_sessions(State(state): State<AppStateRef>, auth: Auth) -> Json<Value> {
-    let sessions = crate::sync::lock_unpoisoned(&state.sessions);
-    let mut mine: Vec<&Arc<Hosted>> = sessions
-        .values()
-        .filter(|h| h.tenant == auth.0.config.name)
-        .collect();
-    mine.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
-    Json(json!({"sessions": mine.into_iter().map(|h| summary(h)).collect::<Vec<_>>()}))
+#[derive(Serialize)]
+struct SessionList {
+    sessions: Vec<SessionSummary>,
+}
+
+async fn list_sessions(State(service): State<Service>, Auth(caller): Auth) -> Json<Value> {
+    json_of(&SessionList {
+        sessions: service.list_sessions(&caller),
+    })
 }
 
 async fn get_session(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let h = hosted(&state, &auth, &id)?;
-    let info = h.session.info().await?;
-    let mut value = serde_json::to_value(info).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.insert("created_at".into(), json!(h.created_at));
-    }
-    Ok(Json(value))
+    let info = service.session(&caller, &id)?.info().await?;
+    Ok(json_of(&info))
 }
 
 async fn delete_session(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    hosted(&state, &auth, &id)?;
-    state.remove_session(&id);
+    service.delete_session(&caller, &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExecuteRequest {
+struct ExecuteBody {
     code: String,
     /// Seconds.
     timeout: Option<f64>,
@@ -338,101 +293,68 @@ fn wants_sse(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/event-stream"))
 }
 
+/// Runs code: with `Accept: text/event-stream` its events as they come (`stdin` answers the
+/// first `input()` calls, later ones wait for `POST .../input`), else the JSON answer at the
+/// end (`stdin`, then end of file, answers every `input()`).
 async fn execute(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Body(request): Body<ExecuteRequest>,
+    Body(body): Body<ExecuteBody>,
 ) -> Result<Response, ApiError> {
-    let h = hosted(&state, &auth, &id)?;
-    if request.code.len() > state.config.max_code_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "code_too_large",
-            format!(
-                "code is {} bytes; the limit is {}",
-                request.code.len(),
-                state.config.max_code_bytes
-            ),
-        ));
-    }
-    let timeout = match request.timeout {
-        None => None,
-        Some(t) if t > 0.0 && crate::time::duration_from_secs(t).is_some() => {
-            crate::time::duration_from_secs(t)
-        }
-        Some(t) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("timeout must be a positive number of seconds, not {t}"),
-            ))
-        }
-    };
-    if let Some(eid) = &request.execution_id {
-        if h.execution(eid).is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "duplicate_execution_id",
-                format!("execution {eid:?} exists already"),
-            ));
-        }
-    }
-    let log = state.start_execution(&h, request.code, request.execution_id, timeout);
-    let stdin: VecDeque<String> = request.stdin.into();
+    let execution = service.session(&caller, &id)?.execute(ExecuteRequest {
+        code: body.code,
+        timeout: body.timeout,
+        execution_id: body.execution_id,
+    })?;
+    let stdin: VecDeque<String> = body.stdin.into();
     if wants_sse(&headers) {
-        return Ok(sse(state, h.session.clone(), log, 0, stdin).into_response());
+        let reader = execution.follow_answering(0, stdin, AfterStdin::Wait);
+        return Ok(sse(reader).into_response());
     }
-    Ok(Json(collect(&state, &h.session, &log, stdin).await).into_response())
+    let reader = execution.follow_answering(0, stdin, AfterStdin::Eof);
+    Ok(Json(collect(reader).await).into_response())
 }
 
-/// Reads an execution to its end, answering `input()` from `stdin` (then end-of-file).
-async fn collect(
-    state: &AppState,
-    session: &Session,
-    log: &Arc<ExecLog>,
-    mut stdin: VecDeque<String>,
-) -> Value {
-    let _reader = log.attach(Some((session.clone(), state.config.reconnect_grace())));
+/// Reads an execution to its end (the reader answers its `input()` calls) and gathers the
+/// JSON answer.
+async fn collect(mut reader: Reader) -> Value {
     let mut outputs = Vec::new();
     let (mut result, mut error, mut execution_time) = (Value::Null, Value::Null, 0.0);
-    let mut since = 0;
-    while let Some(batch) = log.next_after(since).await {
+    while let Some(batch) = reader.next_batch().await {
         for logged in batch {
-            since = logged.seq;
-            let Some(event) = logged.event() else {
-                continue;
-            };
-            match event {
-                Event::Output { stream, data } => {
+            match logged.event() {
+                Some(ClientEvent::Output { stream, data, .. }) => {
                     outputs.push(json!({"stream": stream, "data": data}))
                 }
-                Event::Input { input_id, .. } => answer_input(session, &input_id, &mut stdin).await,
-                Event::Result {
+                Some(ClientEvent::Result {
                     value,
                     repr,
                     execution_time: t,
-                } => {
+                    ..
+                }) => {
                     result = json!({"value": value, "repr": repr});
-                    execution_time = t.as_secs_f64();
+                    execution_time = t;
                 }
-                Event::Error {
+                Some(ClientEvent::Error {
                     exception_type,
                     exception_message,
                     traceback,
-                } => {
+                    ..
+                }) => {
                     error = json!({
                         "exception_type": exception_type,
                         "exception_message": exception_message,
                         "traceback": traceback,
                     });
                 }
+                Some(ClientEvent::Input { .. }) | None => {}
             }
         }
     }
     json!({
-        "execution_id": log.execution_id,
+        "execution_id": reader.id(),
         "outputs": outputs,
         "result": result,
         "error": error,
@@ -440,44 +362,21 @@ async fn collect(
     })
 }
 
-async fn answer_input(session: &Session, input_id: &str, stdin: &mut VecDeque<String>) {
-    // An answer for an input that meanwhile ended (cancelled) is refused: nothing to do.
-    let _ = session.answer_input(input_id, stdin.pop_front()).await;
-}
-
-/// The execution's events from `since` on as server-sent events, live.
-fn sse(
-    state: AppStateRef,
-    session: Session,
-    log: Arc<ExecLog>,
-    since: u64,
-    stdin: VecDeque<String>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let reader = log.attach(Some((session.clone(), state.config.reconnect_grace())));
-    let stream = futures::stream::unfold(
-        (log, since, stdin, session, reader),
-        |(log, since, mut stdin, session, reader)| async move {
-            let batch = log.next_after(since).await?;
-            let mut events = Vec::with_capacity(batch.len());
-            let mut last = since;
-            for logged in batch {
-                last = logged.seq;
-                if logged.kind == "input" && !stdin.is_empty() {
-                    if let Some(Event::Input { input_id, .. }) = logged.event() {
-                        answer_input(&session, &input_id, &mut stdin).await;
-                    }
-                }
-                events.push(Ok(SseEvent::default()
+/// The reader's events as server-sent events, live, until the terminal one.
+fn sse(reader: Reader) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = futures::stream::unfold(reader, |mut reader| async move {
+        let batch = reader.next_batch().await?;
+        let events: Vec<Result<SseEvent, Infallible>> = batch
+            .into_iter()
+            .map(|logged| {
+                Ok(SseEvent::default()
                     .event(logged.kind)
                     .id(logged.seq.to_string())
-                    .data(&*logged.text)));
-            }
-            Some((
-                futures::stream::iter(events),
-                (log, last, stdin, session, reader),
-            ))
-        },
-    );
+                    .data(&*logged.text))
+            })
+            .collect();
+        Some((futures::stream::iter(events), reader))
+    });
     use futures::StreamExt;
     // No keep-alive comments: they would be a timer per open stream. A client whose stream
     // was cut (by a proxy) resumes with GET .../executions/{id}?since=<last id>.
@@ -493,34 +392,24 @@ struct SinceQuery {
 /// What an execution produced after `since`: as server-sent events (replay, then live) with
 /// `Accept: text/event-stream`, else a JSON snapshot of what is there now.
 async fn get_execution(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path((id, execution_id)): Path<(String, String)>,
     Query(query): Query<SinceQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let h = hosted(&state, &auth, &id)?;
-    let log = h
-        .execution(&execution_id)
-        .ok_or_else(|| ApiError::not_found("execution"))?;
+    let execution = service.session(&caller, &id)?.execution(&execution_id)?;
     if wants_sse(&headers) {
-        return Ok(sse(
-            state.clone(),
-            h.session.clone(),
-            log,
-            query.since,
-            VecDeque::new(),
-        )
-        .into_response());
+        return Ok(sse(execution.follow(query.since)).into_response());
     }
-    let events: Vec<Value> = log
-        .snapshot_after(query.since)
+    let events: Vec<Value> = execution
+        .snapshot(query.since)
         .into_iter()
         .filter_map(|e| serde_json::from_str::<Value>(&e.text).ok())
         .collect();
     Ok(Json(json!({
         "execution_id": execution_id,
-        "done": log.is_done(),
+        "done": execution.is_done(),
         "events": events,
     }))
     .into_response())
@@ -528,72 +417,68 @@ async fn get_execution(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InputRequest {
+struct InputBody {
     input_id: String,
     /// `null`: end of file.
     data: Option<String>,
 }
 
 async fn input(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
-    Body(request): Body<InputRequest>,
+    Body(body): Body<InputBody>,
 ) -> Result<StatusCode, ApiError> {
-    let h = hosted(&state, &auth, &id)?;
-    h.session
-        .answer_input(&request.input_id, request.data)
-        .await?;
+    let session = service.session(&caller, &id)?;
+    session.input(&body.input_id, body.data).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CancelRequest {
+struct CancelBody {
     execution_id: String,
     grace_timeout_ms: Option<u64>,
 }
 
 async fn cancel(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
-    Body(request): Body<CancelRequest>,
+    Body(body): Body<CancelBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let h = hosted(&state, &auth, &id)?;
-    let grace = Duration::from_millis(request.grace_timeout_ms.unwrap_or(500));
-    let outcome: CancelOutcome = h.session.cancel(&request.execution_id, grace).await?;
+    let session = service.session(&caller, &id)?;
+    let grace = body.grace_timeout_ms.map(Duration::from_millis);
+    let outcome = session.cancel(&body.execution_id, grace).await?;
     Ok(Json(json!({"outcome": outcome})))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InterruptRequest {
+struct InterruptBody {
     execution_id: String,
     #[serde(default)]
     force_restart: bool,
 }
 
 async fn interrupt(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
-    Body(request): Body<InterruptRequest>,
+    Body(body): Body<InterruptBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let h = hosted(&state, &auth, &id)?;
-    let outcome: InterruptOutcome = h
-        .session
-        .interrupt(&request.execution_id, request.force_restart)
+    let session = service.session(&caller, &id)?;
+    let outcome = session
+        .interrupt(&body.execution_id, body.force_restart)
         .await?;
     Ok(Json(json!({"outcome": outcome})))
 }
 
 async fn restart(
-    State(state): State<AppStateRef>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let h = hosted(&state, &auth, &id)?;
-    h.session.restart().await?;
-    Ok(Json(summary(&h)))
+    let summary = service.session(&caller, &id)?.restart().await?;
+    Ok(json_of(&summary))
 }

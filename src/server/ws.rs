@@ -1,26 +1,26 @@
-//! `GET /v1/sessions/{id}/ws`: one WebSocket connection to a session. JSON text frames in the
-//! protocol's message schema: the client sends `execute`, `input_response`, `cancel`,
-//! `interrupt`; the server sends each execution's `output`/`input`/`result`/`error` (with
-//! `seq`), executions in the order submitted. `?execution_id=X&since=N` resumes after a
-//! disconnect: X's events after N, then every later execution that has not ended.
+//! `GET /v1/sessions/{id}/ws`: one WebSocket connection to a session, and the translation
+//! between its frames and the service. JSON text frames: the client sends `execute`,
+//! `input_response`, `cancel`, `interrupt`; the server sends each execution's
+//! `output`/`input`/`result`/`error` events (with `seq`), executions in the order submitted,
+//! the replies to `cancel`/`interrupt`, and a `BadRequest` error frame for a message the
+//! service refused. `?execution_id=X&since=N` resumes after a disconnect: X's events after N,
+//! then every later execution that has not ended.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::execlog::{ExecLog, LoggedEvent, ReaderGuard};
 use super::http::{ApiError, Auth};
-use super::{AppState, Hosted};
-use crate::session::Session;
+use crate::service::{
+    ExecuteRequest, ExecutionHandle, LoggedEvent, Reader, Service, ServiceError, SessionHandle,
+};
 
 #[derive(Deserialize)]
 pub(crate) struct ResumeQuery {
@@ -30,72 +30,55 @@ pub(crate) struct ResumeQuery {
 }
 
 pub(crate) async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    auth: Auth,
+    State(service): State<Service>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
     Query(resume): Query<ResumeQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let hosted = state
-        .hosted(&auth.0.config.name, &id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such session"))?;
-    let mut follow = Vec::new();
-    if let Some(execution_id) = &resume.execution_id {
-        let log = hosted.execution(execution_id).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such execution")
-        })?;
-        follow.push((log, resume.since));
-        follow.extend(
-            hosted
-                .unfinished_after(Some(execution_id))
-                .into_iter()
-                .map(|l| (l, 0)),
-        );
-    }
-    Ok(ws.on_upgrade(move |socket| connection(state, hosted, socket, follow)))
+    let session = service.session(&caller, &id)?;
+    let follow = match &resume.execution_id {
+        Some(execution_id) => session.resume(execution_id, resume.since)?,
+        None => Vec::new(),
+    };
+    Ok(ws.on_upgrade(move |socket| connection(service, session, socket, follow)))
 }
 
 /// What the writer sends next: events of followed executions, or a reply to the client.
 enum Outgoing {
-    Follow(Arc<ExecLog>, u64),
+    Follow(ExecutionHandle, u64),
     Reply(Value),
 }
 
 async fn connection(
-    state: Arc<AppState>,
-    hosted: Arc<Hosted>,
+    service: Service,
+    session: SessionHandle,
     socket: WebSocket,
-    follow: Vec<(Arc<ExecLog>, u64)>,
+    follow: Vec<(ExecutionHandle, u64)>,
 ) {
     let (sink, mut incoming) = socket.split();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    for (log, since) in follow {
-        let _ = out_tx.send(Outgoing::Follow(log, since));
+    for (execution, since) in follow {
+        let _ = out_tx.send(Outgoing::Follow(execution, since));
     }
-    let writer = tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        hosted.session.clone(),
-        state.config.reconnect_grace(),
-        state.shutdown.clone(),
-    ));
+    let writer = tokio::spawn(write_loop(sink, out_rx, service.clone()));
     loop {
         let frame = tokio::select! {
             frame = incoming.next() => frame,
-            _ = state.shutdown.cancelled() => break,
+            _ = service.stopped() => break,
         };
         let text = match frame {
             Some(Ok(WsMessage::Text(text))) => text,
             Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
             Some(Ok(_)) => continue, // ping/pong/binary: nothing to do
         };
-        if let Some(reply) = handle(&state, &hosted, text.as_str(), &out_tx).await {
+        if let Some(reply) = handle(&session, text.as_str(), &out_tx).await {
             let _ = out_tx.send(Outgoing::Reply(reply));
         }
     }
     drop(out_tx);
     // The writer ends when the socket fails or the server shuts down; the client is gone,
-    // so stop it now: its reader guards drop and start the reconnect grace.
+    // so stop it now: its readers drop and start the reconnect grace.
     writer.abort();
 }
 
@@ -112,10 +95,28 @@ fn bad_request_to(in_reply_to: Option<&str>, message: impl Into<String>) -> Valu
     })
 }
 
+/// This transport's words for a timeout it cannot use, quoting the JSON value as sent.
+fn invalid_timeout(sent: &Value) -> String {
+    format!(
+        "timeout must be a positive number of seconds up to {}, not {sent}",
+        crate::time::MAX_SECS
+    )
+}
+
+/// The message of the error frame for a refused `execute`.
+fn execute_refused(e: &ServiceError, timeout: Option<&Value>) -> String {
+    match (e, timeout) {
+        (ServiceError::InvalidTimeout { .. }, Some(sent)) => invalid_timeout(sent),
+        (ServiceError::DuplicateExecutionId { .. }, _) => {
+            "an execution with this id exists already".to_string()
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// One client message; returns a reply for the client, if any.
 async fn handle(
-    state: &Arc<AppState>,
-    hosted: &Arc<Hosted>,
+    session: &SessionHandle,
     text: &str,
     out: &mpsc::UnboundedSender<Outgoing>,
 ) -> Option<Value> {
@@ -127,48 +128,30 @@ async fn handle(
     let client_id = field("id");
     let bad_request = |message: String| bad_request_to(client_id.as_deref(), message);
     match msg.get("type").and_then(Value::as_str) {
-        Some("execute") if state.closing.load(std::sync::atomic::Ordering::SeqCst) => {
-            Some(bad_request("the server is shutting down".into()))
-        }
         Some("execute") => {
             let Some(code) = field("code") else {
                 return Some(bad_request("execute needs a string `code`".into()));
             };
-            if code.len() > state.config.max_code_bytes {
-                return Some(bad_request(format!(
-                    "code is {} bytes; the limit is {}",
-                    code.len(),
-                    state.config.max_code_bytes
-                )));
-            }
-            let id = field("id");
-            if id
-                .as_deref()
-                .is_some_and(|id| hosted.execution(id).is_some())
-            {
-                return Some(bad_request(
-                    "an execution with this id exists already".into(),
-                ));
-            }
-            let timeout = match msg.get("timeout") {
-                None | Some(Value::Null) => None,
-                Some(t) => match t
-                    .as_f64()
-                    .filter(|t| *t > 0.0)
-                    .and_then(crate::time::duration_from_secs)
-                {
-                    Some(t) => Some(t),
-                    None => {
-                        return Some(bad_request(format!(
-                            "timeout must be a positive number of seconds up to {}, not {t}",
-                            crate::time::MAX_SECS
-                        )))
-                    }
+            let sent_timeout = msg.get("timeout").filter(|t| !t.is_null());
+            let timeout = match sent_timeout {
+                None => None,
+                Some(t) => match t.as_f64() {
+                    Some(secs) => Some(secs),
+                    None => return Some(bad_request(invalid_timeout(t))),
                 },
             };
-            let log = state.start_execution(hosted, code, id, timeout);
-            let _ = out.send(Outgoing::Follow(log, 0));
-            None
+            let request = ExecuteRequest {
+                code,
+                timeout,
+                execution_id: client_id.clone(),
+            };
+            match session.execute(request) {
+                Ok(execution) => {
+                    let _ = out.send(Outgoing::Follow(execution, 0));
+                    None
+                }
+                Err(e) => Some(bad_request(execute_refused(&e, sent_timeout))),
+            }
         }
         Some("input_response") => {
             let Some(input_id) = field("input_id") else {
@@ -179,14 +162,14 @@ async fn handle(
                 Some(Value::Null) | None => None,
                 Some(_) => return Some(bad_request("`data` must be a string or null".into())),
             };
-            let answered = hosted.session.answer_input(&input_id, data).await;
+            let answered = session.input(&input_id, data).await;
             answered.err().map(|e| bad_request(e.to_string()))
         }
         Some(kind @ ("cancel" | "interrupt")) => {
             let Some(execution_id) = field("execution_id") else {
                 return Some(bad_request(format!("{kind} needs `execution_id`")));
             };
-            let session = hosted.session.clone();
+            let session = session.clone();
             let out = out.clone();
             let force = msg
                 .get("force_restart")
@@ -195,16 +178,13 @@ async fn handle(
             let grace = msg
                 .get("grace_timeout_ms")
                 .and_then(Value::as_u64)
-                .unwrap_or(500);
+                .map(Duration::from_millis);
             let is_cancel = kind == "cancel";
             let reply_to = client_id.clone();
             // A cancel waits up to its grace: off the reading loop, so frames keep flowing.
             tokio::spawn(async move {
                 let outcome = if is_cancel {
-                    session
-                        .cancel(&execution_id, Duration::from_millis(grace))
-                        .await
-                        .map(|o| json!(o))
+                    session.cancel(&execution_id, grace).await.map(|o| json!(o))
                 } else {
                     session
                         .interrupt(&execution_id, force)
@@ -231,24 +211,21 @@ async fn handle(
 
 /// Owns the sending half: followed executions' events in submission order, and replies.
 /// A slow client makes `send` wait, which leaves events undelivered in the log, which holds
-/// the worker back (see `execlog`).
+/// the worker back (see `service::execlog`).
 async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, WsMessage>,
     mut out: mpsc::UnboundedReceiver<Outgoing>,
-    session: Session,
-    grace: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
+    service: Service,
 ) {
-    // Every followed execution is attached at once, so that all of them get the reconnect
-    // grace if the client goes away.
-    let mut queue: VecDeque<(Arc<ExecLog>, u64, ReaderGuard)> = VecDeque::new();
+    // Every followed execution gets its reader at once, so that all of them get the
+    // reconnect grace if the client goes away.
+    let mut queue: VecDeque<Reader> = VecDeque::new();
+    let mut out_open = true;
     loop {
-        let current = queue.front().map(|(log, since, _)| (log.clone(), *since));
         tokio::select! {
-            item = out.recv() => match item {
-                Some(Outgoing::Follow(log, since)) => {
-                    let guard = log.attach(Some((session.clone(), grace)));
-                    queue.push_back((log, since, guard));
+            item = out.recv(), if out_open => match item {
+                Some(Outgoing::Follow(execution, since)) => {
+                    queue.push_back(execution.follow(since));
                 }
                 Some(Outgoing::Reply(reply)) => {
                     let sent = sink.send(WsMessage::Text(reply.to_string().into())).await;
@@ -257,14 +234,11 @@ async fn write_loop(
                     }
                 }
                 None if queue.is_empty() => return,
-                None => {}
+                None => out_open = false,
             },
-            batch = next_batch(current) => match batch {
+            batch = next_batch(queue.front_mut()) => match batch {
                 Some(events) => {
-                    for LoggedEvent { seq, text, .. } in events {
-                        if let Some(front) = queue.front_mut() {
-                            front.1 = seq;
-                        }
+                    for LoggedEvent { text, .. } in events {
                         if sink.send(WsMessage::Text((*text).into())).await.is_err() {
                             return;
                         }
@@ -272,12 +246,15 @@ async fn write_loop(
                 }
                 None => {
                     queue.pop_front();
+                    if queue.is_empty() && !out_open {
+                        return;
+                    }
                 }
             },
-            _ = shutdown.cancelled() => {
+            _ = service.stopped() => {
                 // Send what the logs still hold (they end at shutdown), then close.
-                while let Some((log, since, _guard)) = queue.pop_front() {
-                    for LoggedEvent { text, .. } in log.snapshot_after(since) {
+                while let Some(mut reader) = queue.pop_front() {
+                    for LoggedEvent { text, .. } in reader.rest() {
                         if sink.send(WsMessage::Text((*text).into())).await.is_err() {
                             return;
                         }
@@ -290,9 +267,9 @@ async fn write_loop(
     }
 }
 
-async fn next_batch(current: Option<(Arc<ExecLog>, u64)>) -> Option<Vec<LoggedEvent>> {
-    match current {
-        Some((log, since)) => log.next_after(since).await,
+async fn next_batch(reader: Option<&mut Reader>) -> Option<Vec<LoggedEvent>> {
+    match reader {
+        Some(reader) => reader.next_batch().await,
         None => std::future::pending().await,
     }
 }

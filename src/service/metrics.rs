@@ -1,4 +1,4 @@
-//! The server's counters and their Prometheus text rendering (`GET /metrics`): executions,
+//! The service's counters and their Prometheus text rendering (`GET /metrics`): executions,
 //! an execution-duration histogram, errors by exception type, and, from their owners at
 //! render time, the pool's gauges and counters and each tenant's rate-limit counters.
 

@@ -1,4 +1,4 @@
-//! One execution's events as the server keeps them: numbered (`seq`), bounded, readable by
+//! One execution's events as the service keeps them: numbered (`seq`), bounded, readable by
 //! whoever is attached (a WebSocket, an SSE stream, an HTTP request waiting for the end), and
 //! resumable after a disconnect (`since=seq`). It owns the back-pressure between a worker and
 //! its remote readers: while more than [`UNDELIVERED_LIMIT`] bytes have not reached a reader,
@@ -9,10 +9,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::protocol::Message;
+use super::event::ClientEvent;
 use crate::session::{Event, Execution, Session};
 
 /// Bytes of events not yet delivered to any reader before the pump waits.
@@ -24,32 +23,22 @@ const BATCH_LIMIT: usize = 256 * 1024;
 /// socket are not yet received), so a reconnecting client finds everything it missed.
 const RETAINED_DELIVERED: usize = 16 * 1024 * 1024;
 
-/// One event as sent to clients: the protocol message with `seq`, serialized once and
-/// shared by every reader (the JSON is the only copy the log keeps).
+/// One event as sent to clients: the [`ClientEvent`] with `seq`, serialized once and shared
+/// by every reader (the JSON is the only copy the log keeps).
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub seq: u64,
-    /// The message's `type`: output, input, result or error.
+    /// The event's `type`: output, input, result or error.
     pub kind: &'static str,
     pub text: Arc<str>,
 }
 
 impl LoggedEvent {
-    fn new(seq: u64, execution_id: &str, event: &Event) -> Self {
-        let mut json = serde_json::to_value(event.to_message(execution_id)).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut json {
-            map.insert("seq".into(), Value::from(seq));
-        }
-        let kind = match event {
-            Event::Output { .. } => "output",
-            Event::Input { .. } => "input",
-            Event::Result { .. } => "result",
-            Event::Error { .. } => "error",
-        };
+    fn new(seq: u64, event: &ClientEvent) -> Self {
         LoggedEvent {
             seq,
-            kind,
-            text: json.to_string().into(),
+            kind: event.kind(),
+            text: event.to_json_with_seq(seq).into(),
         }
     }
 
@@ -57,30 +46,10 @@ impl LoggedEvent {
         matches!(self.kind, "result" | "error")
     }
 
-    /// The event back, for readers that need its fields (the HTTP collector).
-    pub fn event(&self) -> Option<Event> {
-        match serde_json::from_str::<Message>(&self.text).ok()? {
-            Message::Output(o) => Some(Event::Output {
-                stream: o.stream,
-                data: o.data,
-            }),
-            Message::Input(i) => Some(Event::Input {
-                input_id: i.id,
-                prompt: i.prompt,
-                password: i.password,
-            }),
-            Message::Result(r) => Some(Event::Result {
-                value: r.value,
-                repr: r.repr,
-                execution_time: crate::time::clamped_duration(r.execution_time),
-            }),
-            Message::Error(e) => Some(Event::Error {
-                exception_type: e.exception_type,
-                exception_message: e.exception_message,
-                traceback: e.traceback,
-            }),
-            _ => None,
-        }
+    /// The event back, for readers that need its fields (the HTTP collector, stdin answers).
+    /// Read from the one JSON copy, so the log does not keep every event twice.
+    pub fn event(&self) -> Option<ClientEvent> {
+        serde_json::from_str(&self.text).ok()
     }
 
     fn size(&self) -> usize {
@@ -138,7 +107,8 @@ impl ExecLog {
     pub async fn pump(self: Arc<Self>, mut execution: Execution, mut on_event: impl FnMut(&Event)) {
         while let Some(event) = execution.next_event().await {
             on_event(&event);
-            self.push(event).await;
+            self.push(ClientEvent::from_session(&self.execution_id, &event))
+                .await;
         }
         let mut st = self.lock();
         st.done = true;
@@ -147,7 +117,7 @@ impl ExecLog {
     }
 
     /// Appends an event (and ends the log if it is terminal), after waiting for room.
-    pub async fn push(&self, event: Event) {
+    pub async fn push(&self, event: ClientEvent) {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -155,12 +125,12 @@ impl ExecLog {
             {
                 let mut st = self.lock();
                 if st.done {
-                    return; // already ended (the server ended it at shutdown)
+                    return; // already ended (the service ended it at shutdown)
                 }
                 if st.undelivered_bytes < UNDELIVERED_LIMIT {
                     let seq = st.next_seq;
                     st.next_seq += 1;
-                    let logged = LoggedEvent::new(seq, &self.execution_id, &event);
+                    let logged = LoggedEvent::new(seq, &event);
                     st.undelivered_bytes += logged.size();
                     st.done = logged.is_terminal();
                     st.events.push_back(logged);
@@ -174,15 +144,16 @@ impl ExecLog {
         }
     }
 
-    /// Ends the log with `event` unless it has ended already (server shutdown).
-    pub async fn end_with(&self, event: Event) {
+    /// Ends the log with `event` (of this execution) unless it has ended already (shutdown).
+    pub async fn end_with(&self, event: &Event) {
         if !self.is_done() {
             {
                 let mut st = self.lock();
                 // The end must get in even if readers are behind: make room in the count.
                 st.undelivered_bytes = 0;
             }
-            self.push(event).await;
+            self.push(ClientEvent::from_session(&self.execution_id, event))
+                .await;
         }
     }
 

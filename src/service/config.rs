@@ -1,0 +1,71 @@
+//! The service's settings: the tenants (token → name and limits) and the limits and graces
+//! that apply to every caller. `server::ServerConfig` reads them from its file, environment
+//! and flags and builds a [`ServiceConfig`].
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pool::PoolConfig;
+
+/// One client identity: its token and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    pub token: String,
+    /// Sessions this tenant may hold at once (then `SessionLimit`).
+    pub max_sessions: usize,
+    /// Request rate (token bucket) per second, and its burst (then `RateLimited`).
+    pub rate_per_second: f64,
+    pub burst: u32,
+    /// Sessions unused this long after their last execution ended are culled.
+    pub idle_timeout_secs: f64,
+    /// Default time limit of an execution (a request may set a shorter one).
+    pub execution_time_limit_secs: Option<f64>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            name: "default".into(),
+            token: String::new(),
+            max_sessions: 10,
+            rate_per_second: 50.0,
+            burst: 100,
+            idle_timeout_secs: 600.0,
+            execution_time_limit_secs: None,
+        }
+    }
+}
+
+impl TenantConfig {
+    /// The idle timeout (validated by `ServerConfig::load`; out of range counts as zero).
+    pub fn idle_timeout(&self) -> Duration {
+        crate::time::duration_from_secs(self.idle_timeout_secs).unwrap_or(Duration::ZERO)
+    }
+
+    /// The cap on every execution's run time, if the tenant has one (zero means none).
+    pub fn execution_time_limit(&self) -> Option<Duration> {
+        self.execution_time_limit_secs
+            .filter(|s| *s > 0.0)
+            .and_then(crate::time::duration_from_secs)
+    }
+}
+
+/// Everything a [`super::Service`] needs to run.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Tenant names and tokens must each be unique (`ServerConfig::load` checks it).
+    pub tenants: Vec<TenantConfig>,
+    /// The pool the sessions come from (started pre-warmed by `Service::start`).
+    pub pool: PoolConfig,
+    /// Largest `code` accepted by execute (then `CodeTooLarge`).
+    pub max_code_bytes: usize,
+    /// How long a running execution whose last reader went away waits for a reader to come
+    /// back before it is cancelled.
+    pub reconnect_grace: Duration,
+    /// At shutdown: how long running executions may still take before they end with
+    /// `ServerShutdown`.
+    pub shutdown_grace: Duration,
+}

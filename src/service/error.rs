@@ -1,0 +1,96 @@
+//! [`ServiceError`]: every failure a caller of the service can see, one variant each, with
+//! the context to act on it. Transports map it: HTTP to a status, an error code and this
+//! message; the WebSocket to a `BadRequest` error frame.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No token, or one no tenant has.
+    #[error("missing or invalid token")]
+    Unauthorized,
+    /// The tenant's request rate is exceeded; a request can succeed after `retry_in`.
+    #[error("request rate limit exceeded; retry in {:.3} s", retry_in.as_secs_f64())]
+    RateLimited { tenant: String, retry_in: Duration },
+    /// Shutdown has begun: no new work is taken.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// No such session, or another tenant's (whose existence is not disclosed).
+    #[error("no such session")]
+    SessionNotFound { session_id: String },
+    /// The session keeps no execution with this id (never was, or forgotten).
+    #[error("no such execution")]
+    ExecutionNotFound {
+        session_id: String,
+        execution_id: String,
+    },
+    /// The tenant already holds (or is being given) `limit` sessions.
+    #[error("tenant {tenant:?} already holds {limit} sessions (its limit)")]
+    SessionLimit { tenant: String, limit: usize },
+    #[error("code is {bytes} bytes; the limit is {limit}")]
+    CodeTooLarge { bytes: usize, limit: usize },
+    /// A timeout that is not a positive number of seconds up to `time::MAX_SECS`.
+    #[error(
+        "timeout must be a positive number of seconds up to {}, not {secs}",
+        crate::time::MAX_SECS
+    )]
+    InvalidTimeout { secs: f64 },
+    /// The session still keeps an execution with this id.
+    #[error("execution {execution_id:?} exists already")]
+    DuplicateExecutionId { execution_id: String },
+    /// The input request named is not pending (unknown, or already answered).
+    #[error("{source}")]
+    UnknownInput { session_id: String, source: Error },
+    /// The session's worker cannot take the request: the session is closed, or dead and
+    /// could not be restarted.
+    #[error("{source}")]
+    SessionUnavailable {
+        operation: &'static str,
+        session_id: Option<String>,
+        source: Error,
+    },
+    /// The pool had no session to give in time, or is closed.
+    #[error("{source}")]
+    NoSessionAvailable { source: Error },
+    /// Anything else (e.g. a worker that could not be started).
+    #[error("{source}")]
+    Internal {
+        operation: &'static str,
+        session_id: Option<String>,
+        source: Error,
+    },
+}
+
+impl ServiceError {
+    /// Classifies a failure of the session or the pool during `operation` (on `session_id`,
+    /// when one is known). One rule for every operation, so that the same failure always
+    /// reaches clients the same way.
+    pub(crate) fn from_session(
+        operation: &'static str,
+        session_id: Option<&str>,
+        source: Error,
+    ) -> Self {
+        let session_id = session_id.map(str::to_string);
+        match source {
+            Error::UnknownInput(_) => ServiceError::UnknownInput {
+                session_id: session_id.unwrap_or_default(),
+                source,
+            },
+            Error::SessionClosed | Error::SessionDead(_) => ServiceError::SessionUnavailable {
+                operation,
+                session_id,
+                source,
+            },
+            Error::AcquireTimeout(_) | Error::PoolClosed => {
+                ServiceError::NoSessionAvailable { source }
+            }
+            source => ServiceError::Internal {
+                operation,
+                session_id,
+                source,
+            },
+        }
+    }
+}

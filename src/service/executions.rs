@@ -1,0 +1,335 @@
+//! Executions of a session: execute with its rules (code size, timeout, duplicate id, the
+//! tenant's time limit), the pump that moves the session's events into the execution's log
+//! (recording the metrics of its end), input, cancel, interrupt, the list of a session's
+//! executions, and [`Reader`]s that replay and follow a log from `since=seq`, optionally
+//! answering `input()` from given lines.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::event::ClientEvent;
+use super::execlog::{ExecLog, LoggedEvent, ReaderGuard};
+use super::sessions::{SessionHandle, KEPT_EXECUTIONS};
+use super::ServiceError;
+use crate::session::{CancelOutcome, Event, ExecuteOptions, InterruptOutcome, Session};
+use crate::sync::lock_unpoisoned as lock;
+
+/// How long cancelled code may take to stop before its worker is killed, unless the caller
+/// says otherwise.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(500);
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteRequest {
+    pub code: String,
+    /// Seconds: a positive number up to `time::MAX_SECS`, capped by the tenant's execution
+    /// time limit. `None`: only that limit applies.
+    pub timeout: Option<f64>,
+    /// The execution's id; `None`: a UUID. Refused while the session keeps one with this id.
+    pub execution_id: Option<String>,
+}
+
+/// One execution of a session, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutionSummary {
+    pub execution_id: String,
+    /// Whether its terminal event is in the log.
+    pub done: bool,
+}
+
+/// One execution's log, with what readers need to answer its input requests and to cancel
+/// it when the last of them is gone for longer than the reconnect grace.
+#[derive(Clone)]
+pub struct ExecutionHandle {
+    log: Arc<ExecLog>,
+    session: Session,
+    reconnect_grace: Duration,
+}
+
+/// What a [`Reader`] does with `input()` requests once its lines have run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStdin {
+    /// Answers end of file (`EOFError`).
+    Eof,
+    /// Leaves them pending, for someone else to answer.
+    Wait,
+}
+
+impl SessionHandle {
+    /// Queues `request.code` on the session and returns its log, which a task fills with its
+    /// events. Refused while shutting down, for code over `max_code_bytes`, an invalid
+    /// timeout, or an execution id the session still keeps (checked in that order).
+    pub fn execute(&self, request: ExecuteRequest) -> Result<ExecutionHandle, ServiceError> {
+        if self.inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let limit = self.inner.config.max_code_bytes;
+        if request.code.len() > limit {
+            return Err(ServiceError::CodeTooLarge {
+                bytes: request.code.len(),
+                limit,
+            });
+        }
+        let timeout = match request.timeout {
+            None => None,
+            Some(secs) => Some(
+                Some(secs)
+                    .filter(|s| *s > 0.0)
+                    .and_then(crate::time::duration_from_secs)
+                    .ok_or(ServiceError::InvalidTimeout { secs })?,
+            ),
+        };
+        let timeout = match (timeout, self.hosted.tenant.config.execution_time_limit()) {
+            (Some(asked), Some(limit)) => Some(asked.min(limit)),
+            (asked, limit) => asked.or(limit),
+        };
+        let (log, execution) = {
+            // The duplicate check and the insertion under one lock: two requests with one
+            // id cannot both pass.
+            let mut list = lock(&self.hosted.executions);
+            if let Some(id) = &request.execution_id {
+                if list.iter().any(|e| e.execution_id == *id) {
+                    return Err(ServiceError::DuplicateExecutionId {
+                        execution_id: id.clone(),
+                    });
+                }
+            }
+            let execution = self.hosted.session.execute(
+                request.code,
+                ExecuteOptions {
+                    timeout,
+                    execution_id: request.execution_id,
+                },
+            );
+            let log = ExecLog::new(execution.id());
+            list.push_back(log.clone());
+            while list.len() > KEPT_EXECUTIONS {
+                match list.front() {
+                    Some(oldest) if oldest.is_done() => {
+                        list.pop_front();
+                    }
+                    _ => break,
+                }
+            }
+            (log, execution)
+        };
+        lock(&self.hosted.activity).running += 1;
+        self.inner.deadlines_changed.notify_one();
+        self.spawn_pump(log.clone(), execution);
+        Ok(self.handle(log))
+    }
+
+    /// A task moves the execution's events into its log; when it ends, the session's idle
+    /// deadline starts and shutdown hears of it.
+    fn spawn_pump(&self, log: Arc<ExecLog>, execution: crate::session::Execution) {
+        let inner = self.inner.clone();
+        let hosted = self.hosted.clone();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            log.pump(execution, |event: &Event| {
+                if event.is_terminal() {
+                    inner.metrics.record(event, started.elapsed().as_secs_f64());
+                }
+            })
+            .await;
+            {
+                let mut activity = lock(&hosted.activity);
+                activity.running = activity.running.saturating_sub(1);
+                activity.last_end = Instant::now();
+            }
+            inner.deadlines_changed.notify_one();
+            inner.execution_ended.notify_waiters();
+        });
+    }
+
+    fn handle(&self, log: Arc<ExecLog>) -> ExecutionHandle {
+        ExecutionHandle {
+            log,
+            session: self.hosted.session.clone(),
+            reconnect_grace: self.inner.config.reconnect_grace,
+        }
+    }
+
+    /// Answers the pending `input()` request `input_id` with a line, or end of file (`None`).
+    pub async fn input(&self, input_id: &str, data: Option<String>) -> Result<(), ServiceError> {
+        self.hosted
+            .session
+            .answer_input(input_id, data)
+            .await
+            .map_err(|e| ServiceError::from_session("input", Some(self.id()), e))
+    }
+
+    /// Stops an execution: KeyboardInterrupt, then (after `grace`, default
+    /// [`DEFAULT_CANCEL_GRACE`]) the worker is killed and restarted. Answers with the outcome.
+    pub async fn cancel(
+        &self,
+        execution_id: &str,
+        grace: Option<Duration>,
+    ) -> Result<CancelOutcome, ServiceError> {
+        self.hosted
+            .session
+            .cancel(execution_id, grace.unwrap_or(DEFAULT_CANCEL_GRACE))
+            .await
+            .map_err(|e| ServiceError::from_session("cancel", Some(self.id()), e))
+    }
+
+    /// Delivers KeyboardInterrupt without waiting for the code to stop; `force_restart`
+    /// kills and restarts the worker at once instead.
+    pub async fn interrupt(
+        &self,
+        execution_id: &str,
+        force_restart: bool,
+    ) -> Result<InterruptOutcome, ServiceError> {
+        self.hosted
+            .session
+            .interrupt(execution_id, force_restart)
+            .await
+            .map_err(|e| ServiceError::from_session("interrupt", Some(self.id()), e))
+    }
+
+    /// The executions the session keeps, in submission order.
+    pub fn executions(&self) -> Vec<ExecutionSummary> {
+        lock(&self.hosted.executions)
+            .iter()
+            .map(|log| ExecutionSummary {
+                execution_id: log.execution_id.clone(),
+                done: log.is_done(),
+            })
+            .collect()
+    }
+
+    /// The execution `execution_id`, if the session still keeps it.
+    pub fn execution(&self, execution_id: &str) -> Result<ExecutionHandle, ServiceError> {
+        self.hosted
+            .execution(execution_id)
+            .map(|log| self.handle(log))
+            .ok_or_else(|| ServiceError::ExecutionNotFound {
+                session_id: self.id().to_string(),
+                execution_id: execution_id.to_string(),
+            })
+    }
+
+    /// What a client that was following `execution_id` up to `since` follows on resuming:
+    /// that execution from `since`, then every later one that has not ended, each from its
+    /// start, in submission order.
+    pub fn resume(
+        &self,
+        execution_id: &str,
+        since: u64,
+    ) -> Result<Vec<(ExecutionHandle, u64)>, ServiceError> {
+        let first = self.execution(execution_id)?;
+        let list = lock(&self.hosted.executions);
+        let after = list
+            .iter()
+            .position(|e| e.execution_id == execution_id)
+            .map_or(list.len(), |p| p + 1);
+        let later = list
+            .iter()
+            .skip(after)
+            .filter(|e| !e.is_done())
+            .map(|log| (self.handle(log.clone()), 0));
+        Ok(std::iter::once((first, since)).chain(later).collect())
+    }
+}
+
+impl ExecutionHandle {
+    pub fn id(&self) -> &str {
+        &self.log.execution_id
+    }
+
+    /// Whether the terminal event is in the log.
+    pub fn is_done(&self) -> bool {
+        self.log.is_done()
+    }
+
+    /// The events after `since` that are there now, without waiting and without attaching
+    /// (a snapshot does not keep an abandoned execution alive). Acknowledges `since`.
+    pub fn snapshot(&self, since: u64) -> Vec<LoggedEvent> {
+        self.log.snapshot_after(since)
+    }
+
+    /// An attached reader of the events after `since` (replay, then live).
+    pub fn follow(&self, since: u64) -> Reader {
+        self.follow_answering(since, VecDeque::new(), AfterStdin::Wait)
+    }
+
+    /// Like [`ExecutionHandle::follow`], answering each `input()` request with the next of
+    /// `stdin`, and once they have run out as `after` says.
+    pub fn follow_answering(
+        &self,
+        since: u64,
+        stdin: VecDeque<String>,
+        after: AfterStdin,
+    ) -> Reader {
+        Reader {
+            _guard: self
+                .log
+                .attach(Some((self.session.clone(), self.reconnect_grace))),
+            log: self.log.clone(),
+            session: self.session.clone(),
+            since,
+            answered_upto: since,
+            stdin,
+            after,
+        }
+    }
+}
+
+/// A reader attached to an execution's log: while one is attached, the execution is not
+/// abandoned; when the last one is dropped before the end, the reconnect grace starts.
+pub struct Reader {
+    log: Arc<ExecLog>,
+    session: Session,
+    /// Last seq returned; asking for what follows acknowledges it.
+    since: u64,
+    /// Last input request answered (so that none is answered twice).
+    answered_upto: u64,
+    stdin: VecDeque<String>,
+    after: AfterStdin,
+    /// Registers the reader with the log while it lives.
+    _guard: ReaderGuard,
+}
+
+impl Reader {
+    pub fn id(&self) -> &str {
+        &self.log.execution_id
+    }
+
+    /// The next events, waiting for at least one (answering input requests among them as
+    /// configured); `None` after the terminal event. Cancel-safe: dropped before it returns,
+    /// the next call returns the same events again and answers no input twice.
+    pub async fn next_batch(&mut self) -> Option<Vec<LoggedEvent>> {
+        let batch = self.log.next_after(self.since).await?;
+        for logged in &batch {
+            if logged.kind == "input" && logged.seq > self.answered_upto {
+                if self.stdin.is_empty() && self.after == AfterStdin::Wait {
+                    continue;
+                }
+                // Marked first: the answer is sent on the first poll, so it goes out once.
+                self.answered_upto = logged.seq;
+                if let Some(ClientEvent::Input { id, .. }) = logged.event() {
+                    // An answer for an input that meanwhile ended (cancelled) is refused:
+                    // nothing to do.
+                    let _ = self.session.answer_input(&id, self.stdin.pop_front()).await;
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            self.since = last.seq;
+        }
+        Some(batch)
+    }
+
+    /// The events after the last one returned that are there now, without waiting.
+    pub fn rest(&mut self) -> Vec<LoggedEvent> {
+        let rest = self.log.snapshot_after(self.since);
+        if let Some(last) = rest.last() {
+            self.since = last.seq;
+        }
+        rest
+    }
+}

@@ -1,0 +1,247 @@
+//! The service: one transport-free API for everything a client of `pyrepl3 serve` can do —
+//! authenticate (token → tenant, rate limit), create / list / get / delete / restart
+//! sessions, execute, answer input, cancel, interrupt, list executions, and replay or follow
+//! an execution's events — with every rule that applies to them: tenant isolation (another
+//! tenant's session is not found), the tenant session limit, code size, timeout validation,
+//! duplicate execution ids, the execution time limit. It owns the state behind them (the
+//! pool, the tenants, the sessions held by clients with their execution logs, the metrics)
+//! and its life: deadline-driven idle culling and the shutdown sequence. The HTTP and
+//! WebSocket servers (`crate::server`) only translate between their transport and this API.
+//!
+//! Sessions and their registry are in `sessions.rs`, executions (execute, input, cancel,
+//! interrupt, readers) in `executions.rs`, the per-execution event log in `execlog.rs`, the
+//! client event type in `event.rs`, errors in `error.rs`, counters in `metrics.rs`.
+
+mod config;
+mod error;
+mod event;
+mod execlog;
+mod executions;
+mod metrics;
+mod sessions;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::pool::{PoolConfig, PoolInfo, SessionPool};
+use crate::ratelimit::RateLimiter;
+use crate::session::Event;
+use crate::sync::lock_unpoisoned as lock;
+pub use config::{ServiceConfig, TenantConfig};
+pub use error::ServiceError;
+pub use event::ClientEvent;
+pub use execlog::LoggedEvent;
+pub use executions::{AfterStdin, ExecuteRequest, ExecutionHandle, ExecutionSummary, Reader};
+use metrics::Metrics;
+use sessions::Hosted;
+pub use sessions::{SessionHandle, SessionSummary};
+
+/// A tenant: its settings and its request-rate limiter.
+struct Tenant {
+    config: TenantConfig,
+    limiter: RateLimiter,
+}
+
+/// Who is calling: the tenant that [`Service::authenticate`] found for a token. Every
+/// operation on a session checks that the session is this tenant's.
+#[derive(Clone)]
+pub struct Caller {
+    tenant: Arc<Tenant>,
+}
+
+impl Caller {
+    pub fn tenant_name(&self) -> &str {
+        &self.tenant.config.name
+    }
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the token.
+        f.debug_struct("Caller")
+            .field("tenant", &self.tenant.config.name)
+            .finish()
+    }
+}
+
+/// The service. Cloning gives another handle to the same service.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServiceConfig,
+    pool: SessionPool,
+    /// By token.
+    tenants: HashMap<String, Arc<Tenant>>,
+    /// Sessions held by clients, by id.
+    sessions: Mutex<HashMap<String, Arc<Hosted>>>,
+    /// Sessions being created, per tenant name: counted against the tenant's limit while the
+    /// pool is awaited. Locked only after `sessions`, never the other way round.
+    reserved: Mutex<HashMap<String, usize>>,
+    metrics: Metrics,
+    /// Wakes the culler when an idle deadline may have changed.
+    deadlines_changed: Notify,
+    /// An execution ended (shutdown waits for the last one).
+    execution_ended: Notify,
+    /// Shutdown has begun: no new work.
+    closing: AtomicBool,
+    /// Cancelled when shutdown reaches the point where connections close; ends the culler.
+    stopped: CancellationToken,
+}
+
+impl Service {
+    /// Starts the pool (filled to its `min_idle` before this returns) and the culler.
+    pub async fn start(config: ServiceConfig) -> Result<Service, Error> {
+        let pool = SessionPool::start(PoolConfig {
+            pre_warm: true,
+            ..config.pool.clone()
+        })
+        .await?;
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|t| {
+                let tenant = Tenant {
+                    config: t.clone(),
+                    limiter: RateLimiter::new(t.rate_per_second, t.burst),
+                };
+                (t.token.clone(), Arc::new(tenant))
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            config,
+            pool,
+            tenants,
+            sessions: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            deadlines_changed: Notify::new(),
+            execution_ended: Notify::new(),
+            closing: AtomicBool::new(false),
+            stopped: CancellationToken::new(),
+        });
+        tokio::spawn(culler(inner.clone()));
+        Ok(Service { inner })
+    }
+
+    /// The caller behind `token`, after its tenant's rate limit (one token per call) and the
+    /// shutdown check, in that order.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Caller, ServiceError> {
+        let tenant = token
+            .and_then(|t| self.inner.tenants.get(t))
+            .ok_or(ServiceError::Unauthorized)?;
+        if !tenant.limiter.try_acquire() {
+            return Err(ServiceError::RateLimited {
+                tenant: tenant.config.name.clone(),
+                retry_in: tenant.limiter.time_until_available(),
+            });
+        }
+        self.check_open()?;
+        Ok(Caller {
+            tenant: tenant.clone(),
+        })
+    }
+
+    fn check_open(&self) -> Result<(), ServiceError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    pub fn pool_info(&self) -> PoolInfo {
+        self.inner.pool.info()
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        let sessions = lock(&self.inner.sessions).len();
+        let tenants: Vec<_> = self
+            .inner
+            .tenants
+            .values()
+            .map(|t| (t.config.name.clone(), t.limiter.metrics()))
+            .collect();
+        self.inner
+            .metrics
+            .render(sessions, &self.inner.pool.info(), &tenants)
+    }
+
+    /// Counts an error answer of a transport (by its HTTP status).
+    pub fn record_http_error(&self, status: u16) {
+        self.inner.metrics.record_http_error(status);
+    }
+
+    /// Resolves once shutdown has ended every execution: open connections close then.
+    pub async fn stopped(&self) {
+        self.inner.stopped.cancelled().await
+    }
+
+    /// The shutdown sequence, up to the point where connections can close: no new work;
+    /// running executions get the shutdown grace to end, then end with `ServerShutdown`;
+    /// [`Service::stopped`] resolves; every session is removed (its worker shut down).
+    pub async fn shut_down(&self) {
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        // not polling: one deadline for the whole grace.
+        let deadline = crate::time::deadline(Instant::now(), inner.config.shutdown_grace);
+        loop {
+            let ended = inner.execution_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !inner.any_busy() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut ended => {}
+                // not polling: the one deadline of the shutdown grace.
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // What still runs ends now, with the reason.
+        let hosted: Vec<Arc<Hosted>> = lock(&inner.sessions).values().cloned().collect();
+        let stopped = Event::error(
+            "ServerShutdown",
+            "the server is shutting down; the execution was stopped",
+        );
+        for h in &hosted {
+            for log in h.logs() {
+                log.end_with(&stopped).await;
+            }
+        }
+        inner.stopped.cancel();
+        for h in hosted {
+            inner.remove_session(&h.id);
+        }
+    }
+
+    /// Ends the culler (if `shut_down` has not) and shuts the pool down, killing every worker
+    /// that remains. Returns when no worker is left.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.stopped.cancel();
+        self.inner.pool.shutdown().await
+    }
+}
+
+/// Deadline-driven culling: sleeps until the earliest idle deadline, re-armed whenever it
+/// may have changed (a session or an execution started or ended); no timer while nothing
+/// can expire.
+async fn culler(inner: Arc<Inner>) {
+    loop {
+        let due = inner.next_cull();
+        tokio::select! {
+            _ = inner.stopped.cancelled() => return,
+            _ = inner.deadlines_changed.notified() => {}
+            // not polling: the earliest idle deadline, re-armed when it changes.
+            _ = crate::time::sleep_until_opt(due) => inner.cull_expired(),
+        }
+    }
+}

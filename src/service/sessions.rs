@@ -1,0 +1,278 @@
+//! Sessions held by clients: the registry (which tenant holds which session; another
+//! tenant's is not found), the tenant session limit with its reservations, each session's
+//! activity (what idle culling counts from) and its recent execution logs; create, list,
+//! get, delete, restart, and the culler's deadlines.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::execlog::ExecLog;
+use super::{Caller, Inner, Service, ServiceError, Tenant};
+use crate::pool::PooledSession;
+use crate::session::{Session, SessionInfo, SessionState};
+use crate::sync::lock_unpoisoned as lock;
+
+/// Completed executions kept per session for replay and resuming.
+pub(super) const KEPT_EXECUTIONS: usize = 32;
+
+/// A session held by a client.
+pub(super) struct Hosted {
+    pub id: String,
+    pub tenant: Arc<Tenant>,
+    /// Unix time when the client got the session.
+    pub created_at: f64,
+    pub session: Session,
+    /// The pool's guard; taken (and the session discarded, never reused by another
+    /// tenant) when the session is deleted or culled.
+    guard: Mutex<Option<PooledSession>>,
+    pub activity: Mutex<Activity>,
+    /// Recent executions, oldest first.
+    pub executions: Mutex<VecDeque<Arc<ExecLog>>>,
+}
+
+pub(super) struct Activity {
+    pub running: usize,
+    /// End of the last execution (or creation): idle culling counts from here.
+    pub last_end: Instant,
+}
+
+impl Hosted {
+    pub fn execution(&self, id: &str) -> Option<Arc<ExecLog>> {
+        lock(&self.executions)
+            .iter()
+            .find(|e| e.execution_id == id)
+            .cloned()
+    }
+
+    pub fn logs(&self) -> Vec<Arc<ExecLog>> {
+        lock(&self.executions).iter().cloned().collect()
+    }
+
+    fn is_busy(&self) -> bool {
+        lock(&self.activity).running > 0
+    }
+
+    fn summary(&self) -> SessionSummary {
+        SessionSummary {
+            created_at: self.created_at,
+            id: self.id.clone(),
+            state: self.session.state(),
+        }
+    }
+}
+
+/// A session as listed (and as `POST /v1/sessions` answers).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    /// Unix time when the client got the session.
+    pub created_at: f64,
+    pub id: String,
+    pub state: SessionState,
+}
+
+/// One of the caller's sessions, found by [`Service::session`]: the operations on it.
+/// Holding it keeps working on the session even after it is deleted (its operations then
+/// fail as on a closed session), as a WebSocket connection does.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(super) inner: Arc<Inner>,
+    pub(super) hosted: Arc<Hosted>,
+}
+
+impl Service {
+    /// Takes a warm session from the pool for the caller, within its tenant's session
+    /// limit.
+    pub async fn create_session(&self, caller: &Caller) -> Result<SessionSummary, ServiceError> {
+        let tenant = &caller.tenant.config;
+        // Reserved before waiting for the pool, so concurrent requests cannot all pass the check.
+        let Some(_reservation) = self
+            .inner
+            .reserve_session(&tenant.name, tenant.max_sessions)
+        else {
+            return Err(ServiceError::SessionLimit {
+                tenant: tenant.name.clone(),
+                limit: tenant.max_sessions,
+            });
+        };
+        let guard = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| ServiceError::from_session("create_session", None, e))?;
+        Ok(self.inner.add_session(&caller.tenant, guard).summary())
+    }
+
+    /// The caller's sessions, oldest first.
+    pub fn list_sessions(&self, caller: &Caller) -> Vec<SessionSummary> {
+        let sessions = lock(&self.inner.sessions);
+        let mut mine: Vec<&Arc<Hosted>> = sessions
+            .values()
+            .filter(|h| h.tenant.config.name == caller.tenant_name())
+            .collect();
+        mine.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        mine.into_iter().map(|h| h.summary()).collect()
+    }
+
+    /// The caller's session `id`. Another tenant's session is not found: its existence is
+    /// not disclosed.
+    pub fn session(&self, caller: &Caller, id: &str) -> Result<SessionHandle, ServiceError> {
+        let hosted = lock(&self.inner.sessions)
+            .get(id)
+            .filter(|h| h.tenant.config.name == caller.tenant_name())
+            .cloned()
+            .ok_or_else(|| ServiceError::SessionNotFound {
+                session_id: id.to_string(),
+            })?;
+        Ok(SessionHandle {
+            inner: self.inner.clone(),
+            hosted,
+        })
+    }
+
+    /// Removes the caller's session `id` and shuts its worker down (it is never handed to
+    /// anyone else); a running execution ends with `SessionShutdown`.
+    pub fn delete_session(&self, caller: &Caller, id: &str) -> Result<(), ServiceError> {
+        self.session(caller, id)?;
+        self.inner.remove_session(id);
+        Ok(())
+    }
+}
+
+impl SessionHandle {
+    pub fn id(&self) -> &str {
+        &self.hosted.id
+    }
+
+    pub fn summary(&self) -> SessionSummary {
+        self.hosted.summary()
+    }
+
+    /// A snapshot of the session (see [`Session::info`]), `created_at` being when the client
+    /// got it.
+    pub async fn info(&self) -> Result<SessionInfo, ServiceError> {
+        let mut info = self
+            .hosted
+            .session
+            .info()
+            .await
+            .map_err(|e| ServiceError::from_session("get_session", Some(self.id()), e))?;
+        info.created_at = self.hosted.created_at;
+        Ok(info)
+    }
+
+    /// A fresh worker, empty namespace; a running execution ends with `SessionRestarted`.
+    pub async fn restart(&self) -> Result<SessionSummary, ServiceError> {
+        self.hosted
+            .session
+            .restart()
+            .await
+            .map_err(|e| ServiceError::from_session("restart", Some(self.id()), e))?;
+        Ok(self.summary())
+    }
+}
+
+impl Inner {
+    /// A place for one more session of `tenant`, if it is under `max`; held until the
+    /// session is added (or the request fails or is dropped).
+    fn reserve_session(self: &Arc<Self>, tenant: &str, max: usize) -> Option<Reservation> {
+        let sessions = lock(&self.sessions);
+        let held = sessions
+            .values()
+            .filter(|h| h.tenant.config.name == tenant)
+            .count();
+        let mut reserved = lock(&self.reserved);
+        let pending = reserved.entry(tenant.to_string()).or_default();
+        if held + *pending >= max {
+            return None;
+        }
+        *pending += 1;
+        Some(Reservation {
+            inner: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    fn add_session(&self, tenant: &Arc<Tenant>, guard: PooledSession) -> Arc<Hosted> {
+        let session: Session = (*guard).clone();
+        let hosted = Arc::new(Hosted {
+            id: session.id().to_string(),
+            tenant: tenant.clone(),
+            created_at: crate::time::unix_now(),
+            session,
+            guard: Mutex::new(Some(guard)),
+            activity: Mutex::new(Activity {
+                running: 0,
+                last_end: Instant::now(),
+            }),
+            executions: Mutex::new(VecDeque::new()),
+        });
+        lock(&self.sessions).insert(hosted.id.clone(), hosted.clone());
+        self.deadlines_changed.notify_one();
+        hosted
+    }
+
+    /// Removes a session and shuts its worker down (it is never handed to anyone else).
+    pub(super) fn remove_session(&self, id: &str) -> Option<Arc<Hosted>> {
+        let hosted = lock(&self.sessions).remove(id)?;
+        if let Some(guard) = lock(&hosted.guard).take() {
+            guard.discard();
+        }
+        self.deadlines_changed.notify_one();
+        Some(hosted)
+    }
+
+    pub(super) fn any_busy(&self) -> bool {
+        lock(&self.sessions).values().any(|h| h.is_busy())
+    }
+
+    /// The earliest moment an idle (not busy) session is due to be culled.
+    pub(super) fn next_cull(&self) -> Option<Instant> {
+        let sessions = lock(&self.sessions);
+        sessions
+            .values()
+            .filter_map(|h| {
+                let activity = lock(&h.activity);
+                if activity.running > 0 {
+                    return None; // busy sessions are never culled for idleness
+                }
+                let timeout = h.tenant.config.idle_timeout();
+                Some(crate::time::deadline(activity.last_end, timeout))
+            })
+            .min()
+    }
+
+    pub(super) fn cull_expired(&self) {
+        let now = Instant::now();
+        let expired: Vec<String> = lock(&self.sessions)
+            .values()
+            .filter(|h| {
+                let activity = lock(&h.activity);
+                let timeout = h.tenant.config.idle_timeout();
+                activity.running == 0 && crate::time::deadline(activity.last_end, timeout) <= now
+            })
+            .map(|h| h.id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(session = %id, "culled after its idle timeout");
+            self.remove_session(&id);
+        }
+    }
+}
+
+/// A tenant's place for a session being created (see `Inner::reserve_session`).
+struct Reservation {
+    inner: Arc<Inner>,
+    tenant: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.inner.reserved).get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
