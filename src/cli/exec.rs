@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::ExecArgs;
 use crate::protocol::StreamName;
+use crate::service::ClientEvent;
 use crate::{Event, ExecuteOptions, Session, SessionConfig};
 
 const EXIT_OK: i32 = 0;
@@ -149,8 +150,9 @@ async fn drive(
     }
 }
 
+/// One event per line, as the service's clients see it (without `seq`: there is no log).
 fn print_json(event: &Event, execution_id: &str) {
-    match serde_json::to_string(&event.to_message(execution_id)) {
+    match serde_json::to_string(&ClientEvent::from_session(execution_id, event)) {
         Ok(line) => super::write_flushed(StreamName::Stdout, format!("{line}\n").as_bytes()),
         Err(e) => eprintln!("pyrepl3: could not encode an event as JSON: {e}"),
     }
