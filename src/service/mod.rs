@@ -245,3 +245,6 @@ async fn culler(inner: Arc<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

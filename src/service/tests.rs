@@ -1,0 +1,161 @@
+//! The service's rules, checked without any transport (real Python workers).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::*;
+
+const ALICE: &str = "alice-token-0001";
+const BOB: &str = "bob-token-000002";
+
+async fn start(shutdown_grace: Duration) -> Service {
+    let tenant = |name: &str, token: &str| TenantConfig {
+        name: name.into(),
+        token: token.into(),
+        max_sessions: 1,
+        ..TenantConfig::default()
+    };
+    Service::start(ServiceConfig {
+        tenants: vec![tenant("alice", ALICE), tenant("bob", BOB)],
+        pool: PoolConfig {
+            min_idle: 0,
+            max_sessions: 4,
+            ..PoolConfig::default()
+        },
+        max_code_bytes: 100,
+        reconnect_grace: Duration::from_secs(30),
+        shutdown_grace,
+    })
+    .await
+    .expect("the service starts")
+}
+
+/// Every event of `reader` until the end.
+async fn read_all(mut reader: Reader) -> Vec<ClientEvent> {
+    let mut events = Vec::new();
+    while let Some(batch) = reader.next_batch().await {
+        events.extend(batch.iter().filter_map(LoggedEvent::event));
+    }
+    events
+}
+
+fn request(code: &str, execution_id: Option<&str>) -> ExecuteRequest {
+    ExecuteRequest {
+        code: code.into(),
+        timeout: None,
+        execution_id: execution_id.map(str::to_string),
+    }
+}
+
+#[tokio::test]
+async fn tenants_limits_and_executions_follow_the_services_rules() {
+    let service = start(Duration::from_secs(1)).await;
+    assert!(matches!(
+        service.authenticate(Some("nobody-token")),
+        Err(ServiceError::Unauthorized)
+    ));
+    let alice = service.authenticate(Some(ALICE)).unwrap();
+    let bob = service.authenticate(Some(BOB)).unwrap();
+    let id = service.create_session(&alice).await.unwrap().id;
+    assert!(matches!(
+        service.create_session(&alice).await,
+        Err(ServiceError::SessionLimit { limit: 1, .. })
+    ));
+    assert!(matches!(
+        service.session(&bob, &id),
+        Err(ServiceError::SessionNotFound { .. })
+    ));
+    assert!(service.list_sessions(&bob).is_empty());
+    let session = service.session(&alice, &id).unwrap();
+
+    assert!(matches!(
+        session.execute(request(&"x".repeat(101), None)),
+        Err(ServiceError::CodeTooLarge {
+            bytes: 101,
+            limit: 100
+        })
+    ));
+    let bad_timeout = ExecuteRequest {
+        timeout: Some(-1.0),
+        ..request("1", None)
+    };
+    assert!(matches!(
+        session.execute(bad_timeout),
+        Err(ServiceError::InvalidTimeout { .. })
+    ));
+
+    let execution = session
+        .execute(request("print('hi'); 6*7", Some("a")))
+        .unwrap();
+    let events = read_all(execution.follow(0)).await;
+    assert!(matches!(&events[0], ClientEvent::Output { data, .. } if data == "hi\n"));
+    assert!(
+        matches!(&events[1], ClientEvent::Result { repr: Some(r), .. } if r == "42"),
+        "{events:?}"
+    );
+    assert!(matches!(
+        session.execute(request("1", Some("a"))),
+        Err(ServiceError::DuplicateExecutionId { .. })
+    ));
+    let listed = session.executions();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].done && listed[0].execution_id == "a");
+    assert_eq!(session.execution("a").unwrap().snapshot(1).len(), 1);
+    assert!(matches!(
+        session.execution("zz"),
+        Err(ServiceError::ExecutionNotFound { .. })
+    ));
+
+    // A reader answers input() from its lines, then with end of file.
+    let execution = session
+        .execute(request(
+            "a = input()\ntry:\n    input()\nexcept EOFError:\n    a += '!'\na",
+            None,
+        ))
+        .unwrap();
+    let stdin = VecDeque::from(["x".to_string()]);
+    let events = read_all(execution.follow_answering(0, stdin, AfterStdin::Eof)).await;
+    assert!(
+        matches!(events.last(), Some(ClientEvent::Result { repr: Some(r), .. }) if r == "'x!'"),
+        "{events:?}"
+    );
+    assert!(matches!(
+        session.input("nope", None).await,
+        Err(ServiceError::UnknownInput { .. })
+    ));
+
+    service.delete_session(&alice, &id).unwrap();
+    assert!(matches!(
+        service.delete_session(&alice, &id),
+        Err(ServiceError::SessionNotFound { .. })
+    ));
+    service.shut_down().await;
+    service.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_what_still_runs_after_the_grace() {
+    let service = start(Duration::from_millis(200)).await;
+    let alice = service.authenticate(Some(ALICE)).unwrap();
+    let id = service.create_session(&alice).await.unwrap().id;
+    let session = service.session(&alice, &id).unwrap();
+    let execution = session
+        .execute(request("import time\ntime.sleep(30)", None))
+        .unwrap();
+    let reader = execution.follow(0);
+    service.shut_down().await;
+    let events = read_all(reader).await;
+    assert!(
+        matches!(events.last(), Some(ClientEvent::Error { exception_type, .. }) if exception_type == "ServerShutdown"),
+        "{events:?}"
+    );
+    assert!(matches!(
+        service.authenticate(Some(ALICE)),
+        Err(ServiceError::ShuttingDown)
+    ));
+    assert!(matches!(
+        session.execute(request("1", None)),
+        Err(ServiceError::ShuttingDown)
+    ));
+    service.close().await.unwrap();
+}
