@@ -77,6 +77,8 @@ impl From<ServiceError> for ApiError {
             }
             E::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
+        // HTTP's own words where they have always differed from the service's (the WebSocket
+        // keeps its own too); every other message is the service's.
         let message = match &e {
             E::Unauthorized => {
                 "missing or invalid bearer token (Authorization: Bearer <token>)".to_string()
@@ -324,6 +326,9 @@ async fn collect(mut reader: Reader) -> Value {
     let (mut result, mut error, mut execution_time) = (Value::Null, Value::Null, 0.0);
     while let Some(batch) = reader.next_batch().await {
         for logged in batch {
+            if logged.kind == "input" {
+                continue; // answered by the reader; not part of the answer
+            }
             match logged.event() {
                 Some(ClientEvent::Output { stream, data, .. }) => {
                     outputs.push(json!({"stream": stream, "data": data}))
