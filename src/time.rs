@@ -28,6 +28,23 @@ pub fn deadline(from: Instant, after: Duration) -> Instant {
     from.checked_add(capped).unwrap_or(from)
 }
 
+/// Wall-clock Unix time in seconds (0.0 if the clock is before 1970).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Sleeps until `at`; never resolves for `None` (a disabled deadline in a `select!`).
+pub async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        // not polling: one deadline, the earliest the caller has.
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
