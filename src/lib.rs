@@ -13,6 +13,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod server;
 pub mod session;
+pub(crate) mod sync;
 pub(crate) mod time;
 pub mod worker;
 

@@ -28,7 +28,8 @@ pub fn deadline(from: Instant, after: Duration) -> Instant {
     from.checked_add(capped).unwrap_or(from)
 }
 
-/// Wall-clock Unix time in seconds (0.0 if the clock is before 1970).
+/// Seconds since the Unix epoch (0.0 if the clock is before it), for timestamps shown to
+/// clients.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -36,10 +37,11 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Sleeps until `at`; never resolves for `None` (a disabled deadline in a `select!`).
+/// Sleeps until `at`, or forever when there is no deadline: the timer arm of a `select!`
+/// whose deadline may be absent (then another arm, a notification, re-arms it).
 pub async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        // not polling: one deadline, the earliest the caller has.
+        // not polling: one timer for the one deadline; none at all without a deadline.
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }

@@ -126,8 +126,7 @@ impl ExecLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
-        // Plain counters and a queue; a panic elsewhere cannot leave them half-updated.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock_unpoisoned(&self.state)
     }
 
     pub fn is_done(&self) -> bool {

@@ -241,7 +241,7 @@ async fn openapi() -> Response {
 }
 
 async fn metrics(State(state): State<AppStateRef>, _auth: Auth) -> Response {
-    let sessions = super::lock(&state.sessions).len();
+    let sessions = crate::sync::lock_unpoisoned(&state.sessions).len();
     let tenants: Vec<_> = state
         .tenants
         .values()
@@ -287,7 +287,7 @@ async fn create_session(
 }
 
 async fn list_sessions(State(state): State<AppStateRef>, auth: Auth) -> Json<Value> {
-    let sessions = super::lock(&state.sessions);
+    let sessions = crate::sync::lock_unpoisoned(&state.sessions);
     let mut mine: Vec<&Arc<Hosted>> = sessions
         .values()
         .filter(|h| h.tenant == auth.0.config.name)

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::sync::lock_unpoisoned;
+
 use crate::pool::PoolInfo;
 use crate::ratelimit::RateLimitMetrics;
 use crate::session::Event;
@@ -44,19 +46,13 @@ impl Metrics {
         self.duration_sum_us
             .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
         if let Event::Error { exception_type, .. } = terminal {
-            let mut errors = self
-                .errors_by_type
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut errors = lock_unpoisoned(&self.errors_by_type);
             *errors.entry(exception_type.clone()).or_default() += 1;
         }
     }
 
     pub fn record_http_error(&self, status: u16) {
-        let mut m = self
-            .http_errors_by_status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut m = lock_unpoisoned(&self.http_errors_by_status);
         *m.entry(status).or_default() += 1;
     }
 
@@ -104,10 +100,7 @@ impl Metrics {
             "Execution time of ended executions.",
             lines,
         );
-        let errors = self
-            .errors_by_type
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let errors = lock_unpoisoned(&self.errors_by_type)
             .iter()
             .map(|(t, n)| (format!("{{type=\"{}\"}}", escape(t)), n.to_string()))
             .collect();
@@ -117,10 +110,7 @@ impl Metrics {
             "Executions that ended with an error, by exception type.",
             errors,
         );
-        let http = self
-            .http_errors_by_status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let http = lock_unpoisoned(&self.http_errors_by_status)
             .iter()
             .map(|(s, n)| (format!("{{status=\"{s}\"}}"), n.to_string()))
             .collect();

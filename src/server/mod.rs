@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -24,6 +24,8 @@ use crate::error::Error;
 use crate::pool::{PooledSession, SessionPool};
 use crate::ratelimit::RateLimiter;
 use crate::session::{Event, ExecuteOptions, Session};
+use crate::sync::lock_unpoisoned as lock;
+use crate::time::{sleep_until_opt, unix_now};
 pub use config::{Overrides, ServerConfig, TenantConfig};
 use execlog::ExecLog;
 use metrics::Metrics;
@@ -84,18 +86,6 @@ impl Hosted {
     fn is_busy(&self) -> bool {
         lock(&self.activity).running > 0
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here leaves its data consistent before anything can panic.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 pub(crate) struct AppState {
@@ -303,14 +293,6 @@ async fn culler(state: Arc<AppState>) {
             // not polling: the earliest idle deadline, re-armed when it changes.
             _ = sleep_until_opt(due) => state.cull_expired(),
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        // not polling: sleeps exactly until the earliest idle deadline.
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
