@@ -30,7 +30,10 @@ pub struct Interpreter {
 /// so the bytecode always matches the interpreter.
 pub async fn prepare_interpreter(python: &Path) -> Result<Interpreter, Error> {
     static CACHE: Mutex<Option<HashMap<PathBuf, Interpreter>>> = Mutex::new(None);
-    if let Some(found) = lock_cache(&CACHE).as_ref().and_then(|m| m.get(python)) {
+    if let Some(found) = crate::sync::lock_unpoisoned(&CACHE)
+        .as_ref()
+        .and_then(|m| m.get(python))
+    {
         return Ok(found.clone());
     }
     let cache = agent_cache_paths(python);
@@ -76,7 +79,7 @@ pub async fn prepare_interpreter(python: &Path) -> Result<Interpreter, Error> {
         python: resolved,
         agent_pyc,
     };
-    lock_cache(&CACHE)
+    crate::sync::lock_unpoisoned(&CACHE)
         .get_or_insert_with(HashMap::new)
         .insert(python.to_path_buf(), prepared.clone());
     Ok(prepared)
@@ -125,9 +128,4 @@ fn private_cache_dir() -> Option<PathBuf> {
     let me = unsafe { libc::geteuid() };
     let private = meta.is_dir() && meta.uid() == me && meta.permissions().mode() & 0o077 == 0;
     private.then_some(dir)
-}
-
-fn lock_cache<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the map inconsistent (single insert).
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
