@@ -6,6 +6,9 @@
 //! cancelled without losing the session. Nothing in this crate wakes up on a timer to look
 //! for work: see `docs/event-driven.md`.
 
+// Nothing a user, a worker or the OS can influence may panic the service; tests may.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod cli;
 pub mod error;
 pub mod pool;
