@@ -9,11 +9,13 @@
 // Nothing a user, a worker or the OS can influence may panic the service; tests may.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
 pub mod pool;
 pub mod protocol;
 pub mod ratelimit;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod session;
 pub(crate) mod sync;
