@@ -28,6 +28,9 @@ pub struct WorkerProcess {
     pid: u32,
     /// Readable once the process has exited.
     exit: AsyncFd<OwnedFd>,
+    /// Set by `reap` once the leader is reaped: from then on its pid may be reused, and
+    /// `Drop` must not signal it.
+    reaped: bool,
 }
 
 impl WorkerProcess {
@@ -39,7 +42,12 @@ impl WorkerProcess {
         })?;
         // The child is not reaped (nothing waited for it), so `pid` is still its own.
         let exit = pid_exit_event(pid).map_err(Error::io("watching the worker's exit (pidfd)"))?;
-        Ok(WorkerProcess { child, pid, exit })
+        Ok(WorkerProcess {
+            child,
+            pid,
+            exit,
+            reaped: false,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -101,6 +109,7 @@ impl WorkerProcess {
             .collect();
         // The leader has exited: this returns at once.
         let status = self.child.wait().await;
+        self.reaped = status.is_ok();
         (status, Stragglers(stragglers))
     }
 }
@@ -110,7 +119,9 @@ impl Drop for WorkerProcess {
         // Whatever path drops a live worker (including the runtime shutting down under us),
         // no process of its group survives it. Not reaped yet, so the group is still ours;
         // tokio's `kill_on_drop` then reaps the leader in the background.
-        self.kill_group();
+        if !self.reaped {
+            self.kill_group();
+        }
     }
 }
 
@@ -170,4 +181,45 @@ fn pid_exit_event(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: `owned` stays open, and is the same fd, for as long as the AsyncFd owns it.
     unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader that exits at once, leaving a child behind in its group.
+    fn leader_with_orphan() -> WorkerProcess {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "sleep 1000 & echo $! ; exec true"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        WorkerProcess::new(cmd.spawn().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reaping_sweeps_the_group_first_and_waits_for_what_was_left() {
+        let mut process = leader_with_orphan();
+        let stdout = process.child.stdout.take().unwrap();
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        let orphan: u32 = line.trim().parse().unwrap();
+        process.exited().await;
+        let pgid = process.pid();
+        assert!(
+            group_members(pgid).contains(&orphan),
+            "the child outlived its leader"
+        );
+        let (status, stragglers) = process.reap().await;
+        assert!(status.unwrap().success());
+        assert!(stragglers.wait_gone(Duration::from_secs(5)).await);
+        assert!(
+            group_members(pgid).is_empty(),
+            "nothing of the group is left"
+        );
+    }
 }
