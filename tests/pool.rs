@@ -121,10 +121,7 @@ async fn shutdown_with_busy_sessions_leaves_no_process() {
     guard(pool.shutdown()).await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     for pid in pids {
-        assert!(
-            !pyrepl3::worker::group_alive(pid),
-            "group {pid} still has processes"
-        );
+        assert!(!group_alive(pid), "group {pid} still has processes");
     }
     for mut ex in runs {
         assert_eq!(error_type(&terminal(&mut ex).await), "SessionShutdown");

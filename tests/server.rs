@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use common::{guard, wait_pid_exit};
+use common::{group_alive, guard, rss_bytes, wait_pid_exit};
 use futures::{SinkExt, StreamExt};
 use pyrepl3::server::{self, ServerConfig, ServerHandle, TenantConfig};
 use reqwest::{Client, StatusCode};
@@ -576,7 +576,7 @@ fn spawn_server(extra: &[&str]) -> (std::process::Child, String) {
 #[tokio::test]
 async fn a_slow_websocket_reader_gets_every_byte_with_bounded_server_memory() {
     let (mut server, base) = spawn_server(&["--min-idle", "1"]);
-    let server_rss = || pyrepl3::worker::proc_stats(server.id()).unwrap().rss_bytes;
+    let server_rss = || rss_bytes(server.id());
     let http = Client::new();
     let session: Value = http
         .post(format!("{base}/v1/sessions"))
@@ -882,7 +882,7 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
             wait_pid_exit(pid, Duration::from_secs(1)).await,
             "worker {pid} left behind"
         );
-        assert!(!pyrepl3::worker::group_alive(pid));
+        assert!(!group_alive(pid));
     }
 }
 

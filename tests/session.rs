@@ -566,10 +566,7 @@ async fn shutdown_of_a_busy_session_is_bounded_and_leaves_no_process() {
         wait_pid_exit(child, Duration::from_secs(2)).await,
         "its child gone too"
     );
-    assert!(
-        !pyrepl3::worker::group_alive(pid),
-        "no process of the group left"
-    );
+    assert!(!group_alive(pid), "no process of the group left");
     assert!(!cwd.exists(), "temporary working directory removed");
     assert_eq!(s.state(), SessionState::Closed);
     let after = run(&s, "1").await;

@@ -1,12 +1,19 @@
 //! Shared helpers for the black-box tests: real python3 workers, waits that end on events
 //! (with a generous guard so a bug shows as a failure, never as a hung suite).
+//!
+//! `process`: what /proc and pidfds say about processes (no `pyrepl3::worker` internals).
 
-#![allow(dead_code)]
+// Each test binary uses its own subset of these helpers (and of their re-exports).
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 
 use pyrepl3::protocol::StreamName;
 use pyrepl3::{Event, ExecuteOptions, Execution, ExecutionOutcome, Session, SessionConfig};
+
+mod process;
+
+pub use process::{group_alive, process_exists, rss_bytes, wait_pid_exit};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, not a pass.
 pub const GUARD: Duration = Duration::from_secs(60);
@@ -86,30 +93,4 @@ pub fn error_type(event: &Event) -> &str {
         Event::Error { exception_type, .. } => exception_type,
         other => panic!("expected an error, got {other:?}"),
     }
-}
-
-/// Waits until process `pid` has exited, on the kernel's pidfd event (no polling), or the
-/// deadline passes. Returns whether it exited in time.
-pub async fn wait_pid_exit(pid: u32, within: Duration) -> bool {
-    use tokio::io::unix::AsyncFd;
-    // SAFETY: pidfd_open has no memory-safety preconditions.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        // Already gone (ESRCH).
-        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    }
-    // SAFETY: the syscall returned a fresh fd that we own.
-    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    // SAFETY: `owned` is an open pidfd that the AsyncFd owns until it is dropped.
-    let Ok(async_fd) = (unsafe { AsyncFd::register(owned) }) else {
-        return false;
-    };
-    tokio::time::timeout(within, async_fd.readable())
-        .await
-        .is_ok()
-}
-
-pub fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
 }
