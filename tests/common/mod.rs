@@ -1,96 +1,21 @@
-//! Shared helpers for the black-box tests: real python3 workers, waits that end on events
-//! (with a generous guard so a bug shows as a failure, never as a hung suite).
+//! Shared helpers for the black-box tests: real python3 workers, real processes, waits that
+//! end on events (with a generous guard so a bug shows as a failure, never as a hung suite).
 //!
-//! `process`: what /proc and pidfds say about processes (no `pyrepl3::worker` internals).
+//! - `session`: start sessions, run code, read events.
+//! - `process`: what /proc and pidfds say about processes (no `pyrepl3::worker` internals).
+//! - `server`: `pyrepl3 serve`, in process or as its own process, and its clients.
 
 // Each test binary uses its own subset of these helpers (and of their re-exports).
 #![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 
-use pyrepl3::protocol::StreamName;
-use pyrepl3::{Event, ExecuteOptions, Execution, ExecutionOutcome, Session, SessionConfig};
-
 mod process;
+pub mod server;
+mod session;
 
 pub use process::{group_alive, process_exists, rss_bytes, wait_pid_exit};
+pub use session::{error_type, eval, guard, run, start, start_with, terminal, wait_for_stdout};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, not a pass.
 pub const GUARD: Duration = Duration::from_secs(60);
-
-pub async fn start() -> Session {
-    start_with(SessionConfig::default()).await
-}
-
-pub async fn start_with(config: SessionConfig) -> Session {
-    guard(Session::start(config)).await.expect("session starts")
-}
-
-pub async fn guard<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::time::timeout(GUARD, fut)
-        .await
-        .expect("operation finished within the test guard")
-}
-
-/// Runs `code` to its end and returns everything it produced.
-pub async fn run(session: &Session, code: &str) -> ExecutionOutcome {
-    guard(session.execute(code, ExecuteOptions::default()).outcome()).await
-}
-
-/// Runs `code` and returns the repr of its result, panicking on an error.
-pub async fn eval(session: &Session, code: &str) -> Option<String> {
-    let out = run(session, code).await;
-    match &out.terminal {
-        Event::Result { repr, .. } => repr.clone(),
-        other => panic!(
-            "`{code}` failed: {other:?}\nstdout: {}\nstderr: {}",
-            out.stdout, out.stderr
-        ),
-    }
-}
-
-/// Reads events until stdout contains `needle`; returns the stdout seen so far.
-pub async fn wait_for_stdout(execution: &mut Execution, needle: &str) -> String {
-    let mut seen = String::new();
-    guard(async {
-        while let Some(event) = execution.next_event().await {
-            match event {
-                Event::Output {
-                    stream: StreamName::Stdout,
-                    data,
-                } => {
-                    seen.push_str(&data);
-                    if seen.contains(needle) {
-                        return;
-                    }
-                }
-                Event::Output { .. } => {}
-                other => {
-                    panic!("expected output {needle:?}, got {other:?} (stdout so far {seen:?})")
-                }
-            }
-        }
-        panic!("execution ended before printing {needle:?}");
-    })
-    .await;
-    seen
-}
-
-/// Reads events to the end and returns the terminal one.
-pub async fn terminal(execution: &mut Execution) -> Event {
-    guard(async {
-        let mut last = None;
-        while let Some(event) = execution.next_event().await {
-            last = Some(event);
-        }
-        last.expect("an execution always ends with a terminal event")
-    })
-    .await
-}
-
-pub fn error_type(event: &Event) -> &str {
-    match event {
-        Event::Error { exception_type, .. } => exception_type,
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
