@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_pid_exit, GUARD};
+use common::wait_pid_exit;
 
 fn pyrepl3() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
@@ -169,5 +169,4 @@ async fn killing_the_host_ends_its_worker_within_a_second() {
         wait_pid_exit(pids[1], Duration::from_secs(1)).await,
         "worker's child outlived the host"
     );
-    let _ = GUARD;
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pyrepl3::{Event, ExecuteOptions, PoolConfig, SessionPool, SessionState};
+use pyrepl3::{ExecuteOptions, PoolConfig, SessionPool, SessionState};
 
 fn config(min_idle: usize, max_sessions: usize) -> PoolConfig {
     PoolConfig {
@@ -185,5 +185,4 @@ async fn a_failing_warmup_code_is_a_clear_error() {
     };
     let err = guard(SessionPool::start(cfg)).await.err().unwrap();
     assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
-    let _ = Event::is_terminal;
 }

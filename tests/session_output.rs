@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pyrepl3::protocol::StreamName;
 use pyrepl3::{CancelOutcome, Event, ExecuteOptions, SessionConfig};
 
 #[tokio::test]
@@ -122,7 +121,6 @@ async fn output_not_valid_utf8_is_replaced_not_lost() {
     let s = start().await;
     let out = run(&s, "import os\nos.write(1, b'a\\xffb\\xe2\\x82\\xacc\\n')").await;
     assert_eq!(out.stdout, "a\u{fffd}b€c\n");
-    let _ = StreamName::Stdout;
     s.shutdown().await.unwrap();
 }
 
