@@ -152,7 +152,6 @@ async fn a_slow_websocket_reader_gets_every_byte_with_bounded_server_memory() {
         guard(tokio::task::spawn_blocking(move || server.wait()))
             .await
             .unwrap()
-            .unwrap()
             .code(),
         Some(0)
     );

@@ -3,6 +3,7 @@
 //!
 //! - `session`: start sessions, run code, read events.
 //! - `process`: what /proc and pidfds say about processes (no `pyrepl3::worker` internals).
+//! - `child`: a child process whose output and exit are awaited with a deadline.
 //! - `server`: `pyrepl3 serve`, in process or as its own process, and its clients.
 
 // Each test binary uses its own subset of these helpers (and of their re-exports).
@@ -10,11 +11,13 @@
 
 use std::time::Duration;
 
+mod child;
 mod process;
 pub mod server;
 mod session;
 
-pub use process::{group_alive, process_exists, rss_bytes, wait_pid_exit};
+pub use child::Watched;
+pub use process::{group_alive, process_exists, rss_bytes, wait_child_until, wait_pid_exit};
 pub use session::{error_type, eval, guard, run, start, start_with, terminal, wait_for_stdout};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, not a pass.

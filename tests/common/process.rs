@@ -1,8 +1,9 @@
 //! What the kernel says about processes, read directly from /proc and pidfds, so the tests
 //! depend on no internals of the crate.
 
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// A pidfd for `pid`: readable once the process has exited. `None` if it is gone (ESRCH).
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -35,6 +36,38 @@ pub async fn wait_pid_exit(pid: u32, within: Duration) -> bool {
     tokio::time::timeout(within, async_fd.readable())
         .await
         .is_ok()
+}
+
+/// Waits for our own `child` to exit, blocking on its pidfd until `deadline`; reaps it and
+/// returns its status, or `None` if it is still running at the deadline (it is left running:
+/// the caller decides whether to kill it).
+pub fn wait_child_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    if let Some(status) = child.try_wait().expect("try_wait on our own child") {
+        return Some(status);
+    }
+    // An unreaped child keeps its pid (as a zombie at worst), so the pidfd names this child.
+    let pidfd = pidfd_open(child.id()).expect("an unreaped child has a pid");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up: a wait shorter than a millisecond must not become a busy return.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // One blocking wait for the exit event, bounded by the deadline.
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match ready {
+            0 => return None,
+            n if n > 0 => return Some(child.wait().expect("reaping an exited child")),
+            _ => {
+                let err = std::io::Error::last_os_error();
+                assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "poll: {err}");
+            }
+        }
+    }
 }
 
 /// Whether `pid` exists (a zombie counts: it still has its pid).

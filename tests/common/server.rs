@@ -1,7 +1,7 @@
 //! `pyrepl3 serve` for the server tests: in process on an ephemeral loopback port with a
 //! reqwest client (`Api`), or as its own process (`spawn_server`), and WebSocket helpers.
 
-use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use futures::{SinkExt, StreamExt};
 use pyrepl3::server::{self, ServerConfig, ServerHandle, TenantConfig};
@@ -9,7 +9,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::guard;
+use super::{guard, Watched, GUARD};
 
 pub const ALICE: &str = "alice-token-0001";
 pub const BOB: &str = "bob-token-000002";
@@ -177,20 +177,17 @@ pub async fn sse_events(resp: reqwest::Response) -> Vec<Value> {
         .collect()
 }
 
-/// `pyrepl3 serve` as its own process (so its memory can be measured alone); returns the
-/// child and the base URL it printed.
-pub fn spawn_server(extra: &[&str]) -> (std::process::Child, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+/// `pyrepl3 serve` as its own process (so its memory can be measured alone, and it can be
+/// sent signals); returns the child and the base URL it printed.
+pub fn spawn_server(extra: &[&str]) -> (Watched, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pyrepl3"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
         .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = Watched::spawn(&mut command, GUARD);
+    let line = child.read_line();
     let base = line
         .trim()
         .rsplit(' ')
