@@ -41,9 +41,3 @@ pub struct WorkerSpec {
     pub session_id: String,
     pub marker_token: String,
 }
-
-/// TEMPORARY until the tests read /proc themselves.
-#[doc(hidden)]
-pub fn group_alive(pgid: u32) -> bool {
-    !procfs::group_members(pgid).is_empty()
-}
