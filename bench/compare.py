@@ -3,7 +3,8 @@
 Owns: resolving the interpreter, starting both drivers (bench/README.md has their protocol),
 running every case on both sides in alternating rounds (A B A B ...), and the report: one
 table on stdout (markdown, ready to paste into docs/benchmarks.md) and the same data as JSON
-in bench/results/latest.json. Progress and driver trouble go to stderr.
+in bench/results/latest.json (ignored by git, never tracked). Progress and driver trouble go
+to stderr.
 
 Standard library only. Environment: PYREPL3_BENCH_DRIVER replaces the pyrepl3 driver command
 (split like a shell would; e.g. a fake driver while working on the harness).
