@@ -469,15 +469,20 @@ def build_rows(results: dict[str, dict[str, Side]], idle_seconds: float) -> list
             if "host_rss" in p.extra or "host_rss" in j.extra:
                 valued("concurrent: host RSS", p, j,
                        p.extra.get("host_rss"), j.extra.get("host_rss"), fmt_bytes, derived=True)
-        else:
-            timed(case, p, j, p.samples, j.samples)
-            if case == "cold_start" and p.extra.get("bare") and p.samples:
+        elif case == "cold_start":
+            # Each sample: a new session/kernel, until the result of its first `1+1`.
+            timed("cold_start: new session/kernel → first 1+1 result", p, j, p.samples, j.samples)
+            timed("cold_start: of which start → ready", p, j,
+                  p.extra.get("ready", []), j.extra.get("ready", []), derived=True)
+            if p.extra.get("bare") and p.samples:
                 none = Side(unsupported=True)
-                timed("cold_start: bare interpreter (python -c pass)", p, none,
+                timed("cold_start: bare interpreter, python -c pass (reference)", p, none,
                       p.extra["bare"], [], derived=True)
                 multiple = stats(p.samples)["p50"] / stats(p.extra["bare"])["p50"]
-                rows.append(["cold_start: pyrepl3 / bare interpreter (p50)",
+                rows.append(["cold_start: pyrepl3 first result / bare interpreter (p50)",
                              f"{multiple:.2f}×", "—", "—"])
+        else:
+            timed(case, p, j, p.samples, j.samples)
             if case == "input":
                 timed("input (execute to result)", p, j,
                       p.extra.get("total", []), j.extra.get("total", []), derived=True)

@@ -202,14 +202,20 @@ impl Driver {
                 }
             }
             "cold_start" => {
-                // The reference the target is set against: the same interpreter's own start
+                // One sample: a new session, until the result of its first `1+1` has arrived
+                // (the worker defers its imports to the first execution, so `ready` alone
+                // would flatter it). extra `ready`: the part until `Session::start` returned.
+                // extra `bare`: the reference, the same interpreter's own start
                 // (`python -c pass`), spawned from this process too, interleaved with ours.
                 let real = &self.real_python;
                 let mut bare = Vec::with_capacity(n);
+                let mut ready = Vec::with_capacity(n);
                 for _ in 0..n {
                     let t0 = Instant::now();
                     let status = tokio::process::Command::new(real)
                         .args(["-c", "pass"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
                         .status()
                         .await
                         .map_err(|e| e.to_string())?;
@@ -221,10 +227,17 @@ impl Driver {
                     let fresh = Session::start(config(&self.python))
                         .await
                         .map_err(|e| e.to_string())?;
+                    ready.push(t0.elapsed().as_secs_f64());
+                    let mut ex = fresh.execute("1+1", ExecuteOptions::default());
+                    let (end, _) = finish(&mut ex).await?;
                     samples.push(t0.elapsed().as_secs_f64());
-                    let _ = fresh.shutdown().await;
+                    let _ = fresh.shutdown().await; // not timed
+                    match end {
+                        Event::Result { repr: Some(r), .. } if r == "2" => {}
+                        other => return Err(format!("first 1+1 of a new session: {other:?}")),
+                    }
                 }
-                extra = json!({"bare": bare});
+                extra = json!({"bare": bare, "ready": ready});
             }
             "print_lines" | "print_10mb" => {
                 let code = if case == "print_lines" {

@@ -286,16 +286,28 @@ class Driver:
         return samples, {}
 
     def case_cold_start(self, n, req):
-        samples = []
+        """One sample: a new kernel (start_kernel, start_channels, wait_for_ready), then `1+1`
+        until its result (execute_reply and status idle). extra `ready`: the part until
+        wait_for_ready returned."""
+        samples, ready = [], []
         for _ in range(n):
             kernel = Kernel(self.ksm)
             try:
                 t0 = time.perf_counter()
                 kernel.start()
-                samples.append(time.perf_counter() - t0)
+                t_ready = time.perf_counter()
+                result = []
+                _, reply, t1 = kernel.execute(
+                    "1+1", on_iopub=lambda m, at: result.append(m) if m["msg_type"] == "execute_result" else None
+                )
+                kernel.check_ok(reply)
             finally:
                 kernel.shutdown()  # not timed
-        return samples, {}
+            if not result or result[0]["content"]["data"].get("text/plain") != "2":
+                raise CaseError(f"1+1 of a new kernel gave no result '2': {result!r}")
+            samples.append(t1 - t0)
+            ready.append(t_ready - t0)
+        return samples, {"ready": ready}
 
     def _output_case(self, n, code):
         samples = []
