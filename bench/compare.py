@@ -380,7 +380,10 @@ def run_case(case: str, plan: Plan, drivers: list[Driver], idle_seconds: float) 
 # --- the report -----------------------------------------------------------------------------
 
 
-def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
+def host_info() -> dict:
+    """The machine the figures were made on, so that every published figure names its host:
+    hostname, CPU model (/proc/cpuinfo), cores, memory (/proc/meminfo), kernel (uname -r),
+    Python version, and a one-line summary of them."""
     u = os.uname()
     cpu = "unknown CPU"
     try:
@@ -391,7 +394,38 @@ def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
                     break
     except OSError:
         pass
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    cores = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = cores
+    cores_text = f"{cores} cores" + (f" ({usable} usable)" if usable != cores else "")
+    memory_text = f"{memory / 1e9:.1f} GB RAM" if memory else "unknown RAM"
+    info = {
+        "hostname": u.nodename,
+        "cpu": cpu,
+        "cores": cores,
+        "cores_usable": usable,
+        "memory_bytes": memory,
+        "kernel": u.release,
+        "os": f"{u.sysname} {u.machine}",
+        "python_version": platform.python_version(),
+    }
+    info["summary"] = (f"{u.nodename}, {cpu}, {cores_text}, {memory_text}, "
+                       f"{u.sysname} {u.release} {u.machine}, Python {info['python_version']}")
+    return info
 
+
+def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
     def version(pkg: str) -> str:
         try:
             return metadata.version(pkg)
@@ -401,10 +435,7 @@ def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick" if quick else "full",
-        "machine": f"{u.sysname} {u.release} {u.machine}",
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python_version": platform.python_version(),
+        "host": host_info(),
         "python": python,
         "python_real": os.path.realpath(python),
         "jupyter_client": version("jupyter_client"),
@@ -506,8 +537,8 @@ def report_text(h: dict, rows: list[list[str]]) -> str:
     p_info = h["drivers"].get("pyrepl3", {})
     lines = [
         f"pyrepl3 vs Jupyter, {h['date']} ({h['mode']} run)",
-        f"machine: {h['machine']}, {h['cpu']}, {h['cores']} cores",
-        f"python {h['python_version']}: {h['python']} -> {h['python_real']} (both sides)",
+        f"host: {h['host']['summary']}",
+        f"python {h['host']['python_version']}: {h['python']} -> {h['python_real']} (both sides)",
         f"pyrepl3: {p_info.get('version', '?')}; jupyter_client {h['jupyter_client']}, "
         f"ipykernel {h['ipykernel']}",
         "",
