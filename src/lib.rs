@@ -20,7 +20,7 @@ pub mod server;
 pub mod session;
 pub(crate) mod sync;
 pub(crate) mod time;
-pub mod worker;
+pub(crate) mod worker;
 
 pub use error::Error;
 pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
