@@ -3,7 +3,8 @@
 Owns: resolving the interpreter, starting both drivers (bench/README.md has their protocol),
 running every case on both sides in alternating rounds (A B A B ...), and the report: one
 table on stdout (markdown, ready to paste into docs/benchmarks.md) and the same data as JSON
-in bench/results/latest.json. Progress and driver trouble go to stderr.
+in bench/results/latest.json (ignored by git, never tracked). Progress and driver trouble go
+to stderr.
 
 Standard library only. Environment: PYREPL3_BENCH_DRIVER replaces the pyrepl3 driver command
 (split like a shell would; e.g. a fake driver while working on the harness).
@@ -379,7 +380,10 @@ def run_case(case: str, plan: Plan, drivers: list[Driver], idle_seconds: float) 
 # --- the report -----------------------------------------------------------------------------
 
 
-def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
+def host_info() -> dict:
+    """The machine the figures were made on, so that every published figure names its host:
+    hostname, CPU model (/proc/cpuinfo), cores, memory (/proc/meminfo), kernel (uname -r),
+    Python version, and a one-line summary of them."""
     u = os.uname()
     cpu = "unknown CPU"
     try:
@@ -390,7 +394,38 @@ def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
                     break
     except OSError:
         pass
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    cores = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = cores
+    cores_text = f"{cores} cores" + (f" ({usable} usable)" if usable != cores else "")
+    memory_text = f"{memory / 1e9:.1f} GB RAM" if memory else "unknown RAM"
+    info = {
+        "hostname": u.nodename,
+        "cpu": cpu,
+        "cores": cores,
+        "cores_usable": usable,
+        "memory_bytes": memory,
+        "kernel": u.release,
+        "os": f"{u.sysname} {u.machine}",
+        "python_version": platform.python_version(),
+    }
+    info["summary"] = (f"{u.nodename}, {cpu}, {cores_text}, {memory_text}, "
+                       f"{u.sysname} {u.release} {u.machine}, Python {info['python_version']}")
+    return info
 
+
+def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
     def version(pkg: str) -> str:
         try:
             return metadata.version(pkg)
@@ -400,10 +435,7 @@ def header(python: str, quick: bool, drivers: list[Driver]) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick" if quick else "full",
-        "machine": f"{u.sysname} {u.release} {u.machine}",
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python_version": platform.python_version(),
+        "host": host_info(),
         "python": python,
         "python_real": os.path.realpath(python),
         "jupyter_client": version("jupyter_client"),
@@ -468,15 +500,20 @@ def build_rows(results: dict[str, dict[str, Side]], idle_seconds: float) -> list
             if "host_rss" in p.extra or "host_rss" in j.extra:
                 valued("concurrent: host RSS", p, j,
                        p.extra.get("host_rss"), j.extra.get("host_rss"), fmt_bytes, derived=True)
-        else:
-            timed(case, p, j, p.samples, j.samples)
-            if case == "cold_start" and p.extra.get("bare") and p.samples:
+        elif case == "cold_start":
+            # Each sample: a new session/kernel, until the result of its first `1+1`.
+            timed("cold_start: new session/kernel → first 1+1 result", p, j, p.samples, j.samples)
+            timed("cold_start: of which start → ready", p, j,
+                  p.extra.get("ready", []), j.extra.get("ready", []), derived=True)
+            if p.extra.get("bare") and p.samples:
                 none = Side(unsupported=True)
-                timed("cold_start: bare interpreter (python -c pass)", p, none,
+                timed("cold_start: bare interpreter, python -c pass (reference)", p, none,
                       p.extra["bare"], [], derived=True)
                 multiple = stats(p.samples)["p50"] / stats(p.extra["bare"])["p50"]
-                rows.append(["cold_start: pyrepl3 / bare interpreter (p50)",
+                rows.append(["cold_start: pyrepl3 first result / bare interpreter (p50)",
                              f"{multiple:.2f}×", "—", "—"])
+        else:
+            timed(case, p, j, p.samples, j.samples)
             if case == "input":
                 timed("input (execute to result)", p, j,
                       p.extra.get("total", []), j.extra.get("total", []), derived=True)
@@ -500,8 +537,8 @@ def report_text(h: dict, rows: list[list[str]]) -> str:
     p_info = h["drivers"].get("pyrepl3", {})
     lines = [
         f"pyrepl3 vs Jupyter, {h['date']} ({h['mode']} run)",
-        f"machine: {h['machine']}, {h['cpu']}, {h['cores']} cores",
-        f"python {h['python_version']}: {h['python']} -> {h['python_real']} (both sides)",
+        f"host: {h['host']['summary']}",
+        f"python {h['host']['python_version']}: {h['python']} -> {h['python_real']} (both sides)",
         f"pyrepl3: {p_info.get('version', '?')}; jupyter_client {h['jupyter_client']}, "
         f"ipykernel {h['ipykernel']}",
         "",

@@ -3,17 +3,30 @@
 //! orchestrator (`bench/compare.py`) runs it next to the Jupyter driver.
 //!
 //! Built by `bench/run` as `cargo build --release --example bench_driver`.
+//!
+//! Uses only the crate's public API re-exported at its root (`pyrepl3::{Session, ...}`); what
+//! the benchmark needs beyond it (resident memory, the interpreter's real path) it reads
+//! itself, the same way the Jupyter driver does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pyrepl3::{Event, ExecuteOptions, Execution, PoolConfig, Session, SessionConfig, SessionPool};
+use pyrepl3::{
+    CancelOutcome, Event, ExecuteOptions, Execution, PoolConfig, Session, SessionConfig,
+    SessionPool, SessionState,
+};
 use serde_json::{json, Value};
 
 type CaseResult = Result<(Vec<f64>, Value), String>;
 
 struct Driver {
+    /// The interpreter as the orchestrator passed it (the venv's `bin/python`); sessions are
+    /// configured with it and resolve it themselves.
     python: PathBuf,
+    /// Its `sys.executable`, resolved once at setup: the binary a session's worker runs, and
+    /// the one the bare-interpreter reference of `cold_start` runs.
+    real_python: PathBuf,
     session: Option<Session>,
 }
 
@@ -21,6 +34,7 @@ struct Driver {
 async fn main() {
     let mut driver = Driver {
         python: PathBuf::from("python3"),
+        real_python: PathBuf::from("python3"),
         session: None,
     };
     // Requests are read by a plain thread: tokio's stdin would use its blocking pool, whose
@@ -47,7 +61,14 @@ async fn main() {
                 if let Some(p) = request["python"].as_str() {
                     driver.python = PathBuf::from(p);
                 }
-                match driver.warm_session().await {
+                let ready = match sys_executable(&driver.python).await {
+                    Ok(real) => {
+                        driver.real_python = real;
+                        driver.warm_session().await
+                    }
+                    Err(e) => Err(e),
+                };
+                match ready {
                     Ok(_) => reply(
                         json!({"ok": true, "name": "pyrepl3", "version": env!("CARGO_PKG_VERSION")}),
                     ),
@@ -77,7 +98,7 @@ fn reply(value: Value) {
     println!("{value}");
 }
 
-fn config(python: &std::path::Path) -> SessionConfig {
+fn config(python: &Path) -> SessionConfig {
     SessionConfig {
         python: python.to_path_buf(),
         ..SessionConfig::default()
@@ -109,14 +130,45 @@ async fn worker_pid(session: &Session) -> Result<u32, String> {
     info.pid.ok_or_else(|| "no worker pid".to_string())
 }
 
-fn rss(pid: u32) -> u64 {
-    pyrepl3::worker::proc_stats(pid).map_or(0, |s| s.rss_bytes)
+/// Resident memory of `pid` in bytes: `VmRSS` of `/proc/<pid>/status` (as the Jupyter driver
+/// reads it).
+fn rss(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| format!("no VmRSS in {path}"))
+}
+
+/// `sys.executable` of `python`: the real interpreter behind a venv link or a launcher shim,
+/// as a session resolves it before it spawns its worker.
+async fn sys_executable(python: &Path) -> Result<PathBuf, String> {
+    let out = tokio::process::Command::new(python)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    let real = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || real.is_empty() {
+        return Err(format!(
+            "{} gave no sys.executable ({}): {}",
+            python.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(PathBuf::from(real))
 }
 
 impl Driver {
     async fn warm_session(&mut self) -> Result<Session, String> {
         if let Some(s) = &self.session {
-            if s.state() == pyrepl3::SessionState::Idle {
+            if s.state() == SessionState::Idle {
                 return Ok(s.clone());
             }
             let _ = s.shutdown().await;
@@ -150,17 +202,20 @@ impl Driver {
                 }
             }
             "cold_start" => {
-                // The reference the target is set against: the same interpreter's own start
+                // One sample: a new session, until the result of its first `1+1` has arrived
+                // (the worker defers its imports to the first execution, so `ready` alone
+                // would flatter it). extra `ready`: the part until `Session::start` returned.
+                // extra `bare`: the reference, the same interpreter's own start
                 // (`python -c pass`), spawned from this process too, interleaved with ours.
-                let real = pyrepl3::worker::prepare_interpreter(&self.python)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .python;
+                let real = &self.real_python;
                 let mut bare = Vec::with_capacity(n);
+                let mut ready = Vec::with_capacity(n);
                 for _ in 0..n {
                     let t0 = Instant::now();
-                    let status = tokio::process::Command::new(&real)
+                    let status = tokio::process::Command::new(real)
                         .args(["-c", "pass"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
                         .status()
                         .await
                         .map_err(|e| e.to_string())?;
@@ -172,10 +227,17 @@ impl Driver {
                     let fresh = Session::start(config(&self.python))
                         .await
                         .map_err(|e| e.to_string())?;
+                    ready.push(t0.elapsed().as_secs_f64());
+                    let mut ex = fresh.execute("1+1", ExecuteOptions::default());
+                    let (end, _) = finish(&mut ex).await?;
                     samples.push(t0.elapsed().as_secs_f64());
-                    let _ = fresh.shutdown().await;
+                    let _ = fresh.shutdown().await; // not timed
+                    match end {
+                        Event::Result { repr: Some(r), .. } if r == "2" => {}
+                        other => return Err(format!("first 1+1 of a new session: {other:?}")),
+                    }
                 }
-                extra = json!({"bare": bare});
+                extra = json!({"bare": bare, "ready": ready});
             }
             "print_lines" | "print_10mb" => {
                 let code = if case == "print_lines" {
@@ -218,10 +280,8 @@ impl Driver {
                     samples.push(t0.elapsed().as_secs_f64());
                     let (end, _) = end?;
                     match (&end, outcome) {
-                        (
-                            Event::Error { exception_type, .. },
-                            Ok(pyrepl3::CancelOutcome::Cancelled),
-                        ) if exception_type == "KeyboardInterrupt" => {}
+                        (Event::Error { exception_type, .. }, Ok(CancelOutcome::Cancelled))
+                            if exception_type == "KeyboardInterrupt" => {}
                         other => return Err(format!("cancel ended with {other:?}")),
                     }
                 }
@@ -255,9 +315,9 @@ impl Driver {
                 let worker = worker_pid(&s).await?;
                 let mut ex = s.execute("1+1", ExecuteOptions::default());
                 finish(&mut ex).await?;
-                let worker_rss = rss(worker);
+                let worker_rss = rss(worker)?;
                 let host = std::process::id();
-                let host_rss_1 = rss(host);
+                let host_rss_1 = rss(host)?;
                 let mut more = Vec::new();
                 for _ in 0..49 {
                     more.push(
@@ -266,7 +326,7 @@ impl Driver {
                             .map_err(|e| e.to_string())?,
                     );
                 }
-                let host_rss_50 = rss(host);
+                let host_rss_50 = rss(host)?;
                 for extra_session in more {
                     let _ = extra_session.shutdown().await;
                 }
@@ -314,7 +374,7 @@ impl Driver {
                 });
                 futures::future::try_join_all(work).await?;
                 let executions = t1.elapsed().as_secs_f64();
-                let host_rss = rss(std::process::id());
+                let host_rss = rss(std::process::id())?;
                 for session in &sessions {
                     let _ = session.shutdown().await;
                 }

@@ -286,16 +286,28 @@ class Driver:
         return samples, {}
 
     def case_cold_start(self, n, req):
-        samples = []
+        """One sample: a new kernel (start_kernel, start_channels, wait_for_ready), then `1+1`
+        until its result (execute_reply and status idle). extra `ready`: the part until
+        wait_for_ready returned."""
+        samples, ready = [], []
         for _ in range(n):
             kernel = Kernel(self.ksm)
             try:
                 t0 = time.perf_counter()
                 kernel.start()
-                samples.append(time.perf_counter() - t0)
+                t_ready = time.perf_counter()
+                result = []
+                _, reply, t1 = kernel.execute(
+                    "1+1", on_iopub=lambda m, at: result.append(m) if m["msg_type"] == "execute_result" else None
+                )
+                kernel.check_ok(reply)
             finally:
                 kernel.shutdown()  # not timed
-        return samples, {}
+            if not result or result[0]["content"]["data"].get("text/plain") != "2":
+                raise CaseError(f"1+1 of a new kernel gave no result '2': {result!r}")
+            samples.append(t1 - t0)
+            ready.append(t_ready - t0)
+        return samples, {"ready": ready}
 
     def _output_case(self, n, code):
         samples = []
@@ -338,6 +350,11 @@ class Driver:
         return samples, {}
 
     def _interrupt_case(self, n, code):
+        """Per sample: run `code`, interrupt it once 'go' arrives; the sample is from the
+        interrupt request to the KeyboardInterrupt error. Every message of a batch is looked
+        at, and the sample ends only once the execution's execute_reply and status idle have
+        arrived too: they often come in the same batch as the error, and a reader that stopped
+        at the error would drop them and then wait for them in vain."""
         k = self.kernel
         samples = []
         for _ in range(n):
@@ -345,24 +362,34 @@ class Driver:
             deadline = time.perf_counter() + WAIT
             sent_at = None  # when the interrupt was requested
             interrupted_at = None
-            while interrupted_at is None:
-                batch = k.next_batch(deadline, f"waiting for 'go' / KeyboardInterrupt ({WAIT:.0f} s bound)")
+            reply = None
+            idle = False
+            while reply is None or not idle:
+                batch = k.next_batch(
+                    deadline, f"waiting for 'go' / KeyboardInterrupt / reply + idle ({WAIT:.0f} s bound)"
+                )
                 for channel, msg, at in batch:
-                    if channel != "iopub" or msg["parent_header"].get("msg_id") != msg_id:
-                        continue
+                    if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                        continue  # left over from an earlier request
                     kind, content = msg["msg_type"], msg["content"]
-                    if kind == "stream" and sent_at is None and "go" in content["text"]:
+                    if channel == "shell" and kind == "execute_reply":
+                        reply = msg
+                    elif channel != "iopub":
+                        continue
+                    elif kind == "stream" and sent_at is None and "go" in content["text"]:
                         sent_at = time.perf_counter()
                         k.km.interrupt_kernel()
                     elif kind == "error":
                         if content.get("ename") != "KeyboardInterrupt" or sent_at is None:
                             raise CaseError(f"unexpected error: {content.get('ename')}: {content.get('evalue')}")
                         interrupted_at = at
-                        break
                     elif kind == "status" and content["execution_state"] == "idle":
-                        raise CaseError("execution ended without KeyboardInterrupt")
+                        idle = True
+            if interrupted_at is None:
+                raise CaseError("execution ended without KeyboardInterrupt")
+            if reply["content"].get("ename") != "KeyboardInterrupt":
+                raise CaseError(f"execute_reply is not the KeyboardInterrupt: {reply['content']!r}")
             samples.append(interrupted_at - sent_at)
-            k.wait_result(msg_id)  # reply + idle, not timed
         return samples, {}
 
     def case_interrupt_busy(self, n, req):

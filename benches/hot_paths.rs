@@ -1,17 +1,19 @@
 //! Micro-benchmarks of the host's hot paths: frame encoding and decoding, marker scanning of
 //! pipe output, and UTF-8 decoding of output chunks. `cargo bench --bench hot_paths`.
 
+use bytes::BytesMut;
 use pyrepl3::protocol::{
-    Execute, FrameDecoder, MarkerScanner, Message, Piece, ResultMsg, TransactionPolicy,
+    Execute, MarkerScanner, Message, MessageCodec, Piece, ResultMsg, TransactionPolicy,
     DEFAULT_MAX_FRAME_LEN,
 };
 use pyrepl3::session::decode_utf8;
+use tokio_util::codec::{Decoder, Encoder};
 
 fn main() {
     divan::main();
 }
 
-fn result_frame() -> Vec<u8> {
+fn result_frame() -> BytesMut {
     let msg = Message::Result(ResultMsg {
         id: "w123-456".into(),
         execution_id: "0b3f5a52-1a4f-4c1e-9c55-6f1f0f1e2d3c".into(),
@@ -20,8 +22,10 @@ fn result_frame() -> Vec<u8> {
         execution_time: 0.000012,
         marked: false,
     });
-    let mut buf = Vec::new();
-    msg.encode_into(&mut buf).unwrap();
+    let mut buf = BytesMut::new();
+    MessageCodec::new(DEFAULT_MAX_FRAME_LEN)
+        .encode(msg, &mut buf)
+        .unwrap();
     buf
 }
 
@@ -35,10 +39,11 @@ fn encode_execute(bencher: divan::Bencher) {
         transaction_policy: TransactionPolicy::CommitAlways,
         capture_source: false,
     });
-    let mut buf = Vec::with_capacity(256);
+    let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME_LEN);
+    let mut buf = BytesMut::with_capacity(256);
     bencher.bench_local(|| {
         buf.clear();
-        msg.encode_into(&mut buf).unwrap();
+        codec.encode(msg.clone(), &mut buf).unwrap();
         divan::black_box(buf.len())
     });
 }
@@ -46,10 +51,11 @@ fn encode_execute(bencher: divan::Bencher) {
 #[divan::bench]
 fn decode_result_frame(bencher: divan::Bencher) {
     let frame = result_frame();
-    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME_LEN);
+    let mut buf = BytesMut::with_capacity(frame.len());
     bencher.bench_local(|| {
-        decoder.extend(&frame);
-        divan::black_box(decoder.next_message().unwrap())
+        buf.extend_from_slice(&frame);
+        divan::black_box(codec.decode(&mut buf).unwrap())
     });
 }
 

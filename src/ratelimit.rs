@@ -80,8 +80,7 @@ impl RateLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        // The bucket is plain numbers; a panic elsewhere cannot leave it half-updated.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock_unpoisoned(&self.state)
     }
 
     fn refill(&self, bucket: &mut Bucket, now: Instant) {

@@ -2,11 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_pid_exit, GUARD};
+use common::{process_exists, wait_pid_exit, Watched, GUARD};
 
 fn pyrepl3() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
@@ -19,22 +19,23 @@ struct Ran {
 }
 
 fn exec(args: &[&str], stdin: &str) -> Ran {
-    let mut child = pyrepl3()
-        .arg("exec")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pyrepl3 runs");
-    let mut input = child.stdin.take().unwrap();
+    let mut child = Watched::spawn(
+        pyrepl3()
+            .arg("exec")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        GUARD,
+    );
+    let mut input = child.take_stdin();
     input.write_all(stdin.as_bytes()).unwrap();
     drop(input);
-    let out = child.wait_with_output().unwrap();
+    let status = child.finish();
     Ran {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status: status.code().unwrap_or(-1),
+        stdout: child.stdout(),
+        stderr: child.stderr(),
     }
 }
 
@@ -116,51 +117,42 @@ fn json_mode_prints_one_message_per_line() {
 }
 
 /// Starts `pyrepl3 exec CODE` and returns it once it printed its first stdout line.
-fn start_and_wait_for_line(
-    code: &str,
-) -> (
-    std::process::Child,
-    String,
-    BufReader<std::process::ChildStdout>,
-) {
-    let mut child = pyrepl3()
-        .args(["exec", code])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    (child, line, stdout)
+fn start_and_wait_for_line(code: &str) -> (Watched, String) {
+    let mut child = Watched::spawn(
+        pyrepl3()
+            .args(["exec", code])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        GUARD,
+    );
+    let line = child.read_line();
+    (child, line)
 }
 
 #[test]
 fn ctrl_c_cancels_the_code_and_exits_130() {
-    let (mut child, line, _stdout) =
+    let (mut child, line) =
         start_and_wait_for_line("print('started', flush=True)\nwhile True: pass");
     assert_eq!(line, "started\n");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
+    let status = child.finish();
     assert_eq!(status.code(), Some(130));
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let err = child.stderr();
     assert!(err.contains("KeyboardInterrupt"), "{err}");
 }
 
 #[tokio::test]
 async fn killing_the_host_ends_its_worker_within_a_second() {
-    let (mut child, line, _stdout) = start_and_wait_for_line(
+    let (mut child, line) = start_and_wait_for_line(
         "import os, subprocess\nc = subprocess.Popen(['sleep', '100'])\nprint(os.getpid(), c.pid, flush=True)\nimport time\ntime.sleep(100)",
     );
     let pids: Vec<u32> = line
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_and_wait();
     assert!(
         wait_pid_exit(pids[0], Duration::from_secs(1)).await,
         "worker outlived its host"
@@ -169,5 +161,36 @@ async fn killing_the_host_ends_its_worker_within_a_second() {
         wait_pid_exit(pids[1], Duration::from_secs(1)).await,
         "worker's child outlived the host"
     );
-    let _ = GUARD;
+}
+
+/// The deadline behind every wait above: a child that hangs fails the test with what it
+/// wrote, and is killed, instead of hanging the suite.
+#[test]
+fn a_hung_child_fails_the_wait_with_its_output_and_is_killed() {
+    let mut child = Watched::spawn(
+        Command::new("sh")
+            .args(["-c", "echo partial; echo complaint >&2; exec sleep 100"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Duration::from_millis(500),
+    );
+    let pid = child.id();
+    assert_eq!(child.read_line(), "partial\n");
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child.finish()))
+        .expect_err("the wait ends at its deadline");
+    let message = failure
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert!(
+        message.contains("the end of its output") && message.contains("killed it"),
+        "{message}"
+    );
+    assert!(
+        message.contains("partial") && message.contains("complaint"),
+        "{message}"
+    );
+    assert!(
+        !process_exists(pid),
+        "the hung child {pid} was killed and reaped"
+    );
 }

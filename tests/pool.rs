@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pyrepl3::{Event, ExecuteOptions, PoolConfig, SessionPool, SessionState};
+use pyrepl3::{ExecuteOptions, PoolConfig, SessionPool, SessionState};
 
 fn config(min_idle: usize, max_sessions: usize) -> PoolConfig {
     PoolConfig {
@@ -121,10 +121,7 @@ async fn shutdown_with_busy_sessions_leaves_no_process() {
     guard(pool.shutdown()).await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     for pid in pids {
-        assert!(
-            !pyrepl3::worker::group_alive(pid),
-            "group {pid} still has processes"
-        );
+        assert!(!group_alive(pid), "group {pid} still has processes");
     }
     for mut ex in runs {
         assert_eq!(error_type(&terminal(&mut ex).await), "SessionShutdown");
@@ -188,5 +185,4 @@ async fn a_failing_warmup_code_is_a_clear_error() {
     };
     let err = guard(SessionPool::start(cfg)).await.err().unwrap();
     assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
-    let _ = Event::is_terminal;
 }

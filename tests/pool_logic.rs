@@ -50,6 +50,8 @@ impl PoolSession for Fake {
     fn died(&self) -> BoxFuture<'static, ()> {
         let mut rx = self.inner.state.subscribe();
         async move {
+            // Err: the fake's state sender is gone, i.e. the fake itself was dropped, which is
+            // as dead as it gets. Either way the future resolves: there is nothing to assert.
             let _ = rx
                 .wait_for(|s| matches!(s, SessionState::Dead | SessionState::Closed))
                 .await;
@@ -59,6 +61,8 @@ impl PoolSession for Fake {
     fn settled(&self) -> BoxFuture<'static, ()> {
         let mut rx = self.inner.state.subscribe();
         async move {
+            // Err: the fake was dropped, so it is not busy any more either; both outcomes mean
+            // "settled", and the pool may legitimately drop a fake while this is pending.
             let _ = rx.wait_for(|s| *s != SessionState::Busy).await;
         }
         .boxed()

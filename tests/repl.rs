@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process_exists;
+use common::{process_exists, wait_child_until};
 
 /// Upper bound for any one wait; reaching it is a failure.
 const GUARD: Duration = Duration::from_secs(30);
@@ -155,6 +155,8 @@ impl Repl {
             }
             let now = Instant::now();
             if screen.eof || now >= deadline {
+                // The panic is the failure; the kill only keeps the REPL from outliving it.
+                let _ = self.child.kill();
                 panic!(
                     "{} waiting for {what:?}; the screen since the last match:\n{text}",
                     if screen.eof {
@@ -171,23 +173,37 @@ impl Repl {
     /// Waits for the process to exit (the pty reports end of file when it closed its end)
     /// and returns its exit status.
     fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + GUARD;
         let (lock, changed) = &*self.screen;
         let screen = lock.lock().unwrap();
         let (screen, timeout) = changed
             .wait_timeout_while(screen, GUARD, |s| !s.eof)
             .unwrap();
-        assert!(!timeout.timed_out(), "pyrepl3 did not exit");
+        if timeout.timed_out() {
+            let (text, _) = plain_text(&screen.raw[self.consumed..]);
+            // The panic is the failure; the kill only keeps the REPL from outliving it.
+            let _ = self.child.kill();
+            panic!("pyrepl3 did not exit; the screen since the last match:\n{text}");
+        }
         drop(screen);
-        let status = self.child.wait().unwrap();
-        status.code().unwrap_or(-1)
+        match wait_child_until(&mut self.child, deadline) {
+            Some(status) => status.code().unwrap_or(-1),
+            None => {
+                // As above: the panic is the failure.
+                let _ = self.child.kill();
+                panic!("pyrepl3 closed the terminal but did not exit within {GUARD:?}");
+            }
+        }
     }
 }
 
 impl Drop for Repl {
     fn drop(&mut self) {
         // A failed test must not leave the REPL behind; its worker follows on socket EOF.
+        // Errors are ignored: it may have exited already (then the kill fails), and a panic
+        // in a drop during unwinding would abort the test binary.
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        wait_child_until(&mut self.child, Instant::now() + GUARD);
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod exec;
 pub mod repl;
+#[cfg(feature = "server")]
 mod serve;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub enum Command {
     /// Exit status: 0 on Ctrl-D (or the status passed to exit()), 2 if the worker could not
     /// be started.
     Repl(ReplArgs),
+    #[cfg(feature = "server")]
     /// Serve sessions over HTTP and WebSocket (see docs/api.md).
     ///
     /// Settings: the --config TOML file, then PYREPL3_* environment variables, then flags.
@@ -40,6 +42,7 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
+#[cfg(feature = "server")]
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8765; port 0 picks a free one).
@@ -107,6 +110,7 @@ pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Exec(args) => exec::run(args).await,
         Command::Repl(args) => repl::run(args).await,
+        #[cfg(feature = "server")]
         Command::Serve(args) => serve::run(args).await,
     }
 }

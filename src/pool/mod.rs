@@ -290,8 +290,7 @@ enum Step<S> {
 
 impl<F: SessionFactory> Inner<F> {
     fn lock(&self) -> MutexGuard<'_, State<F::Session>> {
-        // Every critical section leaves the state consistent before it can panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock_unpoisoned(&self.state)
     }
 
     fn trigger_warmup(&self, st: &mut State<F::Session>) {
@@ -717,19 +716,11 @@ async fn health_task<F: SessionFactory>(
             _ = token.cancelled() => return,
             _ = signals.health.notified() => {}
             // not polling: the earliest idle expiry, re-armed when it changes.
-            _ = sleep_until_opt(due) => {
+            _ = crate::time::sleep_until_opt(due) => {
                 if let Some(inner) = pool.upgrade() {
                     inner.evict_expired();
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        // not polling: sleeps exactly until the earliest idle expiry.
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -1,6 +1,10 @@
-//! Frame decoding: a byte buffer that turns whatever the socket delivered into whole
-//! messages. Partial frames stay in the buffer (never in a future's locals), so a read that
-//! loses a `select!` race cannot desynchronise the stream.
+//! Framing of the protocol channels: tokio-util's `LengthDelimitedCodec` (4-byte big-endian
+//! length, bounded by `max_frame_length`) with one JSON message per frame. Used through
+//! `FramedRead`/`FramedWrite`, so a partial frame stays in the codec's buffer, never in a
+//! future's locals: a read that loses a `select!` race cannot desynchronise the stream.
+
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use super::Message;
 
@@ -19,89 +23,97 @@ pub enum ProtocolError {
     },
     #[error("could not encode message: {0}")]
     Encode(serde_json::Error),
+    #[error("I/O error on the protocol channel: {0}")]
+    Io(#[from] std::io::Error),
 }
 
-/// Accumulates bytes and yields complete messages.
+/// [`Message`]s as length-prefixed JSON frames.
 #[derive(Debug)]
-pub struct FrameDecoder {
-    buf: Vec<u8>,
-    /// Start of the unconsumed bytes in `buf`; compacted lazily to avoid memmove per frame.
-    start: usize,
+pub struct MessageCodec {
+    frames: LengthDelimitedCodec,
     max_frame_len: usize,
+    /// `frames` has taken a frame's length prefix off the buffer and waits for its body.
+    in_body: bool,
 }
 
-impl FrameDecoder {
+impl MessageCodec {
     pub fn new(max_frame_len: usize) -> Self {
-        FrameDecoder {
-            buf: Vec::with_capacity(8 * 1024),
-            start: 0,
+        MessageCodec {
+            frames: LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .big_endian()
+                .max_frame_length(max_frame_len)
+                .new_codec(),
             max_frame_len,
+            in_body: false,
         }
     }
+}
 
-    /// Appends bytes read from the channel.
-    pub fn extend(&mut self, bytes: &[u8]) {
-        self.compact();
-        self.buf.extend_from_slice(bytes);
-    }
+impl Decoder for MessageCodec {
+    type Item = Message;
+    type Error = ProtocolError;
 
-    /// Spare capacity to read into directly; call [`FrameDecoder::commit`] with the count read.
-    pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
-        self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + at_least, 0);
-        &mut self.buf[len..]
-    }
-
-    /// Keeps `n` bytes of the last [`FrameDecoder::spare`] slice and drops the rest.
-    pub fn commit(&mut self, spare_len: usize, n: usize) {
-        let new_len = self.buf.len() - spare_len + n;
-        self.buf.truncate(new_len);
-    }
-
-    fn compact(&mut self) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        // The length is checked here first only so that the error names both sizes; the
+        // library's own check ("frame size too big") would say neither.
+        let at_head = !self.in_body && src.len() >= 4;
+        if at_head {
+            let len = u64::from((&src[..4]).get_u32());
+            if len > self.max_frame_len as u64 {
+                return Err(ProtocolError::FrameTooLarge {
+                    len,
+                    max: self.max_frame_len,
+                });
+            }
         }
-    }
-
-    /// Number of buffered bytes not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    /// The next complete message, `None` if more bytes are needed. An error is final: the
-    /// stream cannot be trusted after it.
-    pub fn next_message(&mut self) -> Result<Option<Message>, ProtocolError> {
-        let avail = &self.buf[self.start..];
-        if avail.len() < 4 {
+        let Some(body) = self.frames.decode(src)? else {
+            self.in_body |= at_head;
             return Ok(None);
+        };
+        self.in_body = false;
+        serde_json::from_slice::<Message>(&body)
+            .map(Some)
+            .map_err(|source| ProtocolError::Malformed {
+                source,
+                preview: String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned(),
+            })
+    }
+
+    /// A frame cut off by the worker's death is not an error of the protocol: the death is
+    /// reported by its exit status, so the partial frame is dropped.
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        let decoded = self.decode(src)?;
+        if decoded.is_none() {
+            src.clear();
         }
-        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if len > self.max_frame_len {
+        Ok(decoded)
+    }
+}
+
+impl Encoder<Message> for MessageCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let start = dst.len();
+        dst.extend_from_slice(&[0; 4]);
+        let mut writer = bytes::BufMut::writer(&mut *dst);
+        if let Err(e) = serde_json::to_writer(&mut writer, &msg) {
+            dst.truncate(start);
+            return Err(ProtocolError::Encode(e));
+        }
+        // The body is serialised in place behind a length placeholder, which saves copying
+        // it into a second buffer as `LengthDelimitedCodec::encode` would.
+        let len = dst.len() - start - 4;
+        let Ok(len32) = u32::try_from(len) else {
+            dst.truncate(start);
             return Err(ProtocolError::FrameTooLarge {
                 len: len as u64,
-                max: self.max_frame_len,
+                max: u32::MAX as usize,
             });
-        }
-        if avail.len() < 4 + len {
-            return Ok(None);
-        }
-        let body = &avail[4..4 + len];
-        let parsed = serde_json::from_slice::<Message>(body).map_err(|source| {
-            let shown = &body[..body.len().min(80)];
-            ProtocolError::Malformed {
-                source,
-                preview: String::from_utf8_lossy(shown).into_owned(),
-            }
-        });
-        self.start += 4 + len;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        parsed.map(Some)
+        };
+        dst[start..start + 4].copy_from_slice(&len32.to_be_bytes());
+        Ok(())
     }
 }
 
@@ -120,11 +132,11 @@ mod tests {
         let body = br#"{"type":"heartbeat","id":"x"}"#;
         let bytes = frame(body);
         for split in 0..bytes.len() {
-            let mut dec = FrameDecoder::new(1024);
-            dec.extend(&bytes[..split]);
-            let first = dec.next_message().unwrap();
-            dec.extend(&bytes[split..]);
-            let all: Vec<_> = std::iter::from_fn(|| dec.next_message().unwrap())
+            let mut codec = MessageCodec::new(1024);
+            let mut buf = BytesMut::from(&bytes[..split]);
+            let first = codec.decode(&mut buf).unwrap();
+            buf.extend_from_slice(&bytes[split..]);
+            let all: Vec<_> = std::iter::from_fn(|| codec.decode(&mut buf).unwrap())
                 .chain(first)
                 .collect();
             assert_eq!(all.len(), 1, "split at {split}");
@@ -133,22 +145,32 @@ mod tests {
 
     #[test]
     fn oversized_and_malformed_frames_are_errors() {
-        let mut dec = FrameDecoder::new(10);
-        dec.extend(&[0x7f, 0xff, 0xff, 0xff]);
+        let mut codec = MessageCodec::new(10);
+        let mut buf = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
         assert!(matches!(
-            dec.next_message(),
-            Err(ProtocolError::FrameTooLarge { .. })
+            codec.decode(&mut buf),
+            Err(ProtocolError::FrameTooLarge {
+                len: 0x7fff_ffff,
+                max: 10
+            })
         ));
 
-        let mut dec = FrameDecoder::new(1024);
-        dec.extend(&frame(b"hello"));
+        let mut codec = MessageCodec::new(1024);
+        let mut buf = BytesMut::from(&frame(b"hello")[..]);
         assert!(matches!(
-            dec.next_message(),
+            codec.decode(&mut buf),
             Err(ProtocolError::Malformed { .. })
         ));
 
-        let mut dec = FrameDecoder::new(1024);
-        dec.extend(&frame(br#"{"type":"no_such_type","id":"1"}"#));
-        assert!(dec.next_message().is_err());
+        let mut buf = BytesMut::from(&frame(br#"{"type":"no_such_type","id":"1"}"#)[..]);
+        assert!(MessageCodec::new(1024).decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn a_partial_frame_at_end_of_stream_is_dropped() {
+        let mut codec = MessageCodec::new(1024);
+        let mut buf = BytesMut::from(&frame(br#"{"type":"heartbeat","id":"x"}"#)[..7]);
+        assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+        assert!(buf.is_empty());
     }
 }

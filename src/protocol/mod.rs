@@ -5,7 +5,7 @@
 mod codec;
 mod marker;
 
-pub use codec::{FrameDecoder, ProtocolError, DEFAULT_MAX_FRAME_LEN};
+pub use codec::{MessageCodec, ProtocolError, DEFAULT_MAX_FRAME_LEN};
 pub use marker::{MarkerScanner, Piece};
 
 use serde::{Deserialize, Serialize};
@@ -230,18 +230,13 @@ pub struct IsCompleteReply {
 }
 
 impl Message {
-    /// Encodes the message as one frame (length prefix + JSON) appended to `out`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
-        let start = out.len();
-        out.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut *out, self).map_err(ProtocolError::Encode)?;
-        let len = out.len() - start - 4;
-        let len = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge {
-            len: len as u64,
-            max: u32::MAX as usize,
-        })?;
-        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-        Ok(())
+    /// The id of the host's request this message answers, for replies.
+    pub fn in_reply_to(&self) -> Option<&str> {
+        match self {
+            Message::Heartbeat(beat) => beat.in_reply_to.as_deref(),
+            Message::IsCompleteReply(reply) => Some(&reply.in_reply_to),
+            _ => None,
+        }
     }
 
     /// The `type` tag, for logs and errors.
@@ -342,11 +337,11 @@ mod tests {
             input_id: "w1-2".into(),
             data: None,
         });
-        let mut buf = Vec::new();
-        msg.encode_into(&mut buf).unwrap();
-        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-        dec.extend(&buf);
-        assert_eq!(dec.next_message().unwrap(), Some(msg));
-        assert_eq!(dec.next_message().unwrap(), None);
+        use tokio_util::codec::{Decoder, Encoder};
+        let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME_LEN);
+        let mut buf = bytes::BytesMut::new();
+        codec.encode(msg.clone(), &mut buf).unwrap();
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(msg));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
     }
 }

@@ -1,9 +1,22 @@
 //! Sessions: the public handle ([`Session`]) and the value types of its API. Each session is
-//! served by one actor task (`actor.rs`) that owns the worker process, the execution queue and
-//! all routing; the handle only sends it commands. Output decoding lives in `output.rs`.
+//! served by one actor task that the handle only sends commands to:
+//!
+//! - `actor.rs`: the task; owns the I/O (process, channels, pipes) and its `select!` loop;
+//! - `core/`: the state machine without I/O (queue, running execution, cancel escalation,
+//!   exit policy, pending worker requests), fed by the actor;
+//! - `ordering.rs`: output-before-result bookkeeping (markers, stray text, held messages);
+//! - `output.rs`: decoding of pipe bytes (markers, UTF-8);
+//! - `sink.rs`: one execution's bounded way to its consumer;
+//! - `requests.rs`: the commands and the worker-request table;
+//! - `exit.rs`: what a worker's exit means for the running execution.
 
 mod actor;
+mod core;
+mod exit;
+mod ordering;
 mod output;
+mod requests;
+mod sink;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -20,11 +33,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::protocol::{self, CompletenessStatus, Heartbeat, Message, StreamName};
+use requests::{Command, WorkerRequest};
 
-pub use actor::EVENT_CHANNEL_CAPACITY;
 /// The UTF-8 decoding of pipe output, public for the micro-benchmarks in `benches/`.
 #[doc(hidden)]
 pub use output::decode_utf8;
+pub use sink::EVENT_CHANNEL_CAPACITY;
 
 /// How to start and run a session's worker.
 #[derive(Debug, Clone)]
@@ -358,7 +372,7 @@ pub struct Session {
 #[derive(Debug)]
 struct Handle {
     id: String,
-    commands: mpsc::UnboundedSender<actor::Command>,
+    commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<SessionState>,
     executions: Arc<AtomicU64>,
 }
@@ -423,7 +437,7 @@ impl Session {
         let (reply, answer) = oneshot::channel();
         self.inner
             .commands
-            .send(actor::Command::Heartbeat { reply })
+            .send(Command::Ask(WorkerRequest::Heartbeat { reply }))
             .map_err(|_| Error::SessionClosed)?;
         // not polling: one deadline for one heartbeat answer.
         match tokio::time::timeout(deadline, answer).await {
@@ -443,10 +457,10 @@ impl Session {
         let (reply, answer) = oneshot::channel();
         self.inner
             .commands
-            .send(actor::Command::IsComplete {
+            .send(Command::Ask(WorkerRequest::IsComplete {
                 code: code.to_string(),
                 reply,
-            })
+            }))
             .map_err(|_| Error::SessionClosed)?;
         // not polling: one deadline for one answer.
         match tokio::time::timeout(IS_COMPLETE_DEADLINE, answer).await {
@@ -470,7 +484,7 @@ impl Session {
     /// Cancels whatever runs (with `grace`, as [`Session::cancel`]) and removes everything
     /// queued.
     pub async fn cancel_all(&self, grace: Duration) -> Result<CancelOutcome, Error> {
-        self.request(|reply| actor::Command::CancelAll { grace, reply })
+        self.request(|reply| Command::CancelAll { grace, reply })
             .await
     }
 
@@ -494,13 +508,13 @@ impl Session {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let (events_tx, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let command = actor::Command::Execute {
+        let command = Command::Execute {
             id: id.clone(),
             code: code.into(),
             timeout: options.timeout,
             events: events_tx,
         };
-        if let Err(mpsc::error::SendError(actor::Command::Execute { events, .. })) =
+        if let Err(mpsc::error::SendError(Command::Execute { events, .. })) =
             self.inner.commands.send(command)
         {
             // The channel is new and empty, so this cannot be full.
@@ -526,7 +540,7 @@ impl Session {
     /// Answers the pending `input()` request `input_id` with a line, or with end-of-file
     /// (`None`).
     pub async fn answer_input(&self, input_id: &str, data: Option<String>) -> Result<(), Error> {
-        self.request(|reply| actor::Command::InputResponse {
+        self.request(|reply| Command::InputResponse {
             input_id: input_id.to_string(),
             data,
             reply,
@@ -542,7 +556,7 @@ impl Session {
         execution_id: &str,
         grace: Duration,
     ) -> Result<CancelOutcome, Error> {
-        self.request(|reply| actor::Command::Cancel {
+        self.request(|reply| Command::Cancel {
             execution_id: execution_id.to_string(),
             grace,
             reply,
@@ -557,7 +571,7 @@ impl Session {
         execution_id: &str,
         force_restart: bool,
     ) -> Result<InterruptOutcome, Error> {
-        self.request(|reply| actor::Command::Interrupt {
+        self.request(|reply| Command::Interrupt {
             execution_id: execution_id.to_string(),
             force_restart,
             reply,
@@ -568,18 +582,14 @@ impl Session {
     /// Replaces the worker with a fresh one (empty namespace). A running execution ends with
     /// a `SessionRestarted` error; queued ones run on the new worker.
     pub async fn restart(&self) -> Result<(), Error> {
-        self.request(|reply| actor::Command::Restart { reply })
-            .await?
+        self.request(|reply| Command::Restart { reply }).await?
     }
 
     /// Ends the session: asks the worker to exit, kills its process group after the
     /// shutdown grace, fails running and queued executions, removes the temporary directory.
     /// Returns when no process of the session is left.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        match self
-            .request(|reply| actor::Command::Shutdown { reply })
-            .await
-        {
+        match self.request(|reply| Command::Shutdown { reply }).await {
             Ok(()) | Err(Error::SessionClosed) => Ok(()),
             Err(e) => Err(e),
         }
@@ -588,7 +598,7 @@ impl Session {
     /// A snapshot: counters from the actor, memory and CPU from /proc, and the namespace size
     /// from one heartbeat round trip answered by the worker's reader thread.
     pub async fn info(&self) -> Result<SessionInfo, Error> {
-        let mut info = self.request(|reply| actor::Command::Info { reply }).await?;
+        let mut info = self.request(|reply| Command::Info { reply }).await?;
         if let Some(pid) = info.pid {
             if let Some(stats) = crate::worker::proc_stats(pid) {
                 info.rss_bytes = Some(stats.rss_bytes);
@@ -603,7 +613,7 @@ impl Session {
 
     async fn request<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> actor::Command,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
         self.inner

@@ -1,98 +1,37 @@
-//! One output pipe as the actor sees it: reads, marker detection, UTF-8 decoding that never
-//! splits a character across events, and the "stray" chunks whose execution is not known yet
-//! (see `docs/protocol.md`, "Output ordering").
+//! Decoding of one output pipe's bytes: marker detection and UTF-8 decoding that never splits
+//! a character across events. Pure: the bytes come from the actor, the text goes to
+//! `ordering.rs`, which decides whose it is.
 
-use std::collections::VecDeque;
-
-use tokio::net::unix::pipe;
-
-use crate::protocol::{MarkerScanner, Piece, StreamName};
+use crate::protocol::{MarkerScanner, Piece};
 
 /// A decoded piece of one pipe, in stream order.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(crate) enum PipeItem {
     /// Text read while `segment` markers had been passed on this pipe.
     Text { segment: u64, text: String },
-    /// The pipe passed a marker (its count is in `OutputPipe::markers`).
+    /// The pipe passed a marker (its count is in `PipeDecoder::markers`).
     Marker,
 }
 
 #[derive(Debug)]
-pub(crate) struct OutputPipe {
-    pub stream: StreamName,
-    pub rx: pipe::Receiver,
+pub(crate) struct PipeDecoder {
     scanner: MarkerScanner,
     utf8_tail: Vec<u8>,
     /// Markers passed so far.
     pub markers: u64,
-    pub eof: bool,
-    /// Bytes read from the pipe so far.
-    pub bytes_read: u64,
-    /// Text whose owner is not known yet, with the segment it was read in.
-    pub stray: VecDeque<(u64, String)>,
-    pub stray_bytes: usize,
 }
 
-impl OutputPipe {
-    pub fn new(stream: StreamName, rx: pipe::Receiver, marker_token: &str) -> Self {
-        OutputPipe {
-            stream,
-            rx,
+impl PipeDecoder {
+    pub fn new(marker_token: &str) -> Self {
+        PipeDecoder {
             scanner: MarkerScanner::new(marker_token),
             utf8_tail: Vec::new(),
             markers: 0,
-            eof: false,
-            bytes_read: 0,
-            stray: VecDeque::new(),
-            stray_bytes: 0,
         }
     }
 
-    /// Reads once without blocking. Returns the decoded items, or `None` when nothing was
-    /// available (readiness was stale). Sets `eof` at end of stream.
-    pub fn read_available(&mut self, buf: &mut [u8], items: &mut Vec<PipeItem>) -> bool {
-        match self.rx.try_read(buf) {
-            Ok(0) => {
-                self.finish(items);
-                true
-            }
-            Ok(n) => {
-                self.bytes_read += n as u64;
-                self.feed(&buf[..n], items);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
-            Err(_) => {
-                self.finish(items);
-                true
-            }
-        }
-    }
-
-    /// Reads everything that is in the pipe now, without waiting: used after the worker
-    /// exited, when what it wrote is complete.
-    pub fn drain_now(&mut self, buf: &mut [u8], items: &mut Vec<PipeItem>) {
-        while !self.eof && self.read_available(buf, items) {}
-        // Whatever was held as a possible marker start is plain data now.
-        let held = self.scanner.take_held();
-        self.push_text(&held, true, items);
-    }
-
-    /// Hands over, as text, a trailing fragment held back as a possible marker start. Only
-    /// for when no marker can be in flight (an unmarked message was released).
-    pub fn release_held(&mut self, items: &mut Vec<PipeItem>) {
-        let held = self.scanner.take_held();
-        self.push_text(&held, false, items);
-    }
-
-    fn finish(&mut self, items: &mut Vec<PipeItem>) {
-        self.eof = true;
-        let held = self.scanner.take_held();
-        self.push_text(&held, true, items);
-    }
-
-    fn feed(&mut self, bytes: &[u8], items: &mut Vec<PipeItem>) {
+    /// Decodes bytes read from the pipe.
+    pub fn feed(&mut self, bytes: &[u8], items: &mut Vec<PipeItem>) {
         let tail = &mut self.utf8_tail;
         let markers = &mut self.markers;
         self.scanner.feed(bytes, |piece| match piece {
@@ -106,33 +45,12 @@ impl OutputPipe {
         });
     }
 
-    fn push_text(&mut self, bytes: &[u8], flush: bool, items: &mut Vec<PipeItem>) {
-        push_text(&mut self.utf8_tail, self.markers, bytes, flush, items);
-    }
-
-    pub fn push_stray(&mut self, segment: u64, text: String) {
-        self.stray_bytes += text.len();
-        self.stray.push_back((segment, text));
-    }
-
-    /// Removes and returns the stray text of segments up to and including `segment`.
-    pub fn take_stray_through(&mut self, segment: u64) -> Vec<String> {
-        let mut taken = Vec::new();
-        while let Some((seg, _)) = self.stray.front() {
-            if *seg > segment {
-                break;
-            }
-            if let Some((_, text)) = self.stray.pop_front() {
-                self.stray_bytes -= text.len();
-                taken.push(text);
-            }
-        }
-        taken
-    }
-
-    /// Removes all stray text.
-    pub fn take_all_stray(&mut self) -> Vec<String> {
-        self.take_stray_through(u64::MAX)
+    /// Hands over, as text, a trailing fragment held back as a possible marker start: at the
+    /// end of the stream (`complete`: an unfinished character is flushed too), or when no
+    /// marker can be in flight (an unmarked message was released).
+    pub fn release_held(&mut self, complete: bool, items: &mut Vec<PipeItem>) {
+        let held = self.scanner.take_held();
+        push_text(&mut self.utf8_tail, self.markers, &held, complete, items);
     }
 }
 

@@ -1,115 +1,24 @@
-//! Shared helpers for the black-box tests: real python3 workers, waits that end on events
-//! (with a generous guard so a bug shows as a failure, never as a hung suite).
+//! Shared helpers for the black-box tests: real python3 workers, real processes, waits that
+//! end on events (with a generous guard so a bug shows as a failure, never as a hung suite).
+//!
+//! - `session`: start sessions, run code, read events.
+//! - `process`: what /proc and pidfds say about processes (no `pyrepl3::worker` internals).
+//! - `child`: a child process whose output and exit are awaited with a deadline.
+//! - `server`: `pyrepl3 serve`, in process or as its own process, and its clients.
 
-#![allow(dead_code)]
+// Each test binary uses its own subset of these helpers (and of their re-exports).
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 
-use pyrepl3::protocol::StreamName;
-use pyrepl3::{Event, ExecuteOptions, Execution, ExecutionOutcome, Session, SessionConfig};
+mod child;
+mod process;
+pub mod server;
+mod session;
+
+pub use child::Watched;
+pub use process::{group_alive, process_exists, rss_bytes, wait_child_until, wait_pid_exit};
+pub use session::{error_type, eval, guard, run, start, start_with, terminal, wait_for_stdout};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, not a pass.
 pub const GUARD: Duration = Duration::from_secs(60);
-
-pub async fn start() -> Session {
-    start_with(SessionConfig::default()).await
-}
-
-pub async fn start_with(config: SessionConfig) -> Session {
-    guard(Session::start(config)).await.expect("session starts")
-}
-
-pub async fn guard<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::time::timeout(GUARD, fut)
-        .await
-        .expect("operation finished within the test guard")
-}
-
-/// Runs `code` to its end and returns everything it produced.
-pub async fn run(session: &Session, code: &str) -> ExecutionOutcome {
-    guard(session.execute(code, ExecuteOptions::default()).outcome()).await
-}
-
-/// Runs `code` and returns the repr of its result, panicking on an error.
-pub async fn eval(session: &Session, code: &str) -> Option<String> {
-    let out = run(session, code).await;
-    match &out.terminal {
-        Event::Result { repr, .. } => repr.clone(),
-        other => panic!(
-            "`{code}` failed: {other:?}\nstdout: {}\nstderr: {}",
-            out.stdout, out.stderr
-        ),
-    }
-}
-
-/// Reads events until stdout contains `needle`; returns the stdout seen so far.
-pub async fn wait_for_stdout(execution: &mut Execution, needle: &str) -> String {
-    let mut seen = String::new();
-    guard(async {
-        while let Some(event) = execution.next_event().await {
-            match event {
-                Event::Output {
-                    stream: StreamName::Stdout,
-                    data,
-                } => {
-                    seen.push_str(&data);
-                    if seen.contains(needle) {
-                        return;
-                    }
-                }
-                Event::Output { .. } => {}
-                other => {
-                    panic!("expected output {needle:?}, got {other:?} (stdout so far {seen:?})")
-                }
-            }
-        }
-        panic!("execution ended before printing {needle:?}");
-    })
-    .await;
-    seen
-}
-
-/// Reads events to the end and returns the terminal one.
-pub async fn terminal(execution: &mut Execution) -> Event {
-    guard(async {
-        let mut last = None;
-        while let Some(event) = execution.next_event().await {
-            last = Some(event);
-        }
-        last.expect("an execution always ends with a terminal event")
-    })
-    .await
-}
-
-pub fn error_type(event: &Event) -> &str {
-    match event {
-        Event::Error { exception_type, .. } => exception_type,
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-/// Waits until process `pid` has exited, on the kernel's pidfd event (no polling), or the
-/// deadline passes. Returns whether it exited in time.
-pub async fn wait_pid_exit(pid: u32, within: Duration) -> bool {
-    use tokio::io::unix::AsyncFd;
-    // SAFETY: pidfd_open has no memory-safety preconditions.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        // Already gone (ESRCH).
-        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    }
-    // SAFETY: the syscall returned a fresh fd that we own.
-    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    // SAFETY: `owned` is an open pidfd that the AsyncFd owns until it is dropped.
-    let Ok(async_fd) = (unsafe { AsyncFd::register(owned) }) else {
-        return false;
-    };
-    tokio::time::timeout(within, async_fd.readable())
-        .await
-        .is_ok()
-}
-
-pub fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
-}

@@ -1,0 +1,326 @@
+//! The core's handling of what handles ask (execute, input, cancel, interrupt, restart,
+//! shutdown, info, worker requests), of the queue, and of deadlines (timeouts, cancel grace,
+//! start and shutdown limits).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{new_id, CancelState, Core, Effect, ExitCause, Queued, Running};
+use crate::error::Error;
+use crate::protocol::{self, Message};
+use crate::session::requests::{Command, WorkerRequest};
+use crate::session::sink::Sink;
+use crate::session::{CancelOutcome, Event, InterruptOutcome, SessionInfo, SessionState};
+
+impl Core {
+    pub(super) fn on_command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Execute {
+                id,
+                code,
+                timeout,
+                events,
+            } => {
+                let mut sink = Sink::new(events);
+                if self.closing {
+                    sink.push(Event::error("SessionClosed", "the session is shut down"));
+                    return;
+                }
+                if let (Some(reason), None) = (&self.dead_reason, &self.worker) {
+                    sink.push(Event::error(
+                        "SessionDead",
+                        format!(
+                            "the session's worker is dead ({reason}); restart the session first"
+                        ),
+                    ));
+                    return;
+                }
+                self.queue.push_back(Queued {
+                    id,
+                    code,
+                    timeout: timeout.or(self.config.default_timeout),
+                    sink,
+                });
+                self.pump(now);
+            }
+            Command::InputResponse {
+                input_id,
+                data,
+                reply,
+            } => {
+                let known = self
+                    .current
+                    .as_mut()
+                    .is_some_and(|run| run.pending_inputs.remove(&input_id));
+                if known {
+                    self.send(Message::InputResponse(protocol::InputResponse {
+                        id: new_id(),
+                        input_id,
+                        data,
+                    }));
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(Error::UnknownInput(input_id)));
+                }
+            }
+            Command::Cancel {
+                execution_id,
+                grace,
+                reply,
+            } => self.cancel(execution_id, grace, reply, now),
+            Command::CancelAll { grace, reply } => {
+                let queued: Vec<String> = self.queue.iter().map(|q| q.id.clone()).collect();
+                for id in queued {
+                    self.remove_queued(&id);
+                }
+                match self.current.as_ref().map(|r| r.id.clone()) {
+                    Some(id) => self.cancel(id, grace, reply, now),
+                    None => {
+                        let _ = reply.send(CancelOutcome::NotRunning);
+                    }
+                }
+            }
+            Command::Interrupt {
+                execution_id,
+                force_restart,
+                reply,
+            } => {
+                let outcome = self.interrupt(&execution_id, force_restart);
+                let _ = reply.send(Ok(outcome));
+            }
+            Command::Restart { reply } => {
+                if self.closing {
+                    let _ = reply.send(Err(Error::SessionClosed));
+                    return;
+                }
+                self.restart_waiters.push(reply);
+                match &self.worker {
+                    Some(w) if w.exit_cause.is_some() => {} // already going; its exit restarts or fails
+                    Some(_) => self.kill_worker(ExitCause::Restart),
+                    None => {
+                        self.restarts += 1;
+                        self.set_state(SessionState::Restarting);
+                        self.start_worker();
+                    }
+                }
+            }
+            Command::Shutdown { reply } => {
+                self.shutdown_waiters.push(reply);
+                self.begin_shutdown(now);
+            }
+            Command::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
+            Command::Ask(request) => self.ask(request),
+        }
+    }
+
+    /// Sends a question to a ready worker. Not ready (or the table is full): the request is
+    /// dropped, which its handle reports.
+    fn ask(&mut self, request: WorkerRequest) {
+        let Some(w) = self.worker.as_mut().filter(|w| w.ready) else {
+            return;
+        };
+        let id = new_id();
+        let msg = request.message(id.clone());
+        if w.requests.insert(id, request) {
+            self.send(msg);
+        }
+    }
+
+    fn cancel(
+        &mut self,
+        execution_id: String,
+        grace: Duration,
+        reply: oneshot::Sender<CancelOutcome>,
+        now: Instant,
+    ) {
+        if self.remove_queued(&execution_id) {
+            let _ = reply.send(CancelOutcome::Cancelled);
+            return;
+        }
+        let Some(run) = self.current.as_mut().filter(|r| r.id == execution_id) else {
+            let _ = reply.send(CancelOutcome::NotRunning);
+            return;
+        };
+        // not polling: a deadline, raced in the one sleep_until of the actor.
+        let deadline = crate::time::deadline(now, grace);
+        match &mut run.cancel {
+            Some(cancel) => {
+                cancel.replies.push(reply);
+                cancel.deadline = cancel.deadline.min(deadline);
+            }
+            None => {
+                run.cancel = Some(CancelState {
+                    deadline,
+                    timed_out: false,
+                    replies: vec![reply],
+                });
+                self.interrupt_worker();
+            }
+        }
+    }
+
+    fn interrupt(&mut self, execution_id: &str, force_restart: bool) -> InterruptOutcome {
+        if self.remove_queued(execution_id) {
+            return InterruptOutcome::Interrupted;
+        }
+        if self.current.as_ref().is_none_or(|r| r.id != execution_id) {
+            return InterruptOutcome::NotRunning;
+        }
+        if force_restart {
+            self.kill_worker(ExitCause::ForcedInterrupt);
+            return InterruptOutcome::Restarted;
+        }
+        self.interrupt_worker();
+        InterruptOutcome::Interrupted
+    }
+
+    /// KeyboardInterrupt for the running code: SIGINT straight to the worker's main thread.
+    /// Sent only while the host's current execution runs; one that lands after the code
+    /// returned is absorbed by the agent (protocol.md).
+    fn interrupt_worker(&mut self) {
+        if let (Some(_), Some(run)) = (&self.worker, &self.current) {
+            self.effects.push(Effect::Interrupt { seq: run.seq });
+        }
+    }
+
+    /// Removes a queued (not yet started) execution, ending it with an error event.
+    fn remove_queued(&mut self, execution_id: &str) -> bool {
+        let Some(pos) = self.queue.iter().position(|q| q.id == execution_id) else {
+            return false;
+        };
+        if let Some(queued) = self.queue.remove(pos) {
+            self.end_sink(
+                queued.sink,
+                Event::error(
+                    "ExecutionCancelled",
+                    "cancelled before it started; it did not run",
+                ),
+            );
+        }
+        true
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            id: self.id.clone(),
+            state: *self.state.borrow(),
+            pid: self.worker.as_ref().and_then(|w| w.pid),
+            python_version: self.python_version.clone(),
+            cwd: self.cwd.clone(),
+            created_at: self.created_at,
+            last_used_at: self.last_used_at,
+            execution_count: self.execution_count,
+            error_count: self.error_count,
+            queued: self.queue.len(),
+            restarts: self.restarts,
+            rss_bytes: None,
+            cpu_time_secs: None,
+            namespace_size: None,
+            timer_wakeups: self.timer_wakeups,
+            late_messages_dropped: self.late_messages_dropped,
+            dead_reason: self.dead_reason.clone(),
+        }
+    }
+
+    /// Starts the next queued execution if the worker is free.
+    pub(super) fn pump(&mut self, now: Instant) {
+        if self.current.is_some() || self.closing {
+            return;
+        }
+        let Some(w) = &mut self.worker else { return };
+        if !w.ready || w.exit_cause.is_some() {
+            return;
+        }
+        let Some(queued) = self.queue.pop_front() else {
+            return;
+        };
+        // Every marked message is delivered by now, so both pipes are at this marker count.
+        let segment = w.ordering.next_segment();
+        w.last_seq += 1;
+        let seq = w.last_seq;
+        let mut run = Running {
+            id: queued.id.clone(),
+            sink: queued.sink,
+            timeout: queued.timeout,
+            // not polling: a deadline, raced in the one sleep_until of the actor.
+            deadline: queued.timeout.map(|t| crate::time::deadline(now, t)),
+            cancel: None,
+            pending_inputs: HashSet::new(),
+            owned_segment: segment,
+            seq,
+        };
+        // Output written between executions (background threads, children) comes first.
+        let mut earlier = Vec::new();
+        w.ordering.take_stray_through(segment, &mut earlier);
+        for text in earlier {
+            run.sink.push(Event::Output {
+                stream: text.stream,
+                data: text.text,
+            });
+        }
+        self.current = Some(run);
+        self.set_state(SessionState::Busy);
+        self.send(Message::Execute(protocol::Execute {
+            id: queued.id,
+            code: queued.code,
+            seq,
+            transaction_id: None,
+            transaction_policy: protocol::TransactionPolicy::CommitAlways,
+            capture_source: false,
+        }));
+    }
+
+    pub(super) fn on_deadline(&mut self, now: Instant) {
+        self.timer_wakeups += 1;
+        let mut kill: Option<ExitCause> = None;
+        if let Some(w) = &mut self.worker {
+            let start_due = w.start_deadline.is_some_and(|at| at <= now);
+            if !w.ready && w.exit_cause.is_none() && start_due {
+                kill = Some(ExitCause::StartTimeout);
+            }
+            if w.kill_deadline.is_some_and(|at| at <= now) {
+                w.kill_deadline = None;
+                self.effects.push(Effect::KillGroup);
+            }
+        }
+        let grace = self.config.timeout_grace;
+        let mut send_cancel = false;
+        if let Some(run) = &mut self.current {
+            match &run.cancel {
+                Some(cancel) if cancel.deadline <= now => {
+                    kill = Some(ExitCause::CancelGraceExpired {
+                        timed_out: cancel.timed_out,
+                    });
+                }
+                Some(_) => {}
+                None if run.deadline.is_some_and(|at| at <= now) => {
+                    run.cancel = Some(CancelState {
+                        // not polling: a deadline, raced in the one sleep_until of the actor.
+                        deadline: crate::time::deadline(now, grace),
+                        timed_out: true,
+                        replies: Vec::new(),
+                    });
+                    send_cancel = true;
+                }
+                None => {}
+            }
+        }
+        if send_cancel {
+            self.interrupt_worker();
+        }
+        if let Some(cause) = kill {
+            self.kill_worker(cause);
+        }
+    }
+
+    pub(super) fn send(&mut self, msg: Message) {
+        if self.worker.is_some() {
+            self.effects.push(Effect::Send(msg));
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The core's routing of what the worker sends: frames (ready, replies, ordered messages)
+//! and output text, to the execution they belong to, output always before the message that
+//! follows it (`ordering.rs` decides when), and the end of an execution.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use super::{Core, Running};
+use crate::protocol::Message;
+use crate::session::ordering::Text;
+use crate::session::{CancelOutcome, Event, SessionState};
+
+impl Core {
+    pub(super) fn on_frame(&mut self, msg: Message, now: Instant) {
+        let Some(w) = self.worker.as_mut() else {
+            return;
+        };
+        match msg {
+            Message::Ready(ready) => self.on_ready(ready, now),
+            Message::Input(_) | Message::Result(_) | Message::Error(_) => {
+                if let Some(run) = &mut self.current {
+                    // The code stopped: a cancel in progress has succeeded, whenever the
+                    // terminal message gets delivered.
+                    if terminal_execution_id(&msg) == Some(run.id.as_str()) {
+                        if let Some(cancel) = &mut run.cancel {
+                            for reply in cancel.replies.drain(..) {
+                                let _ = reply.send(CancelOutcome::Cancelled);
+                            }
+                        }
+                    }
+                }
+                w.ordering.hold(msg);
+                self.release_held(now);
+            }
+            Message::Heartbeat(_) | Message::IsCompleteReply(_) => {
+                let kind = msg.type_name();
+                if !w.requests.answer(msg) {
+                    tracing::debug!(session = %self.id, kind, "a reply to no pending request (its caller gave up), dropped");
+                }
+            }
+            other => {
+                tracing::warn!(session = %self.id, kind = other.type_name(), "unexpected message from the worker, ignored");
+            }
+        }
+    }
+
+    /// The segment whose text belongs to the running execution.
+    pub(super) fn owner_segment(&self) -> Option<u64> {
+        self.current.as_ref().map(|run| run.owned_segment)
+    }
+
+    pub(super) fn deliver_output(&mut self, texts: Vec<Text>) {
+        if texts.is_empty() {
+            return;
+        }
+        if let Some(run) = &mut self.current {
+            for Text { stream, text } in texts {
+                run.sink.push(Event::Output { stream, data: text });
+            }
+        }
+    }
+
+    /// Delivers held ordered messages whose markers both pipes have passed.
+    pub(super) fn release_held(&mut self, now: Instant) {
+        loop {
+            let owner = self.owner_segment();
+            let mut out = Vec::new();
+            let Some(w) = self.worker.as_mut() else {
+                return;
+            };
+            let released = w.ordering.release_next(owner, &mut out);
+            self.deliver_output(out);
+            let Some((seq, msg)) = released else {
+                return;
+            };
+            self.deliver_ordered(seq, msg, now);
+        }
+    }
+
+    fn deliver_ordered(&mut self, seq: u64, msg: Message, now: Instant) {
+        let belongs = |run: &Running| terminal_or_input_execution(&msg) == Some(run.id.as_str());
+        let (Some(run), Some(w)) = (
+            self.current.as_mut().filter(|r| belongs(r)),
+            self.worker.as_mut(),
+        ) else {
+            self.late_messages_dropped += 1;
+            tracing::debug!(session = %self.id, kind = msg.type_name(), "message for an execution that already ended, dropped");
+            return;
+        };
+        match msg {
+            Message::Input(req) => {
+                // The code continues after the answer: text after this marker is its own.
+                run.owned_segment = seq;
+                let mut earlier = Vec::new();
+                w.ordering.take_stray_through(seq, &mut earlier);
+                for Text { stream, text } in earlier {
+                    run.sink.push(Event::Output { stream, data: text });
+                }
+                run.pending_inputs.insert(req.id.clone());
+                run.sink.push(Event::Input {
+                    input_id: req.id,
+                    prompt: req.prompt,
+                    password: req.password,
+                });
+            }
+            Message::Result(r) => {
+                let event = match &run.cancel {
+                    Some(cancel) if cancel.timed_out => {
+                        crate::session::exit::timeout_event(run.timeout, None)
+                    }
+                    _ => Event::Result {
+                        value: r.value,
+                        repr: r.repr,
+                        execution_time: crate::time::clamped_duration(r.execution_time),
+                    },
+                };
+                self.finish_current(event, now);
+            }
+            Message::Error(e) => {
+                let event = match &run.cancel {
+                    Some(cancel) if cancel.timed_out => {
+                        crate::session::exit::timeout_event(run.timeout, Some(e.traceback))
+                    }
+                    _ => Event::Error {
+                        exception_type: e.exception_type,
+                        exception_message: e.exception_message,
+                        traceback: e.traceback,
+                    },
+                };
+                self.finish_current(event, now);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn count_execution(&mut self, failed: bool) {
+        self.execution_count += 1;
+        self.executions
+            .store(self.execution_count, Ordering::Relaxed);
+        if failed {
+            self.error_count += 1;
+        }
+        self.last_used_at = crate::time::unix_now();
+    }
+
+    fn finish_current(&mut self, event: Event, now: Instant) {
+        let Some(run) = self.current.take() else {
+            return;
+        };
+        self.count_execution(matches!(event, Event::Error { .. }));
+        self.end_sink(run.sink, event);
+        if !self.closing {
+            self.set_state(SessionState::Idle);
+        }
+        self.pump(now);
+    }
+}
+
+fn terminal_execution_id(msg: &Message) -> Option<&str> {
+    match msg {
+        Message::Result(r) => Some(&r.execution_id),
+        Message::Error(e) => e.execution_id.as_deref(),
+        _ => None,
+    }
+}
+
+fn terminal_or_input_execution(msg: &Message) -> Option<&str> {
+    match msg {
+        Message::Input(i) => Some(&i.execution_id),
+        other => terminal_execution_id(other),
+    }
+}

@@ -1,0 +1,95 @@
+//! Why a worker went away, and what that means for the execution that was running: the
+//! error it ends with, and whether a fresh worker replaces the dead one.
+
+use std::time::Duration;
+
+use super::Event;
+
+/// Why the current worker is going away; decides what happens once it has exited.
+#[derive(Debug, Clone)]
+pub(crate) enum ExitCause {
+    /// It died on its own (crash, `os._exit`, OOM kill, closed socket).
+    Unexpected,
+    Protocol(String),
+    StartTimeout,
+    /// A cancel's grace ran out; `timed_out` when the cancel came from the execution timeout.
+    CancelGraceExpired {
+        timed_out: bool,
+    },
+    ForcedInterrupt,
+    Restart,
+    Shutdown,
+}
+
+/// After the worker exited for `cause`: whether a fresh worker replaces it, and the error
+/// that ends the execution that was running.
+pub(crate) fn exit_consequence(
+    cause: &ExitCause,
+    status: &str,
+    timeout_grace: Duration,
+) -> (bool, Event) {
+    match cause {
+        ExitCause::Unexpected => (
+            false,
+            Event::error(
+                "WorkerDied",
+                format!("the worker {status} while running this code; the session's state is lost"),
+            ),
+        ),
+        ExitCause::Protocol(e) => (
+            false,
+            Event::error(
+                "ProtocolError",
+                format!("the worker broke the protocol ({e}) and was killed; the session's state is lost"),
+            ),
+        ),
+        ExitCause::CancelGraceExpired { timed_out: true } => (
+            true,
+            Event::error(
+                "ExecutionTimeout",
+                format!(
+                    "the execution exceeded its timeout and did not stop within {timeout_grace:?} of being interrupted; the worker was killed and restarted, the namespace is lost"
+                ),
+            ),
+        ),
+        ExitCause::CancelGraceExpired { timed_out: false } => (
+            true,
+            Event::error(
+                "ExecutionKilled",
+                "the code did not stop within the cancel grace period; the worker was killed and restarted, the namespace is lost",
+            ),
+        ),
+        ExitCause::ForcedInterrupt => (
+            true,
+            Event::error(
+                "ExecutionKilled",
+                "interrupted with force_restart: the worker was killed and restarted, the namespace is lost",
+            ),
+        ),
+        ExitCause::Restart => (
+            true,
+            Event::error(
+                "SessionRestarted",
+                "the session was restarted while this code ran; the namespace is lost",
+            ),
+        ),
+        ExitCause::StartTimeout | ExitCause::Shutdown => (
+            false,
+            Event::error("SessionShutdown", "the session was shut down while this code ran"),
+        ),
+    }
+}
+
+pub(crate) fn timeout_event(timeout: Option<Duration>, traceback: Option<String>) -> Event {
+    let message = match timeout {
+        Some(t) => format!("the execution exceeded its timeout of {t:?} and was interrupted"),
+        None => "the execution exceeded its timeout and was interrupted".to_string(),
+    };
+    let mut traceback = traceback.unwrap_or_default();
+    traceback.push_str(&format!("ExecutionTimeout: {message}\n"));
+    Event::Error {
+        exception_type: "ExecutionTimeout".into(),
+        exception_message: message,
+        traceback,
+    }
+}

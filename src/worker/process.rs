@@ -1,0 +1,225 @@
+//! One worker process, owned: its pid, a pidfd that tells when it exits, signals to it and to
+//! its process group, and reaping it. This is the only place that signals a worker.
+//!
+//! The rule that makes it safe: a pid (and the process group named after it) can only be
+//! reused once the process has been reaped, so every signal is sent while the leader is not
+//! reaped yet, and [`WorkerProcess::reap`] consumes the value, leaving nothing to signal with.
+//! Its exit is learnt from the pidfd (an event), not from `waitpid`, so that the group can be
+//! swept while the dead leader still holds its pid.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::process::Child;
+
+use super::procfs::group_members;
+use crate::error::Error;
+
+/// A live (not yet reaped) worker process that leads its own process group.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    /// Not reaped while this value exists: `reap` consumes it.
+    child: Child,
+    pid: u32,
+    /// Readable once the process has exited.
+    exit: AsyncFd<OwnedFd>,
+    /// Set by `reap` once the leader is reaped: from then on its pid may be reused, and
+    /// `Drop` must not signal it.
+    reaped: bool,
+}
+
+impl WorkerProcess {
+    /// Takes ownership of a just-spawned child that leads its own process group.
+    pub(crate) fn new(child: Child) -> Result<Self, Error> {
+        let pid = child.id().ok_or_else(|| Error::StartFailed {
+            status: "exited before it could be tracked".into(),
+            stderr: String::new(),
+        })?;
+        // The child is not reaped (nothing waited for it), so `pid` is still its own.
+        let exit = pid_exit_event(pid).map_err(Error::io("watching the worker's exit (pidfd)"))?;
+        Ok(WorkerProcess {
+            child,
+            pid,
+            exit,
+            reaped: false,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves once the process has exited (it is then a zombie until [`Self::reap`]).
+    /// Cancel-safe: it only waits for readiness.
+    pub async fn exited(&self) {
+        // An error here means the fd cannot be polled, which a pidfd always can; treating it
+        // as "exited" leads to `reap`, whose wait tells the truth either way.
+        let _ = self.exit.readable().await;
+    }
+
+    /// SIGKILL to every process of the worker's group. Safe: the leader is not reaped, so
+    /// the group id cannot name anybody else's group.
+    pub fn kill_group(&self) {
+        signal_group(self.pid, libc::SIGKILL);
+    }
+
+    /// Delivers SIGINT to the worker's main thread (its tid is its pid), where user code
+    /// runs, for the execution numbered `seq`. Unlike a `cancel` message this needs nothing
+    /// from the worker's reader thread, which would first have to win the GIL from a busy
+    /// main thread (up to the 5 ms switch interval). The target is written to the
+    /// signal-target file first, so the worker can tell a signal for code that has not
+    /// started yet (kept until it starts) from one for code that already finished (ignored):
+    /// a signal carries no data of its own.
+    pub fn interrupt_main_thread(&self, signal_target: &OwnedFd, seq: u64) {
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
+            return;
+        };
+        let bytes = seq.to_le_bytes();
+        // SAFETY: pwrite of 8 bytes from a valid buffer to an fd we own; a failure only
+        // means the worker falls back to its untargeted rule.
+        unsafe {
+            libc::pwrite(
+                signal_target.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+            );
+        }
+        // SAFETY: tgkill has no memory-safety preconditions; the thread is ours (unreaped).
+        unsafe {
+            libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGINT);
+        }
+    }
+
+    /// After [`Self::exited`]: sweeps the group (children of user code do not outlive the
+    /// worker), takes an exit event of every process of the group still dying, then reaps the
+    /// leader. What is left cannot signal anything: it can only wait for the stragglers.
+    pub async fn reap(mut self) -> (io::Result<ExitStatus>, Stragglers) {
+        self.kill_group();
+        // The dead leader still holds the group id, so every member found is ours.
+        let stragglers = group_members(self.pid)
+            .into_iter()
+            .filter(|&pid| pid != self.pid)
+            .filter_map(|pid| pid_exit_event(pid).ok())
+            .collect();
+        // The leader has exited: this returns at once.
+        let status = self.child.wait().await;
+        self.reaped = status.is_ok();
+        (status, Stragglers(stragglers))
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // Whatever path drops a live worker (including the runtime shutting down under us),
+        // no process of its group survives it. Not reaped yet, so the group is still ours;
+        // tokio's `kill_on_drop` then reaps the leader in the background.
+        if !self.reaped {
+            self.kill_group();
+        }
+    }
+}
+
+/// Processes of a reaped worker's group that were killed but had not died yet, each held by
+/// its own pidfd (no pid is kept, so none can be signalled after it is reused).
+#[derive(Debug, Default)]
+pub struct Stragglers(Vec<AsyncFd<OwnedFd>>);
+
+impl Stragglers {
+    /// Forgets those that have exited already, so the list stays as long as what is dying.
+    pub fn merge(&mut self, other: Stragglers) {
+        self.0.extend(other.0);
+        self.0.retain(|fd| fd.readable().now_or_never().is_none());
+    }
+
+    /// Waits until every straggler has exited, or `within` passes. Returns whether all did.
+    pub async fn wait_gone(self, within: Duration) -> bool {
+        // not polling: one deadline bounding the wait for every member's exit event.
+        let deadline = tokio::time::Instant::now() + within;
+        for exited in &self.0 {
+            // not polling: waits on the exit event, bounded by the one deadline.
+            if tokio::time::timeout_at(deadline, exited.readable())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// SIGKILL/SIGINT/... to the process group `pgid`; pids ≤ 1 are refused so that a bug can
+/// never signal the host's own group or every process.
+fn signal_group(pgid: u32, signal: i32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: killpg has no memory-safety preconditions. ESRCH (group already gone) is fine.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+/// A pidfd that becomes readable when `pid` exits.
+fn pid_exit_event(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: `owned` stays open, and is the same fd, for as long as the AsyncFd owns it.
+    unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader that exits at once, leaving a child behind in its group.
+    fn leader_with_orphan() -> WorkerProcess {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "sleep 1000 & echo $! ; exec true"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        WorkerProcess::new(cmd.spawn().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reaping_sweeps_the_group_first_and_waits_for_what_was_left() {
+        let mut process = leader_with_orphan();
+        let stdout = process.child.stdout.take().unwrap();
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        let orphan: u32 = line.trim().parse().unwrap();
+        process.exited().await;
+        let pgid = process.pid();
+        assert!(
+            group_members(pgid).contains(&orphan),
+            "the child outlived its leader"
+        );
+        let (status, stragglers) = process.reap().await;
+        assert!(status.unwrap().success());
+        assert!(stragglers.wait_gone(Duration::from_secs(5)).await);
+        assert!(
+            group_members(pgid).is_empty(),
+            "nothing of the group is left"
+        );
+    }
+}

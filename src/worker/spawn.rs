@@ -1,0 +1,161 @@
+//! Starting a worker process: the file descriptors (the protocol channels on fds 3 and 4, the
+//! signal-target file on fd 5, stdout/stderr pipes, stdin from /dev/null), its own process
+//! group, the environment and the working directory.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Stdio;
+
+use tokio::net::unix::pipe;
+use tokio::net::UnixStream;
+use tokio::process::Command;
+
+use super::process::WorkerProcess;
+use super::{WorkerSpec, AGENT_SOURCE, CONTROL_FD, EXEC_FD, SIGNAL_FD};
+use crate::error::Error;
+
+/// A started worker: the process and the host's ends of its channels.
+#[derive(Debug)]
+pub struct SpawnedWorker {
+    pub process: WorkerProcess,
+    pub exec: UnixStream,
+    pub control: UnixStream,
+    /// The host's end of the signal-target file (a memfd shared with the worker).
+    pub signal_target: OwnedFd,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
+/// Starts the agent with an interpreter from [`super::prepare_interpreter`].
+pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
+    let (host_exec, child_exec) =
+        std::os::unix::net::UnixStream::pair().map_err(Error::io("creating the exec channel"))?;
+    let (host_control, child_control) = std::os::unix::net::UnixStream::pair()
+        .map_err(Error::io("creating the control channel"))?;
+    // Both at 10 or above, so that placing one at 3 or 4 cannot clobber the other.
+    let child_exec: OwnedFd = raise_fd(child_exec.into())?;
+    let child_control: OwnedFd = raise_fd(child_control.into())?;
+    let signal_target = signal_target_file()?;
+    let child_signal = raise_fd(
+        signal_target
+            .try_clone()
+            .map_err(Error::io("sharing the signal-target file"))?,
+    )?;
+    let (out_r, out_w) = std::io::pipe().map_err(Error::io("creating the stdout pipe"))?;
+    let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
+
+    let mut cmd = Command::new(&spec.interpreter.python);
+    match &spec.interpreter.agent_pyc {
+        Some(pyc) => cmd.arg(pyc),
+        None => cmd.arg("-c").arg(AGENT_SOURCE),
+    };
+    cmd.current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(OwnedFd::from(out_w)))
+        .stderr(Stdio::from(OwnedFd::from(err_w)))
+        .env("PYREPL3_FD", EXEC_FD.to_string())
+        .env("PYREPL3_CONTROL_FD", CONTROL_FD.to_string())
+        .env("PYREPL3_SIGNAL_FD", SIGNAL_FD.to_string())
+        .env("PYREPL3_SESSION_ID", &spec.session_id)
+        .env("PYREPL3_MARKER", &spec.marker_token)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        // Its own process group: terminating the session kills everything it started, and a
+        // Ctrl-C at the host's terminal is not delivered to the worker behind our back.
+        .process_group(0)
+        .kill_on_drop(true);
+    let (exec_fd, control_fd, signal_fd) = (
+        child_exec.as_raw_fd(),
+        child_control.as_raw_fd(),
+        child_signal.as_raw_fd(),
+    );
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
+    unsafe {
+        cmd.pre_exec(move || {
+            place_fd(exec_fd, EXEC_FD)?;
+            place_fd(control_fd, CONTROL_FD)?;
+            place_fd(signal_fd, SIGNAL_FD)
+        });
+    }
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
+        python: spec.interpreter.python.clone(),
+        source,
+    })?;
+    drop((child_exec, child_control, child_signal));
+    // Owned from here on: a failure below drops it, which kills its group.
+    let process = WorkerProcess::new(child)?;
+    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(out_r))
+        .map_err(Error::io("registering the stdout pipe"))?;
+    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(err_r))
+        .map_err(Error::io("registering the stderr pipe"))?;
+    Ok(SpawnedWorker {
+        process,
+        exec: register_socket(host_exec)?,
+        control: register_socket(host_control)?,
+        signal_target,
+        stdout,
+        stderr,
+    })
+}
+
+fn register_socket(sock: std::os::unix::net::UnixStream) -> Result<UnixStream, Error> {
+    sock.set_nonblocking(true)
+        .map_err(Error::io("configuring a protocol channel"))?;
+    UnixStream::from_std(sock).map_err(Error::io("registering a protocol channel"))
+}
+
+/// Moves an fd to 10 or above, so that neither the child's stdio set-up nor placing the
+/// other channel can clobber it (fds 0-2 are possible when the host was started with them
+/// closed; 3 and 4 are where the channels go).
+fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
+    if fd.as_raw_fd() >= 10 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own, or -1.
+    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if raw < 0 {
+        return Err(Error::Io {
+            context: "moving the protocol socket's fd",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// In the child: puts `fd` at `target`, inheritable across exec.
+fn place_fd(fd: i32, target: i32) -> io::Result<()> {
+    // SAFETY: plain syscalls on fds owned by this (child) process.
+    unsafe {
+        if fd == target {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, target) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// An anonymous 8-byte file (memfd): invisible in the worker's file system, shared by fd.
+fn signal_target_file() -> Result<OwnedFd, Error> {
+    // SAFETY: memfd_create with a valid NUL-terminated name; the fd is ours if >= 0.
+    let raw = unsafe { libc::memfd_create(c"pyrepl3-signal-target".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(Error::Io {
+            context: "creating the signal-target file",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ftruncate on an fd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), 8) } < 0 {
+        return Err(Error::Io {
+            context: "sizing the signal-target file",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(fd)
+}

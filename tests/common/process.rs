@@ -1,0 +1,113 @@
+//! What the kernel says about processes, read directly from /proc and pidfds, so the tests
+//! depend on no internals of the crate.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// A pidfd for `pid`: readable once the process has exited. `None` if it is gone (ESRCH).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ESRCH),
+            "pidfd_open({pid}): {err}"
+        );
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until process `pid` has exited, on the kernel's pidfd event (no polling), or the
+/// deadline passes. Returns whether it exited in time.
+pub async fn wait_pid_exit(pid: u32, within: Duration) -> bool {
+    use tokio::io::unix::AsyncFd;
+    let Some(owned) = pidfd_open(pid) else {
+        return true; // already gone
+    };
+    // SAFETY: `owned` is an open pidfd that the AsyncFd owns until it is dropped.
+    let Ok(async_fd) = (unsafe { AsyncFd::register(owned) }) else {
+        return false;
+    };
+    tokio::time::timeout(within, async_fd.readable())
+        .await
+        .is_ok()
+}
+
+/// Waits for our own `child` to exit, blocking on its pidfd until `deadline`; reaps it and
+/// returns its status, or `None` if it is still running at the deadline (it is left running:
+/// the caller decides whether to kill it).
+pub fn wait_child_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    if let Some(status) = child.try_wait().expect("try_wait on our own child") {
+        return Some(status);
+    }
+    // An unreaped child keeps its pid (as a zombie at worst), so the pidfd names this child.
+    let pidfd = pidfd_open(child.id()).expect("an unreaped child has a pid");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up: a wait shorter than a millisecond must not become a busy return.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // One blocking wait for the exit event, bounded by the deadline.
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match ready {
+            0 => return None,
+            n if n > 0 => return Some(child.wait().expect("reaping an exited child")),
+            _ => {
+                let err = std::io::Error::last_os_error();
+                assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "poll: {err}");
+            }
+        }
+    }
+}
+
+/// Whether `pid` exists (a zombie counts: it still has its pid).
+pub fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Whether any live (non-zombie) process is in process group `pgid`, from /proc/<pid>/stat.
+pub fn group_alive(pgid: u32) -> bool {
+    let entries = std::fs::read_dir("/proc").expect("/proc is readable");
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            // Gone between the listing and the read: not a member.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // The command name may hold spaces and ')': the fields after the last ')' are
+            // state, ppid, pgrp, ...
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let mut fields = stat[close + 1..].split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+        })
+}
+
+/// Resident memory of `pid` in bytes, from /proc/<pid>/statm (resident pages × page size).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/statm: {e}"));
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/{pid}/statm: {statm:?}"));
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * if page > 0 { page as u64 } else { 4096 }
+}

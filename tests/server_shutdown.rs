@@ -1,0 +1,82 @@
+//! `pyrepl3 serve` as its own process receiving SIGTERM with busy sessions: running
+//! executions end with ServerShutdown, the server exits 0 in time, no worker is left.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::server::*;
+use common::{group_alive, guard, wait_pid_exit};
+use futures::StreamExt;
+use reqwest::Client;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "shutdown_grace_secs = 1.0\n[pool]\nmin_idle = 1\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (mut child, base) = spawn_server(&["--config", cfg]);
+    let http = Client::new();
+    let mut pids = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let session: Value = http
+            .post(format!("{base}/v1/sessions"))
+            .bearer_auth(ALICE)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = session["id"].as_str().unwrap().to_string();
+        let info: Value = http
+            .get(format!("{base}/v1/sessions/{id}"))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pids.push(info["pid"].as_u64().unwrap() as u32);
+        let resp = http.post(format!("{base}/v1/sessions/{id}/execute")).bearer_auth(ALICE)
+            .header("accept", "text/event-stream")
+            .json(&json!({"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('go', flush=True)\nwhile True: pass"}))
+            .send().await.unwrap();
+        let mut body = resp.bytes_stream();
+        let first = guard(body.next()).await.unwrap().unwrap();
+        assert!(std::str::from_utf8(&first).unwrap().contains("go"));
+        streams.push(body);
+    }
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // The running executions end with ServerShutdown.
+    for mut body in streams {
+        let mut rest = String::new();
+        while let Some(chunk) = guard(body.next()).await {
+            rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+        assert!(rest.contains("ServerShutdown"), "{rest}");
+    }
+    let status = guard(tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+    for pid in pids {
+        assert!(
+            wait_pid_exit(pid, Duration::from_secs(1)).await,
+            "worker {pid} left behind"
+        );
+        assert!(!group_alive(pid));
+    }
+}

@@ -1,0 +1,88 @@
+//! `input()`, `getpass` and `sys.stdin` in a session: requests answered in turn, EOF, unknown
+//! or repeated answers rejected.
+
+mod common;
+
+use common::*;
+use pyrepl3::{Error, Event, ExecuteOptions};
+
+#[tokio::test]
+async fn two_inputs_answered_in_turn_and_unknown_ids_rejected() {
+    let s = start().await;
+    let mut ex = s.execute(
+        "print('before')\na = input('first? ')\nb = input('second? ')\nprint(a + '|' + b)",
+        ExecuteOptions::default(),
+    );
+    let mut prompts = Vec::new();
+    let mut stdout = String::new();
+    let mut answers = vec!["two", "one"];
+    let terminal = guard(async {
+        loop {
+            match ex.next_event().await.expect("terminal event") {
+                Event::Output { data, .. } => stdout.push_str(&data),
+                Event::Input {
+                    input_id,
+                    prompt,
+                    password,
+                } => {
+                    assert!(!password);
+                    if prompts.is_empty() {
+                        assert_eq!(stdout, "before\n", "output before input() arrives first");
+                    }
+                    prompts.push(prompt);
+                    let answer = answers.pop().unwrap();
+                    s.input_response(&input_id, answer).await.unwrap();
+                    // Answering twice is an error.
+                    let again = s.input_response(&input_id, "x").await;
+                    assert!(matches!(again, Err(Error::UnknownInput(_))), "{again:?}");
+                }
+                t => break t,
+            }
+        }
+    })
+    .await;
+    assert!(matches!(terminal, Event::Result { .. }), "{terminal:?}");
+    assert_eq!(prompts, vec!["first? ", "second? "]);
+    assert_eq!(stdout, "before\none|two\n");
+    let unknown = s.input_response("no-such-input", "x").await;
+    assert!(
+        matches!(unknown, Err(Error::UnknownInput(_))),
+        "{unknown:?}"
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn input_eof_getpass_and_stdin_readline() {
+    let s = start().await;
+    let mut ex = s.execute(
+        "import getpass, sys\npw = getpass.getpass()\nline = sys.stdin.readline()\ntry:\n    input()\nexcept EOFError:\n    print('eof')\n(pw, line)",
+        ExecuteOptions::default(),
+    );
+    let mut kinds = Vec::new();
+    let end = guard(async {
+        loop {
+            match ex.next_event().await.expect("terminal") {
+                Event::Input {
+                    input_id, password, ..
+                } => {
+                    kinds.push(password);
+                    match kinds.len() {
+                        1 => s.input_response(&input_id, "secret").await.unwrap(),
+                        2 => s.input_response(&input_id, "a line").await.unwrap(),
+                        _ => s.input_eof(&input_id).await.unwrap(),
+                    }
+                }
+                Event::Output { data, .. } => assert_eq!(data, "eof\n"),
+                t => break t,
+            }
+        }
+    })
+    .await;
+    assert_eq!(kinds, vec![true, false, false]);
+    match end {
+        Event::Result { repr, .. } => assert_eq!(repr.as_deref(), Some("('secret', 'a line\\n')")),
+        other => panic!("{other:?}"),
+    }
+    s.shutdown().await.unwrap();
+}
