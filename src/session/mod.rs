@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::protocol::{self, CompletenessStatus, Heartbeat, Message, StreamName};
+use crate::protocol::{self, CompletenessStatus, Heartbeat, StreamName};
 use requests::{Command, WorkerRequest};
 
 /// The UTF-8 decoding of pipe output, public for the micro-benchmarks in `benches/`.
@@ -135,56 +135,6 @@ pub enum Event {
 impl Event {
     pub fn is_terminal(&self) -> bool {
         matches!(self, Event::Result { .. } | Event::Error { .. })
-    }
-
-    /// The event as a protocol message (the JSON schema of `docs/protocol.md`).
-    pub fn to_message(&self, execution_id: &str) -> Message {
-        let id = uuid::Uuid::new_v4().to_string();
-        let execution_id = execution_id.to_string();
-        match self.clone() {
-            Event::Output { stream, data } => Message::Output(protocol::Output {
-                id,
-                execution_id,
-                stream,
-                data,
-            }),
-            Event::Input {
-                input_id,
-                prompt,
-                password,
-            } => Message::Input(protocol::InputRequest {
-                id: input_id,
-                execution_id,
-                prompt,
-                password,
-                timeout: None,
-                marked: true,
-            }),
-            Event::Result {
-                value,
-                repr,
-                execution_time,
-            } => Message::Result(protocol::ResultMsg {
-                id,
-                execution_id,
-                value,
-                repr,
-                execution_time: execution_time.as_secs_f64(),
-                marked: true,
-            }),
-            Event::Error {
-                exception_type,
-                exception_message,
-                traceback,
-            } => Message::Error(protocol::ErrorMsg {
-                id,
-                execution_id: Some(execution_id),
-                exception_type,
-                exception_message,
-                traceback,
-                marked: true,
-            }),
-        }
     }
 
     pub(crate) fn error(exception_type: &str, message: impl Into<String>) -> Event {
