@@ -26,8 +26,8 @@ pub struct WorkerProcess {
     /// Not reaped while this value exists: `reap` consumes it.
     child: Child,
     pid: u32,
-    /// Readable once the process has exited.
-    exit: AsyncFd<OwnedFd>,
+    /// Tells when the process has exited, without reaping it.
+    exit: ExitWatch,
     /// Set by `reap` once the leader is reaped: from then on its pid may be reused, and
     /// `Drop` must not signal it.
     reaped: bool,
@@ -41,7 +41,7 @@ impl WorkerProcess {
             stderr: String::new(),
         })?;
         // The child is not reaped (nothing waited for it), so `pid` is still its own.
-        let exit = pid_exit_event(pid).map_err(Error::io("watching the worker's exit (pidfd)"))?;
+        let exit = ExitWatch::new(pid).map_err(Error::io("watching the worker's exit"))?;
         Ok(WorkerProcess {
             child,
             pid,
@@ -57,9 +57,7 @@ impl WorkerProcess {
     /// Resolves once the process has exited (it is then a zombie until [`Self::reap`]).
     /// Cancel-safe: it only waits for readiness.
     pub async fn exited(&self) {
-        // An error here means the fd cannot be polled, which a pidfd always can; treating it
-        // as "exited" leads to `reap`, whose wait tells the truth either way.
-        let _ = self.exit.readable().await;
+        self.exit.exited().await;
     }
 
     /// SIGKILL to every process of the worker's group. Safe: the leader is not reaped, so
@@ -154,6 +152,72 @@ impl Stragglers {
     }
 }
 
+/// How the exit of a worker is learnt without reaping it: its pidfd becoming readable, or,
+/// where `pidfd_open` is not available (kernels before 5.3, some sandboxes and tools), a
+/// thread of its own blocked in `waitid(WNOWAIT)` that reports the exit once.
+#[derive(Debug)]
+enum ExitWatch {
+    Pidfd(AsyncFd<OwnedFd>),
+    Thread(tokio::sync::watch::Receiver<bool>),
+}
+
+impl ExitWatch {
+    fn new(pid: u32) -> io::Result<ExitWatch> {
+        match pid_exit_event(pid) {
+            Ok(fd) => Ok(ExitWatch::Pidfd(fd)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => ExitWatch::thread(pid),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn thread(pid: u32) -> io::Result<ExitWatch> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // A plain thread, not the blocking pool: it stays blocked for the worker's whole
+        // life, and the pool's bound would otherwise cap the number of sessions.
+        std::thread::Builder::new()
+            .name(format!("pyrepl3-exit-{pid}"))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                wait_exited_not_reaped(pid);
+                let _ = tx.send(true);
+            })?;
+        Ok(ExitWatch::Thread(rx))
+    }
+
+    async fn exited(&self) {
+        match self {
+            // An error here means the fd cannot be polled, which a pidfd always can; treating
+            // it as "exited" leads to `reap`, whose wait tells the truth either way.
+            ExitWatch::Pidfd(fd) => {
+                let _ = fd.readable().await;
+            }
+            ExitWatch::Thread(rx) => {
+                let _ = rx.clone().wait_for(|exited| *exited).await;
+            }
+        }
+    }
+}
+
+/// Blocks until `pid` (a child of this process) has exited, leaving it a zombie.
+fn wait_exited_not_reaped(pid: u32) {
+    loop {
+        // SAFETY: waitid writes into the zeroed siginfo we own; WNOWAIT leaves the child
+        // unreaped, so its pid stays ours until `reap`.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
 /// SIGKILL/SIGINT/... to the process group `pgid`; pids ≤ 1 are refused so that a bug can
 /// never signal the host's own group or every process.
 fn signal_group(pgid: u32, signal: i32) {
@@ -221,5 +285,22 @@ mod tests {
             group_members(pgid).is_empty(),
             "nothing of the group is left"
         );
+    }
+
+    #[tokio::test]
+    async fn without_pidfd_a_thread_learns_the_exit_and_leaves_the_reaping_to_reap() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "exit 7"])
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn().unwrap();
+        let pid = child.id().unwrap();
+        let mut process = WorkerProcess::new(child).unwrap();
+        process.exit = ExitWatch::thread(pid).unwrap();
+        process.exited().await;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(stat.contains(") Z "), "a zombie, not reaped yet: {stat}");
+        let (status, _) = process.reap().await;
+        assert_eq!(status.unwrap().code(), Some(7));
     }
 }
