@@ -5,6 +5,23 @@
 //! [`Event::Input`] answered with [`Session::input_response`], and a running execution can be
 //! cancelled without losing the session. Nothing in this crate wakes up on a timer to look
 //! for work: see `docs/event-driven.md`.
+//!
+//! # Layout
+//!
+//! Data flows one way, transport → service → pool → session → worker; each module knows only
+//! those below it (`docs/architecture.md` has the map, the state owners and the path of one
+//! execution):
+//!
+//! - [`cli`] (feature `cli`): `pyrepl3 exec | repl | serve`.
+//! - [`server`] (feature `server`): HTTP + SSE + WebSocket, translating to and from [`service`].
+//! - [`service`]: the operations clients use, transport-free — tenants, limits, sessions held
+//!   by clients, executions and their event logs, culling, shutdown; [`service::ClientEvent`].
+//! - [`pool`]: [`SessionPool`], warm sessions with demand-driven warmup and health.
+//! - [`session`]: [`Session`], its actor (all of a session's I/O) and core (its state
+//!   machine, without I/O).
+//! - [`protocol`]: the host⇄worker messages and their framing.
+//! - `worker` (private): worker processes — spawn, pidfd, signals, reaping, /proc.
+//! - [`ratelimit`]: token buckets with computed wake-ups.
 
 // Nothing a user, a worker or the OS can influence may panic the service; tests may.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

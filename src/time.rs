@@ -1,5 +1,7 @@
-//! Durations and deadlines from numbers a user, a config file or a worker supplied, without
-//! the overflow panics of `Duration::from_secs_f64(1e30)` or `Instant + Duration::MAX`.
+//! Time, in one place: durations and deadlines from numbers a user, a config file or a worker
+//! supplied, without the overflow panics of `Duration::from_secs_f64(1e30)` or
+//! `Instant + Duration::MAX`; wall-clock Unix time; and the "sleep until an optional
+//! deadline" future that every `select!` with a deadline arm uses.
 
 use std::time::Duration;
 

@@ -164,7 +164,7 @@ impl SessionHandle {
     }
 
     /// Stops an execution: KeyboardInterrupt, then (after `grace`, default
-    /// [`DEFAULT_CANCEL_GRACE`]) the worker is killed and restarted. Answers with the outcome.
+    /// `DEFAULT_CANCEL_GRACE`, 500 ms) the worker is killed and restarted. Answers with the outcome.
     pub async fn cancel(
         &self,
         execution_id: &str,
