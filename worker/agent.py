@@ -339,7 +339,10 @@ class Agent:
 
         self._unfinished = None          # execution still owed a terminal frame
         self._cell_count = 0
-        self._compile_flags = 0          # PyCF_ALLOW_TOP_LEVEL_AWAIT + __future__ seen so far
+        # PyCF_ALLOW_TOP_LEVEL_AWAIT (0x2000, ast's constant: not imported before `ready`) plus
+        # the __future__ flags seen so far. Set before `ready`: the reader thread answers
+        # is_complete with these flags from then on.
+        self._compile_flags = 0x2000
         self._loop = None
         main_module = types.ModuleType("__main__")
         main_module.__builtins__ = builtins
@@ -592,7 +595,6 @@ class Agent:
         from termios import FIONREAD as _FIONREAD
         _keep_output_order()
         getpass_module.getpass = getpass
-        self._compile_flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         while True:
             try:
                 try:
