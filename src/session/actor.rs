@@ -152,6 +152,27 @@ impl LiveWorker {
     }
 }
 
+/// What one read from a protocol channel means.
+enum ChannelRead {
+    Frame(Message),
+    /// The channel ended. A read error counts as an end too: the kernel answers ECONNRESET
+    /// when the worker died with bytes it never read, and the death is reported by the exit,
+    /// not as a fault of the protocol.
+    End,
+    /// Bytes that are not the protocol: nothing more from this worker can be trusted.
+    Broken(String),
+}
+
+impl From<Option<Result<Message, ProtocolError>>> for ChannelRead {
+    fn from(read: Option<Result<Message, ProtocolError>>) -> Self {
+        match read {
+            Some(Ok(msg)) => ChannelRead::Frame(msg),
+            None | Some(Err(ProtocolError::Io(_))) => ChannelRead::End,
+            Some(Err(e)) => ChannelRead::Broken(e.to_string()),
+        }
+    }
+}
+
 /// What woke the actor.
 enum Wake {
     Command(Option<Command>),
@@ -359,8 +380,10 @@ impl Actor {
             marker_token,
             ..self.spec.clone()
         };
+        let spawned = worker::spawn(&spec);
+        // The start deadline counts from here, once the process exists.
         let now = Instant::now();
-        match worker::spawn(&spec) {
+        match spawned {
             Ok(spawned) => {
                 let pid = spawned.process.pid();
                 self.worker = Some(LiveWorker::new(spawned, self.max_frame_len));
@@ -392,19 +415,19 @@ impl Actor {
     }
 
     fn on_frame(&mut self, i: usize, frame: Option<Result<Message, ProtocolError>>, now: Instant) {
-        match frame {
-            Some(Ok(msg)) => self.core.handle(Input::Frame(msg), now),
-            Some(Err(e)) => {
+        match ChannelRead::from(frame) {
+            ChannelRead::Frame(msg) => self.core.handle(Input::Frame(msg), now),
+            ChannelRead::End => {
+                if let Some(w) = &mut self.worker {
+                    w.readers[i] = None;
+                }
+            }
+            ChannelRead::Broken(e) => {
                 // The stream cannot be trusted after an error: nothing more is read from it.
                 if let Some(w) = &mut self.worker {
                     w.readers = [None, None];
                 }
-                self.core.handle(Input::ProtocolError(e.to_string()), now);
-            }
-            None => {
-                if let Some(w) = &mut self.worker {
-                    w.readers[i] = None;
-                }
+                self.core.handle(Input::ProtocolError(e), now);
             }
         }
     }
@@ -473,13 +496,13 @@ impl Actor {
         }
         'channels: for reader in readers.iter_mut().flatten() {
             while let Some(frame) = reader.next().now_or_never() {
-                match frame {
-                    Some(Ok(msg)) => self.core.handle(Input::Frame(msg), now),
-                    Some(Err(e)) => {
-                        self.core.handle(Input::ProtocolError(e.to_string()), now);
+                match ChannelRead::from(frame) {
+                    ChannelRead::Frame(msg) => self.core.handle(Input::Frame(msg), now),
+                    ChannelRead::End => break,
+                    ChannelRead::Broken(e) => {
+                        self.core.handle(Input::ProtocolError(e), now);
                         break 'channels;
                     }
-                    None => break,
                 }
             }
         }
@@ -488,5 +511,25 @@ impl Actor {
             Err(e) => format!("could not be waited for: {e}"),
         };
         self.core.handle(Input::Reaped { status }, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_error_ends_one_channel_but_bad_bytes_break_the_protocol() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            ChannelRead::from(Some(Err(ProtocolError::Io(reset)))),
+            ChannelRead::End
+        ));
+        assert!(matches!(ChannelRead::from(None), ChannelRead::End));
+        let too_large = ProtocolError::FrameTooLarge { len: 99, max: 1 };
+        assert!(matches!(
+            ChannelRead::from(Some(Err(too_large))),
+            ChannelRead::Broken(e) if e.contains("exceeds the limit")
+        ));
     }
 }
