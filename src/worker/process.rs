@@ -99,10 +99,15 @@ impl WorkerProcess {
     /// leader. What is left cannot signal anything: it can only wait for the stragglers.
     pub async fn reap(mut self) -> (io::Result<ExitStatus>, Stragglers) {
         self.kill_group();
-        // The dead leader still holds the group id, so every member found is ours.
-        let stragglers = group_members(self.pid)
+        // The dead leader still holds the group id (it is reaped only below), so every member
+        // found is ours. Scanning /proc is blocking work: not on the runtime's thread.
+        let leader = self.pid;
+        let members = tokio::task::spawn_blocking(move || group_members(leader))
+            .await
+            .unwrap_or_default();
+        let stragglers = members
             .into_iter()
-            .filter(|&pid| pid != self.pid)
+            .filter(|&pid| pid != leader)
             .filter_map(|pid| pid_exit_event(pid).ok())
             .collect();
         // The leader has exited: this returns at once.
@@ -129,7 +134,9 @@ impl Drop for WorkerProcess {
 pub struct Stragglers(Vec<AsyncFd<OwnedFd>>);
 
 impl Stragglers {
-    /// Forgets those that have exited already, so the list stays as long as what is dying.
+    /// Adds `other`, forgetting those known to have exited already (the reactor learns that
+    /// a pidfd is readable only on a later turn, so this prunes the older entries), so the
+    /// list stays about as long as what is dying.
     pub fn merge(&mut self, other: Stragglers) {
         self.0.extend(other.0);
         self.0.retain(|fd| fd.readable().now_or_never().is_none());
@@ -153,8 +160,8 @@ impl Stragglers {
 }
 
 /// How the exit of a worker is learnt without reaping it: its pidfd becoming readable, or,
-/// where `pidfd_open` is not available (kernels before 5.3, some sandboxes and tools), a
-/// thread of its own blocked in `waitid(WNOWAIT)` that reports the exit once.
+/// where `pidfd_open` fails (kernels before 5.3, seccomp profiles, valgrind), a thread of its
+/// own blocked in `waitid(WNOWAIT)` that reports the exit once.
 #[derive(Debug)]
 enum ExitWatch {
     Pidfd(AsyncFd<OwnedFd>),
@@ -165,8 +172,12 @@ impl ExitWatch {
     fn new(pid: u32) -> io::Result<ExitWatch> {
         match pid_exit_event(pid) {
             Ok(fd) => Ok(ExitWatch::Pidfd(fd)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => ExitWatch::thread(pid),
-            Err(e) => Err(e),
+            // ENOSYS where the kernel or a tool lacks it, EPERM/EACCES where a seccomp
+            // profile refuses it: either way the thread still tells the exit.
+            Err(e) => {
+                tracing::debug!(error = %e, "no pidfd for the worker; a thread waits for its exit");
+                ExitWatch::thread(pid)
+            }
         }
     }
 
@@ -212,7 +223,16 @@ fn wait_exited_not_reaped(pid: u32) {
                 libc::WEXITED | libc::WNOWAIT,
             )
         };
-        if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+        if rc == 0 {
+            return;
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINTR) {
+            // ECHILD: the embedding program ignores SIGCHLD, so children are reaped by the
+            // kernel and no exit can be told without reaping. Reporting it anyway ends the
+            // session (its group is killed by `reap`) instead of leaving its code to wait
+            // forever for a death nobody would see.
+            tracing::error!(pid, %error, "cannot wait for the worker's exit; ending its session");
             return;
         }
     }
