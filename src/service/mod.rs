@@ -22,7 +22,7 @@ mod sessions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -88,7 +88,7 @@ struct Inner {
     reserved: Mutex<HashMap<String, usize>>,
     metrics: Metrics,
     /// Wakes the culler when an idle deadline may have changed.
-    deadlines_changed: Notify,
+    deadlines_changed: Arc<Notify>,
     /// An execution ended (shutdown waits for the last one).
     execution_ended: Notify,
     /// Shutdown has begun: no new work.
@@ -123,12 +123,16 @@ impl Service {
             sessions: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            deadlines_changed: Notify::new(),
+            deadlines_changed: Arc::new(Notify::new()),
             execution_ended: Notify::new(),
             closing: AtomicBool::new(false),
             stopped: CancellationToken::new(),
         });
-        tokio::spawn(culler(inner.clone()));
+        tokio::spawn(culler(
+            Arc::downgrade(&inner),
+            inner.deadlines_changed.clone(),
+            inner.stopped.clone(),
+        ));
         Ok(Service { inner })
     }
 
@@ -234,15 +238,34 @@ impl Service {
 /// Deadline-driven culling: sleeps until the earliest idle deadline, re-armed whenever it
 /// may have changed (a session or an execution started or ended); no timer while nothing
 /// can expire.
-async fn culler(inner: Arc<Inner>) {
+///
+/// It holds the service only weakly, so that dropping the last `Service` drops the pool (and
+/// shuts its workers down); `Inner`'s `Drop` then ends it through `stopped`.
+async fn culler(inner: Weak<Inner>, changed: Arc<Notify>, stopped: CancellationToken) {
     loop {
-        let due = inner.next_cull();
+        let changed_now = changed.notified();
+        tokio::pin!(changed_now);
+        changed_now.as_mut().enable();
+        let Some(due) = inner.upgrade().map(|inner| inner.next_cull()) else {
+            return;
+        };
         tokio::select! {
-            _ = inner.stopped.cancelled() => return,
-            _ = inner.deadlines_changed.notified() => {}
+            _ = stopped.cancelled() => return,
+            _ = &mut changed_now => {}
             // not polling: the earliest idle deadline, re-armed when it changes.
-            _ = crate::time::sleep_until_opt(due) => inner.cull_expired(),
+            _ = crate::time::sleep_until_opt(due) => {
+                if let Some(inner) = inner.upgrade() {
+                    inner.cull_expired();
+                }
+            }
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: the culler ends; the pool's own drop ends its workers.
+        self.stopped.cancel();
     }
 }
 

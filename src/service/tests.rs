@@ -159,3 +159,16 @@ async fn shutdown_ends_what_still_runs_after_the_grace() {
     ));
     service.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_drops_the_service_and_its_pool() {
+    let service = start(Duration::from_secs(1)).await;
+    let alive = Arc::downgrade(&service.inner);
+    drop(service);
+    // Let the culler see the change (it holds only a weak reference).
+    tokio::task::yield_now().await;
+    assert!(
+        alive.upgrade().is_none(),
+        "something still holds the service"
+    );
+}
