@@ -62,7 +62,7 @@ pub struct Execute {
     pub id: String,
     pub code: String,
     /// The host's number for this execution (1, 2, ... per worker): the target a SIGINT is
-    /// meant for (see `worker::interrupt_main_thread`).
+    /// meant for (see `WorkerProcess::interrupt_main_thread` in `src/worker/process.rs`).
     #[serde(default)]
     pub seq: u64,
     #[serde(default)]

@@ -12,8 +12,9 @@ use super::{CancelOutcome, Event, InterruptOutcome, SessionInfo};
 use crate::error::Error;
 use crate::protocol::{self, Heartbeat, IsCompleteReply, Message};
 
-/// Answers awaited from one worker at most; beyond, the oldest kind of caller (one that gave
-/// up waiting) is pruned first, and a request that still finds no room is refused.
+/// Answers awaited from one worker at most. Requests whose callers gave up waiting are pruned
+/// at every insert; a request that still finds the table full is refused (its caller gets no
+/// answer, as when the worker is not ready).
 pub(crate) const MAX_PENDING_REQUESTS: usize = 1024;
 
 pub(crate) enum Command {
@@ -123,11 +124,9 @@ impl PendingRequests {
     /// Registers a request under `id`; `false` (and the request dropped) when the table is
     /// full of callers that are still waiting.
     pub fn insert(&mut self, id: String, request: WorkerRequest) -> bool {
+        self.by_id.retain(|_, r| !r.abandoned());
         if self.by_id.len() >= MAX_PENDING_REQUESTS {
-            self.by_id.retain(|_, r| !r.abandoned());
-            if self.by_id.len() >= MAX_PENDING_REQUESTS {
-                return false;
-            }
+            return false;
         }
         self.by_id.insert(id, request);
         true

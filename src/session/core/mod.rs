@@ -212,11 +212,10 @@ impl Core {
                 let mut out = Vec::new();
                 let owner = self.owner_segment();
                 let Some(w) = &mut self.worker else { return };
-                if w.ordering.feed(pipe, bytes, owner, &mut out) {
-                    self.deliver_output(out);
+                let passed_marker = w.ordering.feed(pipe, bytes, owner, &mut out);
+                self.deliver_output(out);
+                if passed_marker {
                     self.release_held(now);
-                } else {
-                    self.deliver_output(out);
                 }
             }
             Input::OutputEnd { pipe } => {
