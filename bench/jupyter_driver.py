@@ -383,8 +383,8 @@ class Driver:
         (AssertionError in ultratb.format_record), and showtraceback falls back to printing
         "Unexpected exception formatting exception" and a plain traceback on stdout/stderr
         without publishing an `error` message. The execute_reply still says KeyboardInterrupt:
-        the interrupt worked, but the event this case times never comes (about 1 in 1000
-        runs on a loaded 2-core machine)."""
+        the interrupt worked, but the event this case times never comes (rare: 5 in about
+        23000 runs on a loaded 2-core machine)."""
         k = self.kernel
         msg_id = k.client.execute(code)
         deadline = time.perf_counter() + WAIT
