@@ -9,7 +9,7 @@ use common::server::*;
 use common::{group_alive, guard, wait_pid_exit};
 use futures::StreamExt;
 use reqwest::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
@@ -22,26 +22,8 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
     let mut pids = Vec::new();
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let session: Value = http
-            .post(format!("{base}/v1/sessions"))
-            .bearer_auth(ALICE)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = session["id"].as_str().unwrap().to_string();
-        let info: Value = http
-            .get(format!("{base}/v1/sessions/{id}"))
-            .bearer_auth(ALICE)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let id = create_session_at(&http, &base).await;
+        let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
         pids.push(info["pid"].as_u64().unwrap() as u32);
         let resp = http.post(format!("{base}/v1/sessions/{id}/execute")).bearer_auth(ALICE)
             .header("accept", "text/event-stream")

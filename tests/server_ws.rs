@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::server::*;
 use common::{guard, rss_bytes};
 use reqwest::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn websocket_runs_queued_executions_in_order_with_input_and_cancel() {
@@ -90,17 +90,7 @@ async fn a_slow_websocket_reader_gets_every_byte_with_bounded_server_memory() {
     let (mut server, base) = spawn_server(&["--min-idle", "1"]);
     let server_rss = || rss_bytes(server.id());
     let http = Client::new();
-    let session: Value = http
-        .post(format!("{base}/v1/sessions"))
-        .bearer_auth(ALICE)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = session["id"].as_str().unwrap();
+    let id = create_session_at(&http, &base).await;
     let url = format!("{}/v1/sessions/{id}/ws", base.replace("http://", "ws://"));
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)

@@ -197,3 +197,21 @@ pub fn spawn_server(extra: &[&str]) -> (Watched, String) {
         .to_string();
     (child, base)
 }
+
+/// A session created on a server process from [`spawn_server`], as ALICE; its id.
+pub async fn create_session_at(http: &Client, base: &str) -> String {
+    let session = json_of(http.post(format!("{base}/v1/sessions")).json(&json!({}))).await;
+    session["id"].as_str().unwrap().to_string()
+}
+
+/// The JSON answer of a request to a server process, sent as ALICE.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
