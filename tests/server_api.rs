@@ -169,6 +169,44 @@ async fn every_endpoint_and_clear_errors_for_client_mistakes() {
     api.handle.shutdown().await.unwrap();
 }
 
+/// User code chooses its exception names; one label per name would let a session create
+/// unbounded series. Builtins keep their name, the rest count as `other`.
+#[tokio::test]
+async fn metrics_error_labels_are_bounded_whatever_names_user_code_raises() {
+    let api = Api::start(config(vec![tenant("alice", ALICE)])).await;
+    let id = api.new_session(ALICE).await;
+    let code = "exec(f'class E{n}(Exception): pass', globals())\nraise globals()[f'E{n}']()";
+    for n in 0..40 {
+        let body = json!({"code": code.replace("{n}", &n.to_string())});
+        let reply = api.execute(ALICE, &id, body).await;
+        assert_eq!(reply["error"]["exception_type"], format!("E{n}"), "{reply}");
+    }
+    api.execute(ALICE, &id, json!({"code": "1/0"})).await;
+    let text = api
+        .http
+        .get(api.url("/metrics"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pyrepl3_execution_errors_total{"))
+        .collect();
+    assert_eq!(
+        series,
+        [
+            "pyrepl3_execution_errors_total{type=\"ZeroDivisionError\"} 1",
+            "pyrepl3_execution_errors_total{type=\"other\"} 40",
+        ],
+        "{text}"
+    );
+    api.handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text() {
     let api = Api::start(config(vec![tenant("alice", ALICE)])).await;

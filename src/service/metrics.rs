@@ -25,7 +25,8 @@ pub struct Metrics {
     duration_count: AtomicU64,
     /// Sum of durations in microseconds (integer, so it can be atomic).
     duration_sum_us: AtomicU64,
-    errors_by_type: Mutex<BTreeMap<String, u64>>,
+    /// Keyed by [`error_label`]: a bounded set, whatever names user code gives its exceptions.
+    errors_by_type: Mutex<BTreeMap<&'static str, u64>>,
     http_errors_by_status: Mutex<BTreeMap<u16, u64>>,
 }
 
@@ -47,7 +48,7 @@ impl Metrics {
             .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
         if let Event::Error { exception_type, .. } = terminal {
             let mut errors = lock_unpoisoned(&self.errors_by_type);
-            *errors.entry(exception_type.clone()).or_default() += 1;
+            *errors.entry(error_label(exception_type)).or_default() += 1;
         }
     }
 
@@ -248,9 +249,118 @@ impl Metrics {
     }
 }
 
+/// The `type` label for an error: Python's builtin exception names and the host's own error
+/// types are kept, anything else (names user code chose) is `other`. User code can raise
+/// exceptions of any name; labelling by them would let one session create unbounded series.
+fn error_label(exception_type: &str) -> &'static str {
+    KNOWN_ERROR_TYPES
+        .binary_search(&exception_type)
+        .map_or("other", |i| KNOWN_ERROR_TYPES[i])
+}
+
+/// Sorted (binary search): the builtin exception classes of CPython 3.8-3.13
+/// (`BaseException` subclasses in `builtins`) and the error types the host itself reports.
+const KNOWN_ERROR_TYPES: [&str; 81] = [
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "BadRequest",
+    "BaseException",
+    "BaseExceptionGroup",
+    "BlockingIOError",
+    "BrokenPipeError",
+    "BufferError",
+    "BytesWarning",
+    "ChildProcessError",
+    "ConnectionAbortedError",
+    "ConnectionError",
+    "ConnectionRefusedError",
+    "ConnectionResetError",
+    "DeprecationWarning",
+    "EOFError",
+    "EncodingWarning",
+    "EnvironmentError",
+    "Exception",
+    "ExceptionGroup",
+    "ExecutionCancelled",
+    "ExecutionKilled",
+    "ExecutionTimeout",
+    "FileExistsError",
+    "FileNotFoundError",
+    "FloatingPointError",
+    "FutureWarning",
+    "GeneratorExit",
+    "IOError",
+    "ImportError",
+    "ImportWarning",
+    "IndentationError",
+    "IndexError",
+    "InterruptedError",
+    "IsADirectoryError",
+    "KeyError",
+    "KeyboardInterrupt",
+    "LookupError",
+    "MemoryError",
+    "ModuleNotFoundError",
+    "NameError",
+    "NotADirectoryError",
+    "NotImplementedError",
+    "OSError",
+    "OverflowError",
+    "PendingDeprecationWarning",
+    "PermissionError",
+    "ProcessLookupError",
+    "ProtocolError",
+    "PythonFinalizationError",
+    "RecursionError",
+    "ReferenceError",
+    "ResourceWarning",
+    "RuntimeError",
+    "RuntimeWarning",
+    "ServerShutdown",
+    "SessionClosed",
+    "SessionDead",
+    "SessionRestarted",
+    "SessionShutdown",
+    "StopAsyncIteration",
+    "StopIteration",
+    "SyntaxError",
+    "SyntaxWarning",
+    "SystemError",
+    "SystemExit",
+    "TabError",
+    "TimeoutError",
+    "TypeError",
+    "UnboundLocalError",
+    "UnicodeDecodeError",
+    "UnicodeEncodeError",
+    "UnicodeError",
+    "UnicodeTranslateError",
+    "UnicodeWarning",
+    "UserWarning",
+    "ValueError",
+    "Warning",
+    "WorkerDied",
+    "ZeroDivisionError",
+];
+
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_error_types_are_sorted_so_binary_search_finds_them() {
+        assert!(KNOWN_ERROR_TYPES.windows(2).all(|w| w[0] < w[1]));
+        for name in KNOWN_ERROR_TYPES {
+            assert_eq!(error_label(name), name);
+        }
+        assert_eq!(error_label("MyOwnError"), "other");
+    }
 }
