@@ -6,6 +6,7 @@
 //! worker's exit (pidfd), the consumer's channel (when it is behind), and one `sleep_until`
 //! for the earliest deadline. Nothing here wakes up unless one of those happened.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::core::overrun::IdleProbe;
 use super::core::{Core, Effect, Input};
 use super::requests::Command;
 use super::{Event, Scope, SessionConfig, SessionState};
@@ -148,6 +150,25 @@ impl LiveWorker {
             writers: [writer(exec_w), writer(control_w)],
             signal_target,
             pipes: [Some(stdout), Some(stderr)],
+        }
+    }
+
+    /// The kernel's view of whether the worker's main thread is idle (`core/overrun.rs`):
+    /// blocked reading the exec channel, and how much of what was sent on it is unread
+    /// (still in the socket, or not yet written to it).
+    fn probe_idle(&self) -> IdleProbe {
+        let writer = &self.writers[EXEC];
+        let mut in_socket: libc::c_int = 0;
+        let fd = writer.get_ref().as_ref().as_raw_fd();
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through a valid pointer.
+        let queried = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut in_socket) } == 0;
+        let unread_exec_bytes = usize::try_from(in_socket)
+            .ok()
+            .filter(|_| queried)
+            .map(|n| n + writer.write_buffer().len());
+        IdleProbe {
+            reading_exec: worker::main_thread_reading(self.process.pid(), worker::EXEC_FD),
+            unread_exec_bytes,
         }
     }
 }
@@ -369,6 +390,13 @@ impl Actor {
                     }
                     Effect::DrainSink(sink) => {
                         tokio::spawn(sink.drain());
+                    }
+                    Effect::ProbeIdle => {
+                        let probe = self.worker.as_ref().map(LiveWorker::probe_idle);
+                        self.core.handle(
+                            Input::IdleProbe(probe.unwrap_or_default()),
+                            Instant::now(),
+                        );
                     }
                 }
             }

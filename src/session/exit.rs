@@ -17,6 +17,9 @@ pub(crate) enum ExitCause {
         timed_out: bool,
     },
     ForcedInterrupt,
+    /// Code that the worker reported finished was still running one grace after being
+    /// interrupted at its time limit (`core/overrun.rs`).
+    Overran,
     Restart,
     Shutdown,
 }
@@ -64,6 +67,13 @@ pub(crate) fn exit_consequence(
             Event::error(
                 "ExecutionKilled",
                 "interrupted with force_restart: the worker was killed and restarted, the namespace is lost",
+            ),
+        ),
+        ExitCause::Overran => (
+            true,
+            Event::error(
+                "WorkerKilled",
+                "an earlier execution of this session reported its end but went on running past its time limit, and ignored the interrupt; the worker was killed and restarted, the namespace is lost, and this code did not run",
             ),
         ),
         ExitCause::Restart => (

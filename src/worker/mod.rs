@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 pub use interpreter::{prepare_interpreter, Interpreter};
 pub use process::{Stragglers, WorkerProcess};
-pub use procfs::{describe_exit, proc_stats, stderr_excerpt};
+pub use procfs::{describe_exit, main_thread_reading, proc_stats, stderr_excerpt};
 pub use spawn::{spawn, SpawnedWorker};
 
 /// The Python side, embedded so the binary is self-contained.

@@ -68,6 +68,25 @@ pub fn stderr_excerpt(bytes: &[u8]) -> String {
     }
 }
 
+/// Whether the main thread of `pid` is blocked in `read(fd, ...)`, as the kernel reports it
+/// (`/proc/<pid>/task/<pid>/syscall`, which needs ptrace access to the process: ours, as its
+/// parent). `None` when it cannot be read. One small procfs read: no I/O to wait for.
+pub fn main_thread_reading(pid: u32, fd: i32) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall")).ok()?;
+    Some(is_blocked_reading(&text, fd))
+}
+
+/// Parses a `syscall` file: `running`, `-1 <sp> <pc>` (blocked outside a syscall), or the
+/// syscall number and its arguments in hex.
+fn is_blocked_reading(syscall_file: &str, fd: i32) -> bool {
+    let mut fields = syscall_file.split_whitespace();
+    let number = fields.next().and_then(|n| n.parse::<libc::c_long>().ok());
+    let first_arg = fields
+        .next()
+        .and_then(|a| i64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+    number == Some(libc::SYS_read) && first_arg == Some(i64::from(fd))
+}
+
 /// Resident memory and CPU time (user + system) of a process, from /proc.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcStats {
@@ -107,6 +126,16 @@ mod tests {
     fn proc_stats_of_this_process_are_plausible() {
         let stats = proc_stats(std::process::id()).expect("own /proc entry");
         assert!(stats.rss_bytes > 1024 * 1024);
+    }
+
+    #[test]
+    fn a_read_on_the_given_fd_is_told_from_anything_else() {
+        let read = libc::SYS_read;
+        assert!(is_blocked_reading(&format!("{read} 0x3 0x7f00 0x4 0x0 0x0 0x0 0x7ffc 0x7f01\n"), 3));
+        assert!(!is_blocked_reading(&format!("{read} 0x4 0x7f00 0x4 0x0 0x0 0x0 0x7ffc 0x7f01\n"), 3));
+        assert!(!is_blocked_reading("running\n", 3));
+        assert!(!is_blocked_reading("-1 0x7ffc 0x7f01\n", 3));
+        assert!(!is_blocked_reading("230 0x3 0x0 0x0 0x0 0x0 0x0 0x7ffc 0x7f01\n", 3));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::overrun::{IdleProbe, Verdict};
 use super::{new_id, CancelState, Core, Effect, ExitCause, Queued, Running};
 use crate::error::Error;
 use crate::protocol::{self, Message};
@@ -287,6 +288,9 @@ impl Core {
                 w.kill_deadline = None;
                 self.effects.push(Effect::KillGroup);
             }
+            if w.ready && w.exit_cause.is_none() && w.overrun.due(now) {
+                self.effects.push(Effect::ProbeIdle);
+            }
         }
         let grace = self.config.timeout_grace;
         let mut send_cancel = false;
@@ -315,6 +319,26 @@ impl Core {
         }
         if let Some(cause) = kill {
             self.kill_worker(cause);
+        }
+    }
+
+    /// The kernel's answer to an overrun check (`overrun.rs`).
+    pub(super) fn on_idle_probe(&mut self, probe: IdleProbe, now: Instant) {
+        let overran = probe.overran(self.current.is_some());
+        let grace = self.config.timeout_grace;
+        let Some(w) = &mut self.worker else { return };
+        match w.overrun.verdict(overran, now, grace) {
+            Verdict::Idle => {}
+            Verdict::Interrupt => {
+                tracing::warn!(session = %self.id, "code that was reported finished is still running past its time limit; interrupting it");
+                // Seq 0: whatever code the main thread runs (the agent ignores it between
+                // executions, so a probe that raced an honest agent costs nothing).
+                self.effects.push(Effect::Interrupt { seq: 0 });
+            }
+            Verdict::Kill => {
+                tracing::warn!(session = %self.id, "code that was reported finished ignored its interrupt; killing the worker");
+                self.kill_worker(ExitCause::Overran);
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::exit::{exit_consequence, ExitCause};
+use overrun::{IdleProbe, OverrunWatch};
 use super::ordering::{OutputOrdering, Text};
 use super::requests::{Command, PendingRequests};
 use super::sink::Sink;
@@ -55,6 +56,8 @@ pub(crate) enum Input<'a> {
     ConsumerReady,
     /// The earliest deadline has passed.
     Deadline,
+    /// The kernel's view of the worker, asked for by [`Effect::ProbeIdle`].
+    IdleProbe(IdleProbe),
 }
 
 /// Something for the actor to do.
@@ -71,6 +74,8 @@ pub(crate) enum Effect {
     KillGroup,
     /// Deliver the rest of a finished execution's events from a task of its own.
     DrainSink(Sink),
+    /// Read whether the worker's main thread is idle; answer with `Input::IdleProbe`.
+    ProbeIdle,
 }
 
 /// The core's view of the current worker process.
@@ -86,6 +91,8 @@ struct WorkerSlot {
     last_seq: u64,
     ordering: OutputOrdering,
     requests: PendingRequests,
+    /// Executions that ended by the worker's word, held to their time limit anyway.
+    overrun: OverrunWatch,
 }
 
 struct CancelState {
@@ -238,23 +245,26 @@ impl Core {
                 }
             }
             Input::Deadline => self.on_deadline(now),
+            Input::IdleProbe(probe) => self.on_idle_probe(probe, now),
         }
     }
 
     // ---- what the actor waits on ----
 
-    /// The earliest deadline: worker start, shutdown kill, cancel grace, execution timeout.
+    /// The earliest deadline: worker start, shutdown kill, overrun check, cancel grace,
+    /// execution timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
         let w = self.worker.as_ref();
         let start = w
             .filter(|w| !w.ready && w.exit_cause.is_none())
             .and_then(|w| w.start_deadline);
         let kill = w.and_then(|w| w.kill_deadline);
+        let overrun = w.and_then(|w| w.overrun.next_deadline());
         let run = self.current.as_ref().and_then(|run| match &run.cancel {
             Some(c) => Some(c.deadline),
             None => run.deadline,
         });
-        [start, kill, run].into_iter().flatten().min()
+        [start, kill, overrun, run].into_iter().flatten().min()
     }
 
     /// Whether output pipe `i` may be read: the consumer is not too far behind and the
@@ -312,6 +322,7 @@ impl Core {
             last_seq: 0,
             ordering: OutputOrdering::new(&marker_token),
             requests: PendingRequests::default(),
+            overrun: OverrunWatch::default(),
         });
         self.effects.push(Effect::SpawnWorker { marker_token });
     }
@@ -486,6 +497,7 @@ impl Core {
 }
 
 mod commands;
+pub(crate) mod overrun;
 mod routing;
 
 fn new_id() -> String {

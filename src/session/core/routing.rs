@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
-use super::{Core, Running};
+use super::{Core, Running, WorkerSlot};
 use crate::protocol::Message;
 use crate::session::ordering::Text;
 use crate::session::{CancelOutcome, Event, SessionState};
@@ -105,6 +105,7 @@ impl Core {
                 });
             }
             Message::Result(r) => {
+                Self::hold_to_time_limit(run, w, now);
                 let event = match &run.cancel {
                     Some(cancel) if cancel.timed_out => {
                         crate::session::exit::timeout_event(run.timeout, None)
@@ -118,6 +119,7 @@ impl Core {
                 self.finish_current(event, now);
             }
             Message::Error(e) => {
+                Self::hold_to_time_limit(run, w, now);
                 let event = match &run.cancel {
                     Some(cancel) if cancel.timed_out => {
                         crate::session::exit::timeout_event(run.timeout, Some(e.traceback))
@@ -131,6 +133,15 @@ impl Core {
                 self.finish_current(event, now);
             }
             _ => {}
+        }
+    }
+
+    /// The worker says the execution ended; it is held to its kill point anyway (the
+    /// cancel's grace if one is running, else its timeout): see `overrun.rs`.
+    fn hold_to_time_limit(run: &Running, w: &mut WorkerSlot, now: Instant) {
+        let kill_at = run.cancel.as_ref().map(|c| c.deadline).or(run.deadline);
+        if let Some(at) = kill_at {
+            w.overrun.watch(at.max(now));
         }
     }
 

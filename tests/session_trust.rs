@@ -1,0 +1,120 @@
+//! What the host enforces whatever the worker sends (docs/security.md): user code shares its
+//! process with the agent and can forge the agent's frames, so a forged `result` must not
+//! free code from its time limit, and the session's secrets are not left where it can read
+//! them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use pyrepl3::{ExecuteOptions, SessionConfig};
+
+/// Code that writes a `result` frame for its own execution on the exec channel (fd 3, as
+/// the agent does), then goes on running: `before` runs first, `after` last.
+fn forging(execution_id: &str, before: &str, after: &str) -> String {
+    format!(
+        "import json, os, time\n{before}\n\
+         frame = json.dumps({{'type': 'result', 'id': 'forged', 'execution_id': '{execution_id}', \
+         'marked': False, 'value': None, 'repr': \"'forged'\", 'execution_time': 0.0}}).encode()\n\
+         os.write(3, len(frame).to_bytes(4, 'big') + frame)\n{after}\n"
+    )
+}
+
+fn limited(execution_id: &str, timeout: Duration) -> ExecuteOptions {
+    ExecuteOptions {
+        timeout: Some(timeout),
+        execution_id: Some(execution_id.into()),
+    }
+}
+
+#[tokio::test]
+async fn a_forged_result_does_not_free_code_from_its_time_limit() {
+    let config = SessionConfig {
+        timeout_grace: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    eval(&s, "kept = 'yes'").await;
+    let code = forging("forger", "", "time.sleep(60)");
+    let started = Instant::now();
+    let forged = guard(
+        s.execute(code, limited("forger", Duration::from_secs(1)))
+            .outcome(),
+    )
+    .await;
+    // The host cannot tell a forged frame from the agent's: the execution ends early.
+    assert!(started.elapsed() < Duration::from_secs(1), "{forged:?}");
+    // But the code is interrupted at its limit: the next execution runs soon after, in the
+    // same namespace, instead of waiting for the 60 s sleep.
+    assert_eq!(eval(&s, "kept").await.as_deref(), Some("'yes'"));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the next execution waited {waited:?}"
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn forged_result_and_ignored_interrupt_get_the_worker_killed_at_the_limit() {
+    let config = SessionConfig {
+        timeout_grace: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    let code = forging(
+        "stubborn",
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)",
+        "time.sleep(60)",
+    );
+    let started = Instant::now();
+    guard(
+        s.execute(code, limited("stubborn", Duration::from_secs(1)))
+            .outcome(),
+    )
+    .await;
+    let next = run(&s, "'never ran'").await;
+    assert_eq!(next.error_type(), Some("WorkerKilled"), "{next:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A fresh worker replaces the killed one.
+    assert_eq!(eval(&s, "'usable'").await.as_deref(), Some("'usable'"));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn honest_executions_with_limits_are_never_interrupted_by_the_checks() {
+    let config = SessionConfig {
+        timeout_grace: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    // Many short executions whose limits pass while later ones run or the worker idles:
+    // every check must find the worker idle or busy with the execution it is running.
+    for i in 0..30 {
+        let options = ExecuteOptions {
+            timeout: Some(Duration::from_millis(50)),
+            ..Default::default()
+        };
+        let out = guard(s.execute(format!("{i}"), options).outcome()).await;
+        assert_eq!(out.repr(), Some(i.to_string().as_str()), "{out:?}");
+    }
+    let out = run(&s, "import time\ntime.sleep(0.5)\n'slept'").await;
+    assert_eq!(out.repr(), Some("'slept'"), "{out:?}");
+    assert_eq!(s.info().await.unwrap().restarts, 0);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_marker_token_is_not_left_in_the_workers_environment() {
+    let s = start().await;
+    let environ = eval(
+        &s,
+        "open('/proc/self/environ', 'rb').read().count(b'PYREPL3')",
+    )
+    .await;
+    assert_eq!(environ.as_deref(), Some("0"));
+    let os_environ = eval(&s, "import os\n[k for k in os.environ if 'PYREPL3' in k]").await;
+    assert_eq!(os_environ.as_deref(), Some("[]"));
+    s.shutdown().await.unwrap();
+}
