@@ -108,13 +108,18 @@ async fn honest_executions_with_limits_are_never_interrupted_by_the_checks() {
 #[tokio::test]
 async fn the_marker_token_is_not_left_in_the_workers_environment() {
     let s = start().await;
-    let environ = eval(
-        &s,
-        "open('/proc/self/environ', 'rb').read().count(b'PYREPL3')",
-    )
-    .await;
-    assert_eq!(environ.as_deref(), Some("0"));
+    // /proc/self/environ is the environment the process started with, whatever the agent
+    // deleted from os.environ since.
+    let environ = eval(&s, "b'MARKER' in open('/proc/self/environ', 'rb').read()").await;
+    assert_eq!(environ.as_deref(), Some("False"));
     let os_environ = eval(&s, "import os\n[k for k in os.environ if 'PYREPL3' in k]").await;
     assert_eq!(os_environ.as_deref(), Some("[]"));
+    // It came in the signal file (fd 5), which the agent erased before any user code ran.
+    let signal_file = eval(&s, "os.pread(5, 72, 0) == bytes(72)").await;
+    assert_eq!(signal_file.as_deref(), Some("True"));
+    // And output is still paired with its messages (the marker works).
+    let out = run(&s, "print('x' * 100000)\n42").await;
+    assert_eq!(out.stdout.len(), 100001, "{out:?}");
+    assert_eq!(out.repr(), Some("42"));
     s.shutdown().await.unwrap();
 }

@@ -794,7 +794,14 @@ def main():
     control_fd = int(os.environ.get("PYREPL3_CONTROL_FD", "4"))
     signal_fd = int(os.environ.get("PYREPL3_SIGNAL_FD", "-1"))
     session_id = os.environ.get("PYREPL3_SESSION_ID", "")
-    marker = os.environ.get("PYREPL3_MARKER", "")
+    marker = ""
+    if signal_fd >= 0:  # the token is passed in the signal file, never in the environment
+        try:
+            marker = os.pread(signal_fd, 64, 8).rstrip(b"\0").decode("ascii")
+            os.pwrite(signal_fd, b"\0" * 64, 8)  # user code, running next, must not read it
+        except (OSError, UnicodeDecodeError) as exc:
+            sys.stderr.write("pyrepl3 agent: cannot read the marker token: %s\n" % exc)
+            os._exit(1)  # the host could never pair this worker's output with its messages
     for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
         del os.environ[key]  # user code and its children must not see them
     _agent = Agent(exec_fd, control_fd, signal_fd, session_id, marker)

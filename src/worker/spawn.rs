@@ -26,6 +26,11 @@ pub struct SpawnedWorker {
     pub stderr: pipe::Receiver,
 }
 
+/// Bytes of the signal-target file: the 8-byte target, then room for the marker token.
+const SIGNAL_FILE_LEN: libc::off_t = 8 + MAX_TOKEN_LEN as libc::off_t;
+/// The agent reads this many bytes of token (a UUID's 32 hex digits fit).
+const MAX_TOKEN_LEN: usize = 64;
+
 /// Starts the agent with an interpreter from [`super::prepare_interpreter`].
 pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let (host_exec, child_exec) =
@@ -35,7 +40,7 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     // Both at 10 or above, so that placing one at 3 or 4 cannot clobber the other.
     let child_exec: OwnedFd = raise_fd(child_exec.into())?;
     let child_control: OwnedFd = raise_fd(child_control.into())?;
-    let signal_target = signal_target_file()?;
+    let signal_target = signal_target_file(&spec.marker_token)?;
     let child_signal = raise_fd(
         signal_target
             .try_clone()
@@ -57,7 +62,6 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         .env("PYREPL3_CONTROL_FD", CONTROL_FD.to_string())
         .env("PYREPL3_SIGNAL_FD", SIGNAL_FD.to_string())
         .env("PYREPL3_SESSION_ID", &spec.session_id)
-        .env("PYREPL3_MARKER", &spec.marker_token)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         // Its own process group: terminating the session kills everything it started, and a
         // Ctrl-C at the host's terminal is not delivered to the worker behind our back.
@@ -138,8 +142,11 @@ fn place_fd(fd: i32, target: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// An anonymous 8-byte file (memfd): invisible in the worker's file system, shared by fd.
-fn signal_target_file() -> Result<OwnedFd, Error> {
+/// An anonymous file (memfd), invisible in the worker's file system, shared by fd: bytes
+/// 0..8 are the signal target; bytes 8.. carry the output marker's token to the agent, which
+/// reads and erases it at start. Not in the environment: `/proc/<pid>/environ` keeps the
+/// environment the process started with, whatever the agent deletes later.
+fn signal_target_file(marker_token: &str) -> Result<OwnedFd, Error> {
     // SAFETY: memfd_create with a valid NUL-terminated name; the fd is ours if >= 0.
     let raw = unsafe { libc::memfd_create(c"pyrepl3-signal-target".as_ptr(), libc::MFD_CLOEXEC) };
     if raw < 0 {
@@ -150,10 +157,24 @@ fn signal_target_file() -> Result<OwnedFd, Error> {
     }
     // SAFETY: `raw` is a fresh fd that nothing else owns.
     let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    // SAFETY: ftruncate on an fd we own.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), 8) } < 0 {
+    let token = marker_token.as_bytes();
+    if token.len() > MAX_TOKEN_LEN {
         return Err(Error::Io {
-            context: "sizing the signal-target file",
+            context: "writing the signal-target file",
+            source: io::Error::other("marker token too long"),
+        });
+    }
+    // SAFETY: ftruncate and pwrite on an fd we own, from a valid buffer of `token.len()`.
+    let written = unsafe {
+        if libc::ftruncate(fd.as_raw_fd(), SIGNAL_FILE_LEN) < 0 {
+            -1
+        } else {
+            libc::pwrite(fd.as_raw_fd(), token.as_ptr().cast(), token.len(), 8)
+        }
+    };
+    if usize::try_from(written).ok() != Some(token.len()) {
+        return Err(Error::Io {
+            context: "writing the signal-target file",
             source: io::Error::last_os_error(),
         });
     }
