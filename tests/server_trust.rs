@@ -1,0 +1,57 @@
+//! A tenant's code can write anything on its worker's protocol channels (docs/security.md):
+//! forged frames for another tenant's execution, frames on the control channel, frames the
+//! host must reject. None of it may reach another session or the server.
+
+mod common;
+
+use common::server::*;
+use serde_json::json;
+
+/// Writes frames on fd 3 (exec) and fd 4 (control) as the agent would, then a frame header
+/// claiming 2 GiB: a protocol error that ends this worker.
+const FORGER: &str = r#"
+import json, os
+def frame(msg):
+    data = json.dumps(msg).encode()
+    return len(data).to_bytes(4, 'big') + data
+for fd in (3, 4):
+    os.write(fd, frame({'type': 'result', 'id': 'f1', 'execution_id': 'bob-1', 'marked': False,
+                        'value': None, 'repr': "'forged by alice'", 'execution_time': 0.0}))
+    os.write(fd, frame({'type': 'input', 'id': 'f2', 'execution_id': 'bob-1', 'marked': False,
+                        'prompt': 'password?', 'password': True, 'timeout': None}))
+    os.write(fd, frame({'type': 'ready', 'id': 'f3', 'session_id': 'x', 'pid': 1,
+                        'python_version': '0', 'capabilities': []}))
+os.write(3, b'\x7f\xff\xff\xff' + b'x' * 64)
+import time
+time.sleep(30)
+"#;
+
+#[tokio::test]
+async fn forged_and_malformed_frames_reach_neither_another_session_nor_the_server() {
+    let api = Api::start(config(vec![tenant("alice", ALICE), tenant("bob", BOB)])).await;
+    let alice = api.new_session(ALICE).await;
+    let bob = api.new_session(BOB).await;
+    let bob_path = format!("/v1/sessions/{bob}/execute");
+    let bob_running = api.post(
+        &bob_path,
+        BOB,
+        json!({"code": "import time\ntime.sleep(1)\n'bob ok'", "execution_id": "bob-1"}),
+    );
+    let alice_forging = api.execute(ALICE, &alice, json!({"code": FORGER}));
+    let ((bob_status, bob_reply), alice_reply) = tokio::join!(bob_running, alice_forging);
+    assert_eq!(bob_status, reqwest::StatusCode::OK, "{bob_reply}");
+    assert_eq!(bob_reply["result"]["repr"], "'bob ok'", "{bob_reply}");
+    assert_eq!(bob_reply["outputs"], json!([]), "{bob_reply}");
+    // Alice's own worker broke the protocol: her execution ends with that error, at once.
+    assert_eq!(
+        alice_reply["error"]["exception_type"], "ProtocolError",
+        "{alice_reply}"
+    );
+    // Bob's session and the server go on; Alice can start again.
+    let again = api.execute(BOB, &bob, json!({"code": "6*7"})).await;
+    assert_eq!(again["result"]["repr"], "42", "{again}");
+    let fresh = api.new_session(ALICE).await;
+    let ok = api.execute(ALICE, &fresh, json!({"code": "'fine'"})).await;
+    assert_eq!(ok["result"]["repr"], "'fine'", "{ok}");
+    api.handle.shutdown().await.unwrap();
+}
