@@ -393,10 +393,8 @@ impl Actor {
                     }
                     Effect::ProbeIdle => {
                         let probe = self.worker.as_ref().map(LiveWorker::probe_idle);
-                        self.core.handle(
-                            Input::IdleProbe(probe.unwrap_or_default()),
-                            Instant::now(),
-                        );
+                        self.core
+                            .handle(Input::IdleProbe(probe.unwrap_or_default()), Instant::now());
                     }
                 }
             }

@@ -16,13 +16,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::exit::{exit_consequence, ExitCause};
-use overrun::{IdleProbe, OverrunWatch};
 use super::ordering::{OutputOrdering, Text};
 use super::requests::{Command, PendingRequests};
 use super::sink::Sink;
 use super::{CancelOutcome, Event, SessionConfig, SessionState};
 use crate::error::Error;
 use crate::protocol::{self, Message};
+use overrun::{IdleProbe, OverrunWatch};
 
 /// Something that happened, for the core to act on.
 pub(crate) enum Input<'a> {
