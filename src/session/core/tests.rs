@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::overrun::IdleProbe;
 use super::{Core, Effect, Input};
 use crate::protocol::{self, Heartbeat, MarkerScanner, Message, StreamName};
 use crate::session::requests::{Command, WorkerRequest};
@@ -255,7 +256,78 @@ fn a_timeout_interrupts_and_reports_execution_timeout() {
             if exception_type == "ExecutionTimeout" && traceback.starts_with("KeyboardInterrupt")),
         "{events:?}"
     );
+    // The worker's word is checked once at the kill point: idle, so nothing more.
+    assert!(matches!(
+        h.advance_to_deadline().as_slice(),
+        [Effect::ProbeIdle]
+    ));
+    assert!(h.input(Input::IdleProbe(probe(true, 0))).is_empty());
     assert!(h.core.next_deadline().is_none(), "no timer left armed");
+}
+
+fn probe(reading_exec: bool, unread_exec_bytes: usize) -> IdleProbe {
+    IdleProbe {
+        reading_exec: Some(reading_exec),
+        unread_exec_bytes: Some(unread_exec_bytes),
+    }
+}
+
+#[test]
+fn code_reported_finished_but_still_running_at_its_limit_is_interrupted_then_killed() {
+    let mut h = Harness::new().ready();
+    let (mut rx, _) = h.execute("e1", Some(Duration::from_secs(1)));
+    let started = h.now;
+    let marker = h.marker.clone();
+    h.output(0, &marker);
+    h.output(1, &marker);
+    h.result("e1"); // forged: the code goes on
+    assert!(matches!(drain(&mut rx)[..], [Event::Result { .. }]));
+    // Another execution is sent but not read: the thread is still in e1's code.
+    let (mut rx2, _) = h.execute("e2", None);
+    assert!(h.core.next_deadline() >= Some(started + Duration::from_secs(1)));
+    assert!(matches!(
+        h.advance_to_deadline().as_slice(),
+        [Effect::ProbeIdle]
+    ));
+    let effects = h.input(Input::IdleProbe(probe(false, 120)));
+    assert!(
+        matches!(effects.as_slice(), [Effect::Interrupt { seq: 0 }]),
+        "{effects:?}"
+    );
+    // Still busy one grace later: killed; e2, which never ran, says why.
+    assert!(matches!(
+        h.advance_to_deadline().as_slice(),
+        [Effect::ProbeIdle]
+    ));
+    let effects = h.input(Input::IdleProbe(probe(false, 120)));
+    assert!(
+        matches!(effects.as_slice(), [Effect::KillGroup]),
+        "{effects:?}"
+    );
+    h.exit("killed by signal 9 (SIGKILL)");
+    assert!(
+        matches!(&drain(&mut rx2)[..], [Event::Error { exception_type, .. }] if exception_type == "WorkerKilled")
+    );
+    assert_eq!(*h.state.borrow(), SessionState::Restarting);
+}
+
+#[test]
+fn a_busy_thread_that_read_the_running_execution_is_not_blamed() {
+    let mut h = Harness::new().ready();
+    let (_rx, _) = h.execute("e1", Some(Duration::from_millis(10)));
+    let marker = h.marker.clone();
+    h.output(0, &marker);
+    h.output(1, &marker);
+    h.result("e1");
+    let (_rx2, _) = h.execute("e2", None);
+    assert!(matches!(
+        h.advance_to_deadline().as_slice(),
+        [Effect::ProbeIdle]
+    ));
+    // e2's frame is read (nothing unread) and the thread is busy: with e2, under its own
+    // limit.
+    assert!(h.input(Input::IdleProbe(probe(false, 0))).is_empty());
+    assert!(h.core.next_deadline().is_none());
 }
 
 #[test]
