@@ -82,6 +82,36 @@ async fn forged_result_and_ignored_interrupt_get_the_worker_killed_at_the_limit(
     s.shutdown().await.unwrap();
 }
 
+/// `prctl(PR_SET_DUMPABLE, 0)` refuses the host's reading of the main thread's syscall: a
+/// worker that hides itself so is taken as busy, not as unknown.
+#[tokio::test]
+async fn a_forger_that_hides_from_the_kernels_view_is_still_interrupted() {
+    let config = SessionConfig {
+        timeout_grace: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    let code = forging(
+        "hider",
+        "import ctypes
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)",
+        "time.sleep(60)",
+    );
+    let started = Instant::now();
+    guard(
+        s.execute(code, limited("hider", Duration::from_secs(1)))
+            .outcome(),
+    )
+    .await;
+    assert_eq!(eval(&s, "'next'").await.as_deref(), Some("'next'"));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the next execution waited {waited:?}"
+    );
+    s.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn honest_executions_with_limits_are_never_interrupted_by_the_checks() {
     let config = SessionConfig {
@@ -91,12 +121,15 @@ async fn honest_executions_with_limits_are_never_interrupted_by_the_checks() {
     let s = start_with(config).await;
     // Many short executions whose limits pass while later ones run or the worker idles:
     // every check must find the worker idle or busy with the execution it is running.
-    for i in 0..30 {
+    // Each takes ~10 ms with a 300 ms limit, so checks fall due all through the loop:
+    // while an execution runs, between two, and while the worker idles.
+    for i in 0..40 {
         let options = ExecuteOptions {
-            timeout: Some(Duration::from_millis(50)),
+            timeout: Some(Duration::from_millis(300)),
             ..Default::default()
         };
-        let out = guard(s.execute(format!("{i}"), options).outcome()).await;
+        let code = format!("import time\ntime.sleep(0.01)\n{i}");
+        let out = guard(s.execute(code, options).outcome()).await;
         assert_eq!(out.repr(), Some(i.to_string().as_str()), "{out:?}");
     }
     let out = run(&s, "import time\ntime.sleep(0.5)\n'slept'").await;

@@ -24,6 +24,9 @@ import types
 _ioctl = _FIONREAD = None  # fcntl.ioctl and termios.FIONREAD, imported after `ready`
 
 MAX_FRAME = 16 << 20        # largest frame either side may send (protocol.md)
+# Set in a signal target: "interrupt code older than this execution" (an overrun, see the
+# host's session/core/overrun.rs), as opposed to "interrupt this execution".
+_OVERRUN_FLAG = 1 << 63
 TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
 VALUE_LIMIT = 1 << 20       # a result `value` whose JSON is larger is sent as null
 CO_COROUTINE = 0x0080       # inspect.CO_COROUTINE, without importing inspect
@@ -551,7 +554,12 @@ class Agent:
                 return
         else:
             target = self._signal_target()
-            if target:
+            if target & _OVERRUN_FLAG:
+                # Code that was reported finished but runs past its limit: whatever runs
+                # older than the given execution (never that one, nor a later one).
+                if running is None or self._running_seq >= target & ~_OVERRUN_FLAG:
+                    return
+            elif target:
                 if running is None or target != self._running_seq:
                     if target > self._finished_seq and target != self._running_seq:
                         self._pending_seq = target  # for code not started yet: kept

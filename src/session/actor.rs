@@ -117,6 +117,10 @@ struct LiveWorker {
     signal_target: std::os::fd::OwnedFd,
     /// stdout and stderr; `None` once ended.
     pipes: [Option<pipe::Receiver>; 2],
+    /// The kernel showed the main thread's syscall when the worker started. If it stops
+    /// doing so, the worker hid itself (`prctl(PR_SET_DUMPABLE, 0)` refuses the host's
+    /// ptrace access), which only user code does: it counts as busy, not as unknown.
+    syscall_readable: bool,
 }
 
 const EXEC: usize = 0;
@@ -141,7 +145,10 @@ impl LiveWorker {
             w.set_backpressure_boundary(usize::MAX);
             w
         };
+        let syscall_readable =
+            worker::main_thread_reading(process.pid(), worker::EXEC_FD).is_some();
         LiveWorker {
+            syscall_readable,
             process,
             readers: [
                 Some(FramedRead::new(exec_r, MessageCodec::new(max_frame_len))),
@@ -166,8 +173,10 @@ impl LiveWorker {
             .ok()
             .filter(|_| queried)
             .map(|n| n + writer.write_buffer().len());
+        let reading_exec = worker::main_thread_reading(self.process.pid(), worker::EXEC_FD)
+            .or(self.syscall_readable.then_some(false));
         IdleProbe {
-            reading_exec: worker::main_thread_reading(self.process.pid(), worker::EXEC_FD),
+            reading_exec,
             unread_exec_bytes,
         }
     }

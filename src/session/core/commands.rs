@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::overrun::{IdleProbe, Verdict};
+use super::overrun::{IdleProbe, Verdict, OVERRUN_FLAG};
 use super::{new_id, CancelState, Core, Effect, ExitCause, Queued, Running};
 use crate::error::Error;
 use crate::protocol::{self, Message};
@@ -288,7 +288,9 @@ impl Core {
                 w.kill_deadline = None;
                 self.effects.push(Effect::KillGroup);
             }
-            if w.ready && w.exit_cause.is_none() && w.overrun.due(now) {
+            // Due checks are consumed even while the worker is going away, so that the
+            // deadline does not stay in the past.
+            if w.overrun.due(now) && w.ready && w.exit_cause.is_none() {
                 self.effects.push(Effect::ProbeIdle);
             }
         }
@@ -324,16 +326,25 @@ impl Core {
 
     /// The kernel's answer to an overrun check (`overrun.rs`).
     pub(super) fn on_idle_probe(&mut self, probe: IdleProbe, now: Instant) {
-        let overran = probe.overran(self.current.is_some());
+        // A cancel under way kills at its own deadline; an interrupt now would overwrite
+        // its signal target.
+        let cancelling = self.current.as_ref().is_some_and(|r| r.cancel.is_some());
+        let overran = probe.overran(self.current.is_some()) && !cancelling;
         let grace = self.config.timeout_grace;
         let Some(w) = &mut self.worker else { return };
+        if w.exit_cause.is_some() {
+            return;
+        }
         match w.overrun.verdict(overran, now, grace) {
-            Verdict::Idle => {}
+            Verdict::Idle | Verdict::Wait => {}
             Verdict::Interrupt => {
                 tracing::warn!(session = %self.id, "code that was reported finished is still running past its time limit; interrupting it");
-                // Seq 0: whatever code the main thread runs (the agent ignores it between
-                // executions, so a probe that raced an honest agent costs nothing).
-                self.effects.push(Effect::Interrupt { seq: 0 });
+                // Code older than the running execution (or than the next one, if none
+                // runs): never an execution the host started and the worker has not begun.
+                let newest = self.current.as_ref().map_or(w.last_seq + 1, |r| r.seq);
+                self.effects.push(Effect::Interrupt {
+                    seq: OVERRUN_FLAG | newest,
+                });
             }
             Verdict::Kill => {
                 tracing::warn!(session = %self.id, "code that was reported finished ignored its interrupt; killing the worker");

@@ -259,7 +259,9 @@ impl Core {
             .filter(|w| !w.ready && w.exit_cause.is_none())
             .and_then(|w| w.start_deadline);
         let kill = w.and_then(|w| w.kill_deadline);
-        let overrun = w.and_then(|w| w.overrun.next_deadline());
+        let overrun = w
+            .filter(|w| w.ready && w.exit_cause.is_none())
+            .and_then(|w| w.overrun.next_deadline());
         let run = self.current.as_ref().and_then(|run| match &run.cancel {
             Some(c) => Some(c.deadline),
             None => run.deadline,

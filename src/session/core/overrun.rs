@@ -45,30 +45,44 @@ impl IdleProbe {
     }
 }
 
+/// Set in a signal target (`Effect::Interrupt`): "interrupt code older than execution
+/// `seq`", never that execution or a later one, so that a probe that caught an honest agent
+/// between two executions cannot interrupt the next one (the agent's `_on_sigint`).
+pub(crate) const OVERRUN_FLAG: u64 = 1 << 63;
+
 /// What the core does after a probe.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Idle,
-    /// Interrupt whatever code runs (SIGINT, as at a timeout); checked again one grace later.
+    /// Interrupt code older than the newest execution (SIGINT with [`OVERRUN_FLAG`]);
+    /// checked again one grace later.
     Interrupt,
-    /// Still busy one grace after the interrupt: kill the worker.
+    /// Still busy one grace after the interrupt, and not a frame from the worker since:
+    /// kill it.
     Kill,
+    /// Busy, and an interrupt is already waiting for its confirmation.
+    Wait,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct OverrunWatch {
     /// When to check (kill points of executions that ended by the worker's word).
     checks: BTreeSet<Instant>,
-    /// What checks are rounded from.
+    /// What checks are rounded from: the first check's `now`, so that every later kill
+    /// point (never before its own `now`) rounds up, never down.
     base: Option<Instant>,
     /// An overrun was interrupted: check again then, kill if still busy.
     confirm: Option<Instant>,
+    /// The worker's main thread sent a frame since the interrupt: it made progress, so a
+    /// busy confirmation may be a later execution caught between frames. No kill then.
+    heard_since_interrupt: bool,
 }
 
 impl OverrunWatch {
-    /// An execution ended by the worker's word; its code may run until `kill_at`.
-    pub fn watch(&mut self, kill_at: Instant) {
-        let base = *self.base.get_or_insert(kill_at);
+    /// An execution ended by the worker's word at `now`; its code may run until `kill_at`.
+    pub fn watch(&mut self, kill_at: Instant, now: Instant) {
+        let kill_at = kill_at.max(now);
+        let base = *self.base.get_or_insert(now);
         let offset = kill_at.saturating_duration_since(base);
         let steps = offset.as_nanos().div_ceil(CHECK_STEP.as_nanos());
         let steps = u32::try_from(steps).unwrap_or(u32::MAX);
@@ -100,6 +114,11 @@ impl OverrunWatch {
         due
     }
 
+    /// The main thread sent a frame (a result, an error, an input request, ready).
+    pub fn heard(&mut self) {
+        self.heard_since_interrupt = true;
+    }
+
     /// The probe's answer, `grace` being how long interrupted code gets before the kill.
     pub fn verdict(&mut self, overran: bool, now: Instant, grace: Duration) -> Verdict {
         if !overran {
@@ -107,14 +126,15 @@ impl OverrunWatch {
             return Verdict::Idle;
         }
         match self.confirm {
-            Some(at) if at <= now => {
+            Some(at) if at > now => Verdict::Wait,
+            Some(_) if !self.heard_since_interrupt => {
                 self.confirm = None;
                 Verdict::Kill
             }
-            Some(_) => Verdict::Interrupt,
-            None => {
+            _ => {
                 // not polling: a deadline, raced in the one sleep_until of the actor.
                 self.confirm = Some(crate::time::deadline(now, grace));
+                self.heard_since_interrupt = false;
                 Verdict::Interrupt
             }
         }
@@ -149,7 +169,7 @@ mod tests {
         let t0 = Instant::now();
         let grace = Duration::from_millis(100);
         let mut watch = OverrunWatch::default();
-        watch.watch(t0 + Duration::from_secs(1));
+        watch.watch(t0 + Duration::from_secs(1), t0);
         assert_eq!(watch.next_deadline(), Some(t0 + Duration::from_secs(1)));
         assert!(!watch.due(t0));
         let t1 = t0 + Duration::from_secs(1);
@@ -161,12 +181,22 @@ mod tests {
         assert_eq!(watch.next_deadline(), None);
 
         // Stopped within the grace: nothing more.
-        watch.watch(t1);
+        watch.watch(t1, t1);
         assert!(watch.due(t1));
         assert_eq!(watch.verdict(true, t1, grace), Verdict::Interrupt);
         assert!(watch.due(t1 + grace));
         assert_eq!(watch.verdict(false, t1 + grace, grace), Verdict::Idle);
         assert_eq!(watch.next_deadline(), None);
+
+        // Busy at the confirmation, but the worker sent a frame since: it made progress
+        // (a later execution caught between frames), so it is interrupted again, not killed.
+        watch.watch(t1, t1);
+        assert!(watch.due(t1));
+        assert_eq!(watch.verdict(true, t1, grace), Verdict::Interrupt);
+        assert_eq!(watch.verdict(true, t1, grace), Verdict::Wait);
+        watch.heard();
+        assert!(watch.due(t1 + grace));
+        assert_eq!(watch.verdict(true, t1 + grace, grace), Verdict::Interrupt);
     }
 
     #[test]
@@ -174,12 +204,12 @@ mod tests {
         let t0 = Instant::now();
         let mut watch = OverrunWatch::default();
         for i in 0..10 {
-            watch.watch(t0 + Duration::from_millis(i));
+            watch.watch(t0 + Duration::from_millis(i), t0);
         }
         assert_eq!(watch.checks.len(), 2, "t0 and t0 + one step");
         let step = |i: u32| t0 + CHECK_STEP * i;
         for i in 0..(MAX_PENDING_CHECKS as u32 + 10) {
-            watch.watch(step(i));
+            watch.watch(step(i), t0);
         }
         assert_eq!(watch.checks.len(), MAX_PENDING_CHECKS);
         assert_eq!(
@@ -188,8 +218,13 @@ mod tests {
         );
         // Rounded up: never earlier than asked.
         let mut fresh = OverrunWatch::default();
-        fresh.watch(t0);
-        fresh.watch(t0 + Duration::from_millis(150));
-        assert_eq!(fresh.checks.last(), Some(&step(2)));
+        fresh.watch(t0 + Duration::from_secs(300), t0);
+        // A later execution with a shorter limit is checked at its own limit, not the
+        // first one's.
+        fresh.watch(
+            t0 + Duration::from_millis(1150),
+            t0 + Duration::from_millis(1000),
+        );
+        assert_eq!(fresh.checks.first(), Some(&step(12)));
     }
 }

@@ -16,6 +16,12 @@ impl Core {
         let Some(w) = self.worker.as_mut() else {
             return;
         };
+        if matches!(
+            msg,
+            Message::Ready(_) | Message::Input(_) | Message::Result(_) | Message::Error(_)
+        ) {
+            w.overrun.heard();
+        }
         match msg {
             Message::Ready(ready) => self.on_ready(ready, now),
             Message::Input(_) | Message::Result(_) | Message::Error(_) => {
@@ -141,7 +147,7 @@ impl Core {
     fn hold_to_time_limit(run: &Running, w: &mut WorkerSlot, now: Instant) {
         let kill_at = run.cancel.as_ref().map(|c| c.deadline).or(run.deadline);
         if let Some(at) = kill_at {
-            w.overrun.watch(at.max(now));
+            w.overrun.watch(at, now);
         }
     }
 
