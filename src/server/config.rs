@@ -51,6 +51,16 @@ pub struct ServerConfig {
     /// At shutdown: how long running executions may still take before they end with
     /// `ServerShutdown`.
     pub shutdown_grace_secs: f64,
+    /// At shutdown, after the shutdown grace: how long connections may still take to finish
+    /// their answers before they are dropped.
+    pub shutdown_drain_secs: f64,
+    /// Open connections at most (WebSockets included); beyond it a connection is answered
+    /// `503` and closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, from its start or from
+    /// the end of the previous answer (so also how long a keep-alive connection may sit idle)
+    /// before it is closed.
+    pub header_read_timeout_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +73,9 @@ impl Default for ServerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             reconnect_grace_secs: 30.0,
             shutdown_grace_secs: 5.0,
+            shutdown_drain_secs: 5.0,
+            max_connections: 1000,
+            header_read_timeout_secs: 30.0,
         }
     }
 }
@@ -75,6 +88,7 @@ pub struct Overrides {
     pub python: Option<PathBuf>,
     pub min_idle: Option<usize>,
     pub max_sessions: Option<usize>,
+    pub max_connections: Option<usize>,
 }
 
 /// A validated number of seconds (see `ServerConfig::validate`) as a duration.
@@ -113,6 +127,7 @@ impl ServerConfig {
             python: env("PYREPL3_PYTHON").map(PathBuf::from),
             min_idle: parse_env(env("PYREPL3_MIN_IDLE"), "PYREPL3_MIN_IDLE")?,
             max_sessions: parse_env(env("PYREPL3_MAX_SESSIONS"), "PYREPL3_MAX_SESSIONS")?,
+            max_connections: parse_env(env("PYREPL3_MAX_CONNECTIONS"), "PYREPL3_MAX_CONNECTIONS")?,
         };
         config.apply(&env_overrides);
         config.apply(flags);
@@ -150,11 +165,26 @@ impl ServerConfig {
         if let Some(n) = o.max_sessions {
             self.pool.max_sessions = n;
         }
+        if let Some(n) = o.max_connections {
+            self.max_connections = n;
+        }
     }
 
     fn validate(&self) -> Result<(), Error> {
         check_secs("reconnect_grace_secs", self.reconnect_grace_secs)?;
         check_secs("shutdown_grace_secs", self.shutdown_grace_secs)?;
+        check_secs("shutdown_drain_secs", self.shutdown_drain_secs)?;
+        check_secs("header_read_timeout_secs", self.header_read_timeout_secs)?;
+        if self.header_read_timeout_secs <= 0.0 {
+            return Err(Error::InvalidConfig(
+                "header_read_timeout_secs must be above 0".to_string(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::InvalidConfig(
+                "max_connections must be at least 1".to_string(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut names = std::collections::HashSet::new();
         for t in &self.tenants {
@@ -232,6 +262,14 @@ impl ServerConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         secs(self.shutdown_grace_secs)
+    }
+
+    pub fn shutdown_drain(&self) -> Duration {
+        secs(self.shutdown_drain_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        secs(self.header_read_timeout_secs)
     }
 }
 
