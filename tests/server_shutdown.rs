@@ -62,3 +62,62 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
         assert!(!group_alive(pid));
     }
 }
+
+/// A client that starts an SSE stream of endless output and then stops reading (its socket
+/// open, its receive buffer full) cannot hold shutdown: after the shutdown grace (1 s) and
+/// the drain deadline (1 s) its connection is dropped and the server exits 0, no worker left.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        "shutdown_grace_secs = 1.0\nshutdown_drain_secs = 1.0\n[pool]\nmin_idle = 1\n",
+    )
+    .unwrap();
+    let (mut child, base) = spawn_server(&["--config", cfg.to_str().unwrap()]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+    let pid = info["pid"].as_u64().unwrap() as u32;
+
+    let body = json!({"code": "while True: print('x' * 65536, flush=True)"}).to_string();
+    let request = format!(
+        "POST /v1/sessions/{id}/execute HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ALICE}\r\naccept: text/event-stream\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let addr = base.trim_start_matches("http://");
+    let mut stream = guard(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The stream has started; from here on nothing is read (the output is endless, so the
+    // socket buffers are full long before the shutdown grace is over).
+    let mut head = [0u8; 64];
+    let n = guard(stream.read(&mut head)).await.unwrap();
+    assert!(
+        std::str::from_utf8(&head[..n])
+            .unwrap()
+            .starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = guard(tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(0));
+    eprintln!("exited {took:?} after SIGTERM");
+    // Grace 1 s + drain 1 s, and the sessions' own shutdown.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(1)).await,
+        "worker {pid} left behind"
+    );
+    assert!(!group_alive(pid));
+    drop(stream);
+}
