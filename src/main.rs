@@ -17,6 +17,8 @@ fn main() {
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PYREPL3_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -56,7 +56,7 @@ fn request_span(request: &Request) -> Span {
         target: "pyrepl3::access",
         "request",
         method = %request.method(),
-        route,
+        route = %route,
         request_id = %id,
         tenant = tracing::field::Empty,
     )
