@@ -63,9 +63,10 @@ impl ServerHandle {
 }
 
 /// Binds, starts the service (its pool filled) and serves until the handle's stop token is
-/// cancelled. Shutdown: stop accepting, and idle connections close; running executions get
-/// the shutdown grace to end, then end with `ServerShutdown`; connections still open after
-/// the drain deadline (e.g. a client that stopped reading its stream) are dropped; every
+/// cancelled. Shutdown: running executions get the shutdown grace to end (requests meanwhile
+/// are answered `503 shutting_down`), then end with `ServerShutdown`; then no connection is
+/// accepted, open ones close after their current answer, and those still open after the
+/// drain deadline (e.g. a client that stopped reading its stream) are dropped; every
 /// session is shut down; returns when no worker is left.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -94,14 +95,20 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
         let stop = stop.clone();
         async move {
             let shutdown = listener::Shutdown {
-                stop: stop.clone(),
+                stop: CancellationToken::new(),
                 drop_all: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             };
-            listener::accept_loop(listener, router, limits, shutdown.clone()).await;
-            // Stopped: no new connection; each open one ends after its current answer.
-            // Executions end and WebSocket loops close; then their connections can.
-            service.shut_down().await;
+            let stopping = async {
+                stop.cancelled().await;
+                // Still accepting meanwhile: requests are answered `503 shutting_down`.
+                // Executions end and WebSocket loops close; then their connections can.
+                service.shut_down().await;
+                // No new connection; each open one ends after its current answer.
+                shutdown.stop.cancel();
+            };
+            let accepting = listener::accept_loop(listener, router, limits, shutdown.clone());
+            tokio::join!(accepting, stopping);
             shutdown.tracker.close();
             // not polling: one deadline for the connections still writing their answers
             if tokio::time::timeout(drain, shutdown.tracker.wait())
