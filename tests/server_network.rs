@@ -1,6 +1,7 @@
-//! The server's connections: frames sent as written (TCP_NODELAY), the connection cap
-//! answered with 503 (never silence, also past the login's default open-file limit), and the
-//! deadlines that close a connection which never finishes its request headers or sits idle.
+//! The server's connections: frames sent as written (TCP_NODELAY), TCP keepalive, the
+//! connection cap answered with 503 (never silence, also past the login's default open-file
+//! limit; WebSockets count), and the deadlines that close a connection which never finishes
+//! its request headers or sits idle.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::guard;
 use common::server::*;
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use reqwest::Client;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -239,4 +240,61 @@ async fn a_request_is_answered_with_1100_idle_connections_open() {
     );
     drop(idle);
     child.kill_and_wait();
+}
+
+/// The server's side of an accepted connection has TCP keepalive on, first probe after 30 s
+/// of silence: the kernel shows its keepalive timer in /proc/net/tcp (timer kind 2, due in
+/// ~30 s, in USER_HZ ticks of 1/100 s).
+#[tokio::test]
+async fn accepted_sockets_have_tcp_keepalive() {
+    let api = Api::start(config(vec![tenant("alice", ALICE)])).await;
+    let addr = api.handle.local_addr();
+    let mut client = guard(TcpStream::connect(addr)).await.unwrap();
+    // An answer: the server has accepted the socket and set its options.
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = guard(client.read(&mut buf)).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let server_end = format!("0100007F:{:04X}", addr.port());
+    let client_end = format!("0100007F:{:04X}", client.local_addr().unwrap().port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let row: Vec<&str> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[1] == server_end && f[2] == client_end)
+        .unwrap_or_else(|| panic!("the server's socket {server_end} -> {client_end} in:\n{table}"));
+    let (kind, when) = row[5].split_once(':').unwrap();
+    let when_secs = u64::from_str_radix(when, 16).unwrap() as f64 / 100.0;
+    assert_eq!(kind, "02", "no keepalive timer: {row:?}");
+    assert!(
+        (20.0..=30.5).contains(&when_secs),
+        "keepalive due in {when_secs} s: {row:?}"
+    );
+    drop(client);
+    api.handle.shutdown().await.unwrap();
+}
+
+/// A WebSocket holds its place under the cap for as long as it is open (its socket is still
+/// a connection after the upgrade).
+#[tokio::test]
+async fn an_open_websocket_counts_against_the_connection_cap() {
+    let mut config = config(vec![tenant("alice", ALICE)]);
+    config.max_connections = 2;
+    let api = Api::start(config).await;
+    let addr = api.handle.local_addr();
+    let id = api.new_session(ALICE).await;
+    let mut ws = api.ws(ALICE, &id, "").await;
+    // The reqwest client's pooled connection from `new_session` is the other one.
+    let answer = request_once(addr, "/healthz").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    ws.send(WsMessage::Close(None)).await.unwrap();
+    // The server closes its side after its own close frame; then the socket is gone (this
+    // test's runtime has one thread: the server's task has finished by the time it is seen).
+    while let Some(Ok(_)) = guard(ws.next()).await {}
+    let answer = request_once(addr, "/healthz").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    api.handle.shutdown().await.unwrap();
 }
