@@ -145,6 +145,13 @@ async fn connections_beyond_the_cap_are_answered_503_and_served_once_one_closes(
     let answer = request_once(addr, "/healthz").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(idle);
+    // The refusal is counted.
+    let (_, metrics) = api.get("/metrics", ALICE).await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("pyrepl3_http_errors_total{status=\"503\"} 1"),
+        "{metrics}"
+    );
     api.handle.shutdown().await.unwrap();
 }
 
@@ -297,4 +304,26 @@ async fn an_open_websocket_counts_against_the_connection_cap() {
     let answer = request_once(addr, "/healthz").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     api.handle.shutdown().await.unwrap();
+}
+
+/// `pyrepl3 serve` runs its connections and sessions on the multi-thread runtime (one
+/// worker thread per core), so one slow task cannot pause every session: the process has
+/// tokio's worker threads.
+#[tokio::test]
+async fn serve_runs_on_the_multi_thread_runtime() {
+    let (mut child, base) = spawn_server(&[]);
+    // Answered: the runtime is up.
+    let status = guard(Client::new().get(format!("{base}/healthz")).send())
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+    let workers = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(workers >= cores.min(2), "{workers} tokio worker threads");
+    child.kill_and_wait();
 }

@@ -22,6 +22,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::service::Service;
+
 /// TCP keepalive on every accepted socket: the first probe after this much silence...
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// ...then one probe per interval...
@@ -32,7 +34,7 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 
 /// Over-cap connections being answered `503` at once; beyond this they are closed without
 /// an answer (each answer holds a file descriptor for up to [`REFUSAL_LINGER`]).
-const MAX_REFUSALS: usize = 256;
+pub const MAX_REFUSALS: usize = 256;
 /// How long a refused connection is kept open after its `503`, for the client to read it
 /// (closing with its request unread would reset the connection and lose the answer).
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
@@ -57,10 +59,12 @@ pub struct Shutdown {
 }
 
 /// Accepts until `shutdown.stop`, serving each connection with `router` in a task of
-/// `shutdown.tracker`. Returns once the listener is closed; the connections go on.
+/// `shutdown.tracker`. Returns once the listener is closed; the connections go on. Refusals
+/// count in `service`'s metrics as HTTP errors (status 503).
 pub async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    service: Service,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -118,6 +122,7 @@ pub async fn accept_loop(
             }
             Err(_) => match refusals.clone().try_acquire_owned() {
                 Ok(permit) => {
+                    service.record_http_error(503);
                     let drop_all = shutdown.drop_all.clone();
                     shutdown.tracker.spawn(async move {
                         tokio::select! {

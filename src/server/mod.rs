@@ -62,6 +62,28 @@ impl ServerHandle {
     }
 }
 
+/// Warns when the open-file limit leaves no room for `max_connections` sockets, the `503`
+/// answers in flight and the workers' descriptors (a rough allowance of 256).
+fn warn_if_short_of_files(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = (max_connections + listener::MAX_REFUSALS + 256) as u64;
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            open_file_limit = limit.rlim_cur,
+            max_connections,
+            "the open-file limit is below max_connections + {}: accepting may fail for want of descriptors before the cap answers 503",
+            listener::MAX_REFUSALS + 256
+        );
+    }
+}
+
 /// Binds, starts the service (its pool filled) and serves until the handle's stop token is
 /// cancelled. Shutdown: running executions get the shutdown grace to end (requests meanwhile
 /// are answered `503 shutting_down`), then end with `ServerShutdown`; then no connection is
@@ -91,6 +113,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
         header_read_timeout: config.header_read_timeout(),
     };
     let drain = config.shutdown_drain();
+    warn_if_short_of_files(config.max_connections);
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -107,7 +130,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
                 // No new connection; each open one ends after its current answer.
                 shutdown.stop.cancel();
             };
-            let accepting = listener::accept_loop(listener, router, limits, shutdown.clone());
+            let accepting =
+                listener::accept_loop(listener, router, service.clone(), limits, shutdown.clone());
             tokio::join!(accepting, stopping);
             shutdown.tracker.close();
             // not polling: one deadline for the connections still writing their answers
