@@ -327,3 +327,36 @@ async fn serve_runs_on_the_multi_thread_runtime() {
     assert!(workers >= cores.min(2), "{workers} tokio worker threads");
     child.kill_and_wait();
 }
+
+/// A request head larger than the connection's buffer (64 KiB) is refused (431, or the
+/// connection reset if the client is still sending it), not buffered; one of 32 KiB is
+/// served. (hyper's default buffer, ~400 KiB, takes a 256 KiB head.)
+#[tokio::test]
+async fn a_request_head_over_64_kib_is_refused() {
+    let api = Api::start(config(vec![tenant("alice", ALICE)])).await;
+    let addr = api.handle.local_addr();
+    let head = |size: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+            "a".repeat(size)
+        )
+    };
+    let mut stream = guard(TcpStream::connect(addr)).await.unwrap();
+    // The server may close before it has read it all: what counts is its answer.
+    let _ = stream.write_all(head(256 * 1024).as_bytes()).await;
+    let answer = read_to_close(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("closed by the server");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    let mut small = guard(TcpStream::connect(addr)).await.unwrap();
+    small.write_all(head(32 * 1024).as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut small, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    api.handle.shutdown().await.unwrap();
+}

@@ -42,6 +42,11 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// connection to close (which frees one) before it tries again anyway.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// A connection's read buffer at most, so the largest request head accepted (then `431`);
+/// it also caps what the connection buffers for writing. hyper's default, ~400 KiB, would
+/// let 1000 connections sending large heads slowly hold ~400 MiB.
+pub const MAX_BUF_BYTES: usize = 64 * 1024;
+
 /// The connection limits (see `docs/api.md`, "Connections").
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -79,6 +84,7 @@ pub async fn accept_loop(
         // connection left idle, are both closed when it passes. Not polling: one timer per
         // waiting connection, reset per request.
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_BUF_BYTES)
         .keep_alive(true);
     let builder = Arc::new(builder);
     loop {
@@ -123,6 +129,12 @@ pub async fn accept_loop(
             Err(_) => match refusals.clone().try_acquire_owned() {
                 Ok(permit) => {
                     service.record_http_error(503);
+                    tracing::info!(
+                        target: "pyrepl3::access",
+                        status = 503,
+                        max_connections = limits.max_connections,
+                        "connection refused: too many connections"
+                    );
                     let drop_all = shutdown.drop_all.clone();
                     shutdown.tracker.spawn(async move {
                         tokio::select! {
