@@ -63,9 +63,10 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
     }
 }
 
-/// A client that starts an SSE stream of endless output and then stops reading (its socket
-/// open, its receive buffer full) cannot hold shutdown: after the shutdown grace (1 s) and
-/// the drain deadline (1 s) its connection is dropped and the server exits 0, no worker left.
+/// Clients that start a stream of endless output and then stop reading (their sockets open,
+/// their receive buffers full), one over SSE and one over a WebSocket, cannot hold shutdown:
+/// after the shutdown grace (1 s) and the drain deadline (1 s) their connections are
+/// dropped and the server exits 0, no worker left.
 #[tokio::test]
 async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,6 +83,9 @@ async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
     let id = create_session_at(&http, &base).await;
     let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
     let pid = info["pid"].as_u64().unwrap() as u32;
+    let ws_id = create_session_at(&http, &base).await;
+    let info = json_of(http.get(format!("{base}/v1/sessions/{ws_id}"))).await;
+    let ws_pid = info["pid"].as_u64().unwrap() as u32;
 
     let body = json!({"code": "while True: print('x' * 65536, flush=True)"}).to_string();
     let request = format!(
@@ -103,6 +107,28 @@ async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
         String::from_utf8_lossy(&head[..n])
     );
 
+    let url = format!(
+        "{}/v1/sessions/{ws_id}/ws",
+        base.replace("http://", "ws://")
+    );
+    let mut ws_request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    ws_request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {ALICE}").parse().unwrap());
+    let (mut ws, _) = guard(tokio_tungstenite::connect_async(ws_request))
+        .await
+        .unwrap();
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "endless", "code": "while True: print('y' * 65536, flush=True)"}),
+    )
+    .await;
+    // The first frame: it runs. Then nothing more is read.
+    let first = ws_next(&mut ws).await;
+    assert_eq!(first["type"], "output", "{first}");
+
     let t0 = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -119,5 +145,10 @@ async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
         "worker {pid} left behind"
     );
     assert!(!group_alive(pid));
-    drop(stream);
+    assert!(
+        wait_pid_exit(ws_pid, Duration::from_secs(1)).await,
+        "worker {ws_pid} left behind"
+    );
+    assert!(!group_alive(ws_pid));
+    drop((stream, ws));
 }

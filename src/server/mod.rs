@@ -127,6 +127,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
                 // Still accepting meanwhile: requests are answered `503 shutting_down`.
                 // Executions end and WebSocket loops close; then their connections can.
                 service.shut_down().await;
+                tracing::info!("shutdown: executions ended; closing the connections");
                 // No new connection; each open one ends after its current answer.
                 shutdown.stop.cancel();
             };
@@ -146,6 +147,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
                 shutdown.drop_all.cancel();
                 shutdown.tracker.wait().await;
             }
+            tracing::info!("shutdown: connections closed; shutting the sessions down");
             // No session outlives the server.
             service.close().await
         }
