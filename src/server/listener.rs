@@ -38,7 +38,7 @@ pub const MAX_REFUSALS: usize = 256;
 /// How long a refused connection is kept open after its `503`, for the client to read it
 /// (closing with its request unread would reset the connection and lose the answer).
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-/// After `accept` fails for want of file descriptors: how long the loop waits for a
+/// After `accept` fails for want of file descriptors (or memory): how long the loop waits for a
 /// connection to close (which frees one) before it tries again anyway.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -94,7 +94,7 @@ pub async fn accept_loop(
         };
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
-            Err(e) if is_out_of_fds(&e) => {
+            Err(e) if is_out_of_resources(&e) => {
                 tracing::warn!("accepting a connection: {e}; waiting for a connection to close");
                 tokio::select! {
                     _ = shutdown.stop.cancelled() => break,
@@ -201,8 +201,13 @@ fn set_socket_options(stream: &TcpStream) {
     }
 }
 
-fn is_out_of_fds(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+/// `accept` failed for want of a resource that a closing connection gives back (each such
+/// error would recur at once on the next `accept`).
+fn is_out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Answers a connection over the cap: `503` with the reason, then closes. The request is
