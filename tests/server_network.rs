@@ -360,3 +360,40 @@ async fn a_request_head_over_64_kib_is_refused() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     api.handle.shutdown().await.unwrap();
 }
+
+/// Where the hard open-file limit itself is low (1024 here), the cap is lowered to what
+/// fits beside the sessions' descriptors and the 503 answers in flight (with a warning):
+/// 1024 - 64 - 16 × 20 sessions - 256 = 384 connections, so the 385th is answered 503
+/// rather than left to run the server out of descriptors.
+#[tokio::test]
+async fn a_low_hard_open_file_limit_lowers_the_cap() {
+    set_soft_nofile(4096).unwrap();
+    let (mut child, base) = spawn_server_with(&[], |command| {
+        command.env("PYREPL3_LOG", "warn").stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 1024,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..384 {
+        idle.push(guard(TcpStream::connect(addr)).await.unwrap());
+    }
+    let answer = request_once(addr, "/healthz").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    drop(idle);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.finish().success());
+    assert!(child.stderr().contains("cap=384"), "{}", child.stderr());
+}

@@ -288,6 +288,41 @@ impl AsyncWrite for Counted {
     }
 }
 
+/// Descriptors kept for everything but connections and sessions (the listener, the
+/// runtime, stdio, log and config files).
+const BASE_FDS: u64 = 64;
+/// Descriptors kept per pool session: a worker's pipes and pidfd (7 measured), twice over
+/// for a restart's overlap.
+const FDS_PER_SESSION: u64 = 16;
+
+/// The connection cap in force: `max_connections`, lowered (with a warning) when the
+/// open-file limit could not hold that many sockets beside the `503` answers in flight and
+/// the sessions' descriptors, so that the cap answers before `accept` runs out of
+/// descriptors (which would leave new connections unanswered).
+pub fn connection_cap(max_connections: usize, max_sessions: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return max_connections;
+    }
+    let reserved = BASE_FDS + FDS_PER_SESSION * max_sessions as u64 + MAX_REFUSALS as u64;
+    let room = usize::try_from(limit.rlim_cur.saturating_sub(reserved)).unwrap_or(usize::MAX);
+    if room >= max_connections {
+        return max_connections;
+    }
+    let cap = room.max(1);
+    tracing::warn!(
+        open_file_limit = limit.rlim_cur,
+        max_connections,
+        cap,
+        "the open-file limit leaves room for fewer connections than max_connections: the cap is lowered"
+    );
+    cap
+}
+
 /// Raises this process's soft open-file limit to its hard limit, so the connection cap (and
 /// the workers' pipes) fit; returns the limit now in force.
 pub fn raise_open_file_limit() -> io::Result<u64> {

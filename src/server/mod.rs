@@ -62,28 +62,6 @@ impl ServerHandle {
     }
 }
 
-/// Warns when the open-file limit leaves no room for `max_connections` sockets, the `503`
-/// answers in flight and the workers' descriptors (a rough allowance of 256).
-fn warn_if_short_of_files(max_connections: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit with a valid pointer to an rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    let wanted = (max_connections + listener::MAX_REFUSALS + 256) as u64;
-    if limit.rlim_cur < wanted {
-        tracing::warn!(
-            open_file_limit = limit.rlim_cur,
-            max_connections,
-            "the open-file limit is below max_connections + {}: accepting may fail for want of descriptors before the cap answers 503",
-            listener::MAX_REFUSALS + 256
-        );
-    }
-}
-
 /// Binds, starts the service (its pool filled) and serves until the handle's stop token is
 /// cancelled. Shutdown: running executions get the shutdown grace to end (requests meanwhile
 /// are answered `503 shutting_down`), then end with `ServerShutdown`; then no connection is
@@ -109,11 +87,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
     let stop = CancellationToken::new();
     let router = access_log::layer(http::router(service.clone(), config.max_body_bytes));
     let limits = listener::Limits {
-        max_connections: config.max_connections,
+        max_connections: listener::connection_cap(config.max_connections, config.pool.max_sessions),
         header_read_timeout: config.header_read_timeout(),
     };
     let drain = config.shutdown_drain();
-    warn_if_short_of_files(config.max_connections);
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
