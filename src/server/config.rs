@@ -325,6 +325,36 @@ max_sessions = 3
     }
 
     #[test]
+    fn connection_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(
+            &path,
+            "max_connections = 50\nheader_read_timeout_secs = 2.5\nshutdown_drain_secs = 0.5\n",
+        )
+        .unwrap();
+        let (config, _) = ServerConfig::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.max_connections, 50);
+        assert_eq!(config.header_read_timeout(), Duration::from_millis(2500));
+        assert_eq!(config.shutdown_drain(), Duration::from_millis(500));
+        let flags = Overrides {
+            max_connections: Some(7),
+            ..Overrides::default()
+        };
+        let (config, _) = ServerConfig::load(Some(&path), &flags).unwrap();
+        assert_eq!(config.max_connections, 7);
+        for (bad, says) in [
+            ("max_connections = 0\n", "max_connections"),
+            ("header_read_timeout_secs = 0\n", "header_read_timeout_secs"),
+            ("shutdown_drain_secs = -1\n", "shutdown_drain_secs"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = ServerConfig::load(Some(&path), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_config_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
