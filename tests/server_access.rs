@@ -98,6 +98,15 @@ async fn the_access_log_has_a_line_per_request_with_its_id_and_never_the_token()
     assert_eq!(executed.status(), StatusCode::OK);
     assert_eq!(executed.headers()["x-request-id"], "client-chosen-42");
 
+    // An id that would pose as other fields is quoted in the log.
+    let sneaky = http
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", "x status=999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sneaky.headers()["x-request-id"], "x status=999");
+
     let refused = http
         .get(format!("{base}/v1/sessions"))
         .bearer_auth("not-a-valid-token")
@@ -139,6 +148,10 @@ async fn the_access_log_has_a_line_per_request_with_its_id_and_never_the_token()
     let line = line_with(&refused_id);
     assert!(line.contains("status=401"), "{line}");
     assert!(!line.contains("tenant="), "{line}");
+
+    let line = line_with("\"x status=999\"");
+    assert!(line.contains("route=/healthz"), "{line}");
+    assert!(line.contains("status=200"), "{line}");
 
     assert!(!log.contains(ALICE), "the token is in the log:\n{log}");
     assert!(!log.contains("not-a-valid-token"), "{log}");

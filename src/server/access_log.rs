@@ -48,7 +48,7 @@ fn request_span(request: &Request) -> Span {
         .headers()
         .get(&REQUEST_ID)
         .map(|v| match v.to_str() {
-            Ok(id) => id.chars().take(MAX_LOGGED_ID).collect::<String>(),
+            Ok(id) => loggable_id(id),
             Err(_) => "(not text)".to_string(),
         })
         .unwrap_or_default();
@@ -60,6 +60,20 @@ fn request_span(request: &Request) -> Span {
         request_id = %id,
         tenant = tracing::field::Empty,
     )
+}
+
+/// A request id as written in the log: as it is if it is made of the characters ids are made
+/// of, else quoted and escaped (a client's id with spaces cannot pose as other fields).
+fn loggable_id(id: &str) -> String {
+    let id: String = id.chars().take(MAX_LOGGED_ID).collect();
+    if id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:/+=".contains(c))
+    {
+        id
+    } else {
+        format!("{id:?}")
+    }
 }
 
 fn log_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
