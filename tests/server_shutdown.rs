@@ -62,3 +62,93 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
         assert!(!group_alive(pid));
     }
 }
+
+/// Clients that start a stream of endless output and then stop reading (their sockets open,
+/// their receive buffers full), one over SSE and one over a WebSocket, cannot hold shutdown:
+/// after the shutdown grace (1 s) and the drain deadline (1 s) their connections are
+/// dropped and the server exits 0, no worker left.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        "shutdown_grace_secs = 1.0\nshutdown_drain_secs = 1.0\n[pool]\nmin_idle = 1\n",
+    )
+    .unwrap();
+    let (mut child, base) = spawn_server(&["--config", cfg.to_str().unwrap()]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+    let pid = info["pid"].as_u64().unwrap() as u32;
+    let ws_id = create_session_at(&http, &base).await;
+    let info = json_of(http.get(format!("{base}/v1/sessions/{ws_id}"))).await;
+    let ws_pid = info["pid"].as_u64().unwrap() as u32;
+
+    let body = json!({"code": "while True: print('x' * 65536, flush=True)"}).to_string();
+    let request = format!(
+        "POST /v1/sessions/{id}/execute HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ALICE}\r\naccept: text/event-stream\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let addr = base.trim_start_matches("http://");
+    let mut stream = guard(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The stream has started; from here on nothing is read (the output is endless, so the
+    // socket buffers are full long before the shutdown grace is over).
+    let mut head = [0u8; 64];
+    let n = guard(stream.read(&mut head)).await.unwrap();
+    assert!(
+        std::str::from_utf8(&head[..n])
+            .unwrap()
+            .starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    let url = format!(
+        "{}/v1/sessions/{ws_id}/ws",
+        base.replace("http://", "ws://")
+    );
+    let mut ws_request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    ws_request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {ALICE}").parse().unwrap());
+    let (mut ws, _) = guard(tokio_tungstenite::connect_async(ws_request))
+        .await
+        .unwrap();
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "endless", "code": "while True: print('y' * 65536, flush=True)"}),
+    )
+    .await;
+    // The first frame: it runs. Then nothing more is read.
+    let first = ws_next(&mut ws).await;
+    assert_eq!(first["type"], "output", "{first}");
+
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = guard(tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(0));
+    eprintln!("exited {took:?} after SIGTERM");
+    // Grace 1 s + drain 1 s, and the sessions' own shutdown.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(1)).await,
+        "worker {pid} left behind"
+    );
+    assert!(!group_alive(pid));
+    assert!(
+        wait_pid_exit(ws_pid, Duration::from_secs(1)).await,
+        "worker {ws_pid} left behind"
+    );
+    assert!(!group_alive(ws_pid));
+    drop((stream, ws));
+}

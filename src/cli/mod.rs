@@ -42,27 +42,39 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
+/// `serve`'s flags. Each can also be set by its environment variable (the flag wins; an
+/// empty variable counts as unset). The defaults shown are `ServerConfig::default()`'s, and
+/// apply only where neither the config file, the environment nor a flag sets a value: clap
+/// is given no default of its own, or it would override the config file.
 #[cfg(feature = "server")]
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on (default 127.0.0.1:8765; port 0 picks a free one).
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8765]
+    #[arg(long, value_name = "ADDR", env = "PYREPL3_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
-    /// TOML settings file (tenants, pool, limits).
-    #[arg(long, value_name = "FILE")]
+    /// TOML settings file (tenants, pool, limits) [default: none]
+    #[arg(long, value_name = "FILE", env = "PYREPL3_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Bearer token of the default tenant (else from the config, or generated).
-    #[arg(long, value_name = "TOKEN")]
+    /// Bearer token of the default tenant [default: from the config, else generated]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PYREPL3_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
-    /// Python interpreter for the workers.
-    #[arg(long, value_name = "PATH")]
+    /// Python interpreter for the workers [default: python3]
+    #[arg(long, value_name = "PATH", env = "PYREPL3_PYTHON")]
     pub python: Option<PathBuf>,
-    /// Warm sessions kept ready.
-    #[arg(long, value_name = "N")]
+    /// Warm sessions kept ready [default: 2]
+    #[arg(long, value_name = "N", env = "PYREPL3_MIN_IDLE")]
     pub min_idle: Option<usize>,
-    /// Upper bound of sessions in the pool.
-    #[arg(long, value_name = "N")]
+    /// Upper bound of sessions in the pool [default: 20]
+    #[arg(long, value_name = "N", env = "PYREPL3_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
+    /// Open connections at most; beyond it a connection is answered 503 [default: 1000]
+    #[arg(long, value_name = "N", env = "PYREPL3_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -19,6 +19,7 @@ pub async fn run(args: ServeArgs) -> i32 {
         python: args.python,
         min_idle: args.min_idle,
         max_sessions: args.max_sessions,
+        max_connections: args.max_connections,
     };
     let (config, generated) = match ServerConfig::load(args.config.as_deref(), &overrides) {
         Ok(loaded) => loaded,
@@ -37,6 +38,12 @@ pub async fn run(args: ServeArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    // Room for `max_connections` sockets plus the workers' pipes, whatever the login's soft
+    // limit (often 1024).
+    match server::raise_open_file_limit() {
+        Ok(limit) => tracing::info!(limit, "open-file limit (RLIMIT_NOFILE)"),
+        Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
+    }
     let handle = match server::start(config).await {
         Ok(handle) => handle,
         Err(e) => {

@@ -51,6 +51,16 @@ pub struct ServerConfig {
     /// At shutdown: how long running executions may still take before they end with
     /// `ServerShutdown`.
     pub shutdown_grace_secs: f64,
+    /// At shutdown, after the shutdown grace: how long connections may still take to finish
+    /// their answers before they are dropped.
+    pub shutdown_drain_secs: f64,
+    /// Open connections at most (WebSockets included); beyond it a connection is answered
+    /// `503` and closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, from its start or from
+    /// the end of the previous answer (so also how long a keep-alive connection may sit idle)
+    /// before it is closed.
+    pub header_read_timeout_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +73,9 @@ impl Default for ServerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             reconnect_grace_secs: 30.0,
             shutdown_grace_secs: 5.0,
+            shutdown_drain_secs: 5.0,
+            max_connections: 1000,
+            header_read_timeout_secs: 30.0,
         }
     }
 }
@@ -75,6 +88,7 @@ pub struct Overrides {
     pub python: Option<PathBuf>,
     pub min_idle: Option<usize>,
     pub max_sessions: Option<usize>,
+    pub max_connections: Option<usize>,
 }
 
 /// A validated number of seconds (see `ServerConfig::validate`) as a duration.
@@ -113,6 +127,7 @@ impl ServerConfig {
             python: env("PYREPL3_PYTHON").map(PathBuf::from),
             min_idle: parse_env(env("PYREPL3_MIN_IDLE"), "PYREPL3_MIN_IDLE")?,
             max_sessions: parse_env(env("PYREPL3_MAX_SESSIONS"), "PYREPL3_MAX_SESSIONS")?,
+            max_connections: parse_env(env("PYREPL3_MAX_CONNECTIONS"), "PYREPL3_MAX_CONNECTIONS")?,
         };
         config.apply(&env_overrides);
         config.apply(flags);
@@ -150,11 +165,26 @@ impl ServerConfig {
         if let Some(n) = o.max_sessions {
             self.pool.max_sessions = n;
         }
+        if let Some(n) = o.max_connections {
+            self.max_connections = n;
+        }
     }
 
     fn validate(&self) -> Result<(), Error> {
         check_secs("reconnect_grace_secs", self.reconnect_grace_secs)?;
         check_secs("shutdown_grace_secs", self.shutdown_grace_secs)?;
+        check_secs("shutdown_drain_secs", self.shutdown_drain_secs)?;
+        check_secs("header_read_timeout_secs", self.header_read_timeout_secs)?;
+        if self.header_read_timeout_secs <= 0.0 {
+            return Err(Error::InvalidConfig(
+                "header_read_timeout_secs must be above 0".to_string(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::InvalidConfig(
+                "max_connections must be at least 1".to_string(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut names = std::collections::HashSet::new();
         for t in &self.tenants {
@@ -233,6 +263,14 @@ impl ServerConfig {
     pub fn shutdown_grace(&self) -> Duration {
         secs(self.shutdown_grace_secs)
     }
+
+    pub fn shutdown_drain(&self) -> Duration {
+        secs(self.shutdown_drain_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        secs(self.header_read_timeout_secs)
+    }
 }
 
 fn parse_env<T: std::str::FromStr>(value: Option<String>, name: &str) -> Result<Option<T>, Error>
@@ -284,6 +322,36 @@ max_sessions = 3
         assert!(generated);
         assert_eq!(config.tenants.len(), 1);
         assert!(config.tenants[0].token.len() >= 32);
+    }
+
+    #[test]
+    fn connection_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(
+            &path,
+            "max_connections = 50\nheader_read_timeout_secs = 2.5\nshutdown_drain_secs = 0.5\n",
+        )
+        .unwrap();
+        let (config, _) = ServerConfig::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.max_connections, 50);
+        assert_eq!(config.header_read_timeout(), Duration::from_millis(2500));
+        assert_eq!(config.shutdown_drain(), Duration::from_millis(500));
+        let flags = Overrides {
+            max_connections: Some(7),
+            ..Overrides::default()
+        };
+        let (config, _) = ServerConfig::load(Some(&path), &flags).unwrap();
+        assert_eq!(config.max_connections, 7);
+        for (bad, says) in [
+            ("max_connections = 0\n", "max_connections"),
+            ("header_read_timeout_secs = 0\n", "header_read_timeout_secs"),
+            ("shutdown_drain_secs = -1\n", "shutdown_drain_secs"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = ServerConfig::load(Some(&path), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -110,7 +110,10 @@ impl FromRequestParts<Service> for Auth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        Ok(Auth(service.authenticate(token)?))
+        let caller = service.authenticate(token)?;
+        // For the access log (`access_log.rs`): the tenant's name, never its token.
+        tracing::Span::current().record("tenant", caller.tenant_name());
+        Ok(Auth(caller))
     }
 }
 

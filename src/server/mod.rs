@@ -1,19 +1,25 @@
 //! `pyrepl3 serve`: the service (`crate::service`) over HTTP and WebSocket. This module owns
-//! the server's life — bind, serve, and the graceful-shutdown wiring around the service's
-//! shutdown sequence — and its public handle. Routes, extractors and the translation between
-//! HTTP and the service are in `http.rs`; the WebSocket loop and its frames in `ws.rs`.
+//! the server's life — bind, serve, and the shutdown sequence with its deadlines — and its
+//! public handle. Routes, extractors and the translation between HTTP and the service are in
+//! `http.rs`; the WebSocket loop and its frames in `ws.rs`; the accept loop, socket options
+//! and connection limits in `listener.rs`; the access log and request ids in
+//! `access_log.rs`.
 
+mod access_log;
 pub mod config;
 mod http;
+mod listener;
 mod ws;
 
 use std::net::SocketAddr;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::service::Service;
 pub use config::{Overrides, ServerConfig, TenantConfig};
+pub use listener::raise_open_file_limit;
 
 /// A running server.
 pub struct ServerHandle {
@@ -57,9 +63,11 @@ impl ServerHandle {
 }
 
 /// Binds, starts the service (its pool filled) and serves until the handle's stop token is
-/// cancelled. Shutdown: stop accepting; running executions get the shutdown grace to end,
-/// then end with `ServerShutdown`; every session is shut down; returns when no worker is
-/// left.
+/// cancelled. Shutdown: running executions get the shutdown grace to end (requests meanwhile
+/// are answered `503 shutting_down`), then end with `ServerShutdown`; then no connection is
+/// accepted, open ones close after their current answer, and those still open after the
+/// drain deadline (e.g. a client that stopped reading its stream) are dropped; every
+/// session is shut down; returns when no worker is left.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -77,25 +85,48 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
         .map(|t| (t.name.clone(), t.token.clone()))
         .collect();
     let stop = CancellationToken::new();
-    let router = http::router(service.clone(), config.max_body_bytes);
+    let router = access_log::layer(http::router(service.clone(), config.max_body_bytes));
+    let limits = listener::Limits {
+        max_connections: listener::connection_cap(config.max_connections, config.pool.max_sessions),
+        header_read_timeout: config.header_read_timeout(),
+    };
+    let drain = config.shutdown_drain();
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let graceful = {
-                let service = service.clone();
-                async move {
-                    stop.cancelled().await;
-                    // Executions end and WebSocket loops close; then connections can.
-                    service.shut_down().await;
-                }
+            let shutdown = listener::Shutdown {
+                stop: CancellationToken::new(),
+                drop_all: CancellationToken::new(),
+                tracker: TaskTracker::new(),
             };
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(graceful)
+            let stopping = async {
+                stop.cancelled().await;
+                // Still accepting meanwhile: requests are answered `503 shutting_down`.
+                // Executions end and WebSocket loops close; then their connections can.
+                service.shut_down().await;
+                tracing::info!("shutdown: executions ended; closing the connections");
+                // No new connection; each open one ends after its current answer.
+                shutdown.stop.cancel();
+            };
+            let accepting =
+                listener::accept_loop(listener, router, service.clone(), limits, shutdown.clone());
+            tokio::join!(accepting, stopping);
+            shutdown.tracker.close();
+            // not polling: one deadline for the connections still writing their answers
+            if tokio::time::timeout(drain, shutdown.tracker.wait())
                 .await
-                .map_err(Error::io("serving HTTP"));
-            // Whatever ended serving, no session outlives the server.
-            service.close().await?;
-            served
+                .is_err()
+            {
+                tracing::warn!(
+                    open = shutdown.tracker.len(),
+                    "connections still open after the drain deadline: dropped"
+                );
+                shutdown.drop_all.cancel();
+                shutdown.tracker.wait().await;
+            }
+            tracing::info!("shutdown: connections closed; shutting the sessions down");
+            // No session outlives the server.
+            service.close().await
         }
     });
     Ok(ServerHandle {

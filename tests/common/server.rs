@@ -180,12 +180,23 @@ pub async fn sse_events(resp: reqwest::Response) -> Vec<Value> {
 /// `pyrepl3 serve` as its own process (so its memory can be measured alone, and it can be
 /// sent signals); returns the child and the base URL it printed.
 pub fn spawn_server(extra: &[&str]) -> (Watched, String) {
+    spawn_server_with(extra, |command| {
+        command.stderr(Stdio::null());
+    })
+}
+
+/// [`spawn_server`] with the command adjusted by `configure` before it starts (environment,
+/// stderr piped to be read, resource limits...).
+pub fn spawn_server_with(
+    extra: &[&str],
+    configure: impl FnOnce(&mut Command),
+) -> (Watched, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pyrepl3"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stdout(Stdio::piped());
+    configure(&mut command);
     let mut child = Watched::spawn(&mut command, GUARD);
     let line = child.read_line();
     let base = line
