@@ -76,6 +76,10 @@ struct LogState {
     undelivered_bytes: usize,
     retained_bytes: usize,
     done: bool,
+    /// Dropped by the retention budget: only an `ExecutionExpired` error is left.
+    expired: bool,
+    /// Order in which the service saw logs finish (retention drops the oldest first).
+    finished_order: u64,
     readers: usize,
     /// Bumped whenever `readers` changes, so a stale disconnect-grace timer knows it is stale.
     readers_epoch: u64,
@@ -100,6 +104,50 @@ impl ExecLog {
 
     pub fn is_done(&self) -> bool {
         self.lock().done
+    }
+
+    /// Bytes of the events the log holds (what the retention budget counts).
+    pub fn held_bytes(&self) -> usize {
+        self.lock().events.iter().map(LoggedEvent::size).sum()
+    }
+
+    /// Whether a reader is attached that has not been given every event yet: dropping
+    /// this log would cut a live stream short, so retention drops such logs last.
+    pub fn has_waiting_reader(&self) -> bool {
+        let st = self.lock();
+        st.readers > 0 && st.events.back().is_some_and(|e| e.seq > st.delivered)
+    }
+
+    /// Marks a finished log with its place in the order of finishing.
+    pub fn set_finished_order(&self, order: u64) {
+        self.lock().finished_order = order;
+    }
+
+    pub fn finished_order(&self) -> u64 {
+        self.lock().finished_order
+    }
+
+    /// Drops the events of a finished log (retention budget), freeing them even while
+    /// readers or handles still hold the log. A reader that had not read to the end gets an
+    /// `ExecutionExpired` error in place of what it missed (with the terminal event's seq,
+    /// so the gap shows); one that had read everything sees the end as before.
+    pub fn expire(&self, reason: &Event) {
+        let mut st = self.lock();
+        if st.expired {
+            return;
+        }
+        let last = st.next_seq.saturating_sub(1).max(1);
+        let expired =
+            LoggedEvent::new(last, &ClientEvent::from_session(&self.execution_id, reason));
+        st.events.clear();
+        st.events.push_back(expired);
+        st.expired = true;
+        st.done = true;
+        st.undelivered_bytes = 0;
+        st.retained_bytes = 0;
+        drop(st);
+        self.changed.notify_waiters();
+        self.room.notify_waiters();
     }
 
     /// Moves `execution`'s events into the log until its terminal event, waiting for room

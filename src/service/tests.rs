@@ -25,6 +25,7 @@ async fn start(shutdown_grace: Duration) -> Service {
         max_code_bytes: 100,
         reconnect_grace: Duration::from_secs(30),
         shutdown_grace,
+        bounds: Bounds::default(),
     })
     .await
     .expect("the service starts")
