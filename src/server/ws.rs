@@ -25,10 +25,6 @@ use crate::service::{
     SessionHandle,
 };
 
-/// How long a connection being closed by the server may take to get its close frame (and,
-/// at shutdown, what its executions' logs still hold) out to a client that is slow to read;
-/// then the connection is dropped.
-const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 /// Close code and reason for a client that let its send queue fill (1008: policy violation).
 const NOT_READING: (u16, &str) = (1008, "client is not reading");
 
@@ -115,12 +111,21 @@ async fn connection(
     let (sink, mut incoming) = socket.split();
     // Bounded: a client that does not read makes it fill, and is then disconnected.
     let (out_tx, out_rx) = mpsc::channel(bounds.ws_send_queue);
+    let outbox = Outbox {
+        tx: out_tx,
+        patience: bounds.ws_pong_timeout,
+    };
     let (close_tx, close_rx) = oneshot::channel();
     let resumed = follow
         .into_iter()
         .map(|(e, since)| e.follow(since))
         .collect();
-    let mut writer = tokio::spawn(write_loop(sink, out_rx, resumed, close_rx, service.clone()));
+    let writer = Writer {
+        sink,
+        close: close_rx,
+        patience: bounds.ws_pong_timeout,
+    };
+    let mut writer = tokio::spawn(write_loop(writer, out_rx, resumed, service.clone()));
     let mut liveness = Liveness::new(bounds.ws_ping_interval, bounds.ws_pong_timeout);
     let end = loop {
         let frame = tokio::select! {
@@ -133,7 +138,7 @@ async fn connection(
                     tracing::info!(session = %session.id(), "WebSocket peer did not answer a ping in time: dropped");
                     break End::Gone;
                 }
-                if out_tx.try_send(Outgoing::Ping).is_err() {
+                if outbox.send(Outgoing::Ping).await.is_err() {
                     break End::NotReading;
                 }
                 liveness.pinged();
@@ -148,10 +153,8 @@ async fn connection(
                 match service.rate_limit(&caller) {
                     Ok(()) => continue,
                     Err(e) => {
-                        if out_tx
-                            .try_send(Outgoing::Reply(refused(None, &e, None)))
-                            .is_err()
-                        {
+                        let reply = Outgoing::Reply(refused(None, &e, None));
+                        if outbox.send(reply).await.is_err() {
                             break End::NotReading;
                         }
                         continue;
@@ -164,18 +167,18 @@ async fn connection(
         let reply = match service.rate_limit(&caller) {
             // Over the limit: refused, not acted on.
             Err(e) => Some(refused(message_id(text.as_str()).as_deref(), &e, None)),
-            Ok(()) => match handle(&session, text.as_str(), &out_tx).await {
+            Ok(()) => match handle(&session, text.as_str(), &outbox).await {
                 Ok(reply) => reply,
                 Err(Full) => break End::NotReading,
             },
         };
         if let Some(reply) = reply {
-            if out_tx.try_send(Outgoing::Reply(reply)).is_err() {
+            if outbox.send(Outgoing::Reply(reply)).await.is_err() {
                 break End::NotReading;
             }
         }
     };
-    drop(out_tx);
+    drop(outbox);
     match end {
         // The client is gone: stop the writer now; its readers drop and start the
         // reconnect grace.
@@ -205,8 +208,42 @@ async fn connection(
     }
 }
 
-/// The channel to the writer is full: the client is not reading.
+/// The writer's queue stayed full for the whole patience: the client is not reading.
 struct Full;
+
+/// The reading side's end of the writer's bounded queue. While it is full the reading side
+/// waits (and reads no more frames: the client is held back) for at most `patience`, the
+/// time a live client may take to take a frame (the pong timeout); then the client counts as
+/// not reading.
+struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    patience: Duration,
+}
+
+impl Outbox {
+    async fn reserve(&self) -> Result<mpsc::Permit<'_, Outgoing>, Full> {
+        // not polling: one deadline for a queue that stays full.
+        match tokio::time::timeout(self.patience, self.tx.reserve()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Full),
+        }
+    }
+
+    /// A place for a reply that a task sends later.
+    async fn reserve_owned(&self) -> Result<mpsc::OwnedPermit<Outgoing>, Full> {
+        let reserve = self.tx.clone().reserve_owned();
+        // not polling: one deadline for a queue that stays full.
+        match tokio::time::timeout(self.patience, reserve).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Full),
+        }
+    }
+
+    async fn send(&self, item: Outgoing) -> Result<(), Full> {
+        self.reserve().await?.send(item);
+        Ok(())
+    }
+}
 
 /// The `id` of a client message, if it is JSON with one (for `in_reply_to`).
 fn message_id(text: &str) -> Option<String> {
@@ -263,11 +300,7 @@ fn execute_refused(e: &ServiceError, timeout: Option<&Value>) -> String {
 
 /// One client message; returns a reply for the client, if any (`Full`: the writer's queue
 /// is full, the client is not reading).
-async fn handle(
-    session: &SessionHandle,
-    text: &str,
-    out: &mpsc::Sender<Outgoing>,
-) -> Result<Option<Value>, Full> {
+async fn handle(session: &SessionHandle, text: &str, out: &Outbox) -> Result<Option<Value>, Full> {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return Ok(Some(bad_request_to(None, format!("not JSON: {e}")))),
@@ -295,9 +328,7 @@ async fn handle(
             };
             // Room in the writer's queue first: an execution is never accepted without the
             // reader that follows it.
-            let Ok(permit) = out.try_reserve() else {
-                return Err(Full);
-            };
+            let permit = out.reserve().await?;
             match session.execute(request) {
                 Ok(execution) => {
                     permit.send(Outgoing::Follow(execution.follow(0)));
@@ -327,9 +358,7 @@ async fn handle(
             };
             // The reply's place in the queue is taken now: a client that is not reading
             // cannot make these tasks pile up.
-            let Ok(permit) = out.clone().try_reserve_owned() else {
-                return Err(Full);
-            };
+            let permit = out.reserve_owned().await?;
             let session = session.clone();
             let force = msg
                 .get("force_restart")
@@ -381,6 +410,9 @@ enum Stop {
 struct Writer {
     sink: SplitSink<WebSocket, WsMessage>,
     close: oneshot::Receiver<CloseFrame>,
+    /// How long the last frames (the close frame; at shutdown, also what the logs still
+    /// hold) may take to get out to a client that is slow to read: the pong timeout.
+    patience: Duration,
 }
 
 impl Writer {
@@ -400,10 +432,11 @@ impl Writer {
         Ok(())
     }
 
-    /// The last frame, within [`CLOSE_DEADLINE`].
+    /// The last frame, within the patience.
     async fn close_with(mut self, frame: Option<CloseFrame>) {
+        let close = self.sink.send(WsMessage::Close(frame));
         // not polling: one deadline for a client that is slow to take its close frame.
-        let _ = tokio::time::timeout(CLOSE_DEADLINE, self.sink.send(WsMessage::Close(frame))).await;
+        let _ = tokio::time::timeout(self.patience, close).await;
     }
 }
 
@@ -412,13 +445,11 @@ impl Writer {
 /// which holds the worker back (see `service::execlog`); meanwhile what the reading side
 /// queues waits in the bounded channel.
 async fn write_loop(
-    sink: SplitSink<WebSocket, WsMessage>,
+    mut writer: Writer,
     mut out: mpsc::Receiver<Outgoing>,
     resumed: VecDeque<Reader>,
-    close: oneshot::Receiver<CloseFrame>,
     service: Service,
 ) {
-    let mut writer = Writer { sink, close };
     let mut queue = resumed;
     let mut out_open = true;
     let stopped = loop {
@@ -467,7 +498,7 @@ async fn write_loop(
             // Shutdown: send what the logs still hold (they end at shutdown), then close,
             // all within the deadline.
             // not polling: one deadline for the last frames to a client that may not read.
-            let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
+            let _ = tokio::time::timeout(writer.patience, async {
                 while let Some(mut reader) = queue.pop_front() {
                     if writer.send_events(reader.rest()).await.is_err() {
                         return;

@@ -78,6 +78,11 @@ struct LogState {
     done: bool,
     /// Dropped by the retention budget: only an `ExecutionExpired` error is left.
     expired: bool,
+    /// No reader came back within the reconnect grace (the execution is being cancelled):
+    /// the pump no longer waits for room, so that the rest of the execution (bounded: its
+    /// worker is stopped within the cancel grace) gets in and the log can end, instead of a
+    /// pump waiting forever for a reader that will not come.
+    abandoned: bool,
     /// Order in which the service saw logs finish (retention drops the oldest first).
     finished_order: u64,
     readers: usize,
@@ -175,7 +180,7 @@ impl ExecLog {
                 if st.done {
                     return; // already ended (the service ended it at shutdown)
                 }
-                if st.undelivered_bytes < UNDELIVERED_LIMIT {
+                if st.undelivered_bytes < UNDELIVERED_LIMIT || st.abandoned {
                     let seq = st.next_seq;
                     st.next_seq += 1;
                     let logged = LoggedEvent::new(seq, &event);
@@ -304,8 +309,14 @@ impl ExecLog {
         };
         // not polling: one deadline, the reconnect grace.
         tokio::time::sleep(grace).await;
-        let st = self.lock();
-        st.readers == 0 && !st.done && st.readers_epoch == epoch
+        let mut st = self.lock();
+        let abandoned = st.readers == 0 && !st.done && st.readers_epoch == epoch;
+        if abandoned {
+            st.abandoned = true;
+            drop(st);
+            self.room.notify_waiters();
+        }
+        abandoned
     }
 }
 
