@@ -234,10 +234,26 @@ async fn a_sessions_queue_of_executions_is_capped_with_a_clear_error() {
             peak = peak.max(rss());
         }
     }
+    peak = peak.max(rss());
+    eprintln!(
+        "400 executions of 256 KiB queued on one session: server RSS {} -> {} MiB",
+        baseline / MIB,
+        peak / MIB
+    );
+    assert!(
+        peak.saturating_sub(baseline) < 40 * MIB,
+        "server RSS grew {} MiB",
+        peak.saturating_sub(baseline) / MIB
+    );
     // 64 wait behind `block`; every later one is refused, over HTTP too.
     let refused = &ids[64..];
     let seen = outcomes(&mut stream, refused).await;
-    peak = peak.max(rss());
+    let after = rss();
+    assert!(
+        after.saturating_sub(baseline) < 40 * MIB,
+        "server RSS grew {} MiB once every frame was read",
+        after.saturating_sub(baseline) / MIB
+    );
     for id in refused {
         let (kind, msg) = &seen[id];
         assert_eq!(kind, "QueueFull", "{msg}");
@@ -259,16 +275,6 @@ async fn a_sessions_queue_of_executions_is_capped_with_a_clear_error() {
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "queue_full", "{body}");
-    eprintln!(
-        "400 executions of 256 KiB queued on one session: server RSS {} -> {} MiB",
-        baseline / MIB,
-        peak / MIB
-    );
-    assert!(
-        peak.saturating_sub(baseline) < 40 * MIB,
-        "server RSS grew {} MiB",
-        peak.saturating_sub(baseline) / MIB
-    );
     // The queue then runs: all 64 and `block`.
     let answer = json!({"type": "input_response", "input_id": input["id"], "data": ""});
     guard(sink.send(WsMessage::Text(answer.to_string().into())))
