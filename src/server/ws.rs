@@ -202,8 +202,16 @@ async fn connection(
             let _ = writer.await;
         }
         End::Shutdown => {
-            // The writer sends the rest and closes, within its deadline.
-            let _ = writer.await;
+            // The writer sends the rest and closes within the patience, once a send to a
+            // slow client that was under way when shutdown came is through: both bounded.
+            let last_frames = 2 * bounds.ws_pong_timeout;
+            // not polling: one deadline for the last frames of a client that may not read.
+            if tokio::time::timeout(last_frames, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
         }
     }
 }

@@ -75,6 +75,8 @@ struct LogState {
     delivered: u64,
     undelivered_bytes: usize,
     retained_bytes: usize,
+    /// Bytes of the events in `events` (what the retention budget counts).
+    held_bytes: usize,
     done: bool,
     /// Dropped by the retention budget: only an `ExecutionExpired` error is left.
     expired: bool,
@@ -113,7 +115,7 @@ impl ExecLog {
 
     /// Bytes of the events the log holds (what the retention budget counts).
     pub fn held_bytes(&self) -> usize {
-        self.lock().events.iter().map(LoggedEvent::size).sum()
+        self.lock().held_bytes
     }
 
     /// Whether a reader is attached that has not been given every event yet: dropping
@@ -145,6 +147,7 @@ impl ExecLog {
         let expired =
             LoggedEvent::new(last, &ClientEvent::from_session(&self.execution_id, reason));
         st.events.clear();
+        st.held_bytes = expired.size();
         st.events.push_back(expired);
         st.expired = true;
         st.done = true;
@@ -185,6 +188,7 @@ impl ExecLog {
                     st.next_seq += 1;
                     let logged = LoggedEvent::new(seq, &event);
                     st.undelivered_bytes += logged.size();
+                    st.held_bytes += logged.size();
                     st.done = logged.is_terminal();
                     st.events.push_back(logged);
                     drop(st);
@@ -265,6 +269,7 @@ impl ExecLog {
                     let size = front.size();
                     st.events.pop_front();
                     st.retained_bytes = st.retained_bytes.saturating_sub(size);
+                    st.held_bytes = st.held_bytes.saturating_sub(size);
                 }
                 _ => break,
             }
