@@ -48,7 +48,22 @@ async fn a_websocket_client_that_never_reads_is_closed_with_a_reason_and_memory_
     let rss = || rss_bytes(server.id());
     let http = Client::new();
     let id = create_session_at(&http, &base).await;
-    let ws = ws_at(&base, &id, "").await;
+    // A small receive buffer, so that what the server sends fills the socket soon and the
+    // client has little to read once it reads again.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let tcp = guard(socket.connect(addr)).await.unwrap();
+    let url = format!("ws://{addr}/v1/sessions/{id}/ws");
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {ALICE}").parse().unwrap());
+    let (ws, _) = guard(tokio_tungstenite::client_async(request, tcp))
+        .await
+        .unwrap();
     let (mut sink, mut stream) = ws.split();
     let baseline = rss();
     let mut peak = baseline;
