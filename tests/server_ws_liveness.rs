@@ -13,9 +13,10 @@ use common::{guard, Watched, GUARD};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-/// Ping after 0.3 s of silence, pong due 0.5 s later, cancel 0.2 s after the disconnect.
+/// Ping after 0.3 s of silence, pong due 1 s later (room for a loaded machine to answer),
+/// cancel 0.2 s after the disconnect.
 const CONFIG: &str =
-    "ws_ping_interval_secs = 0.3\nws_pong_timeout_secs = 0.5\nreconnect_grace_secs = 0.2\n";
+    "ws_ping_interval_secs = 0.3\nws_pong_timeout_secs = 1.0\nreconnect_grace_secs = 0.2\n";
 
 /// The next line the client printed (reader threads drain it; the wait has the guard's
 /// deadline).
@@ -86,7 +87,7 @@ async fn a_frozen_websocket_client_is_dropped_once_its_pong_is_overdue() {
         "{msg}"
     );
     eprintln!("frozen client dropped and its execution cancelled {detected:?} after SIGSTOP");
-    // Ping 0.3 + pong 0.5 + grace 0.2 + cancel; generous for a loaded machine, far below
+    // Ping 0.3 + pong 1.0 + grace 0.2 + cancel; generous for a loaded machine, far below
     // "never".
     assert!(
         detected < Duration::from_secs(10),
