@@ -3,8 +3,15 @@
 //! `input_response`, `cancel`, `interrupt`; the server sends each execution's
 //! `output`/`input`/`result`/`error` events (with `seq`), executions in the order submitted,
 //! the replies to `cancel`/`interrupt`, and a `BadRequest` error frame for a message the
-//! service refused. `?execution_id=X&since=N` resumes after a disconnect: X's events after N,
-//! then every later execution that has not ended.
+//! service refused (`RateLimited` and `QueueFull` by name). `?execution_id=X&since=N`
+//! resumes after a disconnect: X's events after N, then every later execution that has not
+//! ended.
+//!
+//! Each connection's memory is bounded: every message counts against the tenant's rate
+//! limit; what waits to be written sits in a bounded queue, and a client that leaves it full
+//! for the pong timeout is not reading and is closed (1008); a peer silent past the ping
+//! interval is pinged and dropped when nothing comes back within the pong timeout (one
+//! deadline per connection). See `docs/api.md`, "Bounds".
 
 use std::collections::VecDeque;
 use std::time::Duration;

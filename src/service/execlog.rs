@@ -4,6 +4,8 @@
 //! its remote readers: while more than [`UNDELIVERED_LIMIT`] bytes have not reached a reader,
 //! the pump stops taking events from the session, so the session stops reading the worker's
 //! pipes and the worker blocks in `write()`. Nothing is dropped and memory stays bounded.
+//! A finished log can be expired by the retention budget (`retention.rs`): its events are
+//! freed and readers that were behind get an `ExecutionExpired` error instead.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

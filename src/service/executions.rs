@@ -1,5 +1,5 @@
 //! Executions of a session: execute with its rules (code size, timeout, duplicate id, the
-//! tenant's time limit), the pump that moves the session's events into the execution's log
+//! cap on queued executions, the tenant's time limit), the pump that moves the session's events into the execution's log
 //! (recording the metrics of its end), input, cancel, interrupt, the list of a session's
 //! executions, and [`Reader`]s that replay and follow a log from `since=seq`, optionally
 //! answering `input()` from given lines.

@@ -10,7 +10,8 @@
 //!
 //! Sessions and their registry are in `sessions.rs`, executions (execute, input, cancel,
 //! interrupt, readers) in `executions.rs`, the per-execution event log in `execlog.rs`, the
-//! client event type in `event.rs`, errors in `error.rs`, counters in `metrics.rs`.
+//! client event type in `event.rs`, errors in `error.rs`, counters in `metrics.rs`, the
+//! retention budget of finished logs in `retention.rs`.
 
 mod config;
 mod error;
