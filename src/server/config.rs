@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::pool::PoolConfig;
-use crate::service::ServiceConfig;
 pub use crate::service::TenantConfig;
+use crate::service::{Bounds, ServiceConfig};
 use crate::session::SessionConfig;
 
 /// Pool settings as they appear in the config file.
@@ -61,6 +61,21 @@ pub struct ServerConfig {
     /// the end of the previous answer (so also how long a keep-alive connection may sit idle)
     /// before it is closed.
     pub header_read_timeout_secs: f64,
+    // --- Memory bounds and WebSocket liveness (docs/api.md, "Bounds") ---
+    /// Executions queued behind the running one, per session (then 429 queue_full).
+    pub max_queued_executions: usize,
+    /// Output bytes a collected (non-streaming) execute answer keeps (then `truncated`).
+    pub max_output_bytes: usize,
+    /// Bytes of finished execution logs kept per session, and in the whole server.
+    pub retained_log_bytes_per_session: usize,
+    pub retained_log_bytes_total: usize,
+    /// Messages waiting to be written to one WebSocket before its client counts as not
+    /// reading (and is disconnected).
+    pub ws_send_queue: usize,
+    /// Ping after this much silence from a WebSocket client; disconnect if no pong within
+    /// the timeout.
+    pub ws_ping_interval_secs: f64,
+    pub ws_pong_timeout_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +91,13 @@ impl Default for ServerConfig {
             shutdown_drain_secs: 5.0,
             max_connections: 1000,
             header_read_timeout_secs: 30.0,
+            max_queued_executions: Bounds::default().max_queued_executions,
+            max_output_bytes: Bounds::default().max_output_bytes,
+            retained_log_bytes_per_session: Bounds::default().retained_log_bytes_per_session,
+            retained_log_bytes_total: Bounds::default().retained_log_bytes_total,
+            ws_send_queue: Bounds::default().ws_send_queue,
+            ws_ping_interval_secs: Bounds::default().ws_ping_interval.as_secs_f64(),
+            ws_pong_timeout_secs: Bounds::default().ws_pong_timeout.as_secs_f64(),
         }
     }
 }
@@ -185,6 +207,17 @@ impl ServerConfig {
                 "max_connections must be at least 1".to_string(),
             ));
         }
+        check_secs("ws_ping_interval_secs", self.ws_ping_interval_secs)?;
+        check_secs("ws_pong_timeout_secs", self.ws_pong_timeout_secs)?;
+        if self.ws_send_queue == 0
+            || self.ws_ping_interval_secs <= 0.0
+            || self.ws_pong_timeout_secs <= 0.0
+        {
+            return Err(Error::InvalidConfig(
+                "ws_send_queue, ws_ping_interval_secs and ws_pong_timeout_secs must be above 0"
+                    .into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut names = std::collections::HashSet::new();
         for t in &self.tenants {
@@ -253,6 +286,15 @@ impl ServerConfig {
             max_code_bytes: self.max_code_bytes,
             reconnect_grace: self.reconnect_grace(),
             shutdown_grace: self.shutdown_grace(),
+            bounds: Bounds {
+                max_queued_executions: self.max_queued_executions,
+                max_output_bytes: self.max_output_bytes,
+                retained_log_bytes_per_session: self.retained_log_bytes_per_session,
+                retained_log_bytes_total: self.retained_log_bytes_total,
+                ws_send_queue: self.ws_send_queue,
+                ws_ping_interval: secs(self.ws_ping_interval_secs),
+                ws_pong_timeout: secs(self.ws_pong_timeout_secs),
+            },
         }
     }
 

@@ -70,6 +70,8 @@ impl From<ServiceError> for ApiError {
             E::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "code_too_large"),
             E::InvalidTimeout { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             E::DuplicateExecutionId { .. } => (StatusCode::CONFLICT, "duplicate_execution_id"),
+            E::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            E::ExecutionExpired { .. } => (StatusCode::NOT_FOUND, "execution_expired"),
             E::UnknownInput { .. } => (StatusCode::NOT_FOUND, "unknown_input"),
             E::SessionUnavailable { .. } => (StatusCode::CONFLICT, "session_unavailable"),
             E::NoSessionAvailable { .. } => {
@@ -319,13 +321,45 @@ async fn execute(
         return Ok(sse(reader).into_response());
     }
     let reader = execution.follow_answering(0, stdin, AfterStdin::Eof);
-    Ok(Json(collect(reader).await).into_response())
+    let limit = service.bounds().max_output_bytes;
+    Ok(Json(collect(reader, limit).await).into_response())
+}
+
+/// Output kept for a collected answer: up to `limit` bytes of data, the rest only counted
+/// (the reader still reads it, so the worker is not held back).
+struct CollectedOutput {
+    outputs: Vec<Value>,
+    kept: usize,
+    limit: usize,
+    dropped: usize,
+}
+
+impl CollectedOutput {
+    fn push(&mut self, stream: impl Serialize, data: &str) {
+        let room = self.limit.saturating_sub(self.kept);
+        let mut take = data.len().min(room);
+        while !data.is_char_boundary(take) {
+            take -= 1;
+        }
+        if take > 0 {
+            self.outputs
+                .push(json!({"stream": stream, "data": &data[..take]}));
+            self.kept += take;
+        }
+        self.dropped += data.len() - take;
+    }
 }
 
 /// Reads an execution to its end (the reader answers its `input()` calls) and gathers the
-/// JSON answer.
-async fn collect(mut reader: Reader) -> Value {
-    let mut outputs = Vec::new();
+/// JSON answer, with at most `max_output_bytes` of output (`truncated` says whether some
+/// was left out, `output_truncated_bytes` how much).
+async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
+    let mut output = CollectedOutput {
+        outputs: Vec::new(),
+        kept: 0,
+        limit: max_output_bytes,
+        dropped: 0,
+    };
     let (mut result, mut error, mut execution_time) = (Value::Null, Value::Null, 0.0);
     while let Some(batch) = reader.next_batch().await {
         for logged in batch {
@@ -333,9 +367,7 @@ async fn collect(mut reader: Reader) -> Value {
                 continue; // answered by the reader; not part of the answer
             }
             match logged.event() {
-                Some(ClientEvent::Output { stream, data, .. }) => {
-                    outputs.push(json!({"stream": stream, "data": data}))
-                }
+                Some(ClientEvent::Output { stream, data, .. }) => output.push(stream, &data),
                 Some(ClientEvent::Result {
                     value,
                     repr,
@@ -363,7 +395,9 @@ async fn collect(mut reader: Reader) -> Value {
     }
     json!({
         "execution_id": reader.id(),
-        "outputs": outputs,
+        "outputs": output.outputs,
+        "truncated": output.dropped > 0,
+        "output_truncated_bytes": output.dropped,
         "result": result,
         "error": error,
         "execution_time": execution_time,

@@ -3,24 +3,37 @@
 //! `input_response`, `cancel`, `interrupt`; the server sends each execution's
 //! `output`/`input`/`result`/`error` events (with `seq`), executions in the order submitted,
 //! the replies to `cancel`/`interrupt`, and a `BadRequest` error frame for a message the
-//! service refused. `?execution_id=X&since=N` resumes after a disconnect: X's events after N,
-//! then every later execution that has not ended.
+//! service refused (`RateLimited` and `QueueFull` by name). `?execution_id=X&since=N`
+//! resumes after a disconnect: X's events after N, then every later execution that has not
+//! ended.
+//!
+//! Each connection's memory is bounded: every message counts against the tenant's rate
+//! limit; what waits to be written sits in a bounded queue, and a client that leaves it full
+//! for the pong timeout is not reading and is closed (1008); a peer silent past the ping
+//! interval is pinged and dropped when nothing comes back within the pong timeout (one
+//! deadline per connection). See `docs/api.md`, "Bounds".
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::http::{ApiError, Auth};
 use crate::service::{
-    ExecuteRequest, ExecutionHandle, LoggedEvent, Reader, Service, ServiceError, SessionHandle,
+    Caller, ExecuteRequest, ExecutionHandle, LoggedEvent, Reader, Service, ServiceError,
+    SessionHandle,
 };
+
+/// Close code and reason for a client that let its send queue fill (1008: policy violation).
+const NOT_READING: (u16, &str) = (1008, "client is not reading");
 
 #[derive(Deserialize)]
 pub(crate) struct ResumeQuery {
@@ -41,45 +54,231 @@ pub(crate) async fn upgrade(
         Some(execution_id) => session.resume(execution_id, resume.since)?,
         None => Vec::new(),
     };
-    Ok(ws.on_upgrade(move |socket| connection(service, session, socket, follow)))
+    Ok(ws.on_upgrade(move |socket| connection(service, caller, session, socket, follow)))
 }
 
-/// What the writer sends next: events of followed executions, or a reply to the client.
+/// What the writer sends next: events of followed executions, a reply to the client, or a
+/// ping. Each execution is followed by an attached reader from the moment it is accepted,
+/// so that it gets the reconnect grace if the client goes away before it is sent.
 enum Outgoing {
-    Follow(ExecutionHandle, u64),
+    Follow(Reader),
     Reply(Value),
+    Ping,
+}
+
+/// Why the reading side ends the connection.
+enum End {
+    /// The client closed, the socket failed, or the peer is dead: nothing more to send.
+    Gone,
+    /// The client lets its send queue fill: close with a reason, then drop it.
+    NotReading,
+    /// The service stopped: the writer sends what the logs hold, then closes.
+    Shutdown,
+}
+
+/// When the peer was last heard from, and whether a ping is out: one deadline per
+/// connection, the next ping or the pong due.
+struct Liveness {
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    pinged: bool,
+    deadline: Instant,
+}
+
+impl Liveness {
+    fn new(ping_interval: Duration, pong_timeout: Duration) -> Self {
+        Liveness {
+            ping_interval,
+            pong_timeout,
+            pinged: false,
+            deadline: crate::time::deadline(Instant::now(), ping_interval),
+        }
+    }
+
+    /// Any frame from the peer shows it alive: the next ping is due after a silence.
+    fn heard(&mut self) {
+        self.pinged = false;
+        self.deadline = crate::time::deadline(Instant::now(), self.ping_interval);
+    }
+
+    fn pinged(&mut self) {
+        self.pinged = true;
+        self.deadline = crate::time::deadline(Instant::now(), self.pong_timeout);
+    }
 }
 
 async fn connection(
     service: Service,
+    caller: Caller,
     session: SessionHandle,
     socket: WebSocket,
     follow: Vec<(ExecutionHandle, u64)>,
 ) {
+    let bounds = service.bounds();
     let (sink, mut incoming) = socket.split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    for (execution, since) in follow {
-        let _ = out_tx.send(Outgoing::Follow(execution, since));
-    }
-    let writer = tokio::spawn(write_loop(sink, out_rx, service.clone()));
-    loop {
+    // Bounded: a client that does not read makes it fill, and is then disconnected.
+    let (out_tx, out_rx) = mpsc::channel(bounds.ws_send_queue);
+    let outbox = Outbox {
+        tx: out_tx,
+        patience: bounds.ws_pong_timeout,
+    };
+    let (close_tx, close_rx) = oneshot::channel();
+    let resumed = follow
+        .into_iter()
+        .map(|(e, since)| e.follow(since))
+        .collect();
+    let writer = Writer {
+        sink,
+        close: close_rx,
+        patience: bounds.ws_pong_timeout,
+    };
+    let mut writer = tokio::spawn(write_loop(writer, out_rx, resumed, service.clone()));
+    let mut liveness = Liveness::new(bounds.ws_ping_interval, bounds.ws_pong_timeout);
+    let end = loop {
         let frame = tokio::select! {
             frame = incoming.next() => frame,
-            _ = service.stopped() => break,
+            _ = service.stopped() => break End::Shutdown,
+            _ = &mut writer => break End::Gone,
+            // not polling: the connection's one liveness deadline (next ping, or pong due).
+            _ = tokio::time::sleep_until(liveness.deadline) => {
+                if liveness.pinged {
+                    tracing::info!(session = %session.id(), "WebSocket peer did not answer a ping in time: dropped");
+                    break End::Gone;
+                }
+                if outbox.send(Outgoing::Ping).await.is_err() {
+                    break End::NotReading;
+                }
+                liveness.pinged();
+                continue;
+            }
         };
+        liveness.heard();
         let text = match frame {
             Some(Ok(WsMessage::Text(text))) => text,
-            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
-            Some(Ok(_)) => continue, // ping/pong/binary: nothing to do
+            Some(Ok(WsMessage::Binary(_))) => {
+                // Ignored, but it is a message: it counts against the rate limit.
+                match service.rate_limit(&caller) {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        let reply = Outgoing::Reply(refused(None, &e, None));
+                        if outbox.send(reply).await.is_err() {
+                            break End::NotReading;
+                        }
+                        continue;
+                    }
+                }
+            }
+            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break End::Gone,
+            Some(Ok(_)) => continue, // ping/pong: the peer is alive, nothing else to do
         };
-        if let Some(reply) = handle(&session, text.as_str(), &out_tx).await {
-            let _ = out_tx.send(Outgoing::Reply(reply));
+        let reply = match service.rate_limit(&caller) {
+            // Over the limit: refused, not acted on.
+            Err(e) => Some(refused(message_id(text.as_str()).as_deref(), &e, None)),
+            Ok(()) => match handle(&session, text.as_str(), &outbox).await {
+                Ok(reply) => reply,
+                Err(Full) => break End::NotReading,
+            },
+        };
+        if let Some(reply) = reply {
+            if outbox.send(Outgoing::Reply(reply)).await.is_err() {
+                break End::NotReading;
+            }
+        }
+    };
+    drop(outbox);
+    match end {
+        // The client is gone: stop the writer now; its readers drop and start the
+        // reconnect grace.
+        End::Gone => writer.abort(),
+        End::NotReading => {
+            tracing::info!(session = %session.id(), "WebSocket client is not reading: disconnected");
+            let (code, reason) = NOT_READING;
+            let _ = close_tx.send(CloseFrame {
+                code,
+                reason: reason.into(),
+            });
+            // Frames still coming are read and dropped (not acted on) until the close frame
+            // is out or its deadline passed, so the client can still read the reason.
+            loop {
+                tokio::select! {
+                    frame = incoming.next() => if !matches!(frame, Some(Ok(_))) { break },
+                    _ = &mut writer => return,
+                }
+            }
+            // The peer's side is closed; the writer ends by its own deadline.
+            let _ = writer.await;
+        }
+        End::Shutdown => {
+            // The writer sends the rest and closes within the patience, once a send to a
+            // slow client that was under way when shutdown came is through: both bounded.
+            let last_frames = 2 * bounds.ws_pong_timeout;
+            // not polling: one deadline for the last frames of a client that may not read.
+            if tokio::time::timeout(last_frames, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
         }
     }
-    drop(out_tx);
-    // The writer ends when the socket fails or the server shuts down; the client is gone,
-    // so stop it now: its readers drop and start the reconnect grace.
-    writer.abort();
+}
+
+/// The writer's queue stayed full for the whole patience: the client is not reading.
+struct Full;
+
+/// The reading side's end of the writer's bounded queue. While it is full the reading side
+/// waits (and reads no more frames: the client is held back) for at most `patience`, the
+/// time a live client may take to take a frame (the pong timeout); then the client counts as
+/// not reading.
+struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    patience: Duration,
+}
+
+impl Outbox {
+    async fn reserve(&self) -> Result<mpsc::Permit<'_, Outgoing>, Full> {
+        // not polling: one deadline for a queue that stays full.
+        match tokio::time::timeout(self.patience, self.tx.reserve()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Full),
+        }
+    }
+
+    /// A place for a reply that a task sends later.
+    async fn reserve_owned(&self) -> Result<mpsc::OwnedPermit<Outgoing>, Full> {
+        let reserve = self.tx.clone().reserve_owned();
+        // not polling: one deadline for a queue that stays full.
+        match tokio::time::timeout(self.patience, reserve).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Full),
+        }
+    }
+
+    async fn send(&self, item: Outgoing) -> Result<(), Full> {
+        self.reserve().await?.send(item);
+        Ok(())
+    }
+}
+
+/// The `id` of a client message, if it is JSON with one (for `in_reply_to`).
+fn message_id(text: &str) -> Option<String> {
+    let msg: Value = serde_json::from_str(text).ok()?;
+    msg.get("id").and_then(Value::as_str).map(str::to_string)
+}
+
+/// The error frame for a message the service refused: `RateLimited` (with `retry_after`,
+/// seconds) and `QueueFull` by name, every other refusal as `BadRequest`.
+fn refused(in_reply_to: Option<&str>, e: &ServiceError, timeout: Option<&Value>) -> Value {
+    let mut frame = bad_request_to(in_reply_to, execute_refused(e, timeout));
+    match e {
+        ServiceError::RateLimited { retry_in, .. } => {
+            frame["exception_type"] = json!("RateLimited");
+            frame["retry_after"] = json!(retry_in.as_secs_f64());
+        }
+        ServiceError::QueueFull { .. } => frame["exception_type"] = json!("QueueFull"),
+        _ => {}
+    }
+    frame
 }
 
 /// An error frame about a client message (`in_reply_to`: that message's `id`, if it had one).
@@ -114,30 +313,27 @@ fn execute_refused(e: &ServiceError, timeout: Option<&Value>) -> String {
     }
 }
 
-/// One client message; returns a reply for the client, if any.
-async fn handle(
-    session: &SessionHandle,
-    text: &str,
-    out: &mpsc::UnboundedSender<Outgoing>,
-) -> Option<Value> {
+/// One client message; returns a reply for the client, if any (`Full`: the writer's queue
+/// is full, the client is not reading).
+async fn handle(session: &SessionHandle, text: &str, out: &Outbox) -> Result<Option<Value>, Full> {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Some(bad_request_to(None, format!("not JSON: {e}"))),
+        Err(e) => return Ok(Some(bad_request_to(None, format!("not JSON: {e}")))),
     };
     let field = |name: &str| msg.get(name).and_then(Value::as_str).map(str::to_string);
     let client_id = field("id");
-    let bad_request = |message: String| bad_request_to(client_id.as_deref(), message);
+    let bad_request = |message: String| Ok(Some(bad_request_to(client_id.as_deref(), message)));
     match msg.get("type").and_then(Value::as_str) {
         Some("execute") => {
             let Some(code) = field("code") else {
-                return Some(bad_request("execute needs a string `code`".into()));
+                return bad_request("execute needs a string `code`".into());
             };
             let sent_timeout = msg.get("timeout").filter(|t| !t.is_null());
             let timeout = match sent_timeout {
                 None => None,
                 Some(t) => match t.as_f64() {
                     Some(secs) => Some(secs),
-                    None => return Some(bad_request(invalid_timeout(t))),
+                    None => return bad_request(invalid_timeout(t)),
                 },
             };
             let request = ExecuteRequest {
@@ -145,32 +341,40 @@ async fn handle(
                 timeout,
                 execution_id: client_id.clone(),
             };
+            // Room in the writer's queue first: an execution is never accepted without the
+            // reader that follows it.
+            let permit = out.reserve().await?;
             match session.execute(request) {
                 Ok(execution) => {
-                    let _ = out.send(Outgoing::Follow(execution, 0));
-                    None
+                    permit.send(Outgoing::Follow(execution.follow(0)));
+                    Ok(None)
                 }
-                Err(e) => Some(bad_request(execute_refused(&e, sent_timeout))),
+                Err(e) => Ok(Some(refused(client_id.as_deref(), &e, sent_timeout))),
             }
         }
         Some("input_response") => {
             let Some(input_id) = field("input_id") else {
-                return Some(bad_request("input_response needs `input_id`".into()));
+                return bad_request("input_response needs `input_id`".into());
             };
             let data = match msg.get("data") {
                 Some(Value::String(data)) => Some(data.clone()),
                 Some(Value::Null) | None => None,
-                Some(_) => return Some(bad_request("`data` must be a string or null".into())),
+                Some(_) => return bad_request("`data` must be a string or null".into()),
             };
             let answered = session.input(&input_id, data).await;
-            answered.err().map(|e| bad_request(e.to_string()))
+            match answered {
+                Ok(()) => Ok(None),
+                Err(e) => bad_request(e.to_string()),
+            }
         }
         Some(kind @ ("cancel" | "interrupt")) => {
             let Some(execution_id) = field("execution_id") else {
-                return Some(bad_request(format!("{kind} needs `execution_id`")));
+                return bad_request(format!("{kind} needs `execution_id`"));
             };
+            // The reply's place in the queue is taken now: a client that is not reading
+            // cannot make these tasks pile up.
+            let permit = out.reserve_owned().await?;
             let session = session.clone();
-            let out = out.clone();
             let force = msg
                 .get("force_restart")
                 .and_then(Value::as_bool)
@@ -200,69 +404,124 @@ async fn handle(
                     }),
                     Err(e) => bad_request_to(reply_to.as_deref(), e.to_string()),
                 };
-                let _ = out.send(Outgoing::Reply(reply));
+                permit.send(Outgoing::Reply(reply));
             });
-            None
+            Ok(None)
         }
-        Some(other) => Some(bad_request(format!("unknown message type {other:?}"))),
-        None => Some(bad_request("a message needs a string `type`".into())),
+        Some(other) => bad_request(format!("unknown message type {other:?}")),
+        None => bad_request("a message needs a string `type`".into()),
     }
 }
 
-/// Owns the sending half: followed executions' events in submission order, and replies.
-/// A slow client makes `send` wait, which leaves events undelivered in the log, which holds
-/// the worker back (see `service::execlog`).
+/// What stopped the writer in the middle of a send.
+enum Stop {
+    /// The socket failed.
+    Gone,
+    /// The reading side asks to close with this frame (the client is not reading).
+    Close(CloseFrame),
+}
+
+/// The sending half, and the reading side's request to close it.
+struct Writer {
+    sink: SplitSink<WebSocket, WsMessage>,
+    close: oneshot::Receiver<CloseFrame>,
+    /// How long the last frames (the close frame; at shutdown, also what the logs still
+    /// hold) may take to get out to a client that is slow to read: the pong timeout.
+    patience: Duration,
+}
+
+impl Writer {
+    /// Sends one message, unless a close is asked for meanwhile (a send to a client that
+    /// does not read never completes).
+    async fn send(&mut self, message: WsMessage) -> Result<(), Stop> {
+        tokio::select! {
+            sent = self.sink.send(message) => sent.map_err(|_| Stop::Gone),
+            frame = &mut self.close => Err(frame.map_or(Stop::Gone, Stop::Close)),
+        }
+    }
+
+    async fn send_events(&mut self, events: Vec<LoggedEvent>) -> Result<(), Stop> {
+        for LoggedEvent { text, .. } in events {
+            self.send(WsMessage::Text((*text).into())).await?;
+        }
+        Ok(())
+    }
+
+    /// The last frame, within the patience.
+    async fn close_with(mut self, frame: Option<CloseFrame>) {
+        let close = self.sink.send(WsMessage::Close(frame));
+        // not polling: one deadline for a client that is slow to take its close frame.
+        let _ = tokio::time::timeout(self.patience, close).await;
+    }
+}
+
+/// Owns the sending half: followed executions' events in submission order, replies and
+/// pings. A slow client makes `send` wait, which leaves events undelivered in the log,
+/// which holds the worker back (see `service::execlog`); meanwhile what the reading side
+/// queues waits in the bounded channel.
 async fn write_loop(
-    mut sink: futures::stream::SplitSink<WebSocket, WsMessage>,
-    mut out: mpsc::UnboundedReceiver<Outgoing>,
+    mut writer: Writer,
+    mut out: mpsc::Receiver<Outgoing>,
+    resumed: VecDeque<Reader>,
     service: Service,
 ) {
-    // Every followed execution gets its reader at once, so that all of them get the
-    // reconnect grace if the client goes away.
-    let mut queue: VecDeque<Reader> = VecDeque::new();
+    let mut queue = resumed;
     let mut out_open = true;
-    loop {
-        tokio::select! {
+    let stopped = loop {
+        let step = tokio::select! {
             item = out.recv(), if out_open => match item {
-                Some(Outgoing::Follow(execution, since)) => {
-                    queue.push_back(execution.follow(since));
+                Some(Outgoing::Follow(reader)) => {
+                    queue.push_back(reader);
+                    Ok(())
                 }
                 Some(Outgoing::Reply(reply)) => {
-                    let sent = sink.send(WsMessage::Text(reply.to_string().into())).await;
-                    if sent.is_err() {
-                        return;
-                    }
+                    writer.send(WsMessage::Text(reply.to_string().into())).await
                 }
+                Some(Outgoing::Ping) => writer.send(WsMessage::Ping(Default::default())).await,
                 None if queue.is_empty() => return,
-                None => out_open = false,
+                None => {
+                    out_open = false;
+                    Ok(())
+                }
             },
             batch = next_batch(queue.front_mut()) => match batch {
-                Some(events) => {
-                    for LoggedEvent { text, .. } in events {
-                        if sink.send(WsMessage::Text((*text).into())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+                Some(events) => writer.send_events(events).await,
                 None => {
                     queue.pop_front();
                     if queue.is_empty() && !out_open {
                         return;
                     }
+                    Ok(())
                 }
             },
-            _ = service.stopped() => {
-                // Send what the logs still hold (they end at shutdown), then close.
+            frame = &mut writer.close => Err(frame.map_or(Stop::Gone, Stop::Close)),
+            _ = service.stopped() => break None,
+        };
+        if let Err(stop) = step {
+            break Some(stop);
+        }
+    };
+    match stopped {
+        Some(Stop::Gone) => {}
+        Some(Stop::Close(frame)) => {
+            // What this connection holds is released before the close frame waits.
+            drop(queue);
+            drop(out);
+            writer.close_with(Some(frame)).await;
+        }
+        None => {
+            // Shutdown: send what the logs still hold (they end at shutdown), then close,
+            // all within the deadline.
+            // not polling: one deadline for the last frames to a client that may not read.
+            let _ = tokio::time::timeout(writer.patience, async {
                 while let Some(mut reader) = queue.pop_front() {
-                    for LoggedEvent { text, .. } in reader.rest() {
-                        if sink.send(WsMessage::Text((*text).into())).await.is_err() {
-                            return;
-                        }
+                    if writer.send_events(reader.rest()).await.is_err() {
+                        return;
                     }
                 }
-                let _ = sink.send(WsMessage::Close(None)).await;
-                return;
-            }
+                let _ = writer.sink.send(WsMessage::Close(None)).await;
+            })
+            .await;
         }
     }
 }

@@ -68,4 +68,42 @@ pub struct ServiceConfig {
     /// At shutdown: how long running executions may still take before they end with
     /// `ServerShutdown`.
     pub shutdown_grace: Duration,
+    /// Memory bounds (see [`Bounds`]).
+    pub bounds: Bounds,
+}
+
+/// The bounds on what one client can make the service hold (`docs/api.md`, "Bounds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Executions of one session queued behind the running one (then `QueueFull`).
+    pub max_queued_executions: usize,
+    /// Output bytes a collected (non-streaming) execute answer keeps; the rest is counted,
+    /// not kept, and the answer says it was truncated.
+    pub max_output_bytes: usize,
+    /// Bytes of finished execution logs one session keeps; beyond it the oldest are dropped.
+    pub retained_log_bytes_per_session: usize,
+    /// Bytes of finished execution logs the whole service keeps; beyond it the oldest (of
+    /// any session) are dropped.
+    pub retained_log_bytes_total: usize,
+    /// Messages waiting to be written to one WebSocket (replies and executions to follow);
+    /// a client that lets it fill is not reading and is disconnected.
+    pub ws_send_queue: usize,
+    /// A WebSocket silent this long gets a ping ...
+    pub ws_ping_interval: Duration,
+    /// ... and is disconnected (a dead peer) if no pong (or any frame) comes this soon.
+    pub ws_pong_timeout: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_queued_executions: 64,
+            max_output_bytes: 4 * 1024 * 1024,
+            retained_log_bytes_per_session: 32 * 1024 * 1024,
+            retained_log_bytes_total: 256 * 1024 * 1024,
+            ws_send_queue: 256,
+            ws_ping_interval: Duration::from_secs(15),
+            ws_pong_timeout: Duration::from_secs(10),
+        }
+    }
 }

@@ -37,6 +37,16 @@ pub enum ServiceError {
         crate::time::MAX_SECS
     )]
     InvalidTimeout { secs: f64 },
+    /// The session has `limit` executions queued behind the running one already.
+    #[error("session {session_id} has {limit} executions queued already (its limit); retry when one has run")]
+    QueueFull { session_id: String, limit: usize },
+    /// The execution ended and its events were dropped (over the retention budget, or
+    /// beyond the executions a session keeps).
+    #[error("execution {execution_id:?} has expired: its events were dropped to stay within the retention budget")]
+    ExecutionExpired {
+        session_id: String,
+        execution_id: String,
+    },
     /// The session still keeps an execution with this id.
     #[error("execution {execution_id:?} exists already")]
     DuplicateExecutionId { execution_id: String },

@@ -4,6 +4,8 @@
 //! its remote readers: while more than [`UNDELIVERED_LIMIT`] bytes have not reached a reader,
 //! the pump stops taking events from the session, so the session stops reading the worker's
 //! pipes and the worker blocks in `write()`. Nothing is dropped and memory stays bounded.
+//! A finished log can be expired by the retention budget (`retention.rs`): its events are
+//! freed and readers that were behind get an `ExecutionExpired` error instead.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -75,7 +77,18 @@ struct LogState {
     delivered: u64,
     undelivered_bytes: usize,
     retained_bytes: usize,
+    /// Bytes of the events in `events` (what the retention budget counts).
+    held_bytes: usize,
     done: bool,
+    /// Dropped by the retention budget: only an `ExecutionExpired` error is left.
+    expired: bool,
+    /// No reader came back within the reconnect grace (the execution is being cancelled):
+    /// the pump no longer waits for room, so that the rest of the execution (bounded: its
+    /// worker is stopped within the cancel grace) gets in and the log can end, instead of a
+    /// pump waiting forever for a reader that will not come.
+    abandoned: bool,
+    /// Order in which the service saw logs finish (retention drops the oldest first).
+    finished_order: u64,
     readers: usize,
     /// Bumped whenever `readers` changes, so a stale disconnect-grace timer knows it is stale.
     readers_epoch: u64,
@@ -100,6 +113,51 @@ impl ExecLog {
 
     pub fn is_done(&self) -> bool {
         self.lock().done
+    }
+
+    /// Bytes of the events the log holds (what the retention budget counts).
+    pub fn held_bytes(&self) -> usize {
+        self.lock().held_bytes
+    }
+
+    /// Whether a reader is attached that has not been given every event yet: dropping
+    /// this log would cut a live stream short, so retention drops such logs last.
+    pub fn has_waiting_reader(&self) -> bool {
+        let st = self.lock();
+        st.readers > 0 && st.events.back().is_some_and(|e| e.seq > st.delivered)
+    }
+
+    /// Marks a finished log with its place in the order of finishing.
+    pub fn set_finished_order(&self, order: u64) {
+        self.lock().finished_order = order;
+    }
+
+    pub fn finished_order(&self) -> u64 {
+        self.lock().finished_order
+    }
+
+    /// Drops the events of a finished log (retention budget), freeing them even while
+    /// readers or handles still hold the log. A reader that had not read to the end gets an
+    /// `ExecutionExpired` error in place of what it missed (with the terminal event's seq,
+    /// so the gap shows); one that had read everything sees the end as before.
+    pub fn expire(&self, reason: &Event) {
+        let mut st = self.lock();
+        if st.expired {
+            return;
+        }
+        let last = st.next_seq.saturating_sub(1).max(1);
+        let expired =
+            LoggedEvent::new(last, &ClientEvent::from_session(&self.execution_id, reason));
+        st.events.clear();
+        st.held_bytes = expired.size();
+        st.events.push_back(expired);
+        st.expired = true;
+        st.done = true;
+        st.undelivered_bytes = 0;
+        st.retained_bytes = 0;
+        drop(st);
+        self.changed.notify_waiters();
+        self.room.notify_waiters();
     }
 
     /// Moves `execution`'s events into the log until its terminal event, waiting for room
@@ -127,11 +185,12 @@ impl ExecLog {
                 if st.done {
                     return; // already ended (the service ended it at shutdown)
                 }
-                if st.undelivered_bytes < UNDELIVERED_LIMIT {
+                if st.undelivered_bytes < UNDELIVERED_LIMIT || st.abandoned {
                     let seq = st.next_seq;
                     st.next_seq += 1;
                     let logged = LoggedEvent::new(seq, &event);
                     st.undelivered_bytes += logged.size();
+                    st.held_bytes += logged.size();
                     st.done = logged.is_terminal();
                     st.events.push_back(logged);
                     drop(st);
@@ -212,6 +271,7 @@ impl ExecLog {
                     let size = front.size();
                     st.events.pop_front();
                     st.retained_bytes = st.retained_bytes.saturating_sub(size);
+                    st.held_bytes = st.held_bytes.saturating_sub(size);
                 }
                 _ => break,
             }
@@ -256,8 +316,14 @@ impl ExecLog {
         };
         // not polling: one deadline, the reconnect grace.
         tokio::time::sleep(grace).await;
-        let st = self.lock();
-        st.readers == 0 && !st.done && st.readers_epoch == epoch
+        let mut st = self.lock();
+        let abandoned = st.readers == 0 && !st.done && st.readers_epoch == epoch;
+        if abandoned {
+            st.abandoned = true;
+            drop(st);
+            self.room.notify_waiters();
+        }
+        abandoned
     }
 }
 

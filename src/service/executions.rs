@@ -1,5 +1,5 @@
 //! Executions of a session: execute with its rules (code size, timeout, duplicate id, the
-//! tenant's time limit), the pump that moves the session's events into the execution's log
+//! cap on queued executions, the tenant's time limit), the pump that moves the session's events into the execution's log
 //! (recording the metrics of its end), input, cancel, interrupt, the list of a session's
 //! executions, and [`Reader`]s that replay and follow a log from `since=seq`, optionally
 //! answering `input()` from given lines.
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::event::ClientEvent;
 use super::execlog::{ExecLog, LoggedEvent, ReaderGuard};
-use super::sessions::{SessionHandle, KEPT_EXECUTIONS};
+use super::sessions::SessionHandle;
 use super::ServiceError;
 use crate::session::{CancelOutcome, Event, ExecuteOptions, InterruptOutcome, Session};
 use crate::sync::lock_unpoisoned as lock;
@@ -88,8 +88,8 @@ impl SessionHandle {
             (asked, limit) => asked.or(limit),
         };
         let (log, execution) = {
-            // The duplicate check and the insertion under one lock: two requests with one
-            // id cannot both pass.
+            // The duplicate check, the queue cap and the insertion under one lock: two
+            // requests cannot both pass.
             let mut list = lock(&self.hosted.executions);
             if let Some(id) = &request.execution_id {
                 if list.iter().any(|e| e.execution_id == *id) {
@@ -98,6 +98,17 @@ impl SessionHandle {
                     });
                 }
             }
+            let mut activity = lock(&self.hosted.activity);
+            // `running` counts the executions not ended: the running one and those queued.
+            let limit = self.inner.config.bounds.max_queued_executions;
+            if activity.running > limit {
+                return Err(ServiceError::QueueFull {
+                    session_id: self.id().to_string(),
+                    limit,
+                });
+            }
+            activity.running += 1;
+            drop(activity);
             let execution = self.hosted.session.execute(
                 request.code,
                 ExecuteOptions {
@@ -107,17 +118,9 @@ impl SessionHandle {
             );
             let log = ExecLog::new(execution.id());
             list.push_back(log.clone());
-            while list.len() > KEPT_EXECUTIONS {
-                match list.front() {
-                    Some(oldest) if oldest.is_done() => {
-                        list.pop_front();
-                    }
-                    _ => break,
-                }
-            }
             (log, execution)
         };
-        lock(&self.hosted.activity).running += 1;
+        self.inner.enforce_retention(&self.hosted);
         self.inner.deadlines_changed.notify_one();
         self.spawn_pump(log.clone(), execution);
         Ok(self.handle(log))
@@ -130,12 +133,18 @@ impl SessionHandle {
         let hosted = self.hosted.clone();
         let started = std::time::Instant::now();
         tokio::spawn(async move {
-            log.pump(execution, |event: &Event| {
-                if event.is_terminal() {
-                    inner.metrics.record(event, started.elapsed().as_secs_f64());
-                }
-            })
-            .await;
+            log.clone()
+                .pump(execution, |event: &Event| {
+                    if event.is_terminal() {
+                        inner.metrics.record(event, started.elapsed().as_secs_f64());
+                    }
+                })
+                .await;
+            let order = inner
+                .finished
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            log.set_finished_order(order + 1);
+            inner.enforce_retention(&hosted);
             {
                 let mut activity = lock(&hosted.activity);
                 activity.running = activity.running.saturating_sub(1);
@@ -207,9 +216,20 @@ impl SessionHandle {
         self.hosted
             .execution(execution_id)
             .map(|log| self.handle(log))
-            .ok_or_else(|| ServiceError::ExecutionNotFound {
-                session_id: self.id().to_string(),
-                execution_id: execution_id.to_string(),
+            .ok_or_else(|| {
+                let session_id = self.id().to_string();
+                let execution_id = execution_id.to_string();
+                if self.hosted.is_expired(&execution_id) {
+                    ServiceError::ExecutionExpired {
+                        session_id,
+                        execution_id,
+                    }
+                } else {
+                    ServiceError::ExecutionNotFound {
+                        session_id,
+                        execution_id,
+                    }
+                }
             })
     }
 

@@ -10,7 +10,8 @@
 //!
 //! Sessions and their registry are in `sessions.rs`, executions (execute, input, cancel,
 //! interrupt, readers) in `executions.rs`, the per-execution event log in `execlog.rs`, the
-//! client event type in `event.rs`, errors in `error.rs`, counters in `metrics.rs`.
+//! client event type in `event.rs`, errors in `error.rs`, counters in `metrics.rs`, the
+//! retention budget of finished logs in `retention.rs`.
 
 mod config;
 mod error;
@@ -18,10 +19,11 @@ mod event;
 mod execlog;
 mod executions;
 mod metrics;
+mod retention;
 mod sessions;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
@@ -33,7 +35,7 @@ use crate::pool::{PoolConfig, PoolInfo, SessionPool};
 use crate::ratelimit::RateLimiter;
 use crate::session::Event;
 use crate::sync::lock_unpoisoned as lock;
-pub use config::{ServiceConfig, TenantConfig};
+pub use config::{Bounds, ServiceConfig, TenantConfig};
 pub use error::ServiceError;
 pub use event::ClientEvent;
 pub use execlog::LoggedEvent;
@@ -95,6 +97,8 @@ struct Inner {
     closing: AtomicBool,
     /// Cancelled when shutdown reaches the point where connections close; ends the culler.
     stopped: CancellationToken,
+    /// Counts finished executions: their order, for the retention budget.
+    finished: AtomicU64,
 }
 
 impl Service {
@@ -127,6 +131,7 @@ impl Service {
             execution_ended: Notify::new(),
             closing: AtomicBool::new(false),
             stopped: CancellationToken::new(),
+            finished: AtomicU64::new(0),
         });
         tokio::spawn(culler(
             Arc::downgrade(&inner),
@@ -152,6 +157,24 @@ impl Service {
         Ok(Caller {
             tenant: tenant.clone(),
         })
+    }
+
+    /// One more message of `caller` (a WebSocket message) against its tenant's rate limit,
+    /// as every HTTP request is in [`Service::authenticate`].
+    pub fn rate_limit(&self, caller: &Caller) -> Result<(), ServiceError> {
+        let tenant = &caller.tenant;
+        if tenant.limiter.try_acquire() {
+            return Ok(());
+        }
+        Err(ServiceError::RateLimited {
+            tenant: tenant.config.name.clone(),
+            retry_in: tenant.limiter.time_until_available(),
+        })
+    }
+
+    /// The memory bounds the service applies.
+    pub fn bounds(&self) -> Bounds {
+        self.inner.config.bounds
     }
 
     fn check_open(&self) -> Result<(), ServiceError> {

@@ -17,6 +17,8 @@ use crate::sync::lock_unpoisoned as lock;
 
 /// Completed executions kept per session for replay and resuming.
 pub(super) const KEPT_EXECUTIONS: usize = 32;
+/// Ids of dropped executions remembered per session (for the "expired" answer).
+pub(super) const EXPIRED_IDS_KEPT: usize = 64;
 
 /// A session held by a client.
 pub(super) struct Hosted {
@@ -31,6 +33,9 @@ pub(super) struct Hosted {
     pub activity: Mutex<Activity>,
     /// Recent executions, oldest first.
     pub executions: Mutex<VecDeque<Arc<ExecLog>>>,
+    /// Ids of the latest executions dropped by retention (at most [`EXPIRED_IDS_KEPT`]), so
+    /// that asking for one answers "expired" rather than "no such execution".
+    pub expired: Mutex<VecDeque<String>>,
 }
 
 pub(super) struct Activity {
@@ -45,6 +50,11 @@ impl Hosted {
             .iter()
             .find(|e| e.execution_id == id)
             .cloned()
+    }
+
+    /// Whether `id` names an execution that retention dropped.
+    pub fn is_expired(&self, id: &str) -> bool {
+        lock(&self.expired).iter().any(|e| e == id)
     }
 
     pub fn logs(&self) -> Vec<Arc<ExecLog>> {
@@ -209,6 +219,7 @@ impl Inner {
                 last_end: Instant::now(),
             }),
             executions: Mutex::new(VecDeque::new()),
+            expired: Mutex::new(VecDeque::new()),
         });
         lock(&self.sessions).insert(hosted.id.clone(), hosted.clone());
         self.deadlines_changed.notify_one();

@@ -9,6 +9,10 @@ const ALICE: &str = "alice-token-0001";
 const BOB: &str = "bob-token-000002";
 
 async fn start(shutdown_grace: Duration) -> Service {
+    start_with(shutdown_grace, Bounds::default()).await
+}
+
+async fn start_with(shutdown_grace: Duration, bounds: Bounds) -> Service {
     let tenant = |name: &str, token: &str| TenantConfig {
         name: name.into(),
         token: token.into(),
@@ -25,6 +29,7 @@ async fn start(shutdown_grace: Duration) -> Service {
         max_code_bytes: 100,
         reconnect_grace: Duration::from_secs(30),
         shutdown_grace,
+        bounds,
     })
     .await
     .expect("the service starts")
@@ -171,4 +176,94 @@ async fn dropping_the_last_handle_drops_the_service_and_its_pool() {
         alive.upgrade().is_none(),
         "something still holds the service"
     );
+}
+
+#[tokio::test]
+async fn finished_logs_beyond_the_services_budget_are_dropped_oldest_first_across_sessions() {
+    // Each execution's log holds about 100 kB; the service keeps 250 kB of finished logs.
+    let bounds = Bounds {
+        retained_log_bytes_total: 250_000,
+        ..Bounds::default()
+    };
+    let service = start_with(Duration::from_secs(1), bounds).await;
+    let alice = service.authenticate(Some(ALICE)).unwrap();
+    let bob = service.authenticate(Some(BOB)).unwrap();
+    let a = service
+        .session(&alice, &service.create_session(&alice).await.unwrap().id)
+        .unwrap();
+    let b = service
+        .session(&bob, &service.create_session(&bob).await.unwrap().id)
+        .unwrap();
+    let print = "print('x' * 100_000)";
+    // a1's reader stays attached without reading: a live stream is dropped last.
+    let held = a.execute(request(print, Some("a1"))).unwrap().follow(0);
+    for (session, id) in [(&a, "a2"), (&b, "b1"), (&b, "b2")] {
+        let execution = session.execute(request(print, Some(id))).unwrap();
+        read_all(execution.follow(0)).await;
+    }
+    // One more execution applies the budget to everything finished so far.
+    read_all(b.execute(request("1", Some("b3"))).unwrap().follow(0)).await;
+    assert!(matches!(
+        a.execution("a2"),
+        Err(ServiceError::ExecutionExpired { .. })
+    ));
+    assert!(matches!(
+        b.execution("b1"),
+        Err(ServiceError::ExecutionExpired { .. })
+    ));
+    assert!(b.execution("b2").is_ok() && b.execution("b3").is_ok());
+    assert!(matches!(
+        a.execution("never"),
+        Err(ServiceError::ExecutionNotFound { .. })
+    ));
+    // The held stream was kept whole.
+    let events = read_all(held).await;
+    assert!(
+        matches!(events.last(), Some(ClientEvent::Result { .. })),
+        "{events:?}"
+    );
+    // Once read, it is the oldest and goes next; a reader that was still behind then gets
+    // the ExecutionExpired error in place of what it missed.
+    let late = a.execution("a1").unwrap().follow(0);
+    read_all(b.execute(request(print, Some("b4"))).unwrap().follow(0)).await;
+    read_all(b.execute(request("1", Some("b5"))).unwrap().follow(0)).await;
+    assert!(matches!(
+        a.execution("a1"),
+        Err(ServiceError::ExecutionExpired { .. })
+    ));
+    let events = read_all(late).await;
+    assert!(
+        matches!(events.as_slice(), [ClientEvent::Error { exception_type, .. }] if exception_type == "ExecutionExpired"),
+        "{events:?}"
+    );
+    service.shut_down().await;
+    service.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sessions_queue_is_capped() {
+    let bounds = Bounds {
+        max_queued_executions: 2,
+        ..Bounds::default()
+    };
+    let service = start_with(Duration::from_secs(1), bounds).await;
+    let alice = service.authenticate(Some(ALICE)).unwrap();
+    let a = service
+        .session(&alice, &service.create_session(&alice).await.unwrap().id)
+        .unwrap();
+    let running = a.execute(request("input()", Some("r"))).unwrap();
+    let queued: Vec<_> = (0..2)
+        .map(|i| a.execute(request("1", Some(&format!("q{i}")))).unwrap())
+        .collect();
+    assert!(matches!(
+        a.execute(request("1", None)),
+        Err(ServiceError::QueueFull { limit: 2, .. })
+    ));
+    read_all(running.follow_answering(0, VecDeque::new(), AfterStdin::Eof)).await;
+    for q in queued {
+        read_all(q.follow(0)).await;
+    }
+    assert!(a.execute(request("1", None)).is_ok(), "room again");
+    service.shut_down().await;
+    service.close().await.unwrap();
 }

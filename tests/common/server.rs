@@ -180,9 +180,7 @@ pub async fn sse_events(resp: reqwest::Response) -> Vec<Value> {
 /// `pyrepl3 serve` as its own process (so its memory can be measured alone, and it can be
 /// sent signals); returns the child and the base URL it printed.
 pub fn spawn_server(extra: &[&str]) -> (Watched, String) {
-    spawn_server_with(extra, |command| {
-        command.stderr(Stdio::null());
-    })
+    spawn_server_with(extra, |_| {})
 }
 
 /// [`spawn_server`] with the command adjusted by `configure` before it starts (environment,
@@ -195,7 +193,14 @@ pub fn spawn_server_with(
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
         .args(extra)
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(
+            if std::env::var_os("PYREPL3_TEST_SERVER_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            },
+        );
     configure(&mut command);
     let mut child = Watched::spawn(&mut command, GUARD);
     let line = child.read_line();
@@ -225,4 +230,47 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+/// [`spawn_server`] with a config file holding `toml` (the directory is removed when the
+/// returned guard drops, so keep it alive as long as the server).
+pub fn spawn_server_with_config(
+    toml: &str,
+    extra: &[&str],
+) -> (Watched, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut args = vec!["--config", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (child, base) = spawn_server(&args);
+    (child, base, dir)
+}
+
+/// A WebSocket to session `id` of a server process from [`spawn_server`], as ALICE.
+pub async fn ws_at(base: &str, id: &str, query: &str) -> WsStream {
+    let url = format!(
+        "{}/v1/sessions/{id}/ws{query}",
+        base.replace("http://", "ws://")
+    );
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {ALICE}").parse().unwrap());
+    guard(tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+        .0
+}
+
+/// Sends SIGTERM to a server process and checks that it exits 0.
+pub async fn stop_server(mut server: Watched) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = guard(tokio::task::spawn_blocking(move || server.wait()))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "the server exits 0");
 }
