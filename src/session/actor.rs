@@ -100,7 +100,7 @@ pub(crate) async fn spawn(
         _tempdir: tempdir,
     };
     // The first worker starts now, so that a spawn error is the caller's error.
-    actor.apply_effects();
+    actor.apply_effects().await;
     scope.tracker.spawn(actor.run());
     Ok((commands_tx, state_rx, executions, ready_rx))
 }
@@ -284,7 +284,7 @@ impl Actor {
                     self.core.handle(Input::Deadline, now);
                 }
             }
-            self.apply_effects();
+            self.apply_effects().await;
         }
         // The workers were reaped, but a child one started may still be dying from the group
         // kill: "closed" means no process of the session is left.
@@ -347,7 +347,7 @@ impl Actor {
     }
 
     /// Carries out what the core decided, including what follows from carrying it out.
-    fn apply_effects(&mut self) {
+    async fn apply_effects(&mut self) {
         loop {
             let effects = self.core.take_effects();
             if effects.is_empty() {
@@ -355,7 +355,7 @@ impl Actor {
             }
             for effect in effects {
                 match effect {
-                    Effect::SpawnWorker { marker_token } => self.spawn_worker(marker_token),
+                    Effect::SpawnWorker { marker_token } => self.spawn_worker(marker_token).await,
                     Effect::Send(msg) => self.send(msg),
                     Effect::Interrupt { seq } => {
                         if let Some(w) = &self.worker {
@@ -375,12 +375,13 @@ impl Actor {
         }
     }
 
-    fn spawn_worker(&mut self, marker_token: String) {
+    /// Waits for the fork (on the spawner thread, not this one): only this session waits.
+    async fn spawn_worker(&mut self, marker_token: String) {
         let spec = WorkerSpec {
             marker_token,
             ..self.spec.clone()
         };
-        let spawned = worker::spawn(&spec);
+        let spawned = worker::spawn(&spec).await;
         // The start deadline counts from here, once the process exists.
         let now = Instant::now();
         match spawned {

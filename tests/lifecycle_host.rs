@@ -1,0 +1,91 @@
+//! Nothing of a host is left behind, whatever way it ends, and its own upkeep never stalls
+//! other sessions: workers die with the host (`PR_SET_PDEATHSIG`, armed from a thread that
+//! lives as long as the host), but not when some short-lived thread of the host exits;
+//! removing a large session directory does not delay other sessions; a restarted server
+//! removes what a crashed one left on disk; an interpreter that hangs when probed fails
+//! `exec` and `serve` within the start deadline.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::*;
+use common::{guard, wait_pid_exit};
+use futures::StreamExt;
+use reqwest::Client;
+use serde_json::json;
+
+/// Code that holds the GIL inside a C call for a minute: the worker's reader thread can never
+/// run, so only the kernel can end this worker when the host dies.
+const GIL_HELD: &str = "print('go', flush=True)\nimport ctypes\nctypes.PyDLL(None).sleep(60)";
+
+#[tokio::test]
+async fn a_worker_stuck_in_c_with_the_gil_dies_with_a_killed_server() {
+    let (mut child, base) = spawn_server(&["--min-idle", "0"]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+    let pid = info["pid"].as_u64().unwrap() as u32;
+    let resp = http
+        .post(format!("{base}/v1/sessions/{id}/execute"))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "code": GIL_HELD }))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("go") {
+        let chunk = guard(body.next()).await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    child.kill_and_wait();
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(2)).await,
+        "the worker {pid} outlived its killed server by 2 s"
+    );
+}
+
+/// A worker started from a thread that then exits (here a blocking-pool thread with a tiny
+/// keep-alive) survives: the parent-death signal follows the thread that forked, so forking
+/// must not happen on such threads.
+#[test]
+fn a_worker_survives_the_exit_of_the_thread_that_started_its_session() {
+    let (stopped_tx, mut stopped) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(Duration::from_millis(50))
+        .on_thread_stop(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = stopped_tx.send(unsafe { libc::gettid() });
+        })
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let handle = tokio::runtime::Handle::current();
+        let (session, tid) = tokio::task::spawn_blocking(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let session = handle
+                .block_on(pyrepl3::Session::start(pyrepl3::SessionConfig::default()))
+                .unwrap();
+            (session, tid)
+        })
+        .await
+        .unwrap();
+        let pid = session.info().await.unwrap().pid.expect("a worker runs");
+        // The blocking thread that started the session idles out and stops.
+        guard(async { while stopped.recv().await != Some(tid) {} }).await;
+        // Its exit follows at once; a worker killed by it would be gone well within this.
+        assert!(
+            !wait_pid_exit(pid, Duration::from_secs(1)).await,
+            "the worker died with the thread that started its session"
+        );
+        assert_eq!(common::eval(&session, "1+1").await.as_deref(), Some("2"));
+        let now = session.info().await.unwrap().pid;
+        assert_eq!(now, Some(pid), "the same worker answered");
+        session.shutdown().await.unwrap();
+    });
+}
