@@ -89,3 +89,81 @@ fn a_worker_survives_the_exit_of_the_thread_that_started_its_session() {
         session.shutdown().await.unwrap();
     });
 }
+
+/// A `python` that never answers: it records its pid (the leader of the group it is started
+/// in) and sleeps in a child of its own.
+fn hanging_python(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python");
+    let script = format!("#!/bin/sh\necho $$ > {}/pid\nsleep 1000\n", dir.display());
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// After the host gave up: the probe and its child were killed (its group is empty).
+fn assert_probe_gone(dir: &std::path::Path) {
+    let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!common::group_alive(pid), "the hung probe's group is left");
+}
+
+#[test]
+fn exec_with_a_python_that_hangs_when_probed_fails_within_the_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = hanging_python(dir.path());
+    let t0 = std::time::Instant::now();
+    let mut child = common::Watched::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+            .args(["exec", "--start-timeout", "1", "--python"])
+            .arg(&python)
+            .arg("print(1)")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        Duration::from_secs(20),
+    );
+    let status = child.finish();
+    let stderr = child.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("did not answer its start-up probe within 1s")
+            && stderr.contains(&python.display().to_string()),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_probe_gone(dir.path());
+}
+
+#[test]
+fn serve_with_a_python_that_hangs_when_probed_fails_within_the_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = hanging_python(dir.path());
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "[pool]\nmin_idle = 1\nstart_timeout_secs = 1.0\n").unwrap();
+    let t0 = std::time::Instant::now();
+    let mut child = common::Watched::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--python")
+            .arg(&python)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        Duration::from_secs(20),
+    );
+    let status = child.finish();
+    let stderr = child.stderr();
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("did not answer its start-up probe within 1s")
+            && stderr.contains(&python.display().to_string()),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(!child.stdout().contains("serving"), "{}", child.stdout());
+    assert_probe_gone(dir.path());
+}

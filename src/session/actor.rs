@@ -45,7 +45,7 @@ pub(crate) async fn spawn(
     ),
     Error,
 > {
-    let interpreter = worker::prepare_interpreter(&config.python).await?;
+    let interpreter = worker::prepare_interpreter(&config.python, config.start_timeout).await?;
     let (tempdir, cwd) = match &config.cwd {
         Some(dir) => (None, dir.clone()),
         None => {
