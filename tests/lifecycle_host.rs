@@ -167,3 +167,151 @@ fn serve_with_a_python_that_hangs_when_probed_fails_within_the_start_timeout() {
     assert!(!child.stdout().contains("serving"), "{}", child.stdout());
     assert_probe_gone(dir.path());
 }
+
+/// The working directory of a new session on a server process (`os.getcwd()` in it).
+async fn session_cwd(http: &Client, base: &str) -> std::path::PathBuf {
+    let id = create_session_at(http, base).await;
+    let out = json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({"code": "import os\nopen('left.txt', 'w').write('x')\nos.getcwd()"})),
+    )
+    .await;
+    let repr = out["result"]["repr"].as_str().unwrap().trim_matches('\'');
+    std::path::PathBuf::from(repr)
+}
+
+#[tokio::test]
+async fn a_restarted_server_removes_what_a_killed_one_left_and_spares_live_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Not there yet: the first server makes it, private.
+    let root = tmp.path().join("runs");
+    let env = [("PYREPL3_RUN_ROOT", root.as_path())];
+    let http = Client::new();
+    let (mut dead, dead_base) = spawn_server_env(&["--min-idle", "0"], &env);
+    let dead_cwd = session_cwd(&http, &dead_base).await;
+    let dead_run = dead_cwd.parent().unwrap().to_path_buf();
+    assert_eq!(dead_run.parent(), Some(root.as_path()), "{dead_cwd:?}");
+    assert!(dead_cwd.join("left.txt").exists());
+    let (mut live, live_base) = spawn_server_env(&["--min-idle", "0"], &env);
+    let live_cwd = session_cwd(&http, &live_base).await;
+    dead.kill_and_wait();
+    assert!(
+        dead_run.exists(),
+        "a killed server leaves its directory behind"
+    );
+    // Up once it prints its address; by then the dead server's directory is gone.
+    let (mut next, _) = spawn_server_env(&["--min-idle", "0"], &env);
+    assert!(!dead_run.exists(), "{dead_run:?} is left");
+    assert!(
+        !root
+            .as_path()
+            .join(format!(
+                "{}.lock",
+                dead_run.file_name().unwrap().to_str().unwrap()
+            ))
+            .exists(),
+        "its lock file is left"
+    );
+    assert!(
+        live_cwd.join("left.txt").exists(),
+        "a live server's session lost its directory"
+    );
+    // The root is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root.as_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    live.kill_and_wait();
+    next.kill_and_wait();
+}
+
+/// ~1 GB in 50 000 files (50 directories of 1 000 files of 20 KiB): removing it takes about
+/// a second of system time here, which on the runtime's thread would stall every session.
+const FILL: &str = "import os\nb = b'x' * 20480\nfor d in range(50):\n    os.mkdir('d%d' % d)\n    \
+    for i in range(1000):\n        with open('d%d/f%d' % (d, i), 'wb') as f:\n            f.write(b)\n\
+    os.getcwd()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_session_with_a_large_directory_does_not_delay_another_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    // The round trips below come back to back: no rate limit in their way.
+    let cfg = tmp.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        "[[tenants]]\nname = \"default\"\ntoken = \"x\"\nrate_per_second = 1e6\nburst = 1000000\n",
+    )
+    .unwrap();
+    let (mut server, base) = spawn_server_env(
+        &["--min-idle", "0", "--config", cfg.to_str().unwrap()],
+        &[("PYREPL3_RUN_ROOT", root.as_path())],
+    );
+    let http = Client::new();
+    let big = create_session_at(&http, &base).await;
+    let out = json_of(
+        http.post(format!("{base}/v1/sessions/{big}/execute"))
+            .json(&json!({ "code": FILL })),
+    )
+    .await;
+    let cwd = std::path::PathBuf::from(out["result"]["repr"].as_str().unwrap().trim_matches('\''));
+    assert!(cwd.join("d49/f999").exists(), "{out}");
+    let other = create_session_at(&http, &base).await;
+    // `1+1` round trips on the other session, back to back, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = tokio::spawn({
+        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        async move {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = std::time::Instant::now();
+                let out = json_of(
+                    http.post(format!("{base}/v1/sessions/{other}/execute"))
+                        .json(&json!({ "code": "1+1" })),
+                )
+                .await;
+                assert_eq!(out["result"]["repr"], "2", "{out}");
+                samples.push((sent, sent.elapsed()));
+            }
+            samples
+        }
+    });
+    let watch = common::RemovalWatch::new(&cwd);
+    let deleting = std::time::Instant::now();
+    let resp = http
+        .delete(format!("{base}/v1/sessions/{big}"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let deadline = deleting + Duration::from_secs(60);
+    let removed = tokio::task::spawn_blocking(move || watch.wait(deadline))
+        .await
+        .unwrap();
+    let gone = std::time::Instant::now();
+    assert!(removed, "the session's directory was not removed");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = guard(looping).await.unwrap();
+    let deletion = gone - deleting;
+    let during: Vec<Duration> = samples
+        .iter()
+        .filter(|(sent, took)| *sent < gone && *sent + *took > deleting)
+        .map(|(_, took)| *took)
+        .collect();
+    let worst = during.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "deletion took {deletion:?}; {} round trips of `1+1` during it, the slowest {worst:?}",
+        during.len()
+    );
+    assert!(!during.is_empty());
+    // A stalled runtime holds one round trip for (nearly) the whole removal; a free one
+    // answers in milliseconds. A quarter of the deletion leaves room for a loaded machine.
+    assert!(
+        worst < deletion / 4,
+        "a `1+1` took {worst:?} while the deletion took {deletion:?}"
+    );
+    // Dropped, not waited for: this test's own deadline may have passed on a loaded machine.
+    drop(server);
+}

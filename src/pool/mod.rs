@@ -156,7 +156,12 @@ impl<F: SessionFactory> Clone for SessionPool<F> {
 
 impl SessionPool<WorkerFactory> {
     /// A pool of real Python worker sessions.
+    /// Sessions without a configured `cwd` work under the host's run directory: it is made
+    /// here (removing what dead hosts left there), so a restarted server cleans up at start.
     pub async fn start(config: PoolConfig) -> Result<Self, Error> {
+        if config.session.cwd.is_none() {
+            crate::rundir::ensure().await?;
+        }
         let factory = WorkerFactory::new(config.session.clone(), config.warmup_code.clone());
         SessionPool::with_factory(config, factory).await
     }

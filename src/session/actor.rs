@@ -23,6 +23,7 @@ use super::{Event, Scope, SessionConfig, SessionState};
 use crate::error::Error;
 use crate::protocol::{Message, MessageCodec, ProtocolError};
 use crate::ratelimit::RateLimiter;
+use crate::rundir::SessionDir;
 use crate::worker::{self, SpawnedWorker, Stragglers, WorkerProcess, WorkerSpec};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -46,13 +47,10 @@ pub(crate) async fn spawn(
     Error,
 > {
     let interpreter = worker::prepare_interpreter(&config.python, config.start_timeout).await?;
-    let (tempdir, cwd) = match &config.cwd {
+    let (workdir, cwd) = match &config.cwd {
         Some(dir) => (None, dir.clone()),
         None => {
-            let dir = tempfile::Builder::new()
-                .prefix("pyrepl3-session-")
-                .tempdir()
-                .map_err(Error::io("creating the session's working directory"))?;
+            let dir = SessionDir::create().await?;
             let path = dir.path().to_path_buf();
             (Some(dir), path)
         }
@@ -97,7 +95,7 @@ pub(crate) async fn spawn(
         output_limiter,
         output_paused_until: None,
         read_buf: vec![0; READ_CHUNK],
-        _tempdir: tempdir,
+        workdir,
     };
     // The first worker starts now, so that a spawn error is the caller's error.
     actor.apply_effects().await;
@@ -203,7 +201,9 @@ struct Actor {
     /// The output rate was exceeded: the pipes are not read until then.
     output_paused_until: Option<Instant>,
     read_buf: Vec<u8>,
-    _tempdir: Option<tempfile::TempDir>,
+    /// The session's own working directory (none with a configured `cwd`), removed on the
+    /// blocking pool once the session has ended.
+    workdir: Option<SessionDir>,
 }
 
 // ---- the futures raced in `wait`; each is cancel-safe and pends forever when disabled ----
@@ -291,6 +291,11 @@ impl Actor {
         let stragglers = std::mem::take(&mut self.stragglers);
         if !stragglers.wait_gone(GROUP_EXIT_DEADLINE).await {
             tracing::warn!(session = %self.id, "processes of the session's group survived SIGKILL");
+        }
+        // Possibly a large tree: removed on the blocking pool while this task waits, so no
+        // other session stalls; "closed" still means nothing of the session is left.
+        if let Some(dir) = self.workdir.take() {
+            dir.remove().await;
         }
         self.core.set_closed();
         for waiter in self.core.take_shutdown_waiters() {

@@ -180,8 +180,14 @@ pub async fn sse_events(resp: reqwest::Response) -> Vec<Value> {
 /// `pyrepl3 serve` as its own process (so its memory can be measured alone, and it can be
 /// sent signals); returns the child and the base URL it printed.
 pub fn spawn_server(extra: &[&str]) -> (Watched, String) {
+    spawn_server_env(extra, &[])
+}
+
+/// [`spawn_server`] with extra environment variables.
+pub fn spawn_server_env(extra: &[&str], env: &[(&str, &std::path::Path)]) -> (Watched, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pyrepl3"));
     command
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
         .args(extra)
         .stdout(Stdio::piped())
