@@ -244,7 +244,7 @@ async fn deleting_a_session_with_a_large_directory_does_not_delay_another_sessio
         "[[tenants]]\nname = \"default\"\ntoken = \"x\"\nrate_per_second = 1e6\nburst = 1000000\n",
     )
     .unwrap();
-    let (mut server, base) = spawn_server_env(
+    let (server, base) = spawn_server_env(
         &["--min-idle", "0", "--config", cfg.to_str().unwrap()],
         &[("PYREPL3_RUN_ROOT", root.as_path())],
     );

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -112,7 +112,7 @@ fn poll_then_drop<F: Future>(fut: F, n: usize) -> bool {
     let mut fut = std::pin::pin!(fut);
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     for _ in 0..n {
-        if let Poll::Ready(_) = Pin::as_mut(&mut fut).poll(&mut cx) {
+        if Pin::as_mut(&mut fut).poll(&mut cx).is_ready() {
             return true;
         }
     }
