@@ -15,9 +15,11 @@ use futures::StreamExt;
 use reqwest::Client;
 use serde_json::json;
 
-/// Code that holds the GIL inside a C call for a minute: the worker's reader thread can never
-/// run, so only the kernel can end this worker when the host dies.
-const GIL_HELD: &str = "print('go', flush=True)\nimport ctypes\nctypes.PyDLL(None).sleep(60)";
+/// Code that starts a child, then holds the GIL inside a C call for a minute: the worker's
+/// reader thread can never run, so only the kernel can end this worker (and its child) when
+/// the host dies.
+const GIL_HELD: &str = "import subprocess\nc = subprocess.Popen(['sleep', '600'])\n\
+    print('go', c.pid, flush=True)\nimport ctypes\nctypes.PyDLL(None).sleep(60)";
 
 #[tokio::test]
 async fn a_worker_stuck_in_c_with_the_gil_dies_with_a_killed_server() {
@@ -36,14 +38,29 @@ async fn a_worker_stuck_in_c_with_the_gil_dies_with_a_killed_server() {
         .unwrap();
     let mut body = resp.bytes_stream();
     let mut seen = String::new();
-    while !seen.contains("go") {
-        let chunk = guard(body.next()).await.unwrap().unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let grandchild: u32 = loop {
+        let Some(chunk) = guard(body.next()).await else {
+            panic!("the stream ended: {seen}");
+        };
+        seen.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        let found = seen.split("go ").nth(1).and_then(|rest| {
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            rest[digits.len()..]
+                .starts_with("\\n")
+                .then(|| digits.parse().ok())?
+        });
+        if let Some(found) = found {
+            break found;
+        }
+    };
     child.kill_and_wait();
     assert!(
         wait_pid_exit(pid, Duration::from_secs(2)).await,
         "the worker {pid} outlived its killed server by 2 s"
+    );
+    assert!(
+        wait_pid_exit(grandchild, Duration::from_secs(2)).await,
+        "the worker's child {grandchild} outlived the killed server by 2 s"
     );
 }
 

@@ -73,17 +73,18 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         child_signal.as_raw_fd(),
     );
     let host = spawner::host_pid();
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, dup2, fcntl)
-    // are made.
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, signal, dup2,
+    // fcntl) are made.
     unsafe {
         cmd.pre_exec(move || {
             spawner::die_with_parent(host)?;
+            spawner::default_sighup();
             place_fd(exec_fd, EXEC_FD)?;
             place_fd(control_fd, CONTROL_FD)?;
             place_fd(signal_fd, SIGNAL_FD)
         });
     }
-    let child = spawner::spawn_child(cmd)
+    let child = spawner::spawn_group_leader(cmd)
         .await
         .map_err(|source| Error::Spawn {
             python: spec.interpreter.python.clone(),

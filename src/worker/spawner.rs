@@ -12,6 +12,7 @@
 
 use std::io;
 use std::panic::AssertUnwindSafe;
+use std::process::Stdio;
 use std::sync::Mutex;
 
 use tokio::process::{Child, Command};
@@ -47,14 +48,35 @@ fn spawner() -> io::Result<mpsc::Sender<Job>> {
 /// Spawns `cmd` on the spawner thread, inside the caller's runtime (the child's reaping and
 /// its pipes belong to that runtime). If the caller stops waiting, the child is dropped there
 /// at once (the commands we run are all `kill_on_drop`).
-pub(crate) async fn spawn_child(mut cmd: Command) -> io::Result<Child> {
+pub(crate) async fn spawn_child(cmd: Command) -> io::Result<Child> {
+    run(move || cmd_spawn(cmd)).await
+}
+
+/// [`spawn_child`] for a worker, which leads its own process group (`process_group(0)`), plus
+/// the group's keeper (see [`spawn_keeper`]), started before the worker can have been reaped.
+pub(crate) async fn spawn_group_leader(cmd: Command) -> io::Result<Child> {
+    run(move || {
+        let child = cmd_spawn(cmd)?;
+        if let Some(pgid) = child.id() {
+            spawn_keeper(pgid);
+        }
+        Ok(child)
+    })
+    .await
+}
+
+fn cmd_spawn(mut cmd: Command) -> io::Result<Child> {
+    cmd.spawn()
+}
+
+async fn run(spawn: impl FnOnce() -> io::Result<Child> + Send + 'static) -> io::Result<Child> {
     let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
     let (reply, answer) = oneshot::channel();
     let job: Job = Box::new(move || {
         let _runtime = handle.enter();
         // A caller that stopped waiting gets nothing: the child is dropped here, inside the
         // runtime, which kills and reaps it.
-        let _ = reply.send(cmd.spawn());
+        let _ = reply.send(spawn());
     });
     spawner()?
         .send(job)
@@ -63,6 +85,51 @@ pub(crate) async fn spawn_child(mut cmd: Command) -> io::Result<Child> {
     answer
         .await
         .map_err(|_| io::Error::other("the spawner thread dropped a spawn request"))?
+}
+
+/// The keeper of a worker's process group: a stopped `sh` in the group, so that the kernel
+/// ends the whole group when the host dies. The parent-death signal kills the worker itself,
+/// but not what user code started (it is not inherited across fork), and the worker, killed
+/// at once, cannot sweep its group as it does when it sees the host's channels close. The
+/// kernel's job-control rule does: when a process group becomes orphaned (its last link to a
+/// parent outside the group, in the same session, is gone: here the host) while a member is
+/// stopped, every member gets SIGHUP then SIGCONT. The keeper is that stopped member; SIGHUP
+/// (reset to its default action for the keeper and the worker, whatever the host ignores)
+/// ends the group. While the host lives the keeper only sleeps: the group kill at the end of
+/// a session takes it with the rest. Spawned on the spawner thread right after the worker,
+/// which cannot have been reaped yet, so its group id is still the worker's. Not waited for:
+/// tokio reaps it once the group kill ends it. Best effort: without it the worker still dies
+/// with the host.
+fn spawn_keeper(pgid: u32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    let mut keeper = Command::new("/bin/sh");
+    keeper
+        .args(["-c", "kill -STOP $$"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(pgid);
+    // SAFETY: between fork and exec only an async-signal-safe call (signal) is made.
+    unsafe {
+        keeper.pre_exec(|| {
+            default_sighup();
+            Ok(())
+        });
+    }
+    if let Err(e) = keeper.spawn() {
+        tracing::debug!(pgid, error = %e, "no keeper for the worker's group; its children may outlive a killed host");
+    }
+}
+
+/// In a child before exec: SIGHUP to its default action (terminate), even if the host
+/// ignores it (started under `nohup`), so that an orphaned worker group ends.
+pub(crate) fn default_sighup() {
+    // SAFETY: signal() is async-signal-safe; SIG_DFL needs no handler.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+    }
 }
 
 /// In the child, between fork and exec: asks the kernel for SIGKILL when the parent (the
