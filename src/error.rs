@@ -15,6 +15,12 @@ pub enum Error {
     },
     #[error("the Python worker did not become ready within {0:?}")]
     StartTimeout(Duration),
+    #[error(
+        "the Python interpreter `{}` did not answer its start-up probe within {deadline:?} \
+         (the session start timeout); it was killed",
+        python.display()
+    )]
+    ProbeTimeout { python: PathBuf, deadline: Duration },
     #[error("the Python worker exited during start-up ({status}){stderr}")]
     StartFailed { status: String, stderr: String },
     #[error("protocol error: {0}")]

@@ -22,6 +22,8 @@
 //! - [`protocol`]: the host⇄worker messages and their framing.
 //! - `worker` (private): worker processes — spawn, pidfd, signals, reaping, /proc.
 //! - [`ratelimit`]: token buckets with computed wake-ups.
+//! - `rundir` (private): the host's run directory (session directories; what a dead host
+//!   left is removed).
 
 // Nothing a user, a worker or the OS can influence may panic the service; tests may.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -32,6 +34,7 @@ pub mod error;
 pub mod pool;
 pub mod protocol;
 pub mod ratelimit;
+pub(crate) mod rundir;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod service;

@@ -32,6 +32,15 @@ pub async fn run(args: ExecArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let Some(start_timeout) =
+        crate::time::duration_from_secs(args.start_timeout).filter(|_| args.start_timeout > 0.0)
+    else {
+        eprintln!(
+            "pyrepl3: --start-timeout must be a positive number of seconds, not {}",
+            args.start_timeout
+        );
+        return EXIT_USAGE;
+    };
     let code = if args.code == "-" {
         let mut code = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut code) {
@@ -51,6 +60,7 @@ pub async fn run(args: ExecArgs) -> i32 {
     };
     let config = SessionConfig {
         python: args.python.clone(),
+        start_timeout,
         ..SessionConfig::default()
     };
     let session = match Session::start(config).await {

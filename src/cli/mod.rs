@@ -88,6 +88,10 @@ pub struct ExecArgs {
     /// Python interpreter to run the worker with.
     #[arg(long, value_name = "PATH", default_value = "python3")]
     pub python: PathBuf,
+    /// How long the interpreter may take to answer its probe, and then the worker to become
+    /// ready (each; exit status 2 past it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub start_timeout: f64,
     /// The code to run; `-` (the default) reads it from standard input.
     #[arg(value_name = "CODE", default_value = "-")]
     pub code: String,

@@ -11,6 +11,7 @@
 //! - health: each idle session's death is an event (its state watch), and idle eviction sleeps
 //!   exactly until the earliest expiry, with no timer at all while idle ≤ `min_idle`.
 
+mod guards;
 mod session;
 mod state;
 mod tasks;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::session::{Scope, SessionConfig};
+use guards::{Checkout, CreatingSlot, Waiting};
 pub use session::WorkerFactory;
 pub use state::PoolMetrics;
 use state::{IdleEntry, Member, State};
@@ -156,7 +158,12 @@ impl<F: SessionFactory> Clone for SessionPool<F> {
 
 impl SessionPool<WorkerFactory> {
     /// A pool of real Python worker sessions.
+    /// Sessions without a configured `cwd` work under the host's run directory: it is made
+    /// here (removing what dead hosts left there), so a restarted server cleans up at start.
     pub async fn start(config: PoolConfig) -> Result<Self, Error> {
+        if config.session.cwd.is_none() {
+            crate::rundir::ensure().await?;
+        }
         let factory = WorkerFactory::new(config.session.clone(), config.warmup_code.clone());
         SessionPool::with_factory(config, factory).await
     }
@@ -354,27 +361,35 @@ impl<F: SessionFactory> Inner<F> {
                     Step::Wait(rx)
                 }
             };
+            // From here on, every await may be the last: whatever was taken from the pool
+            // above is held by a guard that gives it back if this future is dropped.
             let member = match step {
                 Step::Got(member, since) => {
-                    if !member.session.is_usable() {
+                    let checkout = Checkout::new(self, member);
+                    let usable = checkout.session().is_some_and(|s| s.is_usable());
+                    let stale = self
+                        .config
+                        .validate_after_idle
+                        .is_some_and(|after| since.elapsed() > after);
+                    let valid = if usable && stale {
+                        match checkout.session() {
+                            Some(session) => session.validate(Duration::from_secs(1)).await.is_ok(),
+                            None => false,
+                        }
+                    } else {
+                        usable
+                    };
+                    let Some(member) = checkout.take() else {
+                        continue;
+                    };
+                    if !valid {
                         self.remove_active(member, false);
                         continue;
-                    }
-                    if let Some(after) = self.config.validate_after_idle {
-                        if since.elapsed() > after
-                            && member
-                                .session
-                                .validate(Duration::from_secs(1))
-                                .await
-                                .is_err()
-                        {
-                            self.remove_active(member, false);
-                            continue;
-                        }
                     }
                     member
                 }
                 Step::Create => {
+                    let slot = CreatingSlot::counted(self);
                     let created = match deadline {
                         // not polling: the caller's acquire deadline.
                         Some(at) => tokio::time::timeout_at(at, self.create())
@@ -382,41 +397,32 @@ impl<F: SessionFactory> Inner<F> {
                             .unwrap_or(Err(Error::AcquireTimeout(t0.elapsed()))),
                         None => self.create().await,
                     };
-                    let mut st = self.lock();
-                    st.creating -= 1;
                     match created {
-                        Ok(session) => {
-                            st.active += 1;
-                            st.metrics.sessions_created += 1;
-                            Member::new(session)
-                        }
+                        Ok(session) => slot.commit(session),
                         Err(e) => {
+                            drop(slot);
                             if matches!(e, Error::AcquireTimeout(_)) {
-                                st.metrics.timeouts += 1;
-                            }
-                            // The slot is free again: a waiter may need it.
-                            if st.open_waiters() > 0 {
-                                self.trigger_warmup(&mut st);
+                                self.lock().metrics.timeouts += 1;
                             }
                             return Err(e);
                         }
                     }
                 }
-                Step::Wait(mut rx) => {
+                Step::Wait(rx) => {
+                    let mut waiting = Waiting::new(self, rx);
                     let received = match deadline {
                         // not polling: the caller's acquire deadline.
-                        Some(at) => tokio::time::timeout_at(at, &mut rx).await.ok(),
-                        None => Some((&mut rx).await),
+                        Some(at) => tokio::time::timeout_at(at, &mut waiting.rx).await.ok(),
+                        None => Some((&mut waiting.rx).await),
                     };
                     match received {
                         Some(Ok(member)) => member,
                         Some(Err(_)) => return Err(Error::PoolClosed),
                         None => {
                             // Timed out; a session handed over at the last instant is ours.
-                            rx.close();
-                            match rx.try_recv() {
-                                Ok(member) => member,
-                                Err(_) => {
+                            match waiting.close() {
+                                Some(member) => member,
+                                None => {
                                     self.lock().metrics.timeouts += 1;
                                     return Err(Error::AcquireTimeout(t0.elapsed()));
                                 }

@@ -22,6 +22,9 @@ pub struct PoolSettings {
     pub max_sessions: usize,
     pub warmup_code: Option<String>,
     pub python: Option<PathBuf>,
+    /// How long a new session's interpreter may take to answer its probe, and then its
+    /// worker to become ready (each).
+    pub start_timeout_secs: f64,
 }
 
 impl Default for PoolSettings {
@@ -31,6 +34,7 @@ impl Default for PoolSettings {
             max_sessions: 20,
             warmup_code: None,
             python: None,
+            start_timeout_secs: 10.0,
         }
     }
 }
@@ -195,6 +199,7 @@ impl ServerConfig {
     fn validate(&self) -> Result<(), Error> {
         check_secs("reconnect_grace_secs", self.reconnect_grace_secs)?;
         check_secs("shutdown_grace_secs", self.shutdown_grace_secs)?;
+        check_secs("pool.start_timeout_secs", self.pool.start_timeout_secs)?;
         check_secs("shutdown_drain_secs", self.shutdown_drain_secs)?;
         check_secs("header_read_timeout_secs", self.header_read_timeout_secs)?;
         if self.header_read_timeout_secs <= 0.0 {
@@ -265,6 +270,7 @@ impl ServerConfig {
         if let Some(python) = &self.pool.python {
             session.python = python.clone();
         }
+        session.start_timeout = secs(self.pool.start_timeout_secs);
         PoolConfig {
             min_idle: self.pool.min_idle,
             max_sessions: self.pool.max_sessions,

@@ -25,6 +25,7 @@ use super::{Event, Scope, SessionConfig, SessionState};
 use crate::error::Error;
 use crate::protocol::{Message, MessageCodec, ProtocolError};
 use crate::ratelimit::RateLimiter;
+use crate::rundir::SessionDir;
 use crate::worker::{self, SpawnedWorker, Stragglers, WorkerProcess, WorkerSpec};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -47,14 +48,11 @@ pub(crate) async fn spawn(
     ),
     Error,
 > {
-    let interpreter = worker::prepare_interpreter(&config.python).await?;
-    let (tempdir, cwd) = match &config.cwd {
+    let interpreter = worker::prepare_interpreter(&config.python, config.start_timeout).await?;
+    let (workdir, cwd) = match &config.cwd {
         Some(dir) => (None, dir.clone()),
         None => {
-            let dir = tempfile::Builder::new()
-                .prefix("pyrepl3-session-")
-                .tempdir()
-                .map_err(Error::io("creating the session's working directory"))?;
+            let dir = SessionDir::create().await?;
             let path = dir.path().to_path_buf();
             (Some(dir), path)
         }
@@ -99,10 +97,10 @@ pub(crate) async fn spawn(
         output_limiter,
         output_paused_until: None,
         read_buf: vec![0; READ_CHUNK],
-        _tempdir: tempdir,
+        workdir,
     };
     // The first worker starts now, so that a spawn error is the caller's error.
-    actor.apply_effects();
+    actor.apply_effects().await;
     scope.tracker.spawn(actor.run());
     Ok((commands_tx, state_rx, executions, ready_rx))
 }
@@ -233,7 +231,9 @@ struct Actor {
     /// The output rate was exceeded: the pipes are not read until then.
     output_paused_until: Option<Instant>,
     read_buf: Vec<u8>,
-    _tempdir: Option<tempfile::TempDir>,
+    /// The session's own working directory (none with a configured `cwd`), removed on the
+    /// blocking pool once the session has ended.
+    workdir: Option<SessionDir>,
 }
 
 // ---- the futures raced in `wait`; each is cancel-safe and pends forever when disabled ----
@@ -314,13 +314,18 @@ impl Actor {
                     self.core.handle(Input::Deadline, now);
                 }
             }
-            self.apply_effects();
+            self.apply_effects().await;
         }
         // The workers were reaped, but a child one started may still be dying from the group
         // kill: "closed" means no process of the session is left.
         let stragglers = std::mem::take(&mut self.stragglers);
         if !stragglers.wait_gone(GROUP_EXIT_DEADLINE).await {
             tracing::warn!(session = %self.id, "processes of the session's group survived SIGKILL");
+        }
+        // Possibly a large tree: removed on the blocking pool while this task waits, so no
+        // other session stalls; "closed" still means nothing of the session is left.
+        if let Some(dir) = self.workdir.take() {
+            dir.remove().await;
         }
         self.core.set_closed();
         for waiter in self.core.take_shutdown_waiters() {
@@ -377,7 +382,7 @@ impl Actor {
     }
 
     /// Carries out what the core decided, including what follows from carrying it out.
-    fn apply_effects(&mut self) {
+    async fn apply_effects(&mut self) {
         loop {
             let effects = self.core.take_effects();
             if effects.is_empty() {
@@ -385,7 +390,7 @@ impl Actor {
             }
             for effect in effects {
                 match effect {
-                    Effect::SpawnWorker { marker_token } => self.spawn_worker(marker_token),
+                    Effect::SpawnWorker { marker_token } => self.spawn_worker(marker_token).await,
                     Effect::Send(msg) => self.send(msg),
                     Effect::Interrupt { seq } => {
                         if let Some(w) = &self.worker {
@@ -410,12 +415,13 @@ impl Actor {
         }
     }
 
-    fn spawn_worker(&mut self, marker_token: String) {
+    /// Waits for the fork (on the spawner thread, not this one): only this session waits.
+    async fn spawn_worker(&mut self, marker_token: String) {
         let spec = WorkerSpec {
             marker_token,
             ..self.spec.clone()
         };
-        let spawned = worker::spawn(&spec);
+        let spawned = worker::spawn(&spec).await;
         // The start deadline counts from here, once the process exists.
         let now = Instant::now();
         match spawned {

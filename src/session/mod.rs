@@ -47,8 +47,8 @@ pub struct SessionConfig {
     pub python: PathBuf,
     /// Extra environment variables for the worker (on top of the host's own).
     pub env: Vec<(String, String)>,
-    /// Working directory; `None` gives each session a fresh temporary directory that is
-    /// removed when the session ends.
+    /// Working directory; `None` gives each session a fresh directory in the host's run
+    /// directory (`src/rundir.rs`), removed when the session ends.
     pub cwd: Option<PathBuf>,
     /// How long the worker may take to report `ready`, at start and at every restart.
     pub start_timeout: Duration,

@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 
-use tokio::process::Command;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
 
 use super::procfs::{describe_exit, stderr_excerpt};
+use super::spawner;
 use super::AGENT_SOURCE;
 use crate::error::Error;
 
@@ -28,7 +31,11 @@ pub struct Interpreter {
 /// the same run, compiles the agent into the per-user cache, which saves compiling ~700 lines
 /// at every worker start (4 ms of a ~15 ms cold start). Compiled afresh by each host process,
 /// so the bytecode always matches the interpreter.
-pub async fn prepare_interpreter(python: &Path) -> Result<Interpreter, Error> {
+///
+/// The probe must answer within `deadline` (the session's start timeout), else it is killed
+/// with its process group and reaped, and the answer is [`Error::ProbeTimeout`]: a `python`
+/// that hangs cannot hang the host.
+pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<Interpreter, Error> {
     static CACHE: Mutex<Option<HashMap<PathBuf, Interpreter>>> = Mutex::new(None);
     if let Some(found) = crate::sync::lock_unpoisoned(&CACHE)
         .as_ref()
@@ -50,15 +57,40 @@ pub async fn prepare_interpreter(python: &Path) -> Result<Interpreter, Error> {
     if let Some((source, pyc_tmp, _)) = &cache {
         cmd.arg(source).arg(pyc_tmp);
     }
-    let out = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
-        .await
-        .map_err(|source| Error::Spawn {
-            python: python.to_path_buf(),
-            source,
-        })?;
+        // Its own group, so that a hung probe is killed with whatever it started.
+        .process_group(0)
+        .kill_on_drop(true);
+    let host = spawner::host_pid();
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid) are made.
+    unsafe {
+        cmd.pre_exec(move || spawner::die_with_parent(host));
+    }
+    let spawn_error = |source| Error::Spawn {
+        python: python.to_path_buf(),
+        source,
+    };
+    let mut child = spawner::spawn_child(cmd).await.map_err(spawn_error)?;
+    // not polling: the one start deadline bounding the whole probe.
+    let answered = tokio::time::timeout(deadline, probe_output(&mut child)).await;
+    let out = match answered {
+        Ok(out) => out.map_err(spawn_error)?,
+        Err(_) => {
+            // Not reaped yet, so the group id is still the probe's own.
+            if let Some(pgid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: killpg has no memory-safety preconditions; pgid > 0.
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            }
+            // Reaped here, not left to the background: nothing of the probe outlives this.
+            let _ = child.wait().await;
+            return Err(Error::ProbeTimeout {
+                python: python.to_path_buf(),
+                deadline,
+            });
+        }
+    };
     if !out.status.success() {
         return Err(Error::StartFailed {
             status: describe_exit(out.status),
@@ -83,6 +115,37 @@ pub async fn prepare_interpreter(python: &Path) -> Result<Interpreter, Error> {
         .get_or_insert_with(HashMap::new)
         .insert(python.to_path_buf(), prepared.clone());
     Ok(prepared)
+}
+
+/// The most of its stdout and of its stderr a probe may leave us to read (its answer is one
+/// path; its errors a few lines): more is not read, so a probe that writes forever blocks and
+/// meets the deadline.
+const PROBE_OUTPUT_MAX: u64 = 64 * 1024;
+
+/// Everything the probe writes (up to [`PROBE_OUTPUT_MAX`] per pipe) and how it exited.
+async fn probe_output(child: &mut Child) -> std::io::Result<std::process::Output> {
+    use tokio::io::AsyncReadExt;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let read_out = async {
+        match out {
+            Some(pipe) => pipe.take(PROBE_OUTPUT_MAX).read_to_end(&mut stdout).await,
+            None => Ok(0),
+        }
+    };
+    let read_err = async {
+        match err {
+            Some(pipe) => pipe.take(PROBE_OUTPUT_MAX).read_to_end(&mut stderr).await,
+            None => Ok(0),
+        }
+    };
+    let (_, _, status) = tokio::try_join!(read_out, read_err, child.wait())?;
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// (agent source, temporary bytecode path, final bytecode path) in the per-user cache, with

@@ -3,6 +3,7 @@
 //! - `interpreter.rs`: the real interpreter binary and the agent's bytecode cache;
 //! - `spawn.rs`: starting the agent with its file descriptors, group and environment;
 //! - `process.rs`: [`WorkerProcess`], one live worker (pidfd, group kill, interrupt, reap);
+//! - `spawner.rs`: the one long-lived thread that forks every child (see why there);
 //! - `procfs.rs`: /proc readings and exit-status text.
 //!
 //! The sandbox of a session (namespaces, uid, limits) plugs in at `spawn`.
@@ -11,6 +12,7 @@ mod interpreter;
 mod process;
 mod procfs;
 mod spawn;
+mod spawner;
 
 use std::path::PathBuf;
 

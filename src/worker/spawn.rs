@@ -1,6 +1,7 @@
 //! Starting a worker process: the file descriptors (the protocol channels on fds 3 and 4, the
 //! signal-target file on fd 5, stdout/stderr pipes, stdin from /dev/null), its own process
-//! group, the environment and the working directory.
+//! group, the environment, the working directory, and death with the host
+//! (`PR_SET_PDEATHSIG`, armed from the spawner thread).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,6 +12,7 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 use super::process::WorkerProcess;
+use super::spawner;
 use super::{WorkerSpec, AGENT_SOURCE, CONTROL_FD, EXEC_FD, SIGNAL_FD};
 use crate::error::Error;
 
@@ -31,8 +33,10 @@ const SIGNAL_FILE_LEN: libc::off_t = 8 + MAX_TOKEN_LEN as libc::off_t;
 /// The agent reads this many bytes of token (a UUID's 32 hex digits fit).
 const MAX_TOKEN_LEN: usize = 64;
 
-/// Starts the agent with an interpreter from [`super::prepare_interpreter`].
-pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
+/// Starts the agent with an interpreter from [`super::prepare_interpreter`]. The fork happens
+/// on the spawner thread (see `spawner.rs`); the worker is SIGKILLed by the kernel if the host
+/// dies.
+pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let (host_exec, child_exec) =
         std::os::unix::net::UnixStream::pair().map_err(Error::io("creating the exec channel"))?;
     let (host_control, child_control) = std::os::unix::net::UnixStream::pair()
@@ -72,18 +76,24 @@ pub fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         child_control.as_raw_fd(),
         child_signal.as_raw_fd(),
     );
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
+    let host = spawner::host_pid();
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, signal, dup2,
+    // fcntl) are made.
     unsafe {
         cmd.pre_exec(move || {
+            spawner::die_with_parent(host)?;
+            spawner::default_sighup();
             place_fd(exec_fd, EXEC_FD)?;
             place_fd(control_fd, CONTROL_FD)?;
             place_fd(signal_fd, SIGNAL_FD)
         });
     }
-    let child = cmd.spawn().map_err(|source| Error::Spawn {
-        python: spec.interpreter.python.clone(),
-        source,
-    })?;
+    let child = spawner::spawn_group_leader(cmd)
+        .await
+        .map_err(|source| Error::Spawn {
+            python: spec.interpreter.python.clone(),
+            source,
+        })?;
     drop((child_exec, child_control, child_signal));
     // Owned from here on: a failure below drops it, which kills its group.
     let process = WorkerProcess::new(child)?;

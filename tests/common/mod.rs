@@ -17,7 +17,9 @@ pub mod server;
 mod session;
 
 pub use child::Watched;
-pub use process::{group_alive, process_exists, rss_bytes, wait_child_until, wait_pid_exit};
+pub use process::{
+    group_alive, process_exists, rss_bytes, wait_child_until, wait_pid_exit, RemovalWatch,
+};
 pub use session::{error_type, eval, guard, run, start, start_with, terminal, wait_for_stdout};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, not a pass.

@@ -111,3 +111,73 @@ pub fn rss_bytes(pid: u32) -> u64 {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * if page > 0 { page as u64 } else { 4096 }
 }
+
+/// A watch on `path` (a directory) that tells when it is removed, from inotify's
+/// `IN_DELETE_SELF` (an event, not a poll of the path). Set it up before the removal starts.
+pub struct RemovalWatch(OwnedFd);
+
+impl RemovalWatch {
+    pub fn new(path: &std::path::Path) -> RemovalWatch {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: inotify_init1 has no memory-safety preconditions.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path and an inotify fd we own.
+        let wd =
+            unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_DELETE_SELF) };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch({path:?}): {}",
+            std::io::Error::last_os_error()
+        );
+        RemovalWatch(fd)
+    }
+
+    /// Blocks until the directory is removed, or `deadline`; returns whether it was.
+    pub fn wait(self, deadline: Instant) -> bool {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready == 0 {
+                return false;
+            }
+            if ready < 0 {
+                let err = std::io::Error::last_os_error();
+                assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "poll: {err}");
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a buffer we own, of its length.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            assert!(
+                n > 0,
+                "reading inotify events: {}",
+                std::io::Error::last_os_error()
+            );
+            // Each event: wd (i32), mask (u32), cookie (u32), len (u32), then `len` name bytes.
+            let mut at = 0;
+            while at + 16 <= n as usize {
+                let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                if mask & libc::IN_DELETE_SELF != 0 {
+                    return true;
+                }
+                at += 16 + len;
+            }
+        }
+    }
+}

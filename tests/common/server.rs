@@ -214,6 +214,13 @@ pub fn spawn_server_with(
     (child, base)
 }
 
+/// [`spawn_server`] with extra environment variables.
+pub fn spawn_server_env(extra: &[&str], env: &[(&str, &std::path::Path)]) -> (Watched, String) {
+    spawn_server_with(extra, |command| {
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+    })
+}
+
 /// A session created on a server process from [`spawn_server`], as ALICE; its id.
 pub async fn create_session_at(http: &Client, base: &str) -> String {
     let session = json_of(http.post(format!("{base}/v1/sessions")).json(&json!({}))).await;

@@ -1,0 +1,334 @@
+//! Nothing of a host is left behind, whatever way it ends, and its own upkeep never stalls
+//! other sessions: workers die with the host (`PR_SET_PDEATHSIG`, armed from a thread that
+//! lives as long as the host), but not when some short-lived thread of the host exits;
+//! removing a large session directory does not delay other sessions; a restarted server
+//! removes what a crashed one left on disk; an interpreter that hangs when probed fails
+//! `exec` and `serve` within the start deadline.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::*;
+use common::{guard, wait_pid_exit};
+use futures::StreamExt;
+use reqwest::Client;
+use serde_json::json;
+
+/// Code that starts a child, then holds the GIL inside a C call for a minute: the worker's
+/// reader thread can never run, so only the kernel can end this worker (and its child) when
+/// the host dies.
+const GIL_HELD: &str = "import subprocess\nc = subprocess.Popen(['sleep', '600'])\n\
+    print('go', c.pid, flush=True)\nimport ctypes\nctypes.PyDLL(None).sleep(60)";
+
+#[tokio::test]
+async fn a_worker_stuck_in_c_with_the_gil_dies_with_a_killed_server() {
+    let (mut child, base) = spawn_server(&["--min-idle", "0"]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+    let pid = info["pid"].as_u64().unwrap() as u32;
+    let resp = http
+        .post(format!("{base}/v1/sessions/{id}/execute"))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "code": GIL_HELD }))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    let grandchild: u32 = loop {
+        let Some(chunk) = guard(body.next()).await else {
+            panic!("the stream ended: {seen}");
+        };
+        seen.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        let found = seen.split("go ").nth(1).and_then(|rest| {
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            rest[digits.len()..]
+                .starts_with("\\n")
+                .then(|| digits.parse().ok())?
+        });
+        if let Some(found) = found {
+            break found;
+        }
+    };
+    child.kill_and_wait();
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(2)).await,
+        "the worker {pid} outlived its killed server by 2 s"
+    );
+    assert!(
+        wait_pid_exit(grandchild, Duration::from_secs(2)).await,
+        "the worker's child {grandchild} outlived the killed server by 2 s"
+    );
+}
+
+/// A worker started from a thread that then exits (here a blocking-pool thread with a tiny
+/// keep-alive) survives: the parent-death signal follows the thread that forked, so forking
+/// must not happen on such threads.
+#[test]
+fn a_worker_survives_the_exit_of_the_thread_that_started_its_session() {
+    let (stopped_tx, mut stopped) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(Duration::from_millis(50))
+        .on_thread_stop(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = stopped_tx.send(unsafe { libc::gettid() });
+        })
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let handle = tokio::runtime::Handle::current();
+        let (session, tid) = tokio::task::spawn_blocking(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let session = handle
+                .block_on(pyrepl3::Session::start(pyrepl3::SessionConfig::default()))
+                .unwrap();
+            (session, tid)
+        })
+        .await
+        .unwrap();
+        let pid = session.info().await.unwrap().pid.expect("a worker runs");
+        // The blocking thread that started the session idles out and stops.
+        guard(async { while stopped.recv().await != Some(tid) {} }).await;
+        // Its exit follows at once; a worker killed by it would be gone well within this.
+        assert!(
+            !wait_pid_exit(pid, Duration::from_secs(1)).await,
+            "the worker died with the thread that started its session"
+        );
+        assert_eq!(common::eval(&session, "1+1").await.as_deref(), Some("2"));
+        let now = session.info().await.unwrap().pid;
+        assert_eq!(now, Some(pid), "the same worker answered");
+        session.shutdown().await.unwrap();
+    });
+}
+
+/// A `python` that never answers: it records its pid (the leader of the group it is started
+/// in) and sleeps in a child of its own.
+fn hanging_python(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python");
+    let script = format!("#!/bin/sh\necho $$ > {}/pid\nsleep 1000\n", dir.display());
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// After the host gave up: the probe and its child were killed (its group is empty).
+fn assert_probe_gone(dir: &std::path::Path) {
+    let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!common::group_alive(pid), "the hung probe's group is left");
+}
+
+#[test]
+fn exec_with_a_python_that_hangs_when_probed_fails_within_the_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = hanging_python(dir.path());
+    let t0 = std::time::Instant::now();
+    let mut child = common::Watched::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+            .args(["exec", "--start-timeout", "1", "--python"])
+            .arg(&python)
+            .arg("print(1)")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        Duration::from_secs(20),
+    );
+    let status = child.finish();
+    let stderr = child.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("did not answer its start-up probe within 1s")
+            && stderr.contains(&python.display().to_string()),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_probe_gone(dir.path());
+}
+
+#[test]
+fn serve_with_a_python_that_hangs_when_probed_fails_within_the_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = hanging_python(dir.path());
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "[pool]\nmin_idle = 1\nstart_timeout_secs = 1.0\n").unwrap();
+    let t0 = std::time::Instant::now();
+    let mut child = common::Watched::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--python")
+            .arg(&python)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        Duration::from_secs(20),
+    );
+    let status = child.finish();
+    let stderr = child.stderr();
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("did not answer its start-up probe within 1s")
+            && stderr.contains(&python.display().to_string()),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(!child.stdout().contains("serving"), "{}", child.stdout());
+    assert_probe_gone(dir.path());
+}
+
+/// The working directory of a new session on a server process (`os.getcwd()` in it).
+async fn session_cwd(http: &Client, base: &str) -> std::path::PathBuf {
+    let id = create_session_at(http, base).await;
+    let out = json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({"code": "import os\nopen('left.txt', 'w').write('x')\nos.getcwd()"})),
+    )
+    .await;
+    let repr = out["result"]["repr"].as_str().unwrap().trim_matches('\'');
+    std::path::PathBuf::from(repr)
+}
+
+#[tokio::test]
+async fn a_restarted_server_removes_what_a_killed_one_left_and_spares_live_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Not there yet: the first server makes it, private.
+    let root = tmp.path().join("runs");
+    let env = [("PYREPL3_RUN_ROOT", root.as_path())];
+    let http = Client::new();
+    let (mut dead, dead_base) = spawn_server_env(&["--min-idle", "0"], &env);
+    let dead_cwd = session_cwd(&http, &dead_base).await;
+    let dead_run = dead_cwd.parent().unwrap().to_path_buf();
+    assert_eq!(dead_run.parent(), Some(root.as_path()), "{dead_cwd:?}");
+    assert!(dead_cwd.join("left.txt").exists());
+    let (mut live, live_base) = spawn_server_env(&["--min-idle", "0"], &env);
+    let live_cwd = session_cwd(&http, &live_base).await;
+    dead.kill_and_wait();
+    assert!(
+        dead_run.exists(),
+        "a killed server leaves its directory behind"
+    );
+    // Up once it prints its address; by then the dead server's directory is gone.
+    let (mut next, _) = spawn_server_env(&["--min-idle", "0"], &env);
+    assert!(!dead_run.exists(), "{dead_run:?} is left");
+    assert!(
+        !root
+            .as_path()
+            .join(format!(
+                "{}.lock",
+                dead_run.file_name().unwrap().to_str().unwrap()
+            ))
+            .exists(),
+        "its lock file is left"
+    );
+    assert!(
+        live_cwd.join("left.txt").exists(),
+        "a live server's session lost its directory"
+    );
+    // The root is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root.as_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    live.kill_and_wait();
+    next.kill_and_wait();
+}
+
+/// ~1 GB in 50 000 files (50 directories of 1 000 files of 20 KiB): removing it takes about
+/// a second of system time here, which on the runtime's thread would stall every session.
+const FILL: &str = "import os\nb = b'x' * 20480\nfor d in range(50):\n    os.mkdir('d%d' % d)\n    \
+    for i in range(1000):\n        with open('d%d/f%d' % (d, i), 'wb') as f:\n            f.write(b)\n\
+    os.getcwd()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_session_with_a_large_directory_does_not_delay_another_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    // The round trips below come back to back: no rate limit in their way.
+    let cfg = tmp.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        "[[tenants]]\nname = \"default\"\ntoken = \"x\"\nrate_per_second = 1e6\nburst = 1000000\n",
+    )
+    .unwrap();
+    let (server, base) = spawn_server_env(
+        &["--min-idle", "0", "--config", cfg.to_str().unwrap()],
+        &[("PYREPL3_RUN_ROOT", root.as_path())],
+    );
+    let http = Client::new();
+    let big = create_session_at(&http, &base).await;
+    let out = json_of(
+        http.post(format!("{base}/v1/sessions/{big}/execute"))
+            .json(&json!({ "code": FILL })),
+    )
+    .await;
+    let cwd = std::path::PathBuf::from(out["result"]["repr"].as_str().unwrap().trim_matches('\''));
+    assert!(cwd.join("d49/f999").exists(), "{out}");
+    let other = create_session_at(&http, &base).await;
+    // `1+1` round trips on the other session, back to back, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = tokio::spawn({
+        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        async move {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = std::time::Instant::now();
+                let out = json_of(
+                    http.post(format!("{base}/v1/sessions/{other}/execute"))
+                        .json(&json!({ "code": "1+1" })),
+                )
+                .await;
+                assert_eq!(out["result"]["repr"], "2", "{out}");
+                samples.push((sent, sent.elapsed()));
+            }
+            samples
+        }
+    });
+    let watch = common::RemovalWatch::new(&cwd);
+    let deleting = std::time::Instant::now();
+    let resp = http
+        .delete(format!("{base}/v1/sessions/{big}"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let deadline = deleting + Duration::from_secs(60);
+    let removed = tokio::task::spawn_blocking(move || watch.wait(deadline))
+        .await
+        .unwrap();
+    let gone = std::time::Instant::now();
+    assert!(removed, "the session's directory was not removed");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = guard(looping).await.unwrap();
+    let deletion = gone - deleting;
+    let during: Vec<Duration> = samples
+        .iter()
+        .filter(|(sent, took)| *sent < gone && *sent + *took > deleting)
+        .map(|(_, took)| *took)
+        .collect();
+    let worst = during.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "deletion took {deletion:?}; {} round trips of `1+1` during it, the slowest {worst:?}",
+        during.len()
+    );
+    assert!(!during.is_empty());
+    // A stalled runtime holds one round trip for (nearly) the whole removal; a free one
+    // answers in milliseconds. A quarter of the deletion leaves room for a loaded machine.
+    assert!(
+        worst < deletion / 4,
+        "a `1+1` took {worst:?} while the deletion took {deletion:?}"
+    );
+    // Dropped, not waited for: this test's own deadline may have passed on a loaded machine.
+    drop(server);
+}
