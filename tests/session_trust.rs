@@ -82,6 +82,27 @@ async fn forged_result_and_ignored_interrupt_get_the_worker_killed_at_the_limit(
     s.shutdown().await.unwrap();
 }
 
+/// A worker that leaves its process group (into the host's, which `setpgid` allows within
+/// one session) is still killed at its limit: the kill names the worker, not only its group.
+#[tokio::test]
+async fn a_worker_that_leaves_its_process_group_is_still_killed() {
+    let config = SessionConfig {
+        timeout_grace: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    let options = ExecuteOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let code = "import os, signal, time\nos.setpgid(0, os.getpgid(os.getppid()))\n\
+                signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)";
+    let out = guard(s.execute(code, options).outcome()).await;
+    assert_eq!(out.error_type(), Some("ExecutionTimeout"), "{out:?}");
+    assert_eq!(eval(&s, "'usable'").await.as_deref(), Some("'usable'"));
+    s.shutdown().await.unwrap();
+}
+
 /// `prctl(PR_SET_DUMPABLE, 0)` refuses the host's reading of the main thread's syscall: a
 /// worker that hides itself so is taken as busy, not as unknown.
 #[tokio::test]

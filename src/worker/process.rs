@@ -60,10 +60,18 @@ impl WorkerProcess {
         self.exit.exited().await;
     }
 
-    /// SIGKILL to every process of the worker's group. Safe: the leader is not reaped, so
-    /// the group id cannot name anybody else's group.
+    /// SIGKILL to every process of the worker's group, and to the worker itself: user code
+    /// can move the worker out of its group (`setpgid` into another group of the session),
+    /// which a group kill alone would then miss. Safe: the leader is not reaped, so neither
+    /// its pid nor the group id can name anybody else's process.
     pub fn kill_group(&self) {
         signal_group(self.pid, libc::SIGKILL);
+        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 
     /// Delivers SIGINT to the worker's main thread (its tid is its pid), where user code
