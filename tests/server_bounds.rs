@@ -377,12 +377,14 @@ async fn finished_logs_are_kept_within_the_retention_budget() {
     let http = Client::new();
     let id = create_session_at(&http, &base).await;
     let baseline = rss();
-    // 12 executions of 16 MB each: every log keeps up to 16 MiB of history for resuming, so
-    // without a budget the session would keep 192 MiB.
+    // 24 executions of 16 MB each: every log keeps up to 16 MiB of history for resuming, so
+    // without a budget the session would keep 384 MiB. With it: the 32 MiB budget, the log
+    // being written and the collected answer, plus what the allocator keeps of freed memory
+    // (the multi-thread runtime's per-thread arenas).
     let code =
         "import sys\nline = 'x' * 999 + '\\n'\nfor _ in range(16_000):\n    sys.stdout.write(line)";
     let mut peak = baseline;
-    for i in 0..12 {
+    for i in 0..24 {
         let answer = guard(json_of(
             http.post(format!("{base}/v1/sessions/{id}/execute"))
                 .json(&json!({"code": code, "execution_id": format!("r{i}")})),
@@ -392,12 +394,12 @@ async fn finished_logs_are_kept_within_the_retention_budget() {
         peak = peak.max(rss());
     }
     eprintln!(
-        "12 logs of 16 MB: server RSS {} -> peak {} MiB",
+        "24 logs of 16 MB: server RSS {} -> peak {} MiB",
         baseline / MIB,
         peak / MIB
     );
     assert!(
-        peak.saturating_sub(baseline) < 100 * MIB,
+        peak.saturating_sub(baseline) < 160 * MIB,
         "server RSS grew {} MiB",
         peak.saturating_sub(baseline) / MIB
     );
@@ -412,7 +414,7 @@ async fn finished_logs_are_kept_within_the_retention_budget() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "execution_expired", "{body}");
     let last = json_of(http.get(format!(
-        "{base}/v1/sessions/{id}/executions/r11?since=999999"
+        "{base}/v1/sessions/{id}/executions/r23?since=999999"
     )))
     .await;
     assert_eq!(last["done"], true, "{last}");

@@ -152,3 +152,45 @@ async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
     assert!(!group_alive(ws_pid));
     drop((stream, ws));
 }
+
+/// Every task the server spawned is done once `shutdown` returns: a client that left during
+/// an execution starts a reconnect-grace wait (30 s), which must end with the service, not
+/// outlive it.
+#[tokio::test]
+async fn no_task_of_the_server_outlives_its_shutdown() {
+    let before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut config = config(vec![tenant("alice", ALICE)]);
+    config.reconnect_grace_secs = 30.0;
+    config.shutdown_grace_secs = 0.2;
+    let api = Api::start(config).await;
+    let id = api.new_session(ALICE).await;
+    // An SSE stream of a long execution, left after its first event: the execution waits
+    // for its client through the reconnect grace.
+    let resp = guard(
+        api.http
+            .post(api.url(&format!("/v1/sessions/{id}/execute")))
+            .bearer_auth(ALICE)
+            .header("accept", "text/event-stream")
+            .json(&json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(30)"}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    let mut body = resp.bytes_stream();
+    let first = guard(body.next()).await;
+    assert!(first.is_some());
+    drop(body);
+    let Api { handle, http, .. } = api;
+    drop(http); // its pooled connection's task is the client's, not the server's
+    handle.shutdown().await.unwrap();
+    // Tasks that were aborted or finished are counted until the runtime has dropped them.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let after = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(after, before, "tasks still alive after shutdown");
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::event::ClientEvent;
 use crate::session::{Event, Execution, Session};
@@ -67,6 +68,9 @@ pub struct ExecLog {
     changed: Notify,
     /// Room for more undelivered events.
     room: Notify,
+    /// Cancelled when the log ends (`done`): what waits on the execution's end without
+    /// reading it (the reconnect grace) stops waiting then.
+    ended: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +108,7 @@ impl ExecLog {
             }),
             changed: Notify::new(),
             room: Notify::new(),
+            ended: CancellationToken::new(),
         })
     }
 
@@ -156,6 +161,7 @@ impl ExecLog {
         st.undelivered_bytes = 0;
         st.retained_bytes = 0;
         drop(st);
+        self.ended.cancel();
         self.changed.notify_waiters();
         self.room.notify_waiters();
     }
@@ -171,6 +177,7 @@ impl ExecLog {
         let mut st = self.lock();
         st.done = true;
         drop(st);
+        self.ended.cancel();
         self.changed.notify_waiters();
     }
 
@@ -192,8 +199,12 @@ impl ExecLog {
                     st.undelivered_bytes += logged.size();
                     st.held_bytes += logged.size();
                     st.done = logged.is_terminal();
+                    let ended = st.done;
                     st.events.push_back(logged);
                     drop(st);
+                    if ended {
+                        self.ended.cancel();
+                    }
                     self.changed.notify_waiters();
                     return;
                 }
@@ -314,8 +325,13 @@ impl ExecLog {
             }
             st.readers_epoch
         };
-        // not polling: one deadline, the reconnect grace.
-        tokio::time::sleep(grace).await;
+        // Ends early when the log does (the execution ended, or the service ended it at
+        // shutdown): then nothing is left to cancel, and no task outlives the service.
+        tokio::select! {
+            // not polling: one deadline, the reconnect grace.
+            _ = tokio::time::sleep(grace) => {}
+            _ = self.ended.cancelled() => return false,
+        }
         let mut st = self.lock();
         let abandoned = st.readers == 0 && !st.done && st.readers_epoch == epoch;
         if abandoned {
