@@ -31,6 +31,10 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// ...and the kernel resets the connection after this many unanswered probes (a peer gone
 /// without a FIN is noticed within 30 + 3 × 10 = 60 s of silence).
 pub const KEEPALIVE_PROBES: u32 = 3;
+/// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the kernel resets the
+/// connection (keepalive probes are not sent while data is in flight, so without it a peer
+/// that vanished mid-stream would be retransmitted to for ~15 minutes).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Over-cap connections being answered `503` at once; beyond this they are closed without
 /// an answer (each answer holds a file descriptor for up to [`REFUSAL_LINGER`]).
@@ -199,6 +203,12 @@ fn set_socket_options(stream: &TcpStream) {
     if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!("setting TCP keepalive: {e}");
     }
+    // Keepalive probes are only sent while nothing is in flight: a peer that vanished while
+    // the server was sending (an SSE stream, a WebSocket) would be retransmitted to for
+    // ~15 minutes. This bounds how long sent data may stay unacknowledged.
+    if let Err(e) = SockRef::from(stream).set_tcp_user_timeout(Some(USER_TIMEOUT)) {
+        tracing::debug!("setting TCP_USER_TIMEOUT: {e}");
+    }
 }
 
 /// `accept` failed for want of a resource that a closing connection gives back (each such
@@ -308,7 +318,9 @@ pub fn connection_cap(max_connections: usize, max_sessions: usize) -> usize {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return max_connections;
     }
-    let reserved = BASE_FDS + FDS_PER_SESSION * max_sessions as u64 + MAX_REFUSALS as u64;
+    let reserved = FDS_PER_SESSION
+        .saturating_mul(max_sessions as u64)
+        .saturating_add(BASE_FDS + MAX_REFUSALS as u64);
     let room = usize::try_from(limit.rlim_cur.saturating_sub(reserved)).unwrap_or(usize::MAX);
     if room >= max_connections {
         return max_connections;
@@ -346,4 +358,22 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_nodelay_keepalive_and_a_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        set_socket_options(&accepted);
+        let sock = SockRef::from(&accepted);
+        assert!(accepted.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+    }
 }
