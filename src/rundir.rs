@@ -162,9 +162,7 @@ fn young(entry: &std::fs::DirEntry) -> bool {
     let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
         return true;
     };
-    modified
-        .elapsed()
-        .map_or(true, |age| age < TMP_LOCK_GRACE)
+    modified.elapsed().map_or(true, |age| age < TMP_LOCK_GRACE)
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken (false: somebody holds it).

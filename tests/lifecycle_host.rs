@@ -332,3 +332,205 @@ async fn deleting_a_session_with_a_large_directory_does_not_delay_another_sessio
     // Dropped, not waited for: this test's own deadline may have passed on a loaded machine.
     drop(server);
 }
+
+/// Live (not zombie) processes of process group `pgid`, from /proc/<pid>/stat.
+fn live_group_members(pgid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let mut fields = stat[close + 1..].split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+        })
+        .collect()
+}
+
+/// The keeper of worker `pid`'s group: the one other member, a `sh` waiting on its pipe.
+fn keeper_of(pid: u32) -> u32 {
+    let members = live_group_members(pid);
+    let others: Vec<u32> = members.iter().copied().filter(|&m| m != pid).collect();
+    assert_eq!(others.len(), 1, "the worker and its keeper: {members:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", others[0])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("read _"),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    others[0]
+}
+
+#[tokio::test]
+async fn no_process_of_a_sessions_group_is_left_once_it_is_deleted() {
+    let (server, base) = spawn_server(&["--min-idle", "0"]);
+    let http = Client::new();
+    let mut groups = Vec::new();
+    for _ in 0..3 {
+        let id = create_session_at(&http, &base).await;
+        let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+        let pid = info["pid"].as_u64().unwrap() as u32;
+        groups.push((id, pid, keeper_of(pid)));
+    }
+    for (id, _, _) in &groups {
+        let resp = http
+            .delete(format!("{base}/v1/sessions/{id}"))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+    for (_, pid, keeper) in groups {
+        assert!(
+            wait_pid_exit(keeper, Duration::from_secs(5)).await,
+            "keeper {keeper} left"
+        );
+        assert!(
+            wait_pid_exit(pid, Duration::from_secs(5)).await,
+            "worker {pid} left"
+        );
+        assert!(live_group_members(pid).is_empty(), "group {pid} left");
+    }
+    drop(server);
+}
+
+/// An ended session leaves no zombie either: its keeper is reaped with the worker.
+#[tokio::test]
+async fn a_sessions_keeper_is_reaped_when_the_session_ends() {
+    let session = pyrepl3::Session::start(pyrepl3::SessionConfig::default())
+        .await
+        .unwrap();
+    let pid = session.info().await.unwrap().pid.expect("a worker runs");
+    let keeper = keeper_of(pid);
+    session.shutdown().await.unwrap();
+    assert!(wait_pid_exit(keeper, Duration::from_secs(5)).await);
+    assert!(
+        !common::process_exists(keeper),
+        "the keeper {keeper} is a zombie after its session ended"
+    );
+    assert!(!common::process_exists(pid), "the worker is not reaped");
+}
+
+/// Runs its arguments as a child, as a child subreaper (`PR_SET_CHILD_SUBREAPER`) in the
+/// test's session, like tini or a container's init sitting in the host's session: orphans
+/// of the host are adopted by it, so the kernel never sees their groups orphaned (no SIGHUP
+/// for them). Prints the child's pid, then reaps what it adopts.
+const SUBREAPER: &str = "import ctypes, os, subprocess, sys\n\
+    assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0\n\
+    p = subprocess.Popen(sys.argv[1:])\nprint(p.pid, flush=True)\n\
+    while True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        break\n";
+
+#[tokio::test]
+async fn a_killed_servers_workers_children_die_even_when_a_subreaper_adopts_them() {
+    let mut helper = common::Watched::spawn(
+        std::process::Command::new("python3")
+            .args(["-c", SUBREAPER, env!("CARGO_BIN_EXE_pyrepl3")])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                ALICE,
+                "--min-idle",
+                "0",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+        common::GUARD,
+    );
+    let (mut server, mut base) = (None, None);
+    while server.is_none() || base.is_none() {
+        let line = helper.read_line();
+        let line = line.trim();
+        if let Ok(pid) = line.parse::<i32>() {
+            server = Some(pid);
+        } else if let Some(url) = line.strip_prefix("pyrepl3 serving on ") {
+            base = Some(url.trim_end_matches('/').to_string());
+        }
+    }
+    let (server, base) = (server.unwrap(), base.unwrap());
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+    let pid = info["pid"].as_u64().unwrap() as u32;
+    let out = json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({"code": "import subprocess\nsubprocess.Popen(['sleep', '100']).pid"})),
+    )
+    .await;
+    let grandchild: u32 = out["result"]["repr"].as_str().unwrap().parse().unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `server` is alive (it just answered).
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(2)).await,
+        "the worker {pid} outlived its killed server by 2 s"
+    );
+    assert!(
+        wait_pid_exit(grandchild, Duration::from_secs(2)).await,
+        "the worker's child {grandchild} outlived the killed server by 2 s"
+    );
+    helper.kill_and_wait();
+}
+
+/// The soft open-file limit the server below is started with; its hard limit is left as is.
+const LOGIN_SOFT_NOFILE: libc::rlim_t = 1024;
+
+#[tokio::test]
+async fn workers_start_with_the_open_file_limit_the_server_was_started_with() {
+    let (server, base) = spawn_server_with(&["--min-idle", "0"], |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: getrlimit and setrlimit are async-signal-safe; the rlimit is on the stack.
+        unsafe {
+            command.pre_exec(|| {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = LOGIN_SOFT_NOFILE.min(limit.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let out = json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({"code": "import resource\nresource.getrlimit(resource.RLIMIT_NOFILE)"})),
+    )
+    .await;
+    let repr = out["result"]["repr"].as_str().unwrap_or_default();
+    let soft: u64 = repr
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    assert_eq!(
+        soft,
+        LOGIN_SOFT_NOFILE.min(hard.rlim_max),
+        "the worker's limits: {repr}"
+    );
+    drop(server);
+}
