@@ -250,23 +250,12 @@ const FILL: &str = "import os\nb = b'x' * 20480\nfor d in range(50):\n    os.mkd
     for i in range(1000):\n        with open('d%d/f%d' % (d, i), 'wb') as f:\n            f.write(b)\n\
     os.getcwd()";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_session_with_a_large_directory_does_not_delay_another_session() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("runs");
-    // The round trips below come back to back: no rate limit in their way.
-    let cfg = tmp.path().join("serve.toml");
-    std::fs::write(
-        &cfg,
-        "[[tenants]]\nname = \"default\"\ntoken = \"x\"\nrate_per_second = 1e6\nburst = 1000000\n",
-    )
-    .unwrap();
-    let (server, base) = spawn_server_env(
-        &["--min-idle", "0", "--config", cfg.to_str().unwrap()],
-        &[("PYREPL3_RUN_ROOT", root.as_path())],
-    );
-    let http = Client::new();
-    let big = create_session_at(&http, &base).await;
+/// One round of the test below: fills a new session's directory, then deletes the session
+/// while `1+1` round trips run back to back on `other`. Returns how long the removal took
+/// (from the DELETE to the directory's removal) and the slowest round trip in flight
+/// meanwhile.
+async fn delete_a_large_session(http: &Client, base: &str, other: &str) -> (Duration, Duration) {
+    let big = create_session_at(http, base).await;
     let out = json_of(
         http.post(format!("{base}/v1/sessions/{big}/execute"))
             .json(&json!({ "code": FILL })),
@@ -274,11 +263,15 @@ async fn deleting_a_session_with_a_large_directory_does_not_delay_another_sessio
     .await;
     let cwd = std::path::PathBuf::from(out["result"]["repr"].as_str().unwrap().trim_matches('\''));
     assert!(cwd.join("d49/f999").exists(), "{out}");
-    let other = create_session_at(&http, &base).await;
     // `1+1` round trips on the other session, back to back, until told to stop.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let looping = tokio::spawn({
-        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        let (http, base, stop, other) = (
+            http.clone(),
+            base.to_string(),
+            stop.clone(),
+            other.to_string(),
+        );
         async move {
             let mut samples = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -323,11 +316,53 @@ async fn deleting_a_session_with_a_large_directory_does_not_delay_another_sessio
         during.len()
     );
     assert!(!during.is_empty());
-    // A stalled runtime holds one round trip for (nearly) the whole removal; a free one
-    // answers in milliseconds. A quarter of the deletion leaves room for a loaded machine.
+    (deletion, worst)
+}
+
+/// A `1+1` round trip slower than this AND than a third of the removal counts as delayed by
+/// it. A removal on the (only) runtime thread holds a round trip for all of it: a third
+/// catches that however fast the removal is, and the floor (far below the removal of 50 000
+/// files, even on tmpfs) keeps a scheduling hiccup of a loaded machine during a quick removal
+/// from counting.
+const DELAYED: Duration = Duration::from_millis(200);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_session_with_a_large_directory_does_not_delay_another_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    // The round trips below come back to back: no rate limit in their way.
+    let cfg = tmp.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        "[[tenants]]\nname = \"default\"\ntoken = \"x\"\nrate_per_second = 1e6\nburst = 1000000\n",
+    )
+    .unwrap();
+    // One runtime thread: a removal on it stalls every session for the whole removal
+    // (deterministic), where with more threads others may pick up the work meanwhile.
+    let (server, base) = spawn_server_with(
+        &["--min-idle", "0", "--config", cfg.to_str().unwrap()],
+        |command| {
+            command
+                .env("PYREPL3_RUN_ROOT", &root)
+                .env("TOKIO_WORKER_THREADS", "1");
+        },
+    );
+    let http = Client::new();
+    let other = create_session_at(&http, &base).await;
+    // A loaded machine may stall one round (the scheduler, not the server): up to three
+    // rounds, one must pass; a blocked runtime fails every one.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let (deletion, worst) = delete_a_large_session(&http, &base, &other).await;
+        rounds.push((deletion, worst));
+        if worst < DELAYED.max(deletion / 3) {
+            break;
+        }
+    }
+    let (deletion, worst) = *rounds.last().unwrap();
     assert!(
-        worst < deletion / 4,
-        "a `1+1` took {worst:?} while the deletion took {deletion:?}"
+        worst < DELAYED.max(deletion / 3),
+        "a `1+1` was delayed by the removal in every round (removal, slowest): {rounds:?}"
     );
     // Dropped, not waited for: this test's own deadline may have passed on a loaded machine.
     drop(server);

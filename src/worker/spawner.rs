@@ -153,9 +153,12 @@ impl Drop for GroupLeader {
 /// for the life of the process (`None` if it could not be made: then there are no keepers).
 static KEEPER_PIPE: OnceLock<Option<(io::PipeReader, io::PipeWriter)>> = OnceLock::new();
 
-/// What a keeper runs: wait for end-of-file on stdin (the host's death), then SIGKILL its
-/// process group (`kill` to pid 0 signals the caller's own group: the worker's).
-const KEEPER_SCRIPT: &str = "read _; kill -s KILL 0";
+/// What a keeper runs: ignore the signals user code may send its own group to end what it
+/// started (`os.killpg(0, SIGTERM)`, a Ctrl-C relayed to the group...), which would end a
+/// `sh` blocked in `read`; wait for end-of-file on stdin (the host's death); then SIGKILL its
+/// process group (`kill` to pid 0 signals the caller's own group: the worker's). Only
+/// SIGKILL (the group kill at a session's end) and SIGSTOP reach it.
+const KEEPER_SCRIPT: &str = "trap '' HUP INT QUIT TERM TSTP USR1 USR2 ALRM; read _; kill -s KILL 0";
 
 /// Starts the keeper of a worker's process group: a `sh` in the group, blocked reading the
 /// host's keeper pipe ([`KEEPER_PIPE`]), that kills the whole group once the host is gone.
