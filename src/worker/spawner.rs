@@ -9,6 +9,10 @@
 //! any short-lived thread would kill healthy workers. This thread never exits (its queue's
 //! sender is a static), so the signal comes only with the process's end. It also keeps
 //! `fork`/`exec` — blocking work that copies the page tables — off the async runtime's threads.
+//!
+//! Also here: the keeper of each worker's process group (it ends what user code started when
+//! the host dies; see [`spawn_keeper`]), the guard that kills a group whose spawn was
+//! abandoned ([`GroupLeader`]), and the open-file limit workers get back in `pre_exec`.
 
 use std::io;
 use std::os::fd::OwnedFd;
