@@ -71,9 +71,9 @@ fn root() -> PathBuf {
 
 /// Creates the root if needed (0700, checked private), then this process's lock and run
 /// directory. The lock is taken on a temporary name and renamed into place, so a sweeper can
-/// never find it unlocked; the directory is made only after that.
+/// never find it unlocked under its final name; the directory is made only after that.
 fn create_in(root: &Path) -> Result<RunDir, Error> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let _ = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -89,6 +89,46 @@ fn create_in(root: &Path) -> Result<RunDir, Error> {
             root.display()
         )));
     }
+    // Another host's sweep spares temporary locks younger than `TMP_LOCK_GRACE`, so the first
+    // attempt wins unless this thread stalled for that long between two syscalls; then the
+    // sweep may have taken the lock or removed the file, and a fresh name is tried.
+    let mut attempt = 0;
+    let (name, lock) = loop {
+        attempt += 1;
+        match publish_lock(root) {
+            Ok(published) => break published,
+            Err(e) if attempt < LOCK_ATTEMPTS && e.raced => continue,
+            Err(e) => return Err(e.error),
+        }
+    };
+    let path = root.join(&name);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .map_err(Error::io("creating the run directory"))?;
+    Ok(RunDir { path, _lock: lock })
+}
+
+/// How many times [`create_in`] tries a fresh lock name when a sweep got in its way.
+const LOCK_ATTEMPTS: u32 = 3;
+/// A sweep leaves alone temporary lock files younger than this: another host may be between
+/// creating one and locking it (microseconds apart). Older ones are what a crash left.
+const TMP_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why publishing a lock failed; `raced`: another host's sweep took or removed the file.
+struct LockFailure {
+    error: Error,
+    raced: bool,
+}
+
+/// Creates `.run-<pid>-<random>.lock.tmp`, locks it, and renames it to
+/// `run-<pid>-<random>.lock`. Returns the name and the held lock.
+fn publish_lock(root: &Path) -> Result<(String, File), LockFailure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |context: &'static str, source: io::Error, raced: bool| LockFailure {
+        error: Error::Io { context, source },
+        raced,
+    };
     let name = format!(
         "run-{}-{}",
         std::process::id(),
@@ -100,21 +140,29 @@ fn create_in(root: &Path) -> Result<RunDir, Error> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(Error::io("creating the run directory's lock file"))?;
-    if !try_lock(&lock).map_err(Error::io("locking the run directory"))? {
-        return Err(Error::Io {
-            context: "locking the run directory",
-            source: io::Error::from(io::ErrorKind::WouldBlock),
-        });
+        .map_err(|e| fail("creating the run directory's lock file", e, false))?;
+    match try_lock(&lock) {
+        Ok(true) => {}
+        Ok(false) => {
+            let busy = io::Error::from(io::ErrorKind::WouldBlock);
+            return Err(fail("locking the run directory", busy, true));
+        }
+        Err(e) => return Err(fail("locking the run directory", e, false)),
     }
-    std::fs::rename(&tmp, root.join(format!("{name}.lock")))
-        .map_err(Error::io("publishing the run directory's lock file"))?;
-    let path = root.join(&name);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&path)
-        .map_err(Error::io("creating the run directory"))?;
-    Ok(RunDir { path, _lock: lock })
+    // ENOENT: a sweep removed the file before the lock was taken.
+    std::fs::rename(&tmp, root.join(format!("{name}.lock"))).map_err(|e| {
+        let raced = e.kind() == io::ErrorKind::NotFound;
+        fail("publishing the run directory's lock file", e, raced)
+    })?;
+    Ok((name, lock))
+}
+
+/// Whether the file was modified less than [`TMP_LOCK_GRACE`] ago (or its age is unknown).
+fn young(entry: &std::fs::DirEntry) -> bool {
+    let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+        return true;
+    };
+    modified.elapsed().map_or(true, |age| age < TMP_LOCK_GRACE)
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken (false: somebody holds it).
@@ -144,6 +192,9 @@ fn sweep_dead(root: &Path) {
         let run = if let Some(run) = name.strip_suffix(".lock").filter(|n| n.starts_with("run-")) {
             Some(run.to_string())
         } else if name.starts_with(".run-") && name.ends_with(".lock.tmp") {
+            if young(&entry) {
+                continue; // maybe another host, between creating and locking it
+            }
             None
         } else {
             continue;
@@ -231,6 +282,51 @@ fn remove_tree(path: &Path) {
     if let Err(e) = std::fs::remove_dir_all(path) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(dir = %path.display(), error = %e, "could not remove a session's working directory");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_spares_young_temporary_locks_and_removes_old_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let young = root.path().join(".run-1-young.lock.tmp");
+        let old = root.path().join(".run-2-old.lock.tmp");
+        std::fs::write(&young, "").unwrap();
+        let file = File::create(&old).unwrap();
+        let past = std::time::SystemTime::now() - 2 * TMP_LOCK_GRACE;
+        file.set_modified(past).unwrap();
+        drop(file);
+        sweep_dead(root.path());
+        assert!(young.exists(), "another host may be about to lock it");
+        assert!(!old.exists(), "what a crash left is removed");
+    }
+
+    /// Hosts starting at once (threads here: a `flock` belongs to the open file, so each
+    /// thread's lock is as separate as another process's), each sweeping the others' dead
+    /// run directories while they create their own: none fails.
+    #[test]
+    fn hosts_starting_at_once_do_not_fail_each_other() {
+        let root = tempfile::tempdir().unwrap();
+        let root = std::sync::Arc::new(root.path().join("runs"));
+        let hosts: Vec<_> = (0..4)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..3000 {
+                        let created = create_in(&root).map_err(|e| e.to_string())?;
+                        sweep_dead(&root);
+                        drop(created);
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        for host in hosts {
+            host.join().unwrap().unwrap();
         }
     }
 }

@@ -39,7 +39,10 @@ pub async fn run(args: ServeArgs) -> i32 {
         }
     };
     // Room for `max_connections` sockets plus the workers' pipes, whatever the login's soft
-    // limit (often 1024).
+    // limit (often 1024). Workers start with the limit as it was (see the worker's spawn).
+    if let Some(soft) = open_file_soft_limit() {
+        crate::worker::keep_open_file_limit_for_workers(soft);
+    }
     match server::raise_open_file_limit() {
         Ok(limit) => tracing::info!(limit, "open-file limit (RLIMIT_NOFILE)"),
         Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
@@ -77,4 +80,14 @@ pub async fn run(args: ServeArgs) -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+/// The current soft `RLIMIT_NOFILE`, if it can be read.
+fn open_file_soft_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to an rlimit on our stack.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }

@@ -3,7 +3,8 @@
 //! - `interpreter.rs`: the real interpreter binary and the agent's bytecode cache;
 //! - `spawn.rs`: starting the agent with its file descriptors, group and environment;
 //! - `process.rs`: [`WorkerProcess`], one live worker (pidfd, group kill, interrupt, reap);
-//! - `spawner.rs`: the one long-lived thread that forks every child (see why there);
+//! - `spawner.rs`: the one long-lived thread that forks every child (see why there), and
+//!   the keeper of each worker's group;
 //! - `procfs.rs`: /proc readings and exit-status text.
 //!
 //! The sandbox of a session (namespaces, uid, limits) plugs in at `spawn`.
@@ -20,6 +21,8 @@ pub use interpreter::{prepare_interpreter, Interpreter};
 pub use process::{Stragglers, WorkerProcess};
 pub use procfs::{describe_exit, main_thread_reading, proc_stats, stderr_excerpt};
 pub use spawn::{spawn, SpawnedWorker};
+#[cfg_attr(not(feature = "cli"), allow(unused_imports))]
+pub(crate) use spawner::keep_open_file_limit_for_workers;
 
 /// The Python side, embedded so the binary is self-contained.
 pub const AGENT_SOURCE: &str = include_str!("../../worker/agent.py");

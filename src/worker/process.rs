@@ -18,6 +18,7 @@ use tokio::io::Interest;
 use tokio::process::Child;
 
 use super::procfs::group_members;
+use super::spawner::GroupLeader;
 use crate::error::Error;
 
 /// A live (not yet reaped) worker process that leads its own process group.
@@ -25,6 +26,9 @@ use crate::error::Error;
 pub struct WorkerProcess {
     /// Not reaped while this value exists: `reap` consumes it.
     child: Child,
+    /// The group's keeper (see `spawner.rs`), a member of the group: killed with it, and
+    /// reaped by `reap` (or, if this value is dropped instead, by tokio in the background).
+    keeper: Option<Child>,
     pid: u32,
     /// Tells when the process has exited, without reaping it.
     exit: ExitWatch,
@@ -34,16 +38,20 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Takes ownership of a just-spawned child that leads its own process group.
-    pub(crate) fn new(child: Child) -> Result<Self, Error> {
-        let pid = child.id().ok_or_else(|| Error::StartFailed {
+    /// Takes ownership of a just-spawned child that leads its own process group (and of the
+    /// group's keeper). On error `group` is dropped, which kills the whole group.
+    pub(crate) fn new(group: GroupLeader) -> Result<Self, Error> {
+        let not_tracked = || Error::StartFailed {
             status: "exited before it could be tracked".into(),
             stderr: String::new(),
-        })?;
+        };
+        let pid = group.id().ok_or_else(not_tracked)?;
         // The child is not reaped (nothing waited for it), so `pid` is still its own.
         let exit = ExitWatch::new(pid).map_err(Error::io("watching the worker's exit"))?;
+        let (child, keeper) = group.into_parts().ok_or_else(not_tracked)?;
         Ok(WorkerProcess {
             child,
+            keeper,
             pid,
             exit,
             reaped: false,
@@ -107,6 +115,11 @@ impl WorkerProcess {
     /// leader. What is left cannot signal anything: it can only wait for the stragglers.
     pub async fn reap(mut self) -> (io::Result<ExitStatus>, Stragglers) {
         self.kill_group();
+        // The keeper is a member: killed just above (it cannot leave the group: only the
+        // host, its parent, could move it). Reaped here so that no zombie stays behind.
+        if let Some(mut keeper) = self.keeper.take() {
+            let _ = keeper.wait().await;
+        }
         // The dead leader still holds the group id (it is reaped only below), so every member
         // found is ours. Scanning /proc is blocking work: not on the runtime's thread.
         let leader = self.pid;
@@ -286,7 +299,7 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        WorkerProcess::new(cmd.spawn().unwrap()).unwrap()
+        WorkerProcess::new(GroupLeader::without_keeper(cmd.spawn().unwrap())).unwrap()
     }
 
     #[tokio::test]
@@ -323,7 +336,7 @@ mod tests {
             .kill_on_drop(true);
         let child = cmd.spawn().unwrap();
         let pid = child.id().unwrap();
-        let mut process = WorkerProcess::new(child).unwrap();
+        let mut process = WorkerProcess::new(GroupLeader::without_keeper(child)).unwrap();
         process.exit = ExitWatch::thread(pid).unwrap();
         process.exited().await;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -1,7 +1,8 @@
 //! Starting a worker process: the file descriptors (the protocol channels on fds 3 and 4, the
 //! signal-target file on fd 5, stdout/stderr pipes, stdin from /dev/null), its own process
-//! group, the environment, the working directory, and death with the host
-//! (`PR_SET_PDEATHSIG`, armed from the spawner thread).
+//! group (with its keeper), the environment, the working directory, the open-file limit the
+//! host was started with, and death with the host (`PR_SET_PDEATHSIG`, armed from the
+//! spawner thread).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -77,26 +78,28 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         child_signal.as_raw_fd(),
     );
     let host = spawner::host_pid();
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, signal, dup2,
-    // fcntl) are made.
+    let open_files = spawner::workers_open_file_limit();
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, getrlimit,
+    // setrlimit, dup2, fcntl) are made.
     unsafe {
         cmd.pre_exec(move || {
             spawner::die_with_parent(host)?;
-            spawner::default_sighup();
+            spawner::restore_open_file_limit(open_files)?;
             place_fd(exec_fd, EXEC_FD)?;
             place_fd(control_fd, CONTROL_FD)?;
             place_fd(signal_fd, SIGNAL_FD)
         });
     }
-    let child = spawner::spawn_group_leader(cmd)
+    let group = spawner::spawn_group_leader(cmd)
         .await
         .map_err(|source| Error::Spawn {
             python: spec.interpreter.python.clone(),
             source,
         })?;
     drop((child_exec, child_control, child_signal));
-    // Owned from here on: a failure below drops it, which kills its group.
-    let process = WorkerProcess::new(child)?;
+    // A failure here or below drops the group (or the process), which kills the whole group,
+    // keeper included.
+    let process = WorkerProcess::new(group)?;
     let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(out_r))
         .map_err(Error::io("registering the stdout pipe"))?;
     let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(err_r))
