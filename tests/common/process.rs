@@ -78,16 +78,42 @@ pub fn process_exists(pid: u32) -> bool {
 
 /// Whether any live (non-zombie) process is in process group `pgid`, from /proc/<pid>/stat.
 pub fn group_alive(pgid: u32) -> bool {
+    !group_members(pgid).is_empty()
+}
+
+/// Waits until no live process is left in group `pgid` (members killed a moment ago may
+/// still be on their way out), blocking on each member's pidfd until `within` has passed.
+/// Returns whether the group was empty in time.
+pub fn group_gone_within(pgid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    for pid in group_members(pgid) {
+        let Some(pidfd) = pidfd_open(pid) else {
+            continue;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll on one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, millis) } <= 0 {
+            return !group_alive(pgid);
+        }
+    }
+    !group_alive(pgid)
+}
+
+/// The live (non-zombie) members of process group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
     let entries = std::fs::read_dir("/proc").expect("/proc is readable");
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .any(|pid| {
-            // Gone between the listing and the read: not a member.
+        .filter(|pid| {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 return false;
             };
-            // The command name may hold spaces and ')': the fields after the last ')' are
-            // state, ppid, pgrp, ...
             let Some(close) = stat.rfind(')') else {
                 return false;
             };
@@ -96,6 +122,7 @@ pub fn group_alive(pgid: u32) -> bool {
             let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
             pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
         })
+        .collect()
 }
 
 /// Resident memory of `pid` in bytes, from /proc/<pid>/statm (resident pages × page size).
