@@ -323,8 +323,9 @@ async fn connection(
                 reason: reason.into(),
             });
             // Frames still coming are read and dropped (not acted on) until the close frame
-            // is out or its deadline passed, so the client can still read the reason.
-            loop {
+            // is out or its deadline passed, so the client can still read the reason. Not
+            // after a message too big: reading on would buffer the rest of it.
+            while matches!(end, End::NotReading) {
                 tokio::select! {
                     frame = incoming.next() => if !matches!(frame, Some(Ok(_))) { break },
                     _ = &mut writer => return,
