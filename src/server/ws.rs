@@ -325,10 +325,12 @@ async fn connection(
             // Frames still coming are read and dropped (not acted on) until the close frame
             // is out or its deadline passed, so the client can still read the reason. Not
             // after a message too big: reading on would buffer the rest of it.
-            while matches!(end, End::NotReading) {
-                tokio::select! {
-                    frame = incoming.next() => if !matches!(frame, Some(Ok(_))) { break },
-                    _ = &mut writer => return,
+            if matches!(end, End::NotReading) {
+                loop {
+                    tokio::select! {
+                        frame = incoming.next() => if !matches!(frame, Some(Ok(_))) { break },
+                        _ = &mut writer => return,
+                    }
                 }
             }
             // The peer's side is closed; the writer ends by its own deadline.
