@@ -194,3 +194,80 @@ async fn no_task_of_the_server_outlives_its_shutdown() {
         .num_alive_tasks();
     assert_eq!(after, before, "tasks still alive after shutdown");
 }
+
+/// The same for a WebSocket: its connection task (axum spawns it), its writer and a cancel's
+/// reply task are all done once `shutdown` returns. The client has an execution running
+/// (it ignores SIGINT) and a cancel of it under way (its grace is long), then sends messages
+/// whose error replies echo a large `id` and reads nothing: the socket's buffers fill and the
+/// writer is stuck in a send. Without the server waiting for them, these tasks lived on for
+/// up to 2 x the pong timeout (here 2 x 30 s).
+#[tokio::test]
+async fn no_websocket_task_outlives_the_servers_shutdown() {
+    let before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut alice = tenant("alice", ALICE);
+    alice.burst = 1000;
+    let mut config = config(vec![alice]);
+    config.shutdown_grace_secs = 0.2;
+    config.shutdown_drain_secs = 0.5;
+    config.ws_pong_timeout_secs = 30.0;
+    config.ws_ping_interval_secs = 30.0;
+    let api = Api::start(config).await;
+    let id = api.new_session(ALICE).await;
+    let mut ws = ws_with_small_receive_buffer(&api, &id).await;
+    // Quiet after its first line: no output piles up behind the stuck writer.
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "spin", "code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('go', flush=True)\nwhile True: pass"}),
+    )
+    .await;
+    let first = ws_next(&mut ws).await;
+    assert_eq!(first["data"], "go\n", "{first}");
+    ws_send(
+        &mut ws,
+        json!({"type": "cancel", "id": "c1", "execution_id": "spin", "grace_timeout_ms": 60_000}),
+    )
+    .await;
+    // 100 error replies of 256 KiB each (25 MiB, far more than the sockets' buffers hold:
+    // the client's is small and fixed), none of them read.
+    let big_id = "i".repeat(256 * 1024);
+    for _ in 0..100 {
+        ws_send(&mut ws, json!({"type": "no_such_type", "id": big_id})).await;
+    }
+    let Api { handle, http, .. } = api;
+    drop(http);
+    handle.shutdown().await.unwrap();
+    // Counted while the client still holds its socket open (it has no task of its own):
+    // no task of the server may wait for it.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let after = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(after, before, "WebSocket tasks still alive after shutdown");
+    drop(ws);
+}
+
+/// A WebSocket to session `id` whose socket has a small fixed receive buffer (so that a
+/// client that does not read fills it and the server's send buffer soon: the kernel's
+/// autotuning could otherwise grow it to tens of MiB).
+async fn ws_with_small_receive_buffer(api: &Api, id: &str) -> WsStream {
+    let addr = api.handle.local_addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = guard(socket.connect(addr)).await.unwrap();
+    let url = format!("ws://{addr}/v1/sessions/{id}/ws");
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {ALICE}").parse().unwrap());
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    guard(tokio_tungstenite::client_async(request, stream))
+        .await
+        .unwrap()
+        .0
+}

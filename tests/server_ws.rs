@@ -146,3 +146,64 @@ async fn a_slow_websocket_reader_gets_every_byte_with_bounded_server_memory() {
         Some(0)
     );
 }
+
+/// One WebSocket message is bounded by `max_body_bytes`, like a request body: a larger one
+/// closes the connection, with `1009` and a reason naming the bound if the close frame gets
+/// through (the server does not read the rest of the message, so closing the socket may
+/// reset the connection before the client reads the frame); nothing of it runs. A message
+/// under the bound runs as usual.
+#[tokio::test]
+async fn a_websocket_message_over_max_body_bytes_closes_the_connection() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut config = config(vec![tenant("alice", ALICE)]);
+    config.max_body_bytes = 64 * 1024;
+    config.max_code_bytes = 1024 * 1024;
+    let api = Api::start(config).await;
+    let id = api.new_session(ALICE).await;
+    let mut ws = api.ws(ALICE, &id, "").await;
+    let code = |n: usize| format!("len('{}')", "a".repeat(n));
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "small", "code": code(60_000)}),
+    )
+    .await;
+    let msg = ws_next(&mut ws).await;
+    assert_eq!(
+        (msg["execution_id"].as_str(), msg["repr"].as_str()),
+        (Some("small"), Some("60000")),
+        "{msg}"
+    );
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "large", "code": code(100_000)}),
+    )
+    .await;
+    let close = guard(async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(Message::Text(text))) => panic!("answered instead of closed: {text}"),
+                Some(Ok(_)) => continue,
+                // Closed, its close frame lost to the reset.
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await;
+    if let Some(close) = close {
+        assert_eq!(close.code, CloseCode::Size, "{close:?}");
+        assert!(
+            close.reason.contains("max_body_bytes (65536 bytes)"),
+            "{close:?}"
+        );
+    }
+    // Nothing of it ran.
+    let (_, log) = api
+        .get(&format!("/v1/sessions/{id}/executions/large"), ALICE)
+        .await;
+    assert_eq!(log["error"]["code"], "not_found", "{log}");
+    api.handle.shutdown().await.unwrap();
+}

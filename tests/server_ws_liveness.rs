@@ -1,7 +1,8 @@
 //! Dead WebSocket peers are noticed: a client process frozen with SIGSTOP mid-stream (its
 //! kernel still ACKs, so the connection looks healthy to TCP) stops answering pings; the
 //! server drops it once its pong is overdue, and its execution goes through the reconnect
-//! grace like any disconnect. A live client that answers its pings is never dropped.
+//! grace like any disconnect. A live client that answers its pings is never dropped, nor
+//! is a slow one that reads all along far behind a backlog (its pong comes late).
 
 mod common;
 
@@ -13,10 +14,11 @@ use common::{guard, Watched, GUARD};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-/// Ping after 0.3 s of silence, pong due 1 s later (room for a loaded machine to answer),
-/// cancel 0.2 s after the disconnect.
+/// Ping after 0.3 s of silence, pong due 3 s after the ping is written (room for a live
+/// Python client on a loaded machine to answer: a 1 s pong could drop it), cancel 0.2 s
+/// after the disconnect.
 const CONFIG: &str =
-    "ws_ping_interval_secs = 0.3\nws_pong_timeout_secs = 1.0\nreconnect_grace_secs = 0.2\n";
+    "ws_ping_interval_secs = 0.3\nws_pong_timeout_secs = 3.0\nreconnect_grace_secs = 0.2\n";
 
 /// The next line the client printed (reader threads drain it; the wait has the guard's
 /// deadline).
@@ -87,10 +89,10 @@ async fn a_frozen_websocket_client_is_dropped_once_its_pong_is_overdue() {
         "{msg}"
     );
     eprintln!("frozen client dropped and its execution cancelled {detected:?} after SIGSTOP");
-    // Ping 0.3 + pong 1.0 + grace 0.2 + cancel; generous for a loaded machine, far below
+    // Ping 0.3 + pong 3.0 + grace 0.2 + cancel; generous for a loaded machine, far below
     // "never".
     assert!(
-        detected < Duration::from_secs(10),
+        detected < Duration::from_secs(12),
         "took {detected:?} to notice a frozen client"
     );
     let log = json_of(http.get(format!("{base}/v1/sessions/{id}/executions/stream"))).await;
@@ -103,4 +105,64 @@ async fn a_frozen_websocket_client_is_dropped_once_its_pong_is_overdue() {
     );
     drop(client); // SIGKILL, which also ends a stopped process
     stop_server(server).await;
+}
+
+/// A slow client that reads all along, but far behind (a slow link), and sends nothing of
+/// its own: the ping waits behind megabytes of output in the socket's buffers and reaches it
+/// long after the pong timeout, yet it is alive and must not be dropped. Its reads are what
+/// shows it alive (each write that had to wait for it and went through). It reads at
+/// ~600 KB/s for 5 s with several MB ahead of each ping (ping after 0.3 s, pong due 3 s
+/// later: its pong is late), then at full speed: every byte arrives, and the result.
+#[tokio::test]
+async fn a_slow_websocket_reader_behind_a_backlog_is_not_dropped_as_dead() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const RATE: f64 = 600_000.0; // bytes per second while slow
+    let mut config = config(vec![tenant("alice", ALICE)]);
+    config.ws_ping_interval_secs = 0.3;
+    config.ws_pong_timeout_secs = 3.0;
+    let api = Api::start(config).await;
+    let id = api.new_session(ALICE).await;
+    let mut ws = api.ws(ALICE, &id, "").await;
+    // 16 MB in lines of 1000 bytes: more than the slow phase reads.
+    ws_send(&mut ws, json!({"type": "execute", "id": "flood", "code": "import sys\nline = 'x' * 999 + '\\n'\nfor _ in range(16000):\n    sys.stdout.write(line)"})).await;
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    let mut pings = 0;
+    let end = guard(async {
+        loop {
+            let text = match ws.next().await {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Ping(_))) => {
+                    pings += 1;
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!(
+                    "a slow but live client was dropped after {:?} and {bytes} bytes: {other:?}",
+                    started.elapsed()
+                ),
+            };
+            let msg: Value = serde_json::from_str(text.as_str()).unwrap();
+            if let Some(data) = msg["data"].as_str() {
+                bytes += data.len();
+                if started.elapsed() < Duration::from_secs(5) {
+                    // A slow link, not a synchronisation: the client takes its time.
+                    tokio::time::sleep(Duration::from_secs_f64(data.len() as f64 / RATE)).await;
+                }
+            }
+            if is_terminal(&msg) {
+                return msg;
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "slow reader: {bytes} bytes, {pings} pings, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(end["type"], "result", "{end}");
+    assert_eq!(bytes, 16_000_000, "every byte arrives");
+    api.handle.shutdown().await.unwrap();
 }

@@ -66,8 +66,9 @@ impl ServerHandle {
 /// cancelled. Shutdown: running executions get the shutdown grace to end (requests meanwhile
 /// are answered `503 shutting_down`), then end with `ServerShutdown`; then no connection is
 /// accepted, open ones close after their current answer, and those still open after the
-/// drain deadline (e.g. a client that stopped reading its stream) are dropped; every
-/// session is shut down; returns when no worker is left.
+/// drain deadline (e.g. a client that stopped reading its stream) are dropped, WebSockets
+/// and their tasks included (every task of a connection is in one tracker); every session
+/// is shut down; returns when no worker is left and no task of the server is.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -85,7 +86,20 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
         .map(|t| (t.name.clone(), t.token.clone()))
         .collect();
     let stop = CancellationToken::new();
-    let router = access_log::layer(http::router(service.clone(), config.max_body_bytes));
+    let shutdown = listener::Shutdown {
+        stop: CancellationToken::new(),
+        drop_all: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    // WebSocket connections outlive their HTTP connection's task (axum spawns them): they
+    // join the same tracker and drain deadline.
+    let ws_tasks = ws::Tasks {
+        tracker: shutdown.tracker.clone(),
+        drop_all: shutdown.drop_all.clone(),
+        max_message_bytes: config.max_body_bytes,
+    };
+    let router = access_log::layer(http::router(service.clone(), config.max_body_bytes))
+        .layer(axum::Extension(ws_tasks));
     let limits = listener::Limits {
         max_connections: listener::connection_cap(config.max_connections, config.pool.max_sessions),
         header_read_timeout: config.header_read_timeout(),
@@ -94,11 +108,6 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let shutdown = listener::Shutdown {
-                stop: CancellationToken::new(),
-                drop_all: CancellationToken::new(),
-                tracker: TaskTracker::new(),
-            };
             let stopping = async {
                 stop.cancelled().await;
                 // Still accepting meanwhile: requests are answered `503 shutting_down`.

@@ -7,11 +7,17 @@
 //! resumes after a disconnect: X's events after N, then every later execution that has not
 //! ended.
 //!
-//! Each connection's memory is bounded: every message counts against the tenant's rate
-//! limit; what waits to be written sits in a bounded queue, and a client that leaves it full
-//! for the pong timeout is not reading and is closed (1008); a peer silent past the ping
-//! interval is pinged and dropped when nothing comes back within the pong timeout (one
-//! deadline per connection). See `docs/api.md`, "Bounds".
+//! Each connection's memory is bounded: one message (and frame) is at most the server's
+//! `max_body_bytes` (beyond it: closed with 1009); every message counts against the tenant's
+//! rate limit; what waits to be written sits in a bounded queue, and a client that leaves it
+//! full for the pong timeout is not reading and is closed (1008); a peer silent past the ping
+//! interval is pinged and dropped when nothing comes back within the pong timeout of the
+//! ping's write (one deadline per connection; a write that had to wait for the client and
+//! went through counts as a sign of life). See `docs/api.md`, "Bounds".
+//!
+//! Every task of a connection (the connection itself, which axum spawns; its writer; the
+//! tasks answering `cancel`/`interrupt`) is in the server's shutdown [`TaskTracker`] and is
+//! dropped at the drain deadline, like any connection (see [`Tasks`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -19,12 +25,15 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use axum::Extension;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use super::http::{ApiError, Auth};
 use crate::service::{
@@ -34,6 +43,34 @@ use crate::service::{
 
 /// Close code and reason for a client that let its send queue fill (1008: policy violation).
 const NOT_READING: (u16, &str) = (1008, "client is not reading");
+/// Close code for a message (or frame) over `max_body_bytes` (1009: message too big).
+const TOO_BIG: u16 = 1009;
+
+/// What every WebSocket connection shares with the server (a request extension, see
+/// `server::start`): the shutdown's task tracker, which the server waits for after its
+/// connections (so no task of a WebSocket outlives `ServerHandle::shutdown`), its drain
+/// deadline, and the size bound of one message.
+#[derive(Clone)]
+pub(crate) struct Tasks {
+    pub tracker: TaskTracker,
+    /// Cancelled at the drain deadline: every task of every WebSocket is dropped.
+    pub drop_all: CancellationToken,
+    /// One message (and one frame) at most, in bytes: `max_body_bytes`.
+    pub max_message_bytes: usize,
+}
+
+impl Tasks {
+    /// Runs `task` in the tracker until it ends or the drain deadline passes.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let drop_all = self.drop_all.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = drop_all.cancelled() => {}
+            }
+        });
+    }
+}
 
 #[derive(Deserialize)]
 pub(crate) struct ResumeQuery {
@@ -44,6 +81,7 @@ pub(crate) struct ResumeQuery {
 
 pub(crate) async fn upgrade(
     State(service): State<Service>,
+    Extension(tasks): Extension<Tasks>,
     Auth(caller): Auth,
     Path(id): Path<String>,
     Query(resume): Query<ResumeQuery>,
@@ -54,7 +92,22 @@ pub(crate) async fn upgrade(
         Some(execution_id) => session.resume(execution_id, resume.since)?,
         None => Vec::new(),
     };
-    Ok(ws.on_upgrade(move |socket| connection(service, caller, session, socket, follow)))
+    // axum runs the connection in a task of its own, spawned now (it waits for the upgrade):
+    // this token keeps the tracker from being done for as long as that task can run (it is
+    // dropped with the callback if the upgrade fails).
+    let tracked = tasks.tracker.token();
+    let ws = ws
+        .max_message_size(tasks.max_message_bytes)
+        .max_frame_size(tasks.max_message_bytes);
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _tracked = tracked;
+        let drop_all = tasks.drop_all.clone();
+        tokio::select! {
+            _ = connection(service, caller, session, socket, follow, tasks) => {}
+            // The drain deadline: dropped like any connection (its writer with it).
+            _ = drop_all.cancelled() => {}
+        }
+    }))
 }
 
 /// What the writer sends next: events of followed executions, a reply to the client, or a
@@ -72,16 +125,29 @@ enum End {
     Gone,
     /// The client lets its send queue fill: close with a reason, then drop it.
     NotReading,
+    /// The client sent a message over the size bound: close with a reason, then drop it.
+    TooBig,
     /// The service stopped: the writer sends what the logs hold, then closes.
     Shutdown,
 }
 
 /// When the peer was last heard from, and whether a ping is out: one deadline per
 /// connection, the next ping or the pong due.
+///
+/// A ping reaches the client only after what was written before it, and a slow client on a
+/// busy connection may take longer than the pong timeout to read that far while reading all
+/// along. So the pong is due `pong_timeout` after the ping was *written* (not queued), and a
+/// write that had to wait for the client and went through shows the client reading: it
+/// counts like a frame from it. A frozen client is still caught: a ping written to a quiet
+/// connection gets no answer, and on a busy one the socket's buffers fill and no write goes
+/// through any more (the pong deadline from the ping's queuing then passes).
 struct Liveness {
     ping_interval: Duration,
     pong_timeout: Duration,
+    /// A ping is out and nothing was heard since it was queued: the deadline is the pong's.
     pinged: bool,
+    /// A ping waits for the writer: no second one is queued.
+    ping_queued: bool,
     deadline: Instant,
 }
 
@@ -91,20 +157,45 @@ impl Liveness {
             ping_interval,
             pong_timeout,
             pinged: false,
+            ping_queued: false,
             deadline: crate::time::deadline(Instant::now(), ping_interval),
         }
     }
 
-    /// Any frame from the peer shows it alive: the next ping is due after a silence.
+    /// A frame from the peer (or a write it took) shows it alive: the next ping is due after
+    /// a silence.
     fn heard(&mut self) {
         self.pinged = false;
         self.deadline = crate::time::deadline(Instant::now(), self.ping_interval);
     }
 
+    /// A ping is queued (unless one still waits for the writer): the pong is due within the
+    /// pong timeout, also if the writer never gets the ping out (the client is not reading).
     fn pinged(&mut self) {
         self.pinged = true;
+        self.ping_queued = true;
         self.deadline = crate::time::deadline(Instant::now(), self.pong_timeout);
     }
+
+    /// The writer has written the ping: the pong is due within the pong timeout from now,
+    /// unless the peer was heard from since the ping was queued.
+    fn ping_written(&mut self) {
+        self.ping_queued = false;
+        if self.pinged {
+            self.deadline = crate::time::deadline(Instant::now(), self.pong_timeout);
+        }
+    }
+}
+
+/// What the writer tells the reading side about its progress (counters: the reading side
+/// acts on their changes).
+#[derive(Clone, Copy, Default, PartialEq)]
+struct Progress {
+    /// Pings written to the socket.
+    pings_written: u64,
+    /// Writes that had to wait for the socket (the client's receive window was full) and
+    /// then went through: the client read.
+    waited_writes: u64,
 }
 
 async fn connection(
@@ -113,6 +204,7 @@ async fn connection(
     session: SessionHandle,
     socket: WebSocket,
     follow: Vec<(ExecutionHandle, u64)>,
+    tasks: Tasks,
 ) {
     let bounds = service.bounds();
     let (sink, mut incoming) = socket.split();
@@ -127,25 +219,48 @@ async fn connection(
         .into_iter()
         .map(|(e, since)| e.follow(since))
         .collect();
+    let (progress_tx, mut progress) = watch::channel(Progress::default());
     let writer = Writer {
         sink,
         close: close_rx,
         patience: bounds.ws_pong_timeout,
+        progress: progress_tx,
     };
-    let mut writer = tokio::spawn(write_loop(writer, out_rx, resumed, service.clone()));
+    // In the shutdown's tracker; aborted when this connection is dropped (drain deadline).
+    let mut writer = AbortOnDropHandle::new(tasks.tracker.spawn(write_loop(
+        writer,
+        out_rx,
+        resumed,
+        service.clone(),
+    )));
     let mut liveness = Liveness::new(bounds.ws_ping_interval, bounds.ws_pong_timeout);
+    let mut seen = Progress::default();
     let end = loop {
         let frame = tokio::select! {
             frame = incoming.next() => frame,
             _ = service.stopped() => break End::Shutdown,
             _ = &mut writer => break End::Gone,
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    break End::Gone; // the writer ended
+                }
+                let now = *progress.borrow_and_update();
+                if now.pings_written != seen.pings_written {
+                    liveness.ping_written();
+                }
+                if now.waited_writes != seen.waited_writes {
+                    liveness.heard();
+                }
+                seen = now;
+                continue;
+            }
             // not polling: the connection's one liveness deadline (next ping, or pong due).
             _ = tokio::time::sleep_until(liveness.deadline) => {
                 if liveness.pinged {
                     tracing::info!(session = %session.id(), "WebSocket peer did not answer a ping in time: dropped");
                     break End::Gone;
                 }
-                if outbox.send(Outgoing::Ping).await.is_err() {
+                if !liveness.ping_queued && outbox.send(Outgoing::Ping).await.is_err() {
                     break End::NotReading;
                 }
                 liveness.pinged();
@@ -168,13 +283,14 @@ async fn connection(
                     }
                 }
             }
+            Some(Err(e)) if is_too_big(&e) => break End::TooBig,
             Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break End::Gone,
             Some(Ok(_)) => continue, // ping/pong: the peer is alive, nothing else to do
         };
         let reply = match service.rate_limit(&caller) {
             // Over the limit: refused, not acted on.
             Err(e) => Some(refused(message_id(text.as_str()).as_deref(), &e, None)),
-            Ok(()) => match handle(&session, text.as_str(), &outbox).await {
+            Ok(()) => match handle(&session, text.as_str(), &outbox, &tasks).await {
                 Ok(reply) => reply,
                 Err(Full) => break End::NotReading,
             },
@@ -190,19 +306,31 @@ async fn connection(
         // The client is gone: stop the writer now; its readers drop and start the
         // reconnect grace.
         End::Gone => writer.abort(),
-        End::NotReading => {
-            tracing::info!(session = %session.id(), "WebSocket client is not reading: disconnected");
-            let (code, reason) = NOT_READING;
+        End::NotReading | End::TooBig => {
+            let (code, reason) = if matches!(end, End::TooBig) {
+                tracing::info!(session = %session.id(), "WebSocket message over max_body_bytes: disconnected");
+                let reason = format!(
+                    "message over max_body_bytes ({} bytes)",
+                    tasks.max_message_bytes
+                );
+                (TOO_BIG, reason)
+            } else {
+                tracing::info!(session = %session.id(), "WebSocket client is not reading: disconnected");
+                (NOT_READING.0, NOT_READING.1.to_string())
+            };
             let _ = close_tx.send(CloseFrame {
                 code,
                 reason: reason.into(),
             });
             // Frames still coming are read and dropped (not acted on) until the close frame
-            // is out or its deadline passed, so the client can still read the reason.
-            loop {
-                tokio::select! {
-                    frame = incoming.next() => if !matches!(frame, Some(Ok(_))) { break },
-                    _ = &mut writer => return,
+            // is out or its deadline passed, so the client can still read the reason. Not
+            // after a message too big: reading on would buffer the rest of it.
+            if matches!(end, End::NotReading) {
+                loop {
+                    tokio::select! {
+                        frame = incoming.next() => if !matches!(frame, Some(Ok(_))) { break },
+                        _ = &mut writer => return,
+                    }
                 }
             }
             // The peer's side is closed; the writer ends by its own deadline.
@@ -313,9 +441,26 @@ fn execute_refused(e: &ServiceError, timeout: Option<&Value>) -> String {
     }
 }
 
+/// A read failed because the message (or a frame) is over `max_message_size` /
+/// `max_frame_size`.
+fn is_too_big(e: &axum::Error) -> bool {
+    let inner = std::error::Error::source(e);
+    matches!(
+        inner.and_then(|e| e.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Capacity(
+            tungstenite::error::CapacityError::MessageTooLong { .. }
+        ))
+    )
+}
+
 /// One client message; returns a reply for the client, if any (`Full`: the writer's queue
 /// is full, the client is not reading).
-async fn handle(session: &SessionHandle, text: &str, out: &Outbox) -> Result<Option<Value>, Full> {
+async fn handle(
+    session: &SessionHandle,
+    text: &str,
+    out: &Outbox,
+    tasks: &Tasks,
+) -> Result<Option<Value>, Full> {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return Ok(Some(bad_request_to(None, format!("not JSON: {e}")))),
@@ -385,8 +530,9 @@ async fn handle(session: &SessionHandle, text: &str, out: &Outbox) -> Result<Opt
                 .map(Duration::from_millis);
             let is_cancel = kind == "cancel";
             let reply_to = client_id.clone();
-            // A cancel waits up to its grace: off the reading loop, so frames keep flowing.
-            tokio::spawn(async move {
+            // A cancel waits up to its grace: off the reading loop, so frames keep flowing. It
+            // goes on if the client leaves (its reply is then dropped), within shutdown.
+            tasks.spawn(async move {
                 let outcome = if is_cancel {
                     session.cancel(&execution_id, grace).await.map(|o| json!(o))
                 } else {
@@ -428,16 +574,41 @@ struct Writer {
     /// How long the last frames (the close frame; at shutdown, also what the logs still
     /// hold) may take to get out to a client that is slow to read: the pong timeout.
     patience: Duration,
+    /// Pings written, and writes the client took after a wait (see [`Liveness`]).
+    progress: watch::Sender<Progress>,
 }
 
 impl Writer {
     /// Sends one message, unless a close is asked for meanwhile (a send to a client that
-    /// does not read never completes).
+    /// does not read never completes). A send that had to wait for the socket and went
+    /// through is counted as progress (the client read).
     async fn send(&mut self, message: WsMessage) -> Result<(), Stop> {
-        tokio::select! {
-            sent = self.sink.send(message) => sent.map_err(|_| Stop::Gone),
-            frame = &mut self.close => Err(frame.map_or(Stop::Gone, Stop::Close)),
+        let is_ping = matches!(message, WsMessage::Ping(_));
+        let mut waited = false;
+        let sent = {
+            let mut send = std::pin::pin!(self.sink.send(message));
+            let send = std::future::poll_fn(|cx| {
+                let poll = std::future::Future::poll(send.as_mut(), cx);
+                // Pending with budget left: the socket (or the other half's lock) made it
+                // wait, not the runtime's cooperative budget.
+                waited |= poll.is_pending() && tokio::task::coop::has_budget_remaining();
+                poll
+            });
+            tokio::select! {
+                sent = send => sent.map_err(|_| Stop::Gone),
+                frame = &mut self.close => Err(frame.map_or(Stop::Gone, Stop::Close)),
+            }
+        };
+        if sent.is_ok() && (is_ping || waited) {
+            self.progress.send_modify(|p| {
+                if is_ping {
+                    p.pings_written += 1;
+                } else {
+                    p.waited_writes += 1;
+                }
+            });
         }
+        sent
     }
 
     async fn send_events(&mut self, events: Vec<LoggedEvent>) -> Result<(), Stop> {
