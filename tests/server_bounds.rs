@@ -339,10 +339,17 @@ async fn a_collected_answer_keeps_at_most_max_output_bytes_and_says_so() {
         "the execution ran to its end"
     );
     assert_eq!(answer["truncated"], true);
-    assert_eq!(kept, 4 * 1024 * 1024, "max_output_bytes (default 4 MiB)");
+    // max_output_bytes (default 4 MiB) counts the output's JSON in the answer: the data, one
+    // escaped newline (2 bytes) per 1000-byte line, and one entry's overhead.
+    let limit = 4 * 1024 * 1024;
+    assert!(
+        kept <= limit && kept > limit - limit / 999 - 64,
+        "{kept} bytes kept"
+    );
+    assert_eq!(answer["outputs"].as_array().unwrap().len(), 1, "one stream");
     assert_eq!(
         answer["output_truncated_bytes"].as_u64(),
-        Some(50_000_000 - 4 * 1024 * 1024)
+        Some(50_000_000 - kept as u64)
     );
     assert!(
         after.saturating_sub(baseline) < 64 * MIB,
@@ -424,5 +431,52 @@ async fn finished_logs_are_kept_within_the_retention_budget() {
     )))
     .await;
     assert_eq!(last["done"], true, "{last}");
+    stop_server(server).await;
+}
+
+#[tokio::test]
+async fn a_collected_answer_of_many_tiny_prints_stays_within_max_output_bytes() {
+    // 200 000 flushed prints of 2 bytes: as many output events of a few bytes. Each entry of
+    // `outputs` costs some 30 bytes of JSON beyond its data, so counting data alone, a
+    // 10 000-byte limit let through an answer of about 170 kB (5 000 entries), and 4 MiB
+    // (the default) one of hundreds of MB.
+    let config = format!("max_output_bytes = 10000\n{UNLIMITED}");
+    let (server, base, _dir) = spawn_server_with_config(&config, &["--min-idle", "1"]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let code = "for i in range(200000):\n    print('x', flush=True)\nprint('err', file=__import__('sys').stderr)\n'end'";
+    let resp = guard(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .bearer_auth(ALICE)
+            .json(&json!({"code": code}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = guard(resp.text()).await.unwrap();
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    eprintln!(
+        "200 000 tiny prints collected: a body of {} bytes",
+        body.len()
+    );
+    assert_eq!(answer["result"]["repr"], "'end'", "{answer}");
+    assert_eq!(answer["truncated"], true);
+    // The limit, plus the rest of the answer (ids, result, field names): under 1 KiB.
+    assert!(
+        body.len() < 10_000 + 1024,
+        "a body of {} bytes for max_output_bytes = 10000",
+        body.len()
+    );
+    // Consecutive chunks of one stream are one entry: the first 10 kB of stdout, whole.
+    let outputs = answer["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(outputs[0]["stream"], "stdout");
+    let data = outputs[0]["data"].as_str().unwrap();
+    assert!(data.len() > 3000 && data.chars().all(|c| c == 'x' || c == '\n'));
+    assert_eq!(
+        answer["output_truncated_bytes"].as_u64(),
+        Some(400_000 + 4 - data.len() as u64)
+    );
     stop_server(server).await;
 }
