@@ -22,6 +22,11 @@ const MIB: u64 = 1024 * 1024;
 // measured growth as headroom. The figures in the comments were measured on a 2-core machine,
 // pre-fix with the server as it was before the bounds (commit 1f96336).
 
+/// The tests of this file run one at a time: each measures one server's RSS and timing
+/// (a client that is not reading is closed once its frames stop being read), which the CPU
+/// load of another test's server running at the same time (150 MB of output) would blur.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A tenant that is never rate limited here, so that what a test shows is its own bound.
 const UNLIMITED: &str = "[[tenants]]\nname = \"default\"\ntoken = \"alice-token-0001\"\nrate_per_second = 1000000.0\nburst = 1000000\n";
 
@@ -47,6 +52,7 @@ async fn read_fifo(path: std::path::PathBuf) -> String {
 
 #[tokio::test]
 async fn a_websocket_client_that_never_reads_is_closed_with_a_reason_and_memory_stays_bounded() {
+    let _serial = SERIAL.lock().await;
     // A client that leaves its send queue full for 2 s counts as not reading (default 10 s);
     // its executions are cancelled 0.1 s after it is gone.
     let config = format!("ws_pong_timeout_secs = 2.0\nreconnect_grace_secs = 0.1\n{UNLIMITED}");
@@ -179,6 +185,7 @@ async fn outcomes(
 
 #[tokio::test]
 async fn websocket_messages_count_against_the_tenants_rate_limit() {
+    let _serial = SERIAL.lock().await;
     // A 5 req/s tenant sends 400 executions of 256 KiB over one socket.
     let config = "[[tenants]]\nname = \"default\"\ntoken = \"alice-token-0001\"\nrate_per_second = 5.0\nburst = 5\n";
     let (server, base, _dir) = spawn_server_with_config(config, &["--min-idle", "1"]);
@@ -238,6 +245,7 @@ async fn websocket_messages_count_against_the_tenants_rate_limit() {
 
 #[tokio::test]
 async fn a_sessions_queue_of_executions_is_capped_with_a_clear_error() {
+    let _serial = SERIAL.lock().await;
     let (server, base, _dir) = spawn_server_with_config(UNLIMITED, &["--min-idle", "1"]);
     let rss = || rss_bytes(server.id());
     let http = Client::new();
@@ -328,6 +336,7 @@ async fn a_sessions_queue_of_executions_is_capped_with_a_clear_error() {
 
 #[tokio::test]
 async fn a_collected_answer_keeps_at_most_max_output_bytes_and_says_so() {
+    let _serial = SERIAL.lock().await;
     let (server, base, _dir) = spawn_server_with_config(UNLIMITED, &["--min-idle", "1"]);
     let rss = || rss_bytes(server.id());
     let http = Client::new();
@@ -405,6 +414,7 @@ async fn a_collected_answer_keeps_at_most_max_output_bytes_and_says_so() {
 
 #[tokio::test]
 async fn finished_logs_are_kept_within_the_retention_budget() {
+    let _serial = SERIAL.lock().await;
     let (server, base, _dir) = spawn_server_with_config(UNLIMITED, &["--min-idle", "1"]);
     let rss = || rss_bytes(server.id());
     let http = Client::new();
@@ -413,7 +423,7 @@ async fn finished_logs_are_kept_within_the_retention_budget() {
     // 32 executions of 16 MB each: every log keeps up to 16 MiB of history for resuming, so
     // without a budget the session keeps 32 of them: +579 MiB (pre-fix; +444 MiB for 24).
     // With it: the 32 MiB budget, the log being written and the collected answer, plus what
-    // the allocator keeps of freed memory: +99 to +119 MiB.
+    // the allocator keeps of freed memory: +99 to +127 MiB.
     let code =
         "import sys\nline = 'x' * 999 + '\\n'\nfor _ in range(16_000):\n    sys.stdout.write(line)";
     let mut peak = baseline;
@@ -456,6 +466,7 @@ async fn finished_logs_are_kept_within_the_retention_budget() {
 
 #[tokio::test]
 async fn a_collected_answer_of_many_tiny_prints_stays_within_max_output_bytes() {
+    let _serial = SERIAL.lock().await;
     // 200 000 flushed prints of 2 bytes: as many output events of a few bytes. Each entry of
     // `outputs` costs some 30 bytes of JSON beyond its data, so counting data alone, a
     // 10 000-byte limit let through an answer of about 170 kB (5 000 entries), and 4 MiB
