@@ -110,6 +110,9 @@ struct LogState {
     /// Attached readers not yet given the terminal event: while there is one, retention
     /// does not expire the log.
     readers_behind: usize,
+    /// Handles held (see [`Claim`]): a reader may be about to attach (a WebSocket resume
+    /// attaches once the upgrade is through), so retention does not expire the log either.
+    claims: usize,
     /// Bumped whenever `readers` changes, so a stale disconnect-grace timer knows it is stale.
     readers_epoch: u64,
 }
@@ -181,7 +184,7 @@ impl ExecLog {
         if st.expired {
             return true;
         }
-        if st.readers_behind > 0 || !st.done {
+        if st.readers_behind > 0 || st.claims > 0 || !st.done {
             return false;
         }
         let last = st.next_seq.saturating_sub(1).max(1);
@@ -406,6 +409,25 @@ impl ExecLog {
     }
 }
 
+/// Keeps retention from expiring a log while it lives (held by an execution handle, from
+/// which a reader may attach at any time).
+#[derive(Debug)]
+pub struct Claim(Arc<ExecLog>);
+
+impl Claim {
+    pub fn new(log: &Arc<ExecLog>) -> Claim {
+        log.lock().claims += 1;
+        Claim(log.clone())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.claims = st.claims.saturating_sub(1);
+    }
+}
+
 /// Keeps a reader registered while it lives.
 #[derive(Debug)]
 pub struct ReaderGuard {
@@ -543,6 +565,10 @@ mod tests {
         let batch = log.next_after(0).await.unwrap_or_default();
         assert_eq!(batch.last().map(|e| e.kind), Some("result"));
         assert!(reader.received_end(), "the last reader behind");
+        // A handle from which a reader may yet attach (a resume) holds it too.
+        let claim = Claim::new(&log);
+        assert!(!log.expire(&reason), "claimed");
+        drop(claim);
         assert!(log.expire(&reason));
         drop(reader);
     }

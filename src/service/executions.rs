@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::event::ClientEvent;
-use super::execlog::{ExecLog, LoggedEvent, ReaderGuard};
+use super::execlog::{Claim, ExecLog, LoggedEvent, ReaderGuard};
 use super::sessions::{Hosted, SessionHandle};
 use super::{Inner, ServiceError};
 use crate::session::{CancelOutcome, Event, ExecuteOptions, InterruptOutcome, Session};
@@ -49,6 +49,8 @@ pub struct ExecutionHandle {
     log: Arc<ExecLog>,
     inner: Arc<Inner>,
     hosted: Arc<Hosted>,
+    /// While a handle lives, a reader may still attach: retention does not expire the log.
+    _claim: Arc<Claim>,
 }
 
 /// What a [`Reader`] does with `input()` requests once its lines have run out.
@@ -154,6 +156,7 @@ impl SessionHandle {
 
     fn handle(&self, log: Arc<ExecLog>) -> ExecutionHandle {
         ExecutionHandle {
+            _claim: Arc::new(Claim::new(&log)),
             log,
             inner: self.inner.clone(),
             hosted: self.hosted.clone(),
