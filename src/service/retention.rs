@@ -3,7 +3,8 @@
 //! ([`KEPT_EXECUTIONS`] finished logs; running and queued ones are bounded by the queue cap).
 //! Beyond a budget the oldest finished logs are dropped: removed from their session's list (a
 //! later GET or resume answers `ExecutionExpired`) and their events freed at once. A log that
-//! an attached reader has not been given the end of is never expired: the byte budgets pass
+//! an attached reader has not been given the end of (or that a handle holds, from which a
+//! reader may attach) is never expired: the byte budgets pass
 //! over it (it is counted, and dropped by the pass that runs when that reader has the end);
 //! beyond the count it is only taken off the list, and its events go with the reader.
 
