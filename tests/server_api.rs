@@ -56,7 +56,8 @@ async fn every_endpoint_and_clear_errors_for_client_mistakes() {
         .await;
     assert_eq!(
         out["outputs"],
-        json!([{"stream": "stdout", "data": "hi\n"}, {"stream": "stdout", "data": "eof\n"}])
+        // Consecutive output of one stream is one entry.
+        json!([{"stream": "stdout", "data": "hi\neof\n"}])
     );
     assert_eq!(out["result"]["repr"], "'xy'");
     assert_eq!(out["error"], Value::Null);

@@ -19,6 +19,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::protocol::StreamName;
 use crate::service::{
     AfterStdin, Caller, ClientEvent, ExecuteRequest, Reader, Service, ServiceError, SessionSummary,
 };
@@ -325,28 +326,71 @@ async fn execute(
     Ok(Json(collect(reader, limit).await).into_response())
 }
 
-/// Output kept for a collected answer: up to `limit` bytes of data, the rest only counted
-/// (the reader still reads it, so the worker is not held back).
+/// Bytes an entry of `outputs` costs in the answer beyond its data's JSON:
+/// `{"data":"","stream":"stdout"},`.
+const OUTPUT_ENTRY_BYTES: usize = 32;
+
+/// Output kept for a collected answer: the first output, up to `limit` bytes of the JSON it
+/// makes in the answer (each entry's overhead and the data as escaped, so the answer's size
+/// is bounded whatever the output is like); the rest only counted (the reader still reads it,
+/// so the worker is not held back). Consecutive chunks of one stream make one entry, so a
+/// loop of tiny flushed prints does not make an entry (and a JSON object) per chunk.
 struct CollectedOutput {
-    outputs: Vec<Value>,
-    kept: usize,
+    outputs: Vec<(StreamName, String)>,
+    /// Bytes of the answer's JSON that `outputs` takes.
+    used: usize,
     limit: usize,
+    /// Bytes of output left out.
     dropped: usize,
 }
 
 impl CollectedOutput {
-    fn push(&mut self, stream: impl Serialize, data: &str) {
-        let room = self.limit.saturating_sub(self.kept);
-        let mut take = data.len().min(room);
-        while !data.is_char_boundary(take) {
-            take -= 1;
+    fn push(&mut self, stream: StreamName, data: &str) {
+        if self.dropped > 0 {
+            // The answer keeps the first output only: once some was left out, all that
+            // follows is too.
+            self.dropped += data.len();
+            return;
+        }
+        let merge = self.outputs.last().is_some_and(|(s, _)| *s == stream);
+        let overhead = if merge { 0 } else { OUTPUT_ENTRY_BYTES };
+        let mut room = self.limit.saturating_sub(self.used);
+        let mut take = 0;
+        if room > overhead {
+            room -= overhead;
+            for (i, c) in data.char_indices() {
+                let cost = json_escaped_len(c);
+                if cost > room {
+                    break;
+                }
+                room -= cost;
+                take = i + c.len_utf8();
+            }
         }
         if take > 0 {
-            self.outputs
-                .push(json!({"stream": stream, "data": &data[..take]}));
-            self.kept += take;
+            self.used = self.limit - room;
+            match self.outputs.last_mut() {
+                Some((_, kept)) if merge => kept.push_str(&data[..take]),
+                _ => self.outputs.push((stream, data[..take].to_string())),
+            }
         }
         self.dropped += data.len() - take;
+    }
+
+    fn into_json(self) -> Vec<Value> {
+        self.outputs
+            .into_iter()
+            .map(|(stream, data)| json!({"stream": stream, "data": data}))
+            .collect()
+    }
+}
+
+/// Bytes `c` takes in a JSON string as serde_json writes it.
+fn json_escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
     }
 }
 
@@ -356,7 +400,7 @@ impl CollectedOutput {
 async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
     let mut output = CollectedOutput {
         outputs: Vec::new(),
-        kept: 0,
+        used: 0,
         limit: max_output_bytes,
         dropped: 0,
     };
@@ -393,11 +437,12 @@ async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
             }
         }
     }
+    let dropped = output.dropped;
     json!({
         "execution_id": reader.id(),
-        "outputs": output.outputs,
-        "truncated": output.dropped > 0,
-        "output_truncated_bytes": output.dropped,
+        "outputs": output.into_json(),
+        "truncated": dropped > 0,
+        "output_truncated_bytes": dropped,
         "result": result,
         "error": error,
         "execution_time": execution_time,

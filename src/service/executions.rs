@@ -12,9 +12,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::event::ClientEvent;
-use super::execlog::{ExecLog, LoggedEvent, ReaderGuard};
-use super::sessions::SessionHandle;
-use super::ServiceError;
+use super::execlog::{Claim, ExecLog, LoggedEvent, ReaderGuard};
+use super::sessions::{Hosted, SessionHandle};
+use super::{Inner, ServiceError};
 use crate::session::{CancelOutcome, Event, ExecuteOptions, InterruptOutcome, Session};
 use crate::sync::lock_unpoisoned as lock;
 
@@ -41,13 +41,16 @@ pub struct ExecutionSummary {
     pub done: bool,
 }
 
-/// One execution's log, with what readers need to answer its input requests and to cancel
-/// it when the last of them is gone for longer than the reconnect grace.
+/// One execution's log, with what readers need to answer its input requests, to cancel it
+/// when the last of them is gone for longer than the reconnect grace, and to apply the
+/// retention budget once they have been given its end.
 #[derive(Clone)]
 pub struct ExecutionHandle {
     log: Arc<ExecLog>,
-    session: Session,
-    reconnect_grace: Duration,
+    inner: Arc<Inner>,
+    hosted: Arc<Hosted>,
+    /// While a handle lives, a reader may still attach: retention does not expire the log.
+    _claim: Arc<Claim>,
 }
 
 /// What a [`Reader`] does with `input()` requests once its lines have run out.
@@ -116,7 +119,7 @@ impl SessionHandle {
                     execution_id: request.execution_id,
                 },
             );
-            let log = ExecLog::new(execution.id());
+            let log = ExecLog::new(execution.id(), self.inner.finished.clone());
             list.push_back(log.clone());
             (log, execution)
         };
@@ -140,10 +143,6 @@ impl SessionHandle {
                     }
                 })
                 .await;
-            let order = inner
-                .finished
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            log.set_finished_order(order + 1);
             inner.enforce_retention(&hosted);
             {
                 let mut activity = lock(&hosted.activity);
@@ -157,9 +156,10 @@ impl SessionHandle {
 
     fn handle(&self, log: Arc<ExecLog>) -> ExecutionHandle {
         ExecutionHandle {
+            _claim: Arc::new(Claim::new(&log)),
             log,
-            session: self.hosted.session.clone(),
-            reconnect_grace: self.inner.config.reconnect_grace,
+            inner: self.inner.clone(),
+            hosted: self.hosted.clone(),
         }
     }
 
@@ -285,12 +285,15 @@ impl ExecutionHandle {
         stdin: VecDeque<String>,
         after: AfterStdin,
     ) -> Reader {
+        let session = self.hosted.session.clone();
         Reader {
-            _guard: self
+            guard: self
                 .log
-                .attach(Some((self.session.clone(), self.reconnect_grace))),
+                .attach(Some((session.clone(), self.inner.config.reconnect_grace))),
             log: self.log.clone(),
-            session: self.session.clone(),
+            session,
+            inner: self.inner.clone(),
+            hosted: self.hosted.clone(),
             since,
             answered_upto: since,
             stdin,
@@ -311,7 +314,10 @@ pub struct Reader {
     stdin: VecDeque<String>,
     after: AfterStdin,
     /// Registers the reader with the log while it lives.
-    _guard: ReaderGuard,
+    guard: ReaderGuard,
+    /// For the retention pass once this reader has the end.
+    inner: Arc<Inner>,
+    hosted: Arc<Hosted>,
 }
 
 impl Reader {
@@ -323,7 +329,10 @@ impl Reader {
     /// configured); `None` after the terminal event. Cancel-safe: dropped before it returns,
     /// the next call returns the same events again and answers no input twice.
     pub async fn next_batch(&mut self) -> Option<Vec<LoggedEvent>> {
-        let batch = self.log.next_after(self.since).await?;
+        let Some(batch) = self.log.next_after(self.since).await else {
+            self.received_end();
+            return None;
+        };
         for logged in &batch {
             if logged.kind == "input" && logged.seq > self.answered_upto {
                 if self.stdin.is_empty() && self.after == AfterStdin::Wait {
@@ -340,8 +349,19 @@ impl Reader {
         }
         if let Some(last) = batch.last() {
             self.since = last.seq;
+            if last.is_terminal() {
+                self.received_end();
+            }
         }
         Some(batch)
+    }
+
+    /// This reader has the end: retention may now drop the log, and does if it was only
+    /// kept for this reader (a log is never expired while a reader is behind).
+    fn received_end(&mut self) {
+        if self.guard.received_end() {
+            self.inner.enforce_retention(&self.hosted);
+        }
     }
 
     /// The events after the last one returned that are there now, without waiting.
@@ -349,6 +369,9 @@ impl Reader {
         let rest = self.log.snapshot_after(self.since);
         if let Some(last) = rest.last() {
             self.since = last.seq;
+            if last.is_terminal() {
+                self.received_end();
+            }
         }
         rest
     }

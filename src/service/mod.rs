@@ -98,7 +98,7 @@ struct Inner {
     /// Cancelled when shutdown reaches the point where connections close; ends the culler.
     stopped: CancellationToken,
     /// Counts finished executions: their order, for the retention budget.
-    finished: AtomicU64,
+    finished: Arc<AtomicU64>,
 }
 
 impl Service {
@@ -131,7 +131,7 @@ impl Service {
             execution_ended: Notify::new(),
             closing: AtomicBool::new(false),
             stopped: CancellationToken::new(),
-            finished: AtomicU64::new(0),
+            finished: Arc::new(AtomicU64::new(0)),
         });
         tokio::spawn(culler(
             Arc::downgrade(&inner),

@@ -1,9 +1,12 @@
 //! The retention budget of finished execution logs: per session and for the whole service,
 //! in bytes of events held (see [`super::config::Bounds`]), plus the count a session keeps
-//! ([`KEPT_EXECUTIONS`]). Beyond a budget the oldest finished logs are dropped: removed from
-//! their session's list (a later GET or resume answers `ExecutionExpired`) and their events
-//! freed at once, even if a reader still holds the log (it gets an `ExecutionExpired` error
-//! in place of what it missed). Logs that a reader is still being given are dropped last.
+//! ([`KEPT_EXECUTIONS`] finished logs; running and queued ones are bounded by the queue cap).
+//! Beyond a budget the oldest finished logs are dropped: removed from their session's list (a
+//! later GET or resume answers `ExecutionExpired`) and their events freed at once. A log that
+//! an attached reader has not been given the end of (or that a handle holds, from which a
+//! reader may attach) is never expired: the byte budgets pass
+//! over it (it is counted, and dropped by the pass that runs when that reader has the end);
+//! beyond the count it is only taken off the list, and its events go with the reader.
 
 use std::sync::Arc;
 
@@ -19,25 +22,23 @@ struct Candidate {
     log: Arc<ExecLog>,
     bytes: usize,
     order: u64,
-    waiting_reader: bool,
 }
 
 impl Inner {
-    /// Called when one of `hosted`'s executions finished (or was added): applies the count,
-    /// the session's budget, then the service's budget.
+    /// Called when one of `hosted`'s executions finished (or was added), and when a reader
+    /// that held a finished log back has its end: applies the count, the session's budget,
+    /// then the service's budget.
     pub(super) fn enforce_retention(&self, hosted: &Arc<Hosted>) {
         let bounds = self.config.bounds;
-        // The session: count, then bytes.
+        // The session: count, then bytes. Its executions run one after the other, so the
+        // order of finishing is that of submission.
         let mut mine = candidates(std::slice::from_ref(hosted));
-        let over_count = {
-            let list = lock(&hosted.executions);
-            list.len().saturating_sub(KEPT_EXECUTIONS)
-        };
-        // Oldest finished first (by submission, as the list is ordered) for the count.
-        let by_count: Vec<usize> = (0..mine.len().min(over_count)).collect();
-        for i in by_count.into_iter().rev() {
-            let c = mine.remove(i);
-            drop_log(&c);
+        let over_count = mine.len().saturating_sub(KEPT_EXECUTIONS);
+        for c in mine.drain(..over_count) {
+            // Unlisted in any case (the count bounds the list); freed now unless a reader is
+            // still being given it, else when that reader lets go of it.
+            unlist(&c);
+            c.log.expire(&expired_reason());
         }
         trim(mine, bounds.retained_log_bytes_per_session);
         // The service.
@@ -59,7 +60,6 @@ fn candidates(sessions: &[Arc<Hosted>]) -> Vec<Candidate> {
                     log: log.clone(),
                     bytes: log.held_bytes(),
                     order: log.finished_order(),
-                    waiting_reader: log.has_waiting_reader(),
                 })
                 .collect::<Vec<_>>()
         })
@@ -68,29 +68,38 @@ fn candidates(sessions: &[Arc<Hosted>]) -> Vec<Candidate> {
     found
 }
 
-/// Drops logs until those left hold at most `budget` bytes: first the oldest that no reader
-/// is waiting on, then (a reader too far behind) the oldest of the rest.
-fn trim(mut candidates: Vec<Candidate>, budget: usize) {
+/// Drops the oldest logs until those left hold at most `budget` bytes, passing over those
+/// that a reader has not been given the end of (they still count).
+fn trim(candidates: Vec<Candidate>, budget: usize) {
     let mut total: usize = candidates.iter().map(|c| c.bytes).sum();
-    for waiting in [false, true] {
-        let mut i = 0;
-        while total > budget && i < candidates.len() {
-            if candidates[i].waiting_reader == waiting {
-                let c = candidates.remove(i);
-                total = total.saturating_sub(c.bytes);
-                drop_log(&c);
-            } else {
-                i += 1;
-            }
+    for c in candidates {
+        if total <= budget {
+            break;
+        }
+        if c.log.expire(&expired_reason()) {
+            total = total.saturating_sub(c.bytes);
+            unlist(&c);
         }
     }
 }
 
-fn drop_log(c: &Candidate) {
+fn expired_reason() -> Event {
+    Event::error(
+        "ExecutionExpired",
+        "this execution's events were dropped to stay within the server's retention budget",
+    )
+}
+
+/// Takes the log off its session's list, remembering its id as expired.
+fn unlist(c: &Candidate) {
     let id = &c.log.execution_id;
     {
         let mut list = lock(&c.hosted.executions);
+        let before = list.len();
         list.retain(|log| !Arc::ptr_eq(log, &c.log));
+        if list.len() == before {
+            return; // another pass took it
+        }
     }
     {
         let mut expired = lock(&c.hosted.expired);
@@ -100,8 +109,4 @@ fn drop_log(c: &Candidate) {
         }
     }
     tracing::debug!(session = %c.hosted.id, execution = %id, bytes = c.bytes, "finished log dropped by retention");
-    c.log.expire(&Event::error(
-        "ExecutionExpired",
-        "this execution's events were dropped to stay within the server's retention budget",
-    ));
 }

@@ -222,20 +222,29 @@ async fn finished_logs_beyond_the_services_budget_are_dropped_oldest_first_acros
         matches!(events.last(), Some(ClientEvent::Result { .. })),
         "{events:?}"
     );
-    // Once read, it is the oldest and goes next; a reader that was still behind then gets
-    // the ExecutionExpired error in place of what it missed.
+    // Once read, it is the oldest, but a reader that resumed it and is behind again keeps it
+    // (never an ExecutionExpired in place of its result): over the budget, the next oldest
+    // goes instead.
     let late = a.execution("a1").unwrap().follow(0);
     read_all(b.execute(request(print, Some("b4"))).unwrap().follow(0)).await;
     read_all(b.execute(request("1", Some("b5"))).unwrap().follow(0)).await;
+    assert!(a.execution("a1").is_ok(), "kept for the reader behind");
     assert!(matches!(
-        a.execution("a1"),
+        b.execution("b2"),
         Err(ServiceError::ExecutionExpired { .. })
     ));
     let events = read_all(late).await;
     assert!(
-        matches!(events.as_slice(), [ClientEvent::Error { exception_type, .. }] if exception_type == "ExecutionExpired"),
+        matches!(events.last(), Some(ClientEvent::Result { .. })),
         "{events:?}"
     );
+    // Read, it is the oldest again, and goes first.
+    read_all(b.execute(request(print, Some("b6"))).unwrap().follow(0)).await;
+    assert!(matches!(
+        a.execution("a1"),
+        Err(ServiceError::ExecutionExpired { .. })
+    ));
+    assert!(b.execution("b6").is_ok());
     service.shut_down().await;
     service.close().await.unwrap();
 }
@@ -264,6 +273,60 @@ async fn a_sessions_queue_is_capped() {
         read_all(q.follow(0)).await;
     }
     assert!(a.execute(request("1", None)).is_ok(), "room again");
+    service.shut_down().await;
+    service.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_never_takes_a_result_from_a_reader_that_is_behind() {
+    // More executions listed than a session keeps (32 finished), each followed from the
+    // moment it is accepted by a reader that reads nothing until all have run (a WebSocket
+    // writer busy with an earlier execution): every reader still gets its result.
+    let bounds = Bounds {
+        retained_log_bytes_per_session: 50_000,
+        ..Bounds::default()
+    };
+    let service = start_with(Duration::from_secs(1), bounds).await;
+    let alice = service.authenticate(Some(ALICE)).unwrap();
+    let a = service
+        .session(&alice, &service.create_session(&alice).await.unwrap().id)
+        .unwrap();
+    let block = a.execute(request("input()", Some("block"))).unwrap();
+    let readers: Vec<Reader> = (0..45)
+        .map(|i| {
+            let code = "print('x' * 10_000)";
+            a.execute(request(code, Some(&format!("q{i}"))))
+                .unwrap()
+                .follow(0)
+        })
+        .collect();
+    read_all(block.follow_answering(0, VecDeque::new(), AfterStdin::Eof)).await;
+    let mut readers = readers.into_iter();
+    // The last one's end means all have ended (one after the other).
+    let last = read_all(readers.next_back().unwrap()).await;
+    assert!(matches!(last.last(), Some(ClientEvent::Result { .. })));
+    // 45 finished, each 10 kB past a 50 kB budget: none was expired under its reader.
+    assert!(a.execution("q0").is_err(), "unlisted beyond the count");
+    for (i, reader) in readers.enumerate() {
+        let events = read_all(reader).await;
+        assert!(
+            matches!(
+                events.as_slice(),
+                [ClientEvent::Output { .. }, ClientEvent::Result { .. }]
+            ),
+            "q{i}: {events:?}"
+        );
+    }
+    // Once read, the budget applies again: the session keeps at most 50 kB of logs (the
+    // newest that were not dropped while older ones were held for their readers).
+    let kept = a.executions();
+    assert!(kept.len() <= 5, "{} logs kept", kept.len());
+    let ids: Vec<&str> = kept.iter().map(|e| e.execution_id.as_str()).collect();
+    assert!(
+        ids.iter()
+            .all(|id| id.starts_with('q') && id[1..].parse::<u32>().unwrap() >= 35),
+        "{ids:?}"
+    );
     service.shut_down().await;
     service.close().await.unwrap();
 }
