@@ -249,6 +249,9 @@ impl ExecLog {
                     drop(st);
                     if ended {
                         self.ended.cancel();
+                        // A pump waiting for room (its reader fell behind) must see the end
+                        // (`end_with` at shutdown), not wait for a reader that is gone.
+                        self.room.notify_waiters();
                     }
                     self.changed.notify_waiters();
                     return;
@@ -533,6 +536,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_push_waiting_for_room_returns_when_the_log_is_ended() {
+        let log = ExecLog::new("e", Arc::default());
+        let _reader = log.attach(None);
+        let line = "x".repeat(999) + "\n";
+        while log.lock().undelivered_bytes < UNDELIVERED_LIMIT {
+            log.push(output(&line)).await;
+        }
+        // The reader is behind: the next push waits for room...
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move { log.push(output("more\n")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // ...until the service ends the log (shutdown): then it returns.
+        log.end_with(&crate::session::Event::error("ServerShutdown", "stopped"))
+            .await;
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting push returned")
+            .unwrap();
     }
 
     #[tokio::test]
