@@ -323,14 +323,28 @@ async fn connection(
                 reason: reason.into(),
             });
             // Frames still coming are read and dropped (not acted on) until the close frame
-            // is out or its deadline passed, so the client can still read the reason. Not
-            // after a message too big: reading on would buffer the rest of it.
+            // is out or its deadline passed, and then for up to one pong timeout more, until
+            // the client answers the close or stops: closing with its frames unread would
+            // make the kernel reset the connection, and the client could lose the close
+            // frame with its reason. Not after a message too big: reading on would buffer the
+            // rest of it.
             if matches!(end, End::NotReading) {
+                let mut linger_until = None;
                 loop {
                     tokio::select! {
                         frame = incoming.next() => if !matches!(frame, Some(Ok(_))) { break },
-                        _ = &mut writer => return,
+                        _ = &mut writer, if linger_until.is_none() => {
+                            // not polling: one deadline for the client to take the close.
+                            linger_until = Some(crate::time::deadline(
+                                tokio::time::Instant::now(),
+                                bounds.ws_pong_timeout,
+                            ));
+                        }
+                        _ = crate::time::sleep_until_opt(linger_until) => break,
                     }
+                }
+                if linger_until.is_some() {
+                    return;
                 }
             }
             // The peer's side is closed; the writer ends by its own deadline.
