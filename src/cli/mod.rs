@@ -50,10 +50,20 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8765]
-    #[arg(long, value_name = "ADDR", env = "PYREPL3_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "PYREPL3_LISTEN",
+        hide_env_values = true
+    )]
     pub listen: Option<std::net::SocketAddr>,
     /// TOML settings file (tenants, pool, limits) [default: none]
-    #[arg(long, value_name = "FILE", env = "PYREPL3_CONFIG")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PYREPL3_CONFIG",
+        hide_env_values = true
+    )]
     pub config: Option<PathBuf>,
     /// Bearer token of the default tenant [default: from the config, else generated]
     #[arg(
@@ -64,16 +74,36 @@ pub struct ServeArgs {
     )]
     pub token: Option<String>,
     /// Python interpreter for the workers [default: python3]
-    #[arg(long, value_name = "PATH", env = "PYREPL3_PYTHON")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "PYREPL3_PYTHON",
+        hide_env_values = true
+    )]
     pub python: Option<PathBuf>,
     /// Warm sessions kept ready [default: 2]
-    #[arg(long, value_name = "N", env = "PYREPL3_MIN_IDLE")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PYREPL3_MIN_IDLE",
+        hide_env_values = true
+    )]
     pub min_idle: Option<usize>,
     /// Upper bound of sessions in the pool [default: 20]
-    #[arg(long, value_name = "N", env = "PYREPL3_MAX_SESSIONS")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PYREPL3_MAX_SESSIONS",
+        hide_env_values = true
+    )]
     pub max_sessions: Option<usize>,
     /// Open connections at most; beyond it a connection is answered 503 [default: 1000]
-    #[arg(long, value_name = "N", env = "PYREPL3_MAX_CONNECTIONS")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PYREPL3_MAX_CONNECTIONS",
+        hide_env_values = true
+    )]
     pub max_connections: Option<usize>,
 }
 
