@@ -177,3 +177,47 @@ async fn the_marker_token_is_not_left_in_the_workers_environment() {
     assert_eq!(out.repr(), Some("42"));
     s.shutdown().await.unwrap();
 }
+
+/// The agent every later worker runs must not be rewritable by user code: it is read from a
+/// sealed memory file, not from a cached file on disk (which code running as the same user
+/// could overwrite for every worker that starts after it, of every tenant).
+#[tokio::test]
+async fn user_code_cannot_rewrite_the_agent_that_later_workers_run() {
+    let s = start().await;
+    let attack = r#"
+import os
+results = []
+# What this worker was started from...
+started_from = open('/proc/self/cmdline', 'rb').read().split(b'\0')[1].decode()
+candidates = [started_from]
+# ...and the agent's file as the host holds it.
+host = os.getppid()
+for fd in os.listdir(f'/proc/{host}/fd'):
+    try:
+        target = os.readlink(f'/proc/{host}/fd/{fd}')
+    except OSError:
+        continue
+    if 'pyrepl3-agent' in target or target.endswith('.pyc'):
+        candidates.append(f'/proc/{host}/fd/{fd}')
+for path in candidates:
+    try:
+        with open(path, 'r+b') as f:
+            f.write(b'import os; os._exit(66)\n')
+        results.append(('rewrote', path))
+    except OSError as e:
+        results.append((type(e).__name__, path))
+results
+"#;
+    let out = run(&s, attack).await;
+    let results = out.repr().unwrap_or_default().to_string();
+    assert!(!results.contains("'rewrote'"), "{results}");
+    assert!(
+        results.contains("pyrepl3-agent") || results.contains("/proc/"),
+        "{results}"
+    );
+    // A worker started after the attempt runs the real agent.
+    let later = start().await;
+    assert_eq!(eval(&later, "1+1").await.as_deref(), Some("2"));
+    later.shutdown().await.unwrap();
+    s.shutdown().await.unwrap();
+}

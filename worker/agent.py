@@ -791,13 +791,21 @@ def _trim_traceback(tb):
 
 def main():
     global _agent
-    # Started as `python agent.pyc` (cached bytecode) or `python -c source`: either way user
+    # Started as `python /proc/self/fd/6` (bytecode) or `python -c source`: either way user
     # code sees what the interactive interpreter gives it.
     sys.argv[:] = [""]
     script = globals().get("__file__")
     if script and sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(
             os.path.abspath(script)):
         sys.path[0] = ""  # as with -c: the working directory, not the agent's cache
+    agent_fd = int(os.environ.get("PYREPL3_AGENT_FD", "-1"))
+    if agent_fd >= 0:
+        if sys.path:
+            sys.path[0] = ""  # as with -c (Python put the memfd's directory, "/", there)
+        try:
+            os.close(agent_fd)  # the sealed file this code was read from: not user code's
+        except OSError:
+            pass
     exec_fd = int(os.environ.get("PYREPL3_FD", "3"))
     control_fd = int(os.environ.get("PYREPL3_CONTROL_FD", "4"))
     signal_fd = int(os.environ.get("PYREPL3_SIGNAL_FD", "-1"))

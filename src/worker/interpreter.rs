@@ -1,11 +1,13 @@
 //! The interpreter a session's workers run on: the real binary behind the configured
-//! `python`, resolved once per host process, and the agent compiled for it into a private
-//! per-user cache.
+//! `python`, resolved once per host process, and the agent compiled for it into a sealed
+//! anonymous file that no worker can write.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
@@ -21,16 +23,18 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub struct Interpreter {
     pub python: PathBuf,
-    /// The agent as bytecode (started as `python agent.pyc`), when a private cache directory
-    /// could be used; else workers compile the source at every start (`python -c`).
-    pub agent_pyc: Option<PathBuf>,
+    /// The agent as bytecode in a sealed memfd (no write, grow or shrink, for anyone, ever),
+    /// shared by every worker of this interpreter, which runs it as `/proc/self/fd/6`. `None`
+    /// when it could not be made: workers then compile the source at every start (`-c`).
+    /// Never a file on disk: a worker of the same user could rewrite it for the next ones.
+    pub agent_code: Option<Arc<OwnedFd>>,
 }
 
 /// Prepares `python` once per process: resolves the real interpreter (its `sys.executable`;
 /// `python3` is often a launcher shim that adds tens of milliseconds to every start) and, in
-/// the same run, compiles the agent into the per-user cache, which saves compiling ~700 lines
-/// at every worker start (4 ms of a ~15 ms cold start). Compiled afresh by each host process,
-/// so the bytecode always matches the interpreter.
+/// the same run, compiles the agent (the bytecode comes back on the probe's stdout), which
+/// saves compiling ~800 lines at every worker start (4 ms of a ~15 ms cold start). Compiled
+/// afresh by each host process, so the bytecode always matches the interpreter.
 ///
 /// The probe must answer within `deadline` (the session's start timeout), else it is killed
 /// with its process group and reaped, and the answer is [`Error::ProbeTimeout`]: a `python`
@@ -43,20 +47,21 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
     {
         return Ok(found.clone());
     }
-    let cache = agent_cache_paths(python);
-    let script = "import sys\n\
-        if len(sys.argv) == 3:\n    \
-            import py_compile\n    \
-            try:\n        \
-                py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)\n    \
-            except Exception as e:\n        \
-                sys.stderr.write('pyrepl3: could not compile the agent: %s\\n' % e)\n\
-        sys.stdout.write(sys.executable or '')";
+    // Prints its real executable, a NUL, then the agent (given as the argument) compiled to
+    // a .pyc image: magic, 12 bytes of flags and source stamp (unchecked when run directly),
+    // the marshalled code.
+    let script = "import os, sys\n\
+        out = sys.stdout.buffer\n\
+        out.write(os.fsencode(sys.executable or '') + b'\\0')\n\
+        try:\n    \
+            import importlib.util, marshal\n    \
+            code = compile(sys.argv[1], '<pyrepl3 agent>', 'exec', dont_inherit=True)\n    \
+            out.write(importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))\n\
+        except Exception as e:\n    \
+            sys.stderr.write('pyrepl3: could not compile the agent: %s\\n' % e)\n\
+        out.flush()";
     let mut cmd = Command::new(python);
-    cmd.args(["-c", script]);
-    if let Some((source, pyc_tmp, _)) = &cache {
-        cmd.arg(source).arg(pyc_tmp);
-    }
+    cmd.args(["-c", script, AGENT_SOURCE]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -97,19 +102,29 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
             stderr: stderr_excerpt(&out.stderr),
         });
     }
-    let real = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (real, pyc) = match out.stdout.iter().position(|b| *b == 0) {
+        Some(nul) => (&out.stdout[..nul], &out.stdout[nul + 1..]),
+        None => (&out.stdout[..], &[][..]),
+    };
     let resolved = if real.is_empty() {
         python.to_path_buf()
     } else {
-        PathBuf::from(real)
+        PathBuf::from(std::ffi::OsStr::from_bytes(real))
     };
-    let agent_pyc = cache.and_then(|(_, pyc_tmp, pyc)| {
-        // The rename publishes a complete file; a failed compile leaves no file to rename.
-        std::fs::rename(&pyc_tmp, &pyc).ok().map(|()| pyc)
-    });
+    let agent_code = if pyc.is_empty() {
+        None
+    } else {
+        match sealed_file(c"pyrepl3-agent.pyc", pyc) {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no sealed file for the agent's bytecode; workers compile it at every start");
+                None
+            }
+        }
+    };
     let prepared = Interpreter {
         python: resolved,
-        agent_pyc,
+        agent_code,
     };
     crate::sync::lock_unpoisoned(&CACHE)
         .get_or_insert_with(HashMap::new)
@@ -118,9 +133,9 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
 }
 
 /// The most of its stdout and of its stderr a probe may leave us to read (its answer is one
-/// path; its errors a few lines): more is not read, so a probe that writes forever blocks and
-/// meets the deadline.
-const PROBE_OUTPUT_MAX: u64 = 64 * 1024;
+/// path and the agent's bytecode, ~50 KiB; its errors a few lines): more is not read, so a
+/// probe that writes forever blocks and meets the deadline.
+const PROBE_OUTPUT_MAX: u64 = 1024 * 1024;
 
 /// Everything the probe writes (up to [`PROBE_OUTPUT_MAX`] per pipe) and how it exited.
 async fn probe_output(child: &mut Child) -> std::io::Result<std::process::Output> {
@@ -148,47 +163,24 @@ async fn probe_output(child: &mut Child) -> std::io::Result<std::process::Output
     })
 }
 
-/// (agent source, temporary bytecode path, final bytecode path) in the per-user cache, with
-/// the source written there; `None` when no private cache directory is available.
-fn agent_cache_paths(python: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    use std::hash::{Hash, Hasher};
-    let dir = private_cache_dir()?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    AGENT_SOURCE.hash(&mut hasher);
-    let source_hash = hasher.finish();
-    python.hash(&mut hasher);
-    let key = hasher.finish();
-    let source = dir.join(format!("agent-{source_hash:016x}.py"));
-    if !source.exists() {
-        let tmp = dir.join(format!(
-            "agent-{source_hash:016x}.py.{}",
-            std::process::id()
-        ));
-        std::fs::write(&tmp, AGENT_SOURCE).ok()?;
-        std::fs::rename(&tmp, &source).ok()?;
+/// An anonymous file holding `bytes`, sealed against any change (write, grow, shrink, and
+/// removing the seals): every process that gets it, ours or a worker's, can only read it.
+fn sealed_file(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::Write;
+    // SAFETY: memfd_create with a valid NUL-terminated name; the fd is ours if >= 0.
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let pyc_tmp = dir.join(format!("agent-{key:016x}.pyc.{}", std::process::id()));
-    let pyc = dir.join(format!("agent-{key:016x}.pyc"));
-    Some((source, pyc_tmp, pyc))
-}
-
-/// `$XDG_CACHE_HOME/pyrepl3` or `~/.cache/pyrepl3`, created 0700; refused unless it is a
-/// real directory owned by this user and closed to others (another user must not be able to
-/// plant the code our workers run).
-fn private_cache_dir() -> Option<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let dir = base.join("pyrepl3");
-    let _ = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir);
-    let meta = std::fs::symlink_metadata(&dir).ok()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    let private = meta.is_dir() && meta.uid() == me && meta.permissions().mode() & 0o077 == 0;
-    private.then_some(dir)
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl F_ADD_SEALS on an fd we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
 }

@@ -36,6 +36,9 @@ pub const CONTROL_FD: i32 = 4;
 /// The fd number of the signal-target file in the worker: 8 bytes, the `seq` of the
 /// execution the next SIGINT is meant for (see [`WorkerProcess::interrupt_main_thread`]).
 pub const SIGNAL_FD: i32 = 5;
+/// The fd number of the agent's bytecode in a starting worker (a sealed memfd, run as
+/// `/proc/self/fd/6`); the agent closes it at start.
+pub const AGENT_FD: i32 = 6;
 
 /// What to start.
 #[derive(Debug, Clone)]

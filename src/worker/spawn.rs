@@ -14,7 +14,7 @@ use tokio::process::Command;
 
 use super::process::WorkerProcess;
 use super::spawner;
-use super::{WorkerSpec, AGENT_SOURCE, CONTROL_FD, EXEC_FD, SIGNAL_FD};
+use super::{WorkerSpec, AGENT_FD, AGENT_SOURCE, CONTROL_FD, EXEC_FD, SIGNAL_FD};
 use crate::error::Error;
 
 /// A started worker: the process and the host's ends of its channels.
@@ -55,8 +55,17 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
 
     let mut cmd = Command::new(&spec.interpreter.python);
-    match &spec.interpreter.agent_pyc {
-        Some(pyc) => cmd.arg(pyc),
+    // The agent's bytecode is read from a sealed file placed at AGENT_FD: never from a path
+    // that a worker could have rewritten.
+    let agent_fd = spec
+        .interpreter
+        .agent_code
+        .as_ref()
+        .map(|fd| fd.as_raw_fd());
+    match agent_fd {
+        Some(_) => cmd
+            .arg(format!("/proc/self/fd/{AGENT_FD}"))
+            .env("PYREPL3_AGENT_FD", AGENT_FD.to_string()),
         None => cmd.arg("-c").arg(AGENT_SOURCE),
     };
     cmd.current_dir(&spec.cwd)
@@ -85,6 +94,10 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         cmd.pre_exec(move || {
             spawner::die_with_parent(host)?;
             spawner::restore_open_file_limit(open_files)?;
+            // First: the agent's file may sit at a number the channels are placed at.
+            if let Some(fd) = agent_fd {
+                place_fd(fd, AGENT_FD)?;
+            }
             place_fd(exec_fd, EXEC_FD)?;
             place_fd(control_fd, CONTROL_FD)?;
             place_fd(signal_fd, SIGNAL_FD)
