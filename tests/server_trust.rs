@@ -55,3 +55,29 @@ async fn forged_and_malformed_frames_reach_neither_another_session_nor_the_serve
     assert_eq!(ok["result"]["repr"], "'fine'", "{ok}");
     api.handle.shutdown().await.unwrap();
 }
+
+/// A worker of `serve` gets none of the server's environment (a token given as
+/// PYREPL3_TOKEN, any secret of the host): not in os.environ, not in /proc/self/environ,
+/// which keeps what a process started with whatever it deletes later.
+#[tokio::test]
+async fn workers_of_serve_get_none_of_the_servers_environment() {
+    let (server, base) = spawn_server_with(&["--min-idle", "1"], |command| {
+        command
+            .env("PYREPL3_TOKEN", ALICE)
+            .env("HOST_SECRET_FOR_TEST", "s3cr3t-value");
+    });
+    let http = reqwest::Client::new();
+    let id = create_session_at(&http, &base).await;
+    let code = "import os\nraw = open('/proc/self/environ', 'rb').read()\n\
+                (b's3cr3t' in raw, b'alice-token' in raw, sorted(os.environ))";
+    let answer = json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({"code": code})),
+    )
+    .await;
+    assert_eq!(
+        answer["result"]["repr"], "(False, False, ['HOME', 'LANG', 'PATH'])",
+        "{answer}"
+    );
+    drop(server);
+}

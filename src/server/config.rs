@@ -25,6 +25,11 @@ pub struct PoolSettings {
     /// How long a new session's interpreter may take to answer its probe, and then its
     /// worker to become ready (each).
     pub start_timeout_secs: f64,
+    /// Whether workers start with the server's environment (false: a minimal one, see
+    /// docs/api.md; the server's variables, tokens included, never reach user code).
+    pub inherit_env: bool,
+    /// Variables set for every worker.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for PoolSettings {
@@ -35,6 +40,8 @@ impl Default for PoolSettings {
             warmup_code: None,
             python: None,
             start_timeout_secs: 10.0,
+            inherit_env: false,
+            env: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -271,6 +278,8 @@ impl ServerConfig {
             session.python = python.clone();
         }
         session.start_timeout = secs(self.pool.start_timeout_secs);
+        session.inherit_env = self.pool.inherit_env;
+        session.env = self.pool.env.clone().into_iter().collect();
         PoolConfig {
             min_idle: self.pool.min_idle,
             max_sessions: self.pool.max_sessions,
@@ -347,6 +356,7 @@ mod tests {
 listen = "127.0.0.1:9000"
 [pool]
 min_idle = 1
+env = { LD_LIBRARY_PATH = "/opt/py/lib" }
 [[tenants]]
 name = "alice"
 token = "alice-token-123"
@@ -365,6 +375,13 @@ max_sessions = 3
         assert_eq!(config.pool.min_idle, 1);
         assert_eq!(config.pool.max_sessions, 7);
         assert_eq!(config.tenants[0].max_sessions, 3);
+        // Workers get the configured variables, and none of the server's.
+        let session = config.pool_config().session;
+        assert!(!session.inherit_env);
+        assert_eq!(
+            session.env,
+            [("LD_LIBRARY_PATH".to_string(), "/opt/py/lib".to_string())]
+        );
 
         let (config, generated) = ServerConfig::load(None, &Overrides::default()).unwrap();
         assert!(generated);

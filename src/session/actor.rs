@@ -71,6 +71,7 @@ pub(crate) async fn spawn(
     let spec = WorkerSpec {
         interpreter,
         env: config.env.clone(),
+        inherit_env: config.inherit_env,
         cwd: cwd.clone(),
         session_id: id.clone(),
         marker_token: String::new(),

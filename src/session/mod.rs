@@ -45,8 +45,13 @@ pub use sink::EVENT_CHANNEL_CAPACITY;
 pub struct SessionConfig {
     /// Python interpreter; resolved once to the real binary behind it (`sys.executable`).
     pub python: PathBuf,
-    /// Extra environment variables for the worker (on top of the host's own).
+    /// Extra environment variables for the worker (on top of the host's own, or of the
+    /// minimal set when `inherit_env` is false).
     pub env: Vec<(String, String)>,
+    /// Whether the worker starts with the host's environment. `false` (what `serve` does):
+    /// only `PATH` (the interpreter's directory, then the system's), `HOME` (the working
+    /// directory), `LANG=C.UTF-8` and `env`: never a variable of the host, such as a token.
+    pub inherit_env: bool,
     /// Working directory; `None` gives each session a fresh directory in the host's run
     /// directory (`src/rundir.rs`), removed when the session ends.
     pub cwd: Option<PathBuf>,
@@ -81,6 +86,7 @@ impl Default for SessionConfig {
         SessionConfig {
             python: PathBuf::from("python3"),
             env: Vec::new(),
+            inherit_env: true,
             cwd: None,
             start_timeout: Duration::from_secs(10),
             default_timeout: None,

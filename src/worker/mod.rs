@@ -45,6 +45,8 @@ pub const AGENT_FD: i32 = 6;
 pub struct WorkerSpec {
     pub interpreter: Interpreter,
     pub env: Vec<(String, String)>,
+    /// See `SessionConfig::inherit_env`.
+    pub inherit_env: bool,
     pub cwd: PathBuf,
     pub session_id: String,
     pub marker_token: String,

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::net::unix::pipe;
@@ -68,6 +69,17 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
             .env("PYREPL3_AGENT_FD", AGENT_FD.to_string()),
         None => cmd.arg("-c").arg(AGENT_SOURCE),
     };
+    if !spec.inherit_env {
+        // Nothing of the host's environment: it may hold secrets (a token given as
+        // PYREPL3_TOKEN), and /proc/self/environ would keep them whatever the agent deletes.
+        let interpreter_dir = spec.interpreter.python.parent().unwrap_or(Path::new("/"));
+        let mut path = std::ffi::OsString::from(interpreter_dir);
+        path.push(":/usr/local/bin:/usr/bin:/bin");
+        cmd.env_clear()
+            .env("PATH", path)
+            .env("HOME", &spec.cwd)
+            .env("LANG", "C.UTF-8");
+    }
     cmd.current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::from(OwnedFd::from(out_w)))
