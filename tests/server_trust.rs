@@ -81,3 +81,27 @@ async fn workers_of_serve_get_none_of_the_servers_environment() {
     );
     drop(server);
 }
+
+/// A tenant's resource limits are set on the pooled worker it is handed, and shown in the
+/// session's info.
+#[tokio::test]
+async fn a_tenants_limits_apply_to_the_sessions_it_gets_from_the_pool() {
+    let mut limited = tenant("alice", ALICE);
+    limited.memory_limit_bytes = 400 << 20;
+    limited.open_files_limit = 64;
+    let api = Api::start(config(vec![limited, tenant("bob", BOB)])).await;
+    let alice = api.new_session(ALICE).await;
+    let bob = api.new_session(BOB).await;
+    let big = json!({"code": "len(bytearray(600 << 20))"});
+    let refused = api.execute(ALICE, &alice, big.clone()).await;
+    assert_eq!(
+        refused["error"]["exception_type"], "MemoryError",
+        "{refused}"
+    );
+    let allowed = api.execute(BOB, &bob, big).await;
+    assert_eq!(allowed["result"]["repr"], "629145600", "{allowed}");
+    let (_, info) = api.get(&format!("/v1/sessions/{alice}"), ALICE).await;
+    assert_eq!(info["limits"]["memory_bytes"], 400 << 20, "{info}");
+    assert_eq!(info["limits"]["open_files"], 64, "{info}");
+    api.handle.shutdown().await.unwrap();
+}

@@ -23,6 +23,15 @@ pub struct TenantConfig {
     pub idle_timeout_secs: f64,
     /// Default time limit of an execution (a request may set a shorter one).
     pub execution_time_limit_secs: Option<f64>,
+    /// Resource limits of this tenant's workers (rlimits, set when a pooled session is
+    /// handed to the tenant; 0: no limit). Address space, then `MemoryError`.
+    pub memory_limit_bytes: u64,
+    /// CPU time of a worker, then `CpuLimitExceeded` (the worker is restarted).
+    pub cpu_time_limit_secs: u64,
+    /// Open files of a worker, then `OSError` EMFILE.
+    pub open_files_limit: u64,
+    /// Size of one file a worker writes, then `OSError` EFBIG.
+    pub file_size_limit_bytes: u64,
 }
 
 impl Default for TenantConfig {
@@ -35,6 +44,10 @@ impl Default for TenantConfig {
             burst: 100,
             idle_timeout_secs: 600.0,
             execution_time_limit_secs: None,
+            memory_limit_bytes: 4 << 30,
+            cpu_time_limit_secs: 0,
+            open_files_limit: 1024,
+            file_size_limit_bytes: 1 << 30,
         }
     }
 }
@@ -43,6 +56,17 @@ impl TenantConfig {
     /// The idle timeout (validated by `ServerConfig::load`; out of range counts as zero).
     pub fn idle_timeout(&self) -> Duration {
         crate::time::duration_from_secs(self.idle_timeout_secs).unwrap_or(Duration::ZERO)
+    }
+
+    /// The resource limits of this tenant's workers (zeros are no limit).
+    pub fn limits(&self) -> crate::worker::ResourceLimits {
+        let some = |v: u64| (v > 0).then_some(v);
+        crate::worker::ResourceLimits {
+            memory_bytes: some(self.memory_limit_bytes),
+            cpu_time_secs: some(self.cpu_time_limit_secs),
+            open_files: some(self.open_files_limit),
+            file_size_bytes: some(self.file_size_limit_bytes),
+        }
     }
 
     /// The cap on every execution's run time, if the tenant has one (zero means none).

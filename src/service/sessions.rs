@@ -113,6 +113,12 @@ impl Service {
             .acquire()
             .await
             .map_err(|e| ServiceError::from_session("create_session", None, e))?;
+        // The pool's sessions are warmed before anyone's: the tenant's limits are set on the
+        // worker as it is handed over (and kept for any restart).
+        guard
+            .set_limits(tenant.limits())
+            .await
+            .map_err(|e| ServiceError::from_session("create_session", None, e))?;
         Ok(self.inner.add_session(&caller.tenant, guard).summary())
     }
 

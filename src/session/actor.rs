@@ -72,6 +72,7 @@ pub(crate) async fn spawn(
         interpreter,
         env: config.env.clone(),
         inherit_env: config.inherit_env,
+        limits: config.limits,
         cwd: cwd.clone(),
         session_id: id.clone(),
         marker_token: String::new(),
@@ -291,6 +292,18 @@ impl Actor {
             let wake = self.wait().await;
             let now = Instant::now();
             match wake {
+                Wake::Command(Some(Command::SetLimits { limits, reply })) => {
+                    // The actor owns the process (and the spec for its successors).
+                    self.spec.limits = limits;
+                    let applied = match &self.worker {
+                        Some(w) => limits
+                            .apply_to(w.process.pid())
+                            .map_err(Error::io("setting the worker's resource limits")),
+                        None => Ok(()),
+                    };
+                    self.core.set_limits(limits);
+                    let _ = reply.send(applied);
+                }
                 Wake::Command(Some(cmd)) => self.core.handle(Input::Command(cmd), now),
                 Wake::OwnerShutdown => self.core.handle(Input::Shutdown, now),
                 Wake::Command(None) => {

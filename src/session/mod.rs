@@ -52,6 +52,9 @@ pub struct SessionConfig {
     /// only `PATH` (the interpreter's directory, then the system's), `HOME` (the working
     /// directory), `LANG=C.UTF-8` and `env`: never a variable of the host, such as a token.
     pub inherit_env: bool,
+    /// Resource limits of the worker (rlimits; none by default). See
+    /// [`Session::set_limits`] to change them on a live session.
+    pub limits: crate::worker::ResourceLimits,
     /// Working directory; `None` gives each session a fresh directory in the host's run
     /// directory (`src/rundir.rs`), removed when the session ends.
     pub cwd: Option<PathBuf>,
@@ -87,6 +90,7 @@ impl Default for SessionConfig {
             python: PathBuf::from("python3"),
             env: Vec::new(),
             inherit_env: true,
+            limits: crate::worker::ResourceLimits::default(),
             cwd: None,
             start_timeout: Duration::from_secs(10),
             default_timeout: None,
@@ -316,6 +320,8 @@ pub struct SessionInfo {
     /// Worker messages for an execution that had already ended, dropped.
     pub late_messages_dropped: u64,
     pub dead_reason: Option<String>,
+    /// The resource limits in force on the worker.
+    pub limits: crate::worker::ResourceLimits,
 }
 
 /// A live Python session. Cloning gives another handle to the same session; when the last
@@ -549,6 +555,13 @@ impl Session {
             Ok(()) | Err(Error::SessionClosed) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sets the worker's resource limits: on the live worker at once (its children started
+    /// later inherit them), and on every worker started after (a restart).
+    pub async fn set_limits(&self, limits: crate::worker::ResourceLimits) -> Result<(), Error> {
+        self.request(|reply| Command::SetLimits { limits, reply })
+            .await?
     }
 
     /// A snapshot: counters from the actor, memory and CPU from /proc, and the namespace size

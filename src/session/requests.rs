@@ -55,6 +55,11 @@ pub(crate) enum Command {
     },
     /// A question for the worker, answered by its reader thread.
     Ask(WorkerRequest),
+    /// New resource limits: for the live worker at once, and for every worker started after.
+    SetLimits {
+        limits: crate::worker::ResourceLimits,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// A question for the worker whose answer comes back with `in_reply_to` = its id. When the

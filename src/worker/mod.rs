@@ -10,6 +10,7 @@
 //! The sandbox of a session (namespaces, uid, limits) plugs in at `spawn`.
 
 mod interpreter;
+mod limits;
 mod process;
 mod procfs;
 mod spawn;
@@ -18,6 +19,7 @@ mod spawner;
 use std::path::PathBuf;
 
 pub use interpreter::{prepare_interpreter, Interpreter};
+pub use limits::ResourceLimits;
 pub use process::{Stragglers, WorkerProcess};
 pub use procfs::{describe_exit, main_thread_reading, proc_stats, stderr_excerpt};
 pub use spawn::{spawn, SpawnedWorker};
@@ -47,6 +49,8 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
     /// See `SessionConfig::inherit_env`.
     pub inherit_env: bool,
+    /// Set in the child before it starts.
+    pub limits: ResourceLimits,
     pub cwd: PathBuf,
     pub session_id: String,
     pub marker_token: String,

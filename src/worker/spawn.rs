@@ -100,12 +100,14 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     );
     let host = spawner::host_pid();
     let open_files = spawner::workers_open_file_limit();
+    let limits = spec.limits;
     // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, getrlimit,
     // setrlimit, dup2, fcntl) are made.
     unsafe {
         cmd.pre_exec(move || {
             spawner::die_with_parent(host)?;
             spawner::restore_open_file_limit(open_files)?;
+            limits.apply_here()?;
             // First: the agent's file may sit at a number the channels are placed at.
             if let Some(fd) = agent_fd {
                 place_fd(fd, AGENT_FD)?;

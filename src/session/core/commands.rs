@@ -116,6 +116,12 @@ impl Core {
                 let _ = reply.send(self.info());
             }
             Command::Ask(request) => self.ask(request),
+            // Applied by the actor, which owns the process; reaching here (a core driven
+            // without an actor) it only records them.
+            Command::SetLimits { limits, reply } => {
+                self.set_limits(limits);
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -225,6 +231,7 @@ impl Core {
             timer_wakeups: self.timer_wakeups,
             late_messages_dropped: self.late_messages_dropped,
             dead_reason: self.dead_reason.clone(),
+            limits: self.config.limits,
         }
     }
 

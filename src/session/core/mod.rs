@@ -285,6 +285,11 @@ impl Core {
         self.current.as_ref()?.sink.waiting_for_room()
     }
 
+    /// The limits now in force (set by the actor, which applies them to the process).
+    pub fn set_limits(&mut self, limits: crate::worker::ResourceLimits) {
+        self.config.limits = limits;
+    }
+
     pub fn closing(&self) -> bool {
         self.closing
     }
@@ -407,7 +412,17 @@ impl Core {
             return;
         }
 
-        let (restart, event) = exit_consequence(&cause, &status, self.config.timeout_grace);
+        let (restart, event) = match (&cause, self.config.limits.cpu_time_secs) {
+            // The kernel ends a worker past its CPU-time limit with SIGXCPU (then SIGKILL).
+            (ExitCause::Unexpected, Some(secs)) if status.contains("SIGXCPU") || status.contains("signal 24") => (
+                true,
+                Event::error(
+                    "CpuLimitExceeded",
+                    format!("the worker used up its CPU-time limit of {secs} s and was ended by the kernel ({status}); a fresh worker was started, the namespace is lost"),
+                ),
+            ),
+            _ => exit_consequence(&cause, &status, self.config.timeout_grace),
+        };
         if let Some(mut run) = self.current.take() {
             for Text { stream, text } in leftover {
                 run.sink.push(Event::Output { stream, data: text });

@@ -1,0 +1,90 @@
+//! Resource limits of a worker (rlimits): each is reported in Python's own terms when hit
+//! (`MemoryError`, `OSError`) or, when the kernel ends the worker, as a clear error event;
+//! the session goes on.
+
+mod common;
+
+use common::*;
+use pyrepl3::{ResourceLimits, SessionConfig};
+
+fn with_limits(limits: ResourceLimits) -> SessionConfig {
+    SessionConfig {
+        limits,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_memory_limit_raises_memory_error_and_the_worker_lives_on() {
+    let s = start_with(with_limits(ResourceLimits {
+        memory_bytes: Some(400 << 20),
+        ..Default::default()
+    }))
+    .await;
+    let pid = s.info().await.unwrap().pid;
+    let out = run(&s, "x = bytearray(1 << 30)").await;
+    assert_eq!(out.error_type(), Some("MemoryError"), "{out:?}");
+    assert_eq!(
+        eval(&s, "len(bytearray(50 << 20))").await.as_deref(),
+        Some("52428800")
+    );
+    assert_eq!(s.info().await.unwrap().pid, pid, "the same worker");
+    assert_eq!(s.info().await.unwrap().limits.memory_bytes, Some(400 << 20));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cpu_time_limit_ends_the_worker_with_a_clear_error_and_a_fresh_one_starts() {
+    let s = start_with(with_limits(ResourceLimits {
+        cpu_time_secs: Some(1),
+        ..Default::default()
+    }))
+    .await;
+    let out = run(&s, "while True: pass").await;
+    assert_eq!(out.error_type(), Some("CpuLimitExceeded"), "{out:?}");
+    assert_eq!(eval(&s, "'usable'").await.as_deref(), Some("'usable'"));
+    assert_eq!(s.info().await.unwrap().restarts, 1);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn open_file_and_file_size_limits_raise_os_errors() {
+    let s = start_with(with_limits(ResourceLimits {
+        open_files: Some(40),
+        file_size_bytes: Some(1 << 20),
+        ..Default::default()
+    }))
+    .await;
+    let files = "import errno\nkept = []\ntry:\n    for i in range(100):\n        kept.append(open(f'f{i}', 'w'))\nexcept OSError as e:\n    result = errno.errorcode[e.errno]\nfor f in kept: f.close()\nresult";
+    assert_eq!(eval(&s, files).await.as_deref(), Some("'EMFILE'"));
+    let size = "import errno\ntry:\n    with open('big', 'wb') as f: f.write(b'x' * (2 << 20))\nexcept OSError as e:\n    result = errno.errorcode[e.errno]\nresult";
+    assert_eq!(eval(&s, size).await.as_deref(), Some("'EFBIG'"));
+    s.shutdown().await.unwrap();
+}
+
+/// A pooled session gets its tenant's limits when it is handed over: set on the live worker,
+/// and kept for the workers that replace it.
+#[tokio::test]
+async fn limits_set_on_a_live_session_apply_at_once_and_after_a_restart() {
+    let s = start().await;
+    assert_eq!(
+        eval(&s, "len(bytearray(600 << 20))").await.as_deref(),
+        Some("629145600")
+    );
+    let limits = ResourceLimits {
+        memory_bytes: Some(400 << 20),
+        ..Default::default()
+    };
+    s.set_limits(limits).await.unwrap();
+    assert_eq!(
+        run(&s, "bytearray(600 << 20)").await.error_type(),
+        Some("MemoryError")
+    );
+    s.restart().await.unwrap();
+    assert_eq!(
+        run(&s, "bytearray(600 << 20)").await.error_type(),
+        Some("MemoryError")
+    );
+    assert_eq!(s.info().await.unwrap().limits, limits);
+    s.shutdown().await.unwrap();
+}
