@@ -68,15 +68,18 @@ async fn workers_of_serve_get_none_of_the_servers_environment() {
     });
     let http = reqwest::Client::new();
     let id = create_session_at(&http, &base).await;
-    let code = "import os\nraw = open('/proc/self/environ', 'rb').read()\n\
-                (b's3cr3t' in raw, b'alice-token' in raw, sorted(os.environ))";
+    let code = "import os, sys\nraw = open('/proc/self/environ', 'rb').read()\nlinks = []\n\
+                for fd in os.listdir('/proc/self/fd'):\n    try:\n        \
+                links.append(os.readlink(f'/proc/self/fd/{fd}'))\n    except OSError:\n        pass\n\
+                (b's3cr3t' in raw, b'alice-token' in raw, sorted(os.environ), sys.path[0], \
+                any('pyrepl3-agent' in link for link in links))";
     let answer = json_of(
         http.post(format!("{base}/v1/sessions/{id}/execute"))
             .json(&json!({"code": code})),
     )
     .await;
     assert_eq!(
-        answer["result"]["repr"], "(False, False, ['HOME', 'LANG', 'PATH'])",
+        answer["result"]["repr"], "(False, False, ['HOME', 'LANG', 'PATH'], '', False)",
         "{answer}"
     );
     drop(server);
@@ -87,21 +90,21 @@ async fn workers_of_serve_get_none_of_the_servers_environment() {
 #[tokio::test]
 async fn a_tenants_limits_apply_to_the_sessions_it_gets_from_the_pool() {
     let mut limited = tenant("alice", ALICE);
-    limited.memory_limit_bytes = 400 << 20;
+    limited.memory_limit_bytes = 200 << 20;
     limited.open_files_limit = 64;
     let api = Api::start(config(vec![limited, tenant("bob", BOB)])).await;
     let alice = api.new_session(ALICE).await;
     let bob = api.new_session(BOB).await;
-    let big = json!({"code": "len(bytearray(600 << 20))"});
+    let big = json!({"code": "len(bytearray(300 << 20))"});
     let refused = api.execute(ALICE, &alice, big.clone()).await;
     assert_eq!(
         refused["error"]["exception_type"], "MemoryError",
         "{refused}"
     );
     let allowed = api.execute(BOB, &bob, big).await;
-    assert_eq!(allowed["result"]["repr"], "629145600", "{allowed}");
+    assert_eq!(allowed["result"]["repr"], "314572800", "{allowed}");
     let (_, info) = api.get(&format!("/v1/sessions/{alice}"), ALICE).await;
-    assert_eq!(info["limits"]["memory_bytes"], 400 << 20, "{info}");
+    assert_eq!(info["limits"]["memory_bytes"], 200 << 20, "{info}");
     assert_eq!(info["limits"]["open_files"], 64, "{info}");
     api.handle.shutdown().await.unwrap();
 }

@@ -68,21 +68,21 @@ async fn open_file_and_file_size_limits_raise_os_errors() {
 async fn limits_set_on_a_live_session_apply_at_once_and_after_a_restart() {
     let s = start().await;
     assert_eq!(
-        eval(&s, "len(bytearray(600 << 20))").await.as_deref(),
-        Some("629145600")
+        eval(&s, "len(bytearray(300 << 20))").await.as_deref(),
+        Some("314572800")
     );
     let limits = ResourceLimits {
-        memory_bytes: Some(400 << 20),
+        memory_bytes: Some(200 << 20),
         ..Default::default()
     };
     s.set_limits(limits).await.unwrap();
     assert_eq!(
-        run(&s, "bytearray(600 << 20)").await.error_type(),
+        run(&s, "bytearray(300 << 20)").await.error_type(),
         Some("MemoryError")
     );
     s.restart().await.unwrap();
     assert_eq!(
-        run(&s, "bytearray(600 << 20)").await.error_type(),
+        run(&s, "bytearray(300 << 20)").await.error_type(),
         Some("MemoryError")
     );
     assert_eq!(s.info().await.unwrap().limits, limits);

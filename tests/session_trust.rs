@@ -211,10 +211,8 @@ results
     let out = run(&s, attack).await;
     let results = out.repr().unwrap_or_default().to_string();
     assert!(!results.contains("'rewrote'"), "{results}");
-    assert!(
-        results.contains("pyrepl3-agent") || results.contains("/proc/"),
-        "{results}"
-    );
+    // The host's copy was found (same user, no sandbox) and is sealed.
+    assert!(results.contains("('PermissionError', '/proc/"), "{results}");
     // A worker started after the attempt runs the real agent.
     let later = start().await;
     assert_eq!(eval(&later, "1+1").await.as_deref(), Some("2"));

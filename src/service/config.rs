@@ -24,7 +24,8 @@ pub struct TenantConfig {
     /// Default time limit of an execution (a request may set a shorter one).
     pub execution_time_limit_secs: Option<f64>,
     /// Resource limits of this tenant's workers (rlimits, set when a pooled session is
-    /// handed to the tenant; 0: no limit). Address space, then `MemoryError`.
+    /// handed to the tenant; 0: no limit). Address space (virtual memory), then
+    /// `MemoryError`.
     pub memory_limit_bytes: u64,
     /// CPU time of a worker, then `CpuLimitExceeded` (the worker is restarted).
     pub cpu_time_limit_secs: u64,
@@ -44,10 +45,13 @@ impl Default for TenantConfig {
             burst: 100,
             idle_timeout_secs: 600.0,
             execution_time_limit_secs: None,
-            memory_limit_bytes: 4 << 30,
+            // Off by default: an address-space limit counts virtual memory, which thread
+            // stacks, malloc arenas and BLAS or JIT runtimes reserve far beyond what they use;
+            // a file-size limit ends a child process (SIGXFSZ) rather than failing its write.
+            memory_limit_bytes: 0,
             cpu_time_limit_secs: 0,
             open_files_limit: 1024,
-            file_size_limit_bytes: 1 << 30,
+            file_size_limit_bytes: 0,
         }
     }
 }

@@ -92,6 +92,18 @@ pub struct SessionHandle {
     pub(super) hosted: Arc<Hosted>,
 }
 
+/// A pooled session on its way to a tenant: discarded (never given back to the pool) unless
+/// taken out.
+struct DiscardUnlessKept(Option<crate::pool::PooledSession>);
+
+impl Drop for DiscardUnlessKept {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            session.discard();
+        }
+    }
+}
+
 impl Service {
     /// Takes a warm session from the pool for the caller, within its tenant's session
     /// limit.
@@ -114,11 +126,23 @@ impl Service {
             .await
             .map_err(|e| ServiceError::from_session("create_session", None, e))?;
         // The pool's sessions are warmed before anyone's: the tenant's limits are set on the
-        // worker as it is handed over (and kept for any restart).
-        guard
-            .set_limits(tenant.limits())
-            .await
-            .map_err(|e| ServiceError::from_session("create_session", None, e))?;
+        // worker as it is handed over (and kept for any restart). A session that got them,
+        // or may have, is never given back to the pool for another tenant: if this fails or
+        // the caller goes away meanwhile, it is discarded.
+        let mut handover = DiscardUnlessKept(Some(guard));
+        if let Some(session) = &handover.0 {
+            session
+                .set_limits(tenant.limits())
+                .await
+                .map_err(|e| ServiceError::from_session("create_session", None, e))?;
+        }
+        let Some(guard) = handover.0.take() else {
+            return Err(ServiceError::from_session(
+                "create_session",
+                None,
+                crate::error::Error::SessionClosed,
+            ));
+        };
         Ok(self.inner.add_session(&caller.tenant, guard).summary())
     }
 

@@ -293,16 +293,24 @@ impl Actor {
             let now = Instant::now();
             match wake {
                 Wake::Command(Some(Command::SetLimits { limits, reply })) => {
-                    // The actor owns the process (and the spec for its successors).
-                    self.spec.limits = limits;
+                    // The actor owns the process (and the spec for its successors). What is
+                    // reported is what the kernel has in force (a limit above the host's own
+                    // is lowered to it); nothing changes if they could not be set.
                     let applied = match &self.worker {
-                        Some(w) => limits
-                            .apply_to(w.process.pid())
-                            .map_err(Error::io("setting the worker's resource limits")),
-                        None => Ok(()),
+                        Some(w) => {
+                            let pid = w.process.pid();
+                            limits
+                                .apply_to(pid)
+                                .map(|()| limits.in_force(pid))
+                                .map_err(Error::io("setting the worker's resource limits"))
+                        }
+                        None => Ok(limits),
                     };
-                    self.core.set_limits(limits);
-                    let _ = reply.send(applied);
+                    let answer = applied.map(|in_force| {
+                        self.spec.limits = limits;
+                        self.core.set_limits(in_force);
+                    });
+                    let _ = reply.send(answer);
                 }
                 Wake::Command(Some(cmd)) => self.core.handle(Input::Command(cmd), now),
                 Wake::OwnerShutdown => self.core.handle(Input::Shutdown, now),

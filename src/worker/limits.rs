@@ -25,8 +25,10 @@ pub struct ResourceLimits {
 
 impl ResourceLimits {
     /// (resource, soft, hard) of each limit set. The CPU limit's hard value is one second
-    /// above the soft one, so that the kernel sends SIGXCPU (which says why) before SIGKILL.
-    fn each(&self) -> [(libc::__rlimit_resource_t, Option<(u64, u64)>); 4] {
+    /// above the soft one, so that the kernel sends SIGXCPU (which says why) before SIGKILL,
+    /// and with it no core dump. Open files: at least [`MIN_OPEN_FILES`], which the worker's
+    /// own start needs.
+    fn each(&self) -> [(libc::__rlimit_resource_t, Option<(u64, u64)>); 5] {
         let same = |v: Option<u64>| v.map(|v| (v, v));
         [
             (libc::RLIMIT_AS, same(self.memory_bytes)),
@@ -34,9 +36,45 @@ impl ResourceLimits {
                 libc::RLIMIT_CPU,
                 self.cpu_time_secs.map(|v| (v, v.saturating_add(1))),
             ),
-            (libc::RLIMIT_NOFILE, same(self.open_files)),
+            (libc::RLIMIT_CORE, self.cpu_time_secs.map(|_| (0, 0))),
+            (
+                libc::RLIMIT_NOFILE,
+                same(self.open_files.map(|v| v.max(MIN_OPEN_FILES))),
+            ),
             (libc::RLIMIT_FSIZE, same(self.file_size_bytes)),
         ]
+    }
+
+    /// These limits as they can be set under the current hard limits (`hard_of`): a limit
+    /// above the host's own (a container's, a service manager's) is lowered to it, since
+    /// raising a hard limit needs a privilege the host may not have.
+    fn clamped(
+        &self,
+        hard_of: impl Fn(libc::__rlimit_resource_t) -> Option<u64>,
+    ) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+        self.each()
+            .into_iter()
+            .filter_map(|(resource, value)| {
+                let (soft, hard) = value?;
+                let ceiling = hard_of(resource).unwrap_or(u64::MAX);
+                Some((resource, soft.min(ceiling), hard.min(ceiling)))
+            })
+            .collect()
+    }
+
+    /// What is in force on process `pid` for each limit this asks for (after clamping).
+    pub(crate) fn in_force(&self, pid: u32) -> ResourceLimits {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return ResourceLimits::default();
+        };
+        let soft = |resource| current(pid, resource).map(|(soft, _)| soft);
+        let keep = |wanted: Option<u64>, resource| wanted.and(soft(resource));
+        ResourceLimits {
+            memory_bytes: keep(self.memory_bytes, libc::RLIMIT_AS),
+            cpu_time_secs: keep(self.cpu_time_secs, libc::RLIMIT_CPU),
+            open_files: keep(self.open_files, libc::RLIMIT_NOFILE),
+            file_size_bytes: keep(self.file_size_bytes, libc::RLIMIT_FSIZE),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -48,13 +86,21 @@ impl ResourceLimits {
     pub(crate) fn apply_here(&self) -> io::Result<()> {
         for (resource, value) in self.each() {
             if let Some((soft, hard)) = value {
-                let limit = libc::rlimit {
-                    rlim_cur: soft,
-                    rlim_max: hard,
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
                 };
-                // SAFETY: setrlimit with a valid pointer.
-                if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-                    return Err(io::Error::last_os_error());
+                // SAFETY: getrlimit/setrlimit with valid pointers (async-signal-safe).
+                unsafe {
+                    if libc::getrlimit(resource, &mut limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // Never above the hard limit in force (see `clamped`).
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    limit.rlim_max = hard.min(limit.rlim_max);
+                    if libc::setrlimit(resource, &limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
             }
         }
@@ -64,20 +110,33 @@ impl ResourceLimits {
     /// On the live process `pid` (ours, not reaped): the same as [`Self::apply_here`].
     pub(crate) fn apply_to(&self, pid: u32) -> io::Result<()> {
         let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
-        for (resource, value) in self.each() {
-            if let Some((soft, hard)) = value {
-                let limit = libc::rlimit64 {
-                    rlim_cur: soft,
-                    rlim_max: hard,
-                };
-                // SAFETY: prlimit64 with a valid new limit and no old-limit pointer.
-                if unsafe { libc::prlimit64(pid, resource, &limit, std::ptr::null_mut()) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+        for (resource, soft, hard) in self.clamped(|r| current(pid, r).map(|(_, hard)| hard)) {
+            let limit = libc::rlimit64 {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: prlimit64 with a valid new limit and no old-limit pointer.
+            if unsafe { libc::prlimit64(pid, resource, &limit, std::ptr::null_mut()) } != 0 {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(())
     }
+}
+
+/// The fewest open files a worker may be limited to: its start needs a few more than the
+/// standard streams and its channels (fds 0-6, its own duplicates, the interpreter's files).
+pub const MIN_OPEN_FILES: u64 = 32;
+
+/// (soft, hard) of `resource` on process `pid`.
+fn current(pid: libc::pid_t, resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 reading into a valid pointer, setting nothing.
+    let read = unsafe { libc::prlimit64(pid, resource, std::ptr::null(), &mut old) };
+    (read == 0).then_some((old.rlim_cur, old.rlim_max))
 }
 
 #[cfg(test)]
@@ -113,6 +172,13 @@ mod tests {
             "{text}"
         );
         assert!(line("Max file size").contains("1048576 1048576"), "{text}");
+        // A limit above the hard limit in force is lowered to it, not refused.
+        let above = ResourceLimits {
+            open_files: Some(1 << 40),
+            ..ResourceLimits::default()
+        };
+        above.apply_to(child.id()).unwrap();
+        assert_eq!(above.in_force(child.id()).open_files, Some(64));
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -56,6 +56,18 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
 
     let mut cmd = Command::new(&spec.interpreter.python);
+    // First: `env_clear` also drops what was set on the command before it.
+    if !spec.inherit_env {
+        // Nothing of the host's environment: it may hold secrets (a token given as
+        // PYREPL3_TOKEN), and /proc/self/environ would keep them whatever the agent deletes.
+        let interpreter_dir = spec.interpreter.python.parent().unwrap_or(Path::new("/"));
+        let mut path = std::ffi::OsString::from(interpreter_dir);
+        path.push(":/usr/local/bin:/usr/bin:/bin");
+        cmd.env_clear()
+            .env("PATH", path)
+            .env("HOME", &spec.cwd)
+            .env("LANG", "C.UTF-8");
+    }
     // The agent's bytecode is read from a sealed file placed at AGENT_FD: never from a path
     // that a worker could have rewritten.
     let agent_fd = spec
@@ -69,17 +81,6 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
             .env("PYREPL3_AGENT_FD", AGENT_FD.to_string()),
         None => cmd.arg("-c").arg(AGENT_SOURCE),
     };
-    if !spec.inherit_env {
-        // Nothing of the host's environment: it may hold secrets (a token given as
-        // PYREPL3_TOKEN), and /proc/self/environ would keep them whatever the agent deletes.
-        let interpreter_dir = spec.interpreter.python.parent().unwrap_or(Path::new("/"));
-        let mut path = std::ffi::OsString::from(interpreter_dir);
-        path.push(":/usr/local/bin:/usr/bin:/bin");
-        cmd.env_clear()
-            .env("PATH", path)
-            .env("HOME", &spec.cwd)
-            .env("LANG", "C.UTF-8");
-    }
     cmd.current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::from(OwnedFd::from(out_w)))

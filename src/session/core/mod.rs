@@ -414,7 +414,7 @@ impl Core {
 
         let (restart, event) = match (&cause, self.config.limits.cpu_time_secs) {
             // The kernel ends a worker past its CPU-time limit with SIGXCPU (then SIGKILL).
-            (ExitCause::Unexpected, Some(secs)) if status.contains("SIGXCPU") || status.contains("signal 24") => (
+            (ExitCause::Unexpected, Some(secs)) if status.contains("(SIGXCPU)") => (
                 true,
                 Event::error(
                     "CpuLimitExceeded",
