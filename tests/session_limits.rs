@@ -88,3 +88,43 @@ async fn limits_set_on_a_live_session_apply_at_once_and_after_a_restart() {
     assert_eq!(s.info().await.unwrap().limits, limits);
     s.shutdown().await.unwrap();
 }
+
+/// A fork bomb meets the session's process limit (its `pids` cgroup): `fork` fails with
+/// EAGAIN, and the session goes on.
+#[tokio::test]
+async fn a_fork_bomb_is_contained_by_the_process_limit() {
+    let s = start_with(with_limits(ResourceLimits {
+        processes: Some(40),
+        ..Default::default()
+    }))
+    .await;
+    // In force (this needs a writable pids cgroup, as CI has: root, cgroup v1 or v2).
+    assert_eq!(s.info().await.unwrap().limits.processes, Some(40));
+    // Children block on a pipe and end when the parent closes it, whatever happens.
+    let bomb = "import errno, os\nr, w = os.pipe()\nforked = 0\ntry:\n    for _ in range(10_000):\n        \
+                if os.fork() == 0:\n            os.close(w)\n            os.read(r, 1)\n            os._exit(0)\n        \
+                forked += 1\nexcept OSError as e:\n    result = (errno.errorcode[e.errno], forked < 40)\nos.close(w)\n\
+                for _ in range(forked):\n    os.wait()\nresult";
+    assert_eq!(eval(&s, bomb).await.as_deref(), Some("('EAGAIN', True)"));
+    assert_eq!(eval(&s, "'alive'").await.as_deref(), Some("'alive'"));
+    s.shutdown().await.unwrap();
+}
+
+/// Ending a session ends every process it started, also one in a session of its own
+/// (`setsid`), which the group kill does not reach.
+#[tokio::test]
+async fn a_setsid_child_does_not_outlive_its_session() {
+    let s = start().await;
+    let pid = eval(
+        &s,
+        "import subprocess\nsubprocess.Popen(['sleep', '300'], start_new_session=True).pid",
+    )
+    .await
+    .unwrap();
+    let pid: u32 = pid.parse().unwrap();
+    s.shutdown().await.unwrap();
+    assert!(
+        wait_pid_exit(pid, std::time::Duration::from_secs(5)).await,
+        "the setsid child outlived its session"
+    );
+}

@@ -33,6 +33,9 @@ pub struct TenantConfig {
     pub open_files_limit: u64,
     /// Size of one file a worker writes, then `OSError` EFBIG.
     pub file_size_limit_bytes: u64,
+    /// Processes and threads of one session in all (a `pids` cgroup, where the host can make
+    /// one), then `OSError` EAGAIN on fork: a fork bomb is contained.
+    pub max_processes: u64,
 }
 
 impl Default for TenantConfig {
@@ -52,6 +55,7 @@ impl Default for TenantConfig {
             cpu_time_limit_secs: 0,
             open_files_limit: 1024,
             file_size_limit_bytes: 0,
+            max_processes: 512,
         }
     }
 }
@@ -70,6 +74,7 @@ impl TenantConfig {
             cpu_time_secs: some(self.cpu_time_limit_secs),
             open_files: some(self.open_files_limit),
             file_size_bytes: some(self.file_size_limit_bytes),
+            processes: some(self.max_processes),
         }
     }
 

@@ -68,7 +68,26 @@ pub(crate) async fn spawn(
     let output_limiter = config
         .output_rate
         .map(|rate| RateLimiter::new(rate.bytes_per_second, rate.burst_bytes.max(1)));
+    // Every process of the session goes into its cgroup, where the host can make one.
+    let cgroup = match worker::SessionCgroup::create(&id) {
+        Ok(cgroup) => match cgroup.set_max_processes(config.limits.processes) {
+            Ok(()) => Some(cgroup),
+            Err(e) => {
+                tracing::debug!(session = %id, error = %e, "no process limit for the session");
+                cgroup.remove().await;
+                None
+            }
+        },
+        Err(e) => {
+            tracing::debug!(session = %id, error = %e, "no cgroup for the session");
+            None
+        }
+    };
+    // What info reports is what is in force: no cgroup, no process limit.
+    let mut config = config;
+    config.limits.processes = cgroup.as_ref().and_then(|c| c.max_processes());
     let spec = WorkerSpec {
+        cgroup_procs: cgroup.as_ref().map(|c| c.procs_path().clone()),
         interpreter,
         env: config.env.clone(),
         inherit_env: config.inherit_env,
@@ -100,6 +119,7 @@ pub(crate) async fn spawn(
         output_paused_until: None,
         read_buf: vec![0; READ_CHUNK],
         workdir,
+        cgroup,
     };
     // The first worker starts now, so that a spawn error is the caller's error.
     actor.apply_effects().await;
@@ -236,6 +256,8 @@ struct Actor {
     /// The session's own working directory (none with a configured `cwd`), removed on the
     /// blocking pool once the session has ended.
     workdir: Option<SessionDir>,
+    /// The session's cgroup (every process of it); emptied and removed at the end.
+    cgroup: Option<worker::SessionCgroup>,
 }
 
 // ---- the futures raced in `wait`; each is cancel-safe and pends forever when disabled ----
@@ -306,6 +328,16 @@ impl Actor {
                         }
                         None => Ok(limits),
                     };
+                    let cgroup = self.cgroup.as_ref();
+                    let applied = applied.and_then(|mut in_force| {
+                        if let Some(cgroup) = cgroup {
+                            cgroup
+                                .set_max_processes(limits.processes)
+                                .map_err(Error::io("setting the session's process limit"))?;
+                            in_force.processes = cgroup.max_processes();
+                        }
+                        Ok(in_force)
+                    });
                     let answer = applied.map(|in_force| {
                         self.spec.limits = limits;
                         self.core.set_limits(in_force);
@@ -343,6 +375,10 @@ impl Actor {
         let stragglers = std::mem::take(&mut self.stragglers);
         if !stragglers.wait_gone(GROUP_EXIT_DEADLINE).await {
             tracing::warn!(session = %self.id, "processes of the session's group survived SIGKILL");
+        }
+        // Processes that left the worker's group (`setsid`) are still in the cgroup.
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove().await;
         }
         // Possibly a large tree: removed on the blocking pool while this task waits, so no
         // other session stalls; "closed" still means nothing of the session is left.

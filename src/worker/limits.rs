@@ -21,6 +21,9 @@ pub struct ResourceLimits {
     /// Size of one file written (`RLIMIT_FSIZE`): writing past it fails with `OSError`
     /// (EFBIG; Python ignores SIGXFSZ).
     pub file_size_bytes: Option<u64>,
+    /// Processes and threads of the whole session (the `pids` cgroup, see `cgroup.rs`; not
+    /// an rlimit): one more fork fails with `OSError` EAGAIN. Needs a writable cgroup.
+    pub processes: Option<u64>,
 }
 
 impl ResourceLimits {
@@ -74,11 +77,13 @@ impl ResourceLimits {
             cpu_time_secs: keep(self.cpu_time_secs, libc::RLIMIT_CPU),
             open_files: keep(self.open_files, libc::RLIMIT_NOFILE),
             file_size_bytes: keep(self.file_size_bytes, libc::RLIMIT_FSIZE),
+            // Set by the session's actor, which owns the cgroup.
+            processes: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.each().iter().all(|(_, v)| v.is_none())
+        self.each().iter().all(|(_, v)| v.is_none()) && self.processes.is_none()
     }
 
     /// In a child between fork and exec: sets each limit (the hard limit too, so that user
@@ -154,6 +159,7 @@ mod tests {
             cpu_time_secs: Some(7),
             open_files: Some(64),
             file_size_bytes: Some(1 << 20),
+            processes: None,
         };
         limits.apply_to(child.id()).unwrap();
         let text = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();

@@ -9,6 +9,7 @@
 //!
 //! The sandbox of a session (namespaces, uid, limits) plugs in at `spawn`.
 
+mod cgroup;
 mod interpreter;
 mod limits;
 mod process;
@@ -18,6 +19,7 @@ mod spawner;
 
 use std::path::PathBuf;
 
+pub use cgroup::SessionCgroup;
 pub use interpreter::{prepare_interpreter, Interpreter};
 pub use limits::ResourceLimits;
 pub use process::{Stragglers, WorkerProcess};
@@ -51,6 +53,8 @@ pub struct WorkerSpec {
     pub inherit_env: bool,
     /// Set in the child before it starts.
     pub limits: ResourceLimits,
+    /// The session's cgroup (its `cgroup.procs`), joined by the child before it starts.
+    pub cgroup_procs: Option<std::ffi::CString>,
     pub cwd: PathBuf,
     pub session_id: String,
     pub marker_token: String,

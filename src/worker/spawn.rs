@@ -102,6 +102,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let host = spawner::host_pid();
     let open_files = spawner::workers_open_file_limit();
     let limits = spec.limits;
+    let cgroup_procs = spec.cgroup_procs.clone();
     // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, getrlimit,
     // setrlimit, dup2, fcntl) are made.
     unsafe {
@@ -109,6 +110,9 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
             spawner::die_with_parent(host)?;
             spawner::restore_open_file_limit(open_files)?;
             limits.apply_here()?;
+            if let Some(procs) = &cgroup_procs {
+                super::cgroup::join_here(procs)?;
+            }
             // First: the agent's file may sit at a number the channels are placed at.
             if let Some(fd) = agent_fd {
                 place_fd(fd, AGENT_FD)?;
