@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use pyrepl3::{ResourceLimits, SessionConfig};
+use pyrepl3::{Event, ResourceLimits, SessionConfig};
 
 fn with_limits(limits: ResourceLimits) -> SessionConfig {
     SessionConfig {
@@ -127,4 +127,39 @@ async fn a_setsid_child_does_not_outlive_its_session() {
         wait_pid_exit(pid, std::time::Duration::from_secs(5)).await,
         "the setsid child outlived its session"
     );
+}
+
+/// The session's memory in all (its memory cgroup): past it the kernel's OOM killer ends the
+/// worker, and the execution says why, naming the limit; a fresh worker starts.
+#[tokio::test]
+async fn a_session_over_its_memory_limit_ends_with_memory_limit_exceeded() {
+    let s = start_with(with_limits(ResourceLimits {
+        session_memory_bytes: Some(150 << 20),
+        ..Default::default()
+    }))
+    .await;
+    // In force (this needs a writable memory cgroup, as CI has).
+    assert_eq!(
+        s.info().await.unwrap().limits.session_memory_bytes,
+        Some(150 << 20)
+    );
+    // Resident memory: every page written.
+    let out = run(
+        &s,
+        "x = bytearray(400 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1",
+    )
+    .await;
+    assert_eq!(out.error_type(), Some("MemoryLimitExceeded"), "{out:?}");
+    let Event::Error {
+        exception_message, ..
+    } = &out.terminal
+    else {
+        unreachable!()
+    };
+    assert!(
+        exception_message.contains("157286400 bytes"),
+        "{exception_message}"
+    );
+    assert_eq!(eval(&s, "'alive'").await.as_deref(), Some("'alive'"));
+    s.shutdown().await.unwrap();
 }

@@ -36,6 +36,9 @@ pub struct TenantConfig {
     /// Processes and threads of one session in all (a `pids` cgroup, where the host can make
     /// one), then `OSError` EAGAIN on fork: a fork bomb is contained.
     pub max_processes: u64,
+    /// Resident memory of one session's processes in all (a `memory` cgroup, where the host
+    /// can make one), then the kernel ends the worker: `MemoryLimitExceeded`.
+    pub session_memory_limit_bytes: u64,
 }
 
 impl Default for TenantConfig {
@@ -56,6 +59,7 @@ impl Default for TenantConfig {
             open_files_limit: 1024,
             file_size_limit_bytes: 0,
             max_processes: 512,
+            session_memory_limit_bytes: 0,
         }
     }
 }
@@ -75,6 +79,7 @@ impl TenantConfig {
             open_files: some(self.open_files_limit),
             file_size_bytes: some(self.file_size_limit_bytes),
             processes: some(self.max_processes),
+            session_memory_bytes: some(self.session_memory_limit_bytes),
         }
     }
 

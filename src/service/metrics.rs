@@ -260,7 +260,7 @@ fn error_label(exception_type: &str) -> &'static str {
 
 /// Sorted (binary search): the builtin exception classes of CPython 3.8-3.13
 /// (`BaseException` subclasses in `builtins`) and the error types the host itself reports.
-const KNOWN_ERROR_TYPES: [&str; 83] = [
+const KNOWN_ERROR_TYPES: [&str; 84] = [
     "ArithmeticError",
     "AssertionError",
     "AttributeError",
@@ -302,6 +302,7 @@ const KNOWN_ERROR_TYPES: [&str; 83] = [
     "KeyboardInterrupt",
     "LookupError",
     "MemoryError",
+    "MemoryLimitExceeded",
     "ModuleNotFoundError",
     "NameError",
     "NotADirectoryError",

@@ -70,14 +70,19 @@ pub(crate) async fn spawn(
         .map(|rate| RateLimiter::new(rate.bytes_per_second, rate.burst_bytes.max(1)));
     // Every process of the session goes into its cgroup, where the host can make one.
     let cgroup = match worker::SessionCgroup::create(&id) {
-        Ok(cgroup) => match cgroup.set_max_processes(config.limits.processes) {
-            Ok(()) => Some(cgroup),
-            Err(e) => {
-                tracing::debug!(session = %id, error = %e, "no process limit for the session");
-                cgroup.remove().await;
-                None
+        Ok(cgroup) => {
+            let set = cgroup
+                .set_max_processes(config.limits.processes)
+                .and_then(|()| cgroup.set_max_memory(config.limits.session_memory_bytes));
+            match set {
+                Ok(()) => Some(cgroup),
+                Err(e) => {
+                    tracing::debug!(session = %id, error = %e, "no cgroup limits for the session");
+                    cgroup.remove().await;
+                    None
+                }
             }
-        },
+        }
         Err(e) => {
             tracing::debug!(session = %id, error = %e, "no cgroup for the session");
             None
@@ -86,8 +91,12 @@ pub(crate) async fn spawn(
     // What info reports is what is in force: no cgroup, no process limit.
     let mut config = config;
     config.limits.processes = cgroup.as_ref().and_then(|c| c.max_processes());
+    config.limits.session_memory_bytes = cgroup.as_ref().and_then(|c| c.max_memory());
     let spec = WorkerSpec {
-        cgroup_procs: cgroup.as_ref().map(|c| c.procs_path().clone()),
+        cgroup_procs: cgroup
+            .as_ref()
+            .map(|c| c.procs_paths().to_vec())
+            .unwrap_or_default(),
         interpreter,
         env: config.env.clone(),
         inherit_env: config.inherit_env,
@@ -120,6 +129,7 @@ pub(crate) async fn spawn(
         read_buf: vec![0; READ_CHUNK],
         workdir,
         cgroup,
+        oom_kills_seen: 0,
     };
     // The first worker starts now, so that a spawn error is the caller's error.
     actor.apply_effects().await;
@@ -256,8 +266,10 @@ struct Actor {
     /// The session's own working directory (none with a configured `cwd`), removed on the
     /// blocking pool once the session has ended.
     workdir: Option<SessionDir>,
-    /// The session's cgroup (every process of it); emptied and removed at the end.
+    /// The session's cgroups (every process of it); emptied and removed at the end.
     cgroup: Option<worker::SessionCgroup>,
+    /// OOM kills in the session's memory cgroup already accounted for.
+    oom_kills_seen: u64,
 }
 
 // ---- the futures raced in `wait`; each is cancel-safe and pends forever when disabled ----
@@ -333,8 +345,10 @@ impl Actor {
                         if let Some(cgroup) = cgroup {
                             cgroup
                                 .set_max_processes(limits.processes)
-                                .map_err(Error::io("setting the session's process limit"))?;
+                                .and_then(|()| cgroup.set_max_memory(limits.session_memory_bytes))
+                                .map_err(Error::io("setting the session's cgroup limits"))?;
                             in_force.processes = cgroup.max_processes();
+                            in_force.session_memory_bytes = cgroup.max_memory();
                         }
                         Ok(in_force)
                     });
@@ -609,7 +623,11 @@ impl Actor {
             Ok(status) => worker::describe_exit(status),
             Err(e) => format!("could not be waited for: {e}"),
         };
-        self.core.handle(Input::Reaped { status }, now);
+        // The kernel's OOM killer counts its kills in the session's memory cgroup.
+        let oom_kills = self.cgroup.as_ref().map_or(0, |c| c.oom_kills());
+        let oom_killed = oom_kills > self.oom_kills_seen;
+        self.oom_kills_seen = oom_kills;
+        self.core.handle(Input::Reaped { status, oom_killed }, now);
     }
 }
 

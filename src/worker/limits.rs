@@ -24,6 +24,10 @@ pub struct ResourceLimits {
     /// Processes and threads of the whole session (the `pids` cgroup, see `cgroup.rs`; not
     /// an rlimit): one more fork fails with `OSError` EAGAIN. Needs a writable cgroup.
     pub processes: Option<u64>,
+    /// Memory of the whole session, its processes' resident memory in all (the `memory`
+    /// cgroup): past it the kernel's OOM killer ends the worker, and the execution ends with
+    /// `MemoryLimitExceeded` naming the limit (a fresh worker starts). Needs a writable cgroup.
+    pub session_memory_bytes: Option<u64>,
 }
 
 impl ResourceLimits {
@@ -77,13 +81,16 @@ impl ResourceLimits {
             cpu_time_secs: keep(self.cpu_time_secs, libc::RLIMIT_CPU),
             open_files: keep(self.open_files, libc::RLIMIT_NOFILE),
             file_size_bytes: keep(self.file_size_bytes, libc::RLIMIT_FSIZE),
-            // Set by the session's actor, which owns the cgroup.
+            // Set by the session's actor, which owns the cgroups.
             processes: None,
+            session_memory_bytes: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.each().iter().all(|(_, v)| v.is_none()) && self.processes.is_none()
+        self.each().iter().all(|(_, v)| v.is_none())
+            && self.processes.is_none()
+            && self.session_memory_bytes.is_none()
     }
 
     /// In a child between fork and exec: sets each limit (the hard limit too, so that user
@@ -160,6 +167,7 @@ mod tests {
             open_files: Some(64),
             file_size_bytes: Some(1 << 20),
             processes: None,
+            session_memory_bytes: None,
         };
         limits.apply_to(child.id()).unwrap();
         let text = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();

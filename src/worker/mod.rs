@@ -53,8 +53,8 @@ pub struct WorkerSpec {
     pub inherit_env: bool,
     /// Set in the child before it starts.
     pub limits: ResourceLimits,
-    /// The session's cgroup (its `cgroup.procs`), joined by the child before it starts.
-    pub cgroup_procs: Option<std::ffi::CString>,
+    /// The session's cgroups (their `cgroup.procs`), joined by the child before it starts.
+    pub cgroup_procs: Vec<std::ffi::CString>,
     pub cwd: PathBuf,
     pub session_id: String,
     pub marker_token: String,

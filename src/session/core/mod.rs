@@ -51,6 +51,8 @@ pub(crate) enum Input<'a> {
     Exited,
     Reaped {
         status: String,
+        /// The kernel's OOM killer ended it (the session's memory cgroup counted a kill).
+        oom_killed: bool,
     },
     /// The running execution's consumer has room again.
     ConsumerReady,
@@ -238,7 +240,7 @@ impl Core {
                     w.exit_cause.get_or_insert(ExitCause::Unexpected);
                 }
             }
-            Input::Reaped { status } => self.on_reaped(status),
+            Input::Reaped { status, oom_killed } => self.on_reaped(status, oom_killed),
             Input::ConsumerReady => {
                 if let Some(run) = &mut self.current {
                     run.sink.flush();
@@ -382,7 +384,7 @@ impl Core {
         }
     }
 
-    fn on_reaped(&mut self, status: String) {
+    fn on_reaped(&mut self, status: String, oom_killed: bool) {
         let Some(mut w) = self.worker.take() else {
             return;
         };
@@ -412,7 +414,18 @@ impl Core {
             return;
         }
 
+        let memory_limit = self.config.limits.session_memory_bytes;
         let (restart, event) = match (&cause, self.config.limits.cpu_time_secs) {
+            (ExitCause::Unexpected, _) if oom_killed => (
+                true,
+                Event::error(
+                    "MemoryLimitExceeded",
+                    match memory_limit {
+                        Some(bytes) => format!("the session went over its memory limit of {bytes} bytes and the kernel ended the worker ({status}); a fresh worker was started, the namespace is lost"),
+                        None => format!("the kernel ended the worker for want of memory ({status}); a fresh worker was started, the namespace is lost"),
+                    },
+                ),
+            ),
             // The kernel ends a worker past its CPU-time limit with SIGXCPU (then SIGKILL).
             (ExitCause::Unexpected, Some(secs)) if status.contains("(SIGXCPU)") => (
                 true,

@@ -131,6 +131,7 @@ impl Harness {
         effects.extend(self.input(Input::OutputEnd { pipe: 1 }));
         effects.extend(self.input(Input::Reaped {
             status: status.into(),
+            oom_killed: false,
         }));
         effects
     }
