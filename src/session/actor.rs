@@ -69,7 +69,7 @@ pub(crate) async fn spawn(
         .output_rate
         .map(|rate| RateLimiter::new(rate.bytes_per_second, rate.burst_bytes.max(1)));
     // Every process of the session goes into its cgroup, where the host can make one.
-    let cgroup = match worker::SessionCgroup::create(&id) {
+    let cgroup = match worker::SessionCgroup::create(&id).await {
         Ok(cgroup) => {
             let set = cgroup
                 .set_max_processes(config.limits.processes)
@@ -95,7 +95,7 @@ pub(crate) async fn spawn(
     let spec = WorkerSpec {
         cgroup_procs: cgroup
             .as_ref()
-            .map(|c| c.procs_paths().to_vec())
+            .map(worker::SessionCgroup::procs_fds)
             .unwrap_or_default(),
         interpreter,
         env: config.env.clone(),
@@ -489,6 +489,13 @@ impl Actor {
 
     /// Waits for the fork (on the spawner thread, not this one): only this session waits.
     async fn spawn_worker(&mut self, marker_token: String) {
+        // A replaced worker may have left processes in the session's cgroups (setsid
+        // children, a fork bomb at the process limit, a memory hog): the fresh worker starts
+        // without them, and their OOM kills are not its own.
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all().await;
+            self.oom_kills_seen = cgroup.oom_kills();
+        }
         let spec = WorkerSpec {
             marker_token,
             ..self.spec.clone()
@@ -623,9 +630,10 @@ impl Actor {
             Ok(status) => worker::describe_exit(status),
             Err(e) => format!("could not be waited for: {e}"),
         };
-        // The kernel's OOM killer counts its kills in the session's memory cgroup.
+        // The kernel's OOM killer counts its kills in the session's memory cgroup: one since
+        // this worker started, and the worker itself SIGKILLed, is the worker's.
         let oom_kills = self.cgroup.as_ref().map_or(0, |c| c.oom_kills());
-        let oom_killed = oom_kills > self.oom_kills_seen;
+        let oom_killed = oom_kills > self.oom_kills_seen && status.contains("(SIGKILL)");
         self.oom_kills_seen = oom_kills;
         self.core.handle(Input::Reaped { status, oom_killed }, now);
     }

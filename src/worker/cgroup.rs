@@ -5,16 +5,19 @@
 //! when the session ends, so none is left behind. cgroup v1 (`/sys/fs/cgroup/<controller>`)
 //! or v2 (children of the host's own cgroup, where the controllers are enabled for it).
 //! Where none can be written (no privilege, no delegation), sessions run without: their info
-//! then shows `null` for these limits. Writing to cgroupfs is a few small writes to kernel
+//! then shows `null` for these limits.
+//!
+//! Layout: `<parent>/pyrepl3/host-<pid>-<start time>/session-<id>`. A host's directory is
+//! its own; one whose process is gone (the host was killed) is emptied — its processes
+//! killed — and removed by the next host that starts, so survivors of a `kill -9` of the
+//! server do not run on forever. Writing to cgroupfs is a few small writes to kernel
 //! memory: no I/O to wait for.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-/// One session's cgroups; removed (after killing what is left in them) by [`Self::remove`].
+/// One session's cgroups; emptied and removed by [`Self::remove`].
 #[derive(Debug)]
 pub struct SessionCgroup {
     /// Where `pids.*` is (v1: the pids hierarchy; v2: the session's one directory).
@@ -23,61 +26,71 @@ pub struct SessionCgroup {
     memory: Option<PathBuf>,
     /// cgroup v2: one directory for both controllers, `memory.max` and `memory.events`.
     unified: bool,
-    /// `cgroup.procs` of each distinct directory, for the child to join before exec.
-    procs: Vec<CString>,
+    /// `cgroup.procs` of each directory, opened here (close-on-exec) so that the child only
+    /// has to write to it before exec: no `open` in the child, which the open-file limit
+    /// set just before could refuse.
+    procs: Vec<OwnedFd>,
 }
 
 impl SessionCgroup {
     /// The session's cgroups for `id`, or why there are none.
-    pub fn create(id: &str) -> io::Result<SessionCgroup> {
+    pub async fn create(id: &str) -> io::Result<SessionCgroup> {
         let name = format!("session-{id}");
         let v1 = Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
         let (pids, memory) = if v1 {
-            let make = |controller: &str| -> Option<PathBuf> {
-                let parent = v1_parent(controller).ok()?;
-                sweep_once(controller, &parent);
-                let dir = parent.join(&name);
-                make_dir(&dir).ok().map(|()| dir)
-            };
-            (make("pids"), make("memory"))
+            let mut made = [None, None];
+            for (slot, controller) in made.iter_mut().zip(["pids", "memory"]) {
+                if let Ok(host) = host_dir(controller, v1_parent(controller)).await {
+                    let dir = host.join(&name);
+                    *slot = make_dir(&dir).ok().map(|()| dir);
+                }
+            }
+            let [pids, memory] = made;
+            (pids, memory)
         } else {
-            let parent = v2_parent()?;
-            sweep_once("unified", &parent);
-            let dir = parent.join(&name);
+            let host = host_dir("unified", v2_parent()).await?;
+            let dir = host.join(&name);
             make_dir(&dir)?;
             let has = |c: &str| dir.join(format!("{c}.max")).exists();
-            (
-                has("pids").then(|| dir.clone()),
-                has("memory").then(|| dir.clone()),
-            )
+            let (pids, memory) = (has("pids"), has("memory"));
+            if !pids && !memory {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(io::Error::other(
+                    "neither pids nor memory is enabled for the host's cgroup's children",
+                ));
+            }
+            if memory {
+                // Swap would let a session go past its memory limit instead of meeting it.
+                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+            }
+            (pids.then(|| dir.clone()), memory.then(|| dir.clone()))
         };
-        let mut dirs: Vec<&PathBuf> = pids.iter().chain(memory.iter()).collect();
-        dirs.dedup();
-        if dirs.is_empty() {
-            return Err(io::Error::other("no cgroup controller can be written here"));
-        }
-        let procs = dirs
-            .iter()
-            .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io::Error::other)?;
-        Ok(SessionCgroup {
+        let mut cgroup = SessionCgroup {
             pids,
             memory,
             unified: !v1,
-            procs,
-        })
+            procs: Vec::new(),
+        };
+        let dirs: Vec<PathBuf> = cgroup.dirs().into_iter().cloned().collect();
+        if dirs.is_empty() {
+            return Err(io::Error::other("no cgroup controller can be written here"));
+        }
+        for dir in dirs {
+            match open_procs(&dir) {
+                Ok(fd) => cgroup.procs.push(fd),
+                Err(e) => {
+                    cgroup.remove().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(cgroup)
     }
 
-    /// At most `max` processes (and threads) in the session; `None`: no limit.
+    /// At most `max` processes (and threads) in the session; `None`: no limit. Without a
+    /// pids cgroup nothing is set (the info then shows no limit).
     pub fn set_max_processes(&self, max: Option<u64>) -> io::Result<()> {
-        let Some(dir) = &self.pids else {
-            return if max.is_some() {
-                Err(io::Error::other("no pids cgroup for this session"))
-            } else {
-                Ok(())
-            };
-        };
+        let Some(dir) = &self.pids else { return Ok(()) };
         let value = max.map_or_else(|| "max".to_string(), |n| n.max(1).to_string());
         std::fs::write(dir.join("pids.max"), value)
     }
@@ -89,13 +102,10 @@ impl SessionCgroup {
     }
 
     /// At most `max` bytes of memory for the session's processes in all; `None`: no limit.
+    /// Without a memory cgroup nothing is set (the info then shows no limit).
     pub fn set_max_memory(&self, max: Option<u64>) -> io::Result<()> {
         let Some(dir) = &self.memory else {
-            return if max.is_some() {
-                Err(io::Error::other("no memory cgroup for this session"))
-            } else {
-                Ok(())
-            };
+            return Ok(());
         };
         if self.unified {
             let value = max.map_or_else(|| "max".to_string(), |n| n.to_string());
@@ -135,9 +145,9 @@ impl SessionCgroup {
             .unwrap_or(0)
     }
 
-    /// The `cgroup.procs` paths, for [`join_here`] in a child before exec.
-    pub fn procs_paths(&self) -> &[CString] {
-        &self.procs
+    /// The `cgroup.procs` fds, for [`join_here`] in a child before exec.
+    pub fn procs_fds(&self) -> Vec<RawFd> {
+        self.procs.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
     fn dirs(&self) -> Vec<&PathBuf> {
@@ -146,12 +156,18 @@ impl SessionCgroup {
         dirs
     }
 
-    /// SIGKILL to every process still in the cgroups (children that left the worker's
-    /// group, `setsid` or not), then removes them once empty. Each is signalled through a
-    /// pidfd taken while it is a member, so a pid reused meanwhile is never hit.
-    pub async fn remove(self) {
+    /// SIGKILL to every process still in the cgroups (what a worker that was replaced left,
+    /// children that left its group, `setsid` or not), waiting until they are gone.
+    pub async fn kill_all(&self) {
         for dir in self.dirs() {
             kill_members(dir).await;
+        }
+    }
+
+    /// [`Self::kill_all`], then removes the cgroups.
+    pub async fn remove(self) {
+        self.kill_all().await;
+        for dir in self.dirs() {
             if let Err(e) = std::fs::remove_dir(dir) {
                 tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove a session's cgroup");
             }
@@ -159,6 +175,13 @@ impl SessionCgroup {
     }
 }
 
+/// Rounds of killing what is left (a process may fork once more while being killed).
+const REMOVE_ATTEMPTS: usize = 5;
+/// How long killed members may take to exit, per round.
+const EXIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Kills every member of the cgroup at `dir`, each through a pidfd taken while it is a
+/// member (so a pid reused meanwhile is never hit), and waits for their exits.
 async fn kill_members(dir: &Path) {
     for _ in 0..REMOVE_ATTEMPTS {
         let members = members(dir);
@@ -201,58 +224,85 @@ fn make_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Sweeps a parent once per host process (see [`sweep_left_behind`]).
-fn sweep_once(key: &str, parent: &Path) {
-    static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut swept = crate::sync::lock_unpoisoned(&SWEPT);
-    if !swept.iter().any(|k| k == key) {
-        swept.push(key.to_string());
-        sweep_left_behind(parent);
-    }
+fn open_procs(dir: &Path) -> io::Result<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))?;
+    Ok(OwnedFd::from(file))
 }
 
-/// Rounds of killing what is left (a process may fork once more while being killed).
-const REMOVE_ATTEMPTS: usize = 5;
-/// How long killed members may take to exit, per round.
-const EXIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// In a child between fork and exec: moves this process into the cgroup whose
-/// `cgroup.procs` is `procs` ("0" names the writer). Async-signal-safe: open, write, close.
-pub(crate) fn join_here(procs: &CString) -> io::Result<()> {
-    // SAFETY: open/write/close with a valid NUL-terminated path and a 1-byte buffer.
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-        libc::close(fd);
-        if written != 1 {
-            return Err(io::Error::last_os_error());
-        }
+/// `cgroup.procs` is open as `procs` ("0" names the writer). Async-signal-safe: one write.
+pub(crate) fn join_here(procs: RawFd) -> io::Result<()> {
+    // SAFETY: write of one byte from a static buffer to an fd the parent opened for us.
+    if unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) } != 1 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// Removes session cgroups that a host which died without ending its sessions left behind:
-/// empty ones (the kernel refuses to remove a cgroup with processes in it) older than a
-/// minute (a live host's session is empty only between creating its cgroup and its worker
-/// joining it, a matter of milliseconds).
-fn sweep_left_behind(parent: &Path) {
+/// This host's directory under `parent` (made on first use), after emptying and removing,
+/// once per process and hierarchy, those of hosts that are gone.
+async fn host_dir(key: &str, parent: io::Result<PathBuf>) -> io::Result<PathBuf> {
+    let parent = parent?;
+    let me = host_name(std::process::id()).ok_or_else(|| io::Error::other("no /proc/self"))?;
+    let dir = parent.join(&me);
+    let first_use = {
+        static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut swept = crate::sync::lock_unpoisoned(&SWEPT);
+        let first = !swept.iter().any(|k| k == key);
+        if first {
+            swept.push(key.to_string());
+        }
+        first
+    };
+    if first_use {
+        sweep_dead_hosts(&parent).await;
+    }
+    make_dir(&dir)?;
+    if key == "unified" {
+        for controller in ["+pids", "+memory"] {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), controller);
+        }
+    }
+    Ok(dir)
+}
+
+/// `host-<pid>-<start time>`: names this process and no other, even after its pid is
+/// reused (the start time, in clock ticks since boot, differs).
+fn host_name(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime); the fields after the command name start after the last ')'.
+    let start = stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?;
+    Some(format!("host-{pid}-{start}"))
+}
+
+/// Empties (kills every process in) and removes the session cgroups of hosts that are gone:
+/// survivors of a `kill -9` of the server, outside the worker's group, end here.
+async fn sweep_dead_hosts(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > std::time::Duration::from_secs(60));
-        let name = entry.file_name();
-        if old && name.to_string_lossy().starts_with("session-") {
-            let _ = std::fs::remove_dir(entry.path());
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("host-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if host_name(pid).as_deref() == Some(name.as_str()) {
+            continue; // alive
         }
+        let host = entry.path();
+        if let Ok(sessions) = std::fs::read_dir(&host) {
+            for session in sessions.flatten().filter(|e| e.path().is_dir()) {
+                kill_members(&session.path()).await;
+                let _ = std::fs::remove_dir(session.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&host);
     }
 }
 
@@ -269,8 +319,9 @@ fn v1_parent(controller: &str) -> io::Result<PathBuf> {
 }
 
 /// Under cgroup v2: a `pyrepl3` child of the host's own cgroup, with `pids` and `memory`
-/// enabled for its children (a cgroup with processes cannot enable controllers for its
-/// children, so the sessions' parent has none of its own).
+/// enabled for its children. This works where the host's own cgroup already enables them
+/// for its children (the host then sits in a leaf of its own, as a service manager's
+/// delegation sets it up); else sessions run without cgroups.
 fn v2_parent() -> io::Result<PathBuf> {
     let own = own_cgroup(str::is_empty)?;
     let base = Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
@@ -280,6 +331,7 @@ fn v2_parent() -> io::Result<PathBuf> {
         // Each on its own: one the host was not delegated does not stop the other.
         let _ = std::fs::write(parent.join("cgroup.subtree_control"), controller);
     }
+    // The host directories below need them enabled for the sessions too.
     Ok(parent)
 }
 

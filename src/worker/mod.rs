@@ -53,8 +53,9 @@ pub struct WorkerSpec {
     pub inherit_env: bool,
     /// Set in the child before it starts.
     pub limits: ResourceLimits,
-    /// The session's cgroups (their `cgroup.procs`), joined by the child before it starts.
-    pub cgroup_procs: Vec<std::ffi::CString>,
+    /// The session's cgroups (their `cgroup.procs`, open in the host), joined by the child
+    /// before it starts.
+    pub cgroup_procs: Vec<std::os::fd::RawFd>,
     pub cwd: PathBuf,
     pub session_id: String,
     pub marker_token: String,

@@ -110,7 +110,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
             spawner::die_with_parent(host)?;
             spawner::restore_open_file_limit(open_files)?;
             limits.apply_here()?;
-            for procs in &cgroup_procs {
+            for &procs in &cgroup_procs {
                 super::cgroup::join_here(procs)?;
             }
             // First: the agent's file may sit at a number the channels are placed at.
