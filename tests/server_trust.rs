@@ -106,5 +106,26 @@ async fn a_tenants_limits_apply_to_the_sessions_it_gets_from_the_pool() {
     let (_, info) = api.get(&format!("/v1/sessions/{alice}"), ALICE).await;
     assert_eq!(info["limits"]["memory_bytes"], 200 << 20, "{info}");
     assert_eq!(info["limits"]["open_files"], 64, "{info}");
+    // How sessions are contained, said plainly (CI can write cgroups: root).
+    assert!(
+        info["containment"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("cgroup v")),
+        "{info}"
+    );
+    let health: serde_json::Value = api
+        .http
+        .get(api.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["sandbox"], "none", "{health}");
+    assert!(
+        matches!(health["containment"]["cgroups"].as_str(), Some("v1" | "v2")),
+        "{health}"
+    );
     api.handle.shutdown().await.unwrap();
 }

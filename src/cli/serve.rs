@@ -47,6 +47,7 @@ pub async fn run(args: ServeArgs) -> i32 {
         Ok(limit) => tracing::info!(limit, "open-file limit (RLIMIT_NOFILE)"),
         Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
     }
+    tracing::warn!("workers are not sandboxed: they run as this server's user; serve only tenants trusted not to attack the host (docs/security.md)");
     let handle = match server::start(config).await {
         Ok(handle) => handle,
         Err(e) => {

@@ -220,8 +220,17 @@ async fn count_errors(State(service): State<Service>, response: Response) -> Res
     ApiError::new(status, code, message).into_response()
 }
 
+/// Also says how sessions are contained on this host, so that an operator sees at a glance
+/// that there is no sandbox yet (docs/security.md).
 async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+    Json(json!({
+        "status": "ok",
+        "sandbox": "none",
+        "containment": {
+            "cgroups": crate::worker::cgroups_in_use(),
+            "rlimits": true,
+        },
+    }))
 }
 
 async fn openapi() -> Response {

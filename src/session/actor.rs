@@ -114,6 +114,12 @@ pub(crate) async fn spawn(
         executions.clone(),
         ready_tx,
     );
+    let mut core = core;
+    core.set_containment(match cgroup.as_ref().map(worker::SessionCgroup::version) {
+        Some("v2") => "cgroup v2",
+        Some(_) => "cgroup v1",
+        None => "process group",
+    });
     let mut actor = Actor {
         core,
         id,

@@ -322,6 +322,10 @@ pub struct SessionInfo {
     pub dead_reason: Option<String>,
     /// The resource limits in force on the worker.
     pub limits: crate::worker::ResourceLimits,
+    /// How the session's processes are contained: `"cgroup v1"`, `"cgroup v2"` (limits of
+    /// the session in all, and every process ended with it), or `"process group"` (rlimits
+    /// per process and the group kill only). No sandbox yet (docs/security.md).
+    pub containment: String,
 }
 
 /// A live Python session. Cloning gives another handle to the same session; when the last

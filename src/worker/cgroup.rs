@@ -17,6 +17,21 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+/// What the last attempt to make a session's cgroups gave: 0 not tried yet, 1 none could be
+/// made, 2 cgroup v1, 3 cgroup v2 (shown by `/healthz`).
+static LAST_OUTCOME: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Which cgroups sessions get on this host, as last seen: `"v1"`, `"v2"`, `"unavailable"`,
+/// or `"unknown"` before the first session.
+pub fn cgroups_in_use() -> &'static str {
+    match LAST_OUTCOME.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => "unavailable",
+        2 => "v1",
+        3 => "v2",
+        _ => "unknown",
+    }
+}
+
 /// One session's cgroups; emptied and removed by [`Self::remove`].
 #[derive(Debug)]
 pub struct SessionCgroup {
@@ -35,6 +50,26 @@ pub struct SessionCgroup {
 impl SessionCgroup {
     /// The session's cgroups for `id`, or why there are none.
     pub async fn create(id: &str) -> io::Result<SessionCgroup> {
+        let made = Self::make(id).await;
+        let outcome = match &made {
+            Ok(c) if c.unified => 3,
+            Ok(_) => 2,
+            Err(_) => 1,
+        };
+        LAST_OUTCOME.store(outcome, std::sync::atomic::Ordering::Relaxed);
+        made
+    }
+
+    /// Which cgroup version this session's cgroups are.
+    pub fn version(&self) -> &'static str {
+        if self.unified {
+            "v2"
+        } else {
+            "v1"
+        }
+    }
+
+    async fn make(id: &str) -> io::Result<SessionCgroup> {
         let name = format!("session-{id}");
         let v1 = Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
         let (pids, memory) = if v1 {

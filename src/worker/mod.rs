@@ -19,7 +19,7 @@ mod spawner;
 
 use std::path::PathBuf;
 
-pub use cgroup::SessionCgroup;
+pub use cgroup::{cgroups_in_use, SessionCgroup};
 pub use interpreter::{prepare_interpreter, Interpreter};
 pub use limits::ResourceLimits;
 pub use process::{Stragglers, WorkerProcess};

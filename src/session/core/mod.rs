@@ -146,6 +146,8 @@ pub(crate) struct Core {
     timer_wakeups: u64,
     late_messages_dropped: u64,
     python_version: String,
+    /// What contains the session's processes (see `SessionInfo::containment`).
+    containment: &'static str,
     effects: Vec<Effect>,
 }
 
@@ -183,6 +185,7 @@ impl Core {
             timer_wakeups: 0,
             late_messages_dropped: 0,
             python_version: String::new(),
+            containment: "process group",
             effects: Vec::new(),
         };
         core.start_worker();
@@ -285,6 +288,11 @@ impl Core {
     /// The consumer's channel to wait on for room, while it is behind.
     pub fn consumer_behind(&self) -> Option<&tokio::sync::mpsc::Sender<Event>> {
         self.current.as_ref()?.sink.waiting_for_room()
+    }
+
+    /// What contains the session's processes (set by the actor, which owns its cgroups).
+    pub fn set_containment(&mut self, containment: &'static str) {
+        self.containment = containment;
     }
 
     /// The limits now in force (set by the actor, which applies them to the process).
