@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 static LAST_OUTCOME: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Which cgroups sessions get on this host, as last seen: `"v1"`, `"v2"`, `"unavailable"`,
-/// or `"unknown"` before the first session.
+/// or `"unknown"` before the first session (`/healthz`).
+#[cfg(feature = "server")]
 pub fn cgroups_in_use() -> &'static str {
     match LAST_OUTCOME.load(std::sync::atomic::Ordering::Relaxed) {
         1 => "unavailable",

@@ -19,7 +19,9 @@ mod spawner;
 
 use std::path::PathBuf;
 
-pub use cgroup::{cgroups_in_use, SessionCgroup};
+#[cfg(feature = "server")]
+pub use cgroup::cgroups_in_use;
+pub use cgroup::SessionCgroup;
 pub use interpreter::{prepare_interpreter, Interpreter};
 pub use limits::ResourceLimits;
 pub use process::{Stragglers, WorkerProcess};
