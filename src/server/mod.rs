@@ -1,7 +1,7 @@
 //! `pyrepl3 serve`: the service (`crate::service`) over HTTP and WebSocket. This module owns
 //! the server's life — bind, serve, and the shutdown sequence with its deadlines — and its
 //! public handle. Routes, extractors and the translation between HTTP and the service are in
-//! `http.rs`; the WebSocket loop and its frames in `ws.rs`; the accept loop, socket options
+//! `http.rs`; the WebSocket loop and its frames in `ws/`; the accept loop, socket options
 //! and connection limits in `listener.rs`; the access log and request ids in
 //! `access_log.rs`.
 
