@@ -14,8 +14,12 @@
 //! memory: no I/O to wait for.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+
+use tokio::io::unix::AsyncFd;
+
+use super::process::{pid_exit_event, Stragglers};
 
 /// What the last attempt to make a session's cgroups gave: 0 not tried yet, 1 none could be
 /// made, 2 cgroup v1, 3 cgroup v2 (shown by `/healthz`).
@@ -226,23 +230,21 @@ async fn kill_members(dir: &Path) {
         }
         let mut exits = Vec::new();
         for pid in members {
-            if let Some(pidfd) = pidfd_of_member(pid, dir) {
+            if let Some(exit) = exit_event_of_member(pid, dir) {
                 // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
                 unsafe {
                     libc::syscall(
                         libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
+                        exit.get_ref().as_raw_fd(),
                         libc::SIGKILL,
                         std::ptr::null::<libc::siginfo_t>(),
                         0,
                     );
                 }
-                exits.push(pidfd);
+                exits.push(exit);
             }
         }
-        // not polling: each wait is one process's exit event (its pidfd), bounded by the
-        // group-exit deadline.
-        let _ = tokio::time::timeout(EXIT_DEADLINE, wait_all(exits)).await;
+        Stragglers::of(exits).wait_gone(EXIT_DEADLINE).await;
     }
 }
 
@@ -384,29 +386,14 @@ fn own_cgroup(matches: impl Fn(&str) -> bool) -> io::Result<String> {
         .ok_or_else(|| io::Error::other("no such cgroup hierarchy for this process"))
 }
 
-/// A pidfd for `pid` if it is (still) in the cgroup at `dir`: taken first, checked after, so
-/// the pidfd is known to name a member.
-fn pidfd_of_member(pid: u32, dir: &Path) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open has no memory-safety preconditions.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if raw < 0 {
-        return None;
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+/// The exit event (pidfd) of `pid` if it is (still) in the cgroup at `dir`: taken first,
+/// checked after, so the pidfd is known to name a member.
+fn exit_event_of_member(pid: u32, dir: &Path) -> Option<AsyncFd<OwnedFd>> {
+    let exit = pid_exit_event(pid).ok()?;
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let name = dir.file_name()?.to_str()?;
     cgroups
         .lines()
         .any(|l| l.ends_with(&format!("/{name}")))
-        .then_some(pidfd)
-}
-
-async fn wait_all(pidfds: Vec<OwnedFd>) {
-    for pidfd in pidfds {
-        // SAFETY: the AsyncFd owns the open pidfd until it is dropped.
-        if let Ok(fd) = unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
-            let _ = fd.readable().await;
-        }
-    }
+        .then_some(exit)
 }

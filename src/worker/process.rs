@@ -155,6 +155,11 @@ impl Drop for WorkerProcess {
 pub struct Stragglers(Vec<AsyncFd<OwnedFd>>);
 
 impl Stragglers {
+    /// Processes known by their exit events (pidfds).
+    pub(super) fn of(events: Vec<AsyncFd<OwnedFd>>) -> Stragglers {
+        Stragglers(events)
+    }
+
     /// Adds `other`, forgetting those known to have exited already (the reactor learns that
     /// a pidfd is readable only on a later turn, so this prunes the older entries), so the
     /// list stays about as long as what is dying.
@@ -275,7 +280,7 @@ fn signal_group(pgid: u32, signal: i32) {
 }
 
 /// A pidfd that becomes readable when `pid` exits.
-fn pid_exit_event(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
+pub(super) fn pid_exit_event(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: pidfd_open has no memory-safety preconditions.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     if fd < 0 {
