@@ -371,29 +371,9 @@ async fn deleting_a_session_with_a_large_directory_does_not_delay_another_sessio
     drop(server);
 }
 
-/// Live (not zombie) processes of process group `pgid`, from /proc/<pid>/stat.
-fn live_group_members(pgid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some(close) = stat.rfind(')') else {
-                return false;
-            };
-            let mut fields = stat[close + 1..].split_whitespace();
-            let state = fields.next();
-            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
-            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
-        })
-        .collect()
-}
-
 /// The keeper of worker `pid`'s group: the one other member, a `sh` waiting on its pipe.
 fn keeper_of(pid: u32) -> u32 {
-    let members = live_group_members(pid);
+    let members = common::group_members(pid);
     let others: Vec<u32> = members.iter().copied().filter(|&m| m != pid).collect();
     assert_eq!(others.len(), 1, "the worker and its keeper: {members:?}");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", others[0])).unwrap();
@@ -434,7 +414,7 @@ async fn no_process_of_a_sessions_group_is_left_once_it_is_deleted() {
             wait_pid_exit(pid, Duration::from_secs(5)).await,
             "worker {pid} left"
         );
-        assert!(live_group_members(pid).is_empty(), "group {pid} left");
+        assert!(common::group_members(pid).is_empty(), "group {pid} left");
     }
     drop(server);
 }

@@ -106,7 +106,7 @@ pub fn group_gone_within(pgid: u32, within: Duration) -> bool {
 }
 
 /// The live (non-zombie) members of process group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
+pub fn group_members(pgid: u32) -> Vec<u32> {
     let entries = std::fs::read_dir("/proc").expect("/proc is readable");
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
