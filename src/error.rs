@@ -40,6 +40,9 @@ pub enum Error {
     UnknownInput(String),
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The sandbox cannot be built (see `src/worker/sandbox.rs`).
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     #[error("the pool is shut down")]
     PoolClosed,
     #[error("no session could be acquired within {0:?}")]

@@ -49,4 +49,4 @@ pub use session::{
     CancelOutcome, Completeness, Event, ExecuteOptions, Execution, ExecutionOutcome, Session,
     SessionConfig, SessionInfo, SessionState,
 };
-pub use worker::ResourceLimits;
+pub use worker::{Network, ResourceLimits, SandboxConfig};

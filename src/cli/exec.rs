@@ -58,11 +58,12 @@ pub async fn run(args: ExecArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let config = SessionConfig {
+    let mut config = SessionConfig {
         python: args.python.clone(),
         start_timeout,
         ..SessionConfig::default()
     };
+    args.sandbox.apply(&mut config);
     let session = match Session::start(config).await {
         Ok(s) => s,
         Err(e) => {

@@ -105,6 +105,50 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub max_connections: Option<usize>,
+    /// Sandbox every worker (`on`, the default) or not (`off`: only for code trusted not to
+    /// attack the host; then `/healthz` and the start-up log say so) [default: on]
+    #[arg(
+        long,
+        value_name = "on|off",
+        env = "PYREPL3_SANDBOX",
+        hide_env_values = true,
+        value_parser = parse_on_off
+    )]
+    pub sandbox: Option<bool>,
+}
+
+#[cfg(feature = "server")]
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
+}
+
+/// `--sandbox` and `--network` of `exec` and `repl`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// Run the worker in a sandbox (docs/security.md): its own namespaces, a read-only
+    /// system, a private /tmp, no network, and only a minimal environment.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// The sandbox's network: none, host or outbound (implies --sandbox).
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<crate::worker::Network>,
+}
+
+impl SandboxArgs {
+    /// Applies the flags to a session's settings.
+    pub(crate) fn apply(&self, config: &mut crate::SessionConfig) {
+        if self.sandbox || self.network.is_some() {
+            config.sandbox = Some(crate::worker::SandboxConfig {
+                network: self.network.unwrap_or_default(),
+                ..Default::default()
+            });
+            config.inherit_env = false;
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +166,8 @@ pub struct ExecArgs {
     /// ready (each; exit status 2 past it).
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub start_timeout: f64,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// The code to run; `-` (the default) reads it from standard input.
     #[arg(value_name = "CODE", default_value = "-")]
     pub code: String,
@@ -132,6 +178,8 @@ pub struct ReplArgs {
     /// Python interpreter to run the worker with.
     #[arg(long, value_name = "PATH", default_value = "python3")]
     pub python: PathBuf,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// Writes and flushes at once, so output appears as it is produced. A closed stdout or a

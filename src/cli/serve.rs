@@ -20,6 +20,7 @@ pub async fn run(args: ServeArgs) -> i32 {
         min_idle: args.min_idle,
         max_sessions: args.max_sessions,
         max_connections: args.max_connections,
+        sandbox: args.sandbox,
     };
     let (config, generated) = match ServerConfig::load(args.config.as_deref(), &overrides) {
         Ok(loaded) => loaded,
@@ -47,9 +48,16 @@ pub async fn run(args: ServeArgs) -> i32 {
         Ok(limit) => tracing::info!(limit, "open-file limit (RLIMIT_NOFILE)"),
         Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
     }
-    tracing::warn!("workers are not sandboxed: they run as this server's user; serve only tenants trusted not to attack the host (docs/security.md)");
+    if !config.sandbox.enabled {
+        tracing::warn!("--sandbox off: workers are not sandboxed; they run as this server's user, in its namespaces; serve only tenants trusted not to attack the host (docs/security.md)");
+    }
     let handle = match server::start(config).await {
         Ok(handle) => handle,
+        Err(e @ crate::Error::Sandbox(_)) => {
+            eprintln!("pyrepl3: {e}");
+            eprintln!("pyrepl3: install bubblewrap (and allow user namespaces when not root), or start with --sandbox off to serve without a sandbox (only for code trusted not to attack this host; see docs/security.md)");
+            return EXIT_USAGE;
+        }
         Err(e) => {
             eprintln!("pyrepl3: {e}");
             return EXIT_USAGE;

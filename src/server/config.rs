@@ -46,12 +46,50 @@ impl Default for PoolSettings {
     }
 }
 
+/// `[sandbox]` as it appears in the config file: on by default (docs/security.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// `false` (or `--sandbox off`): workers run as the server's user, in its namespaces.
+    pub enabled: bool,
+    pub network: crate::worker::Network,
+    pub tmp_size_bytes: u64,
+    pub uid_range: [u32; 2],
+    pub bwrap: PathBuf,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        let d = crate::worker::SandboxConfig::default();
+        SandboxSettings {
+            enabled: true,
+            network: d.network,
+            tmp_size_bytes: d.tmp_size_bytes,
+            uid_range: d.uid_range,
+            bwrap: d.bwrap,
+        }
+    }
+}
+
+impl SandboxSettings {
+    /// The sandbox sessions get, or `None` when it is off.
+    pub fn config(&self) -> Option<crate::worker::SandboxConfig> {
+        self.enabled.then(|| crate::worker::SandboxConfig {
+            network: self.network,
+            tmp_size_bytes: self.tmp_size_bytes,
+            uid_range: self.uid_range,
+            bwrap: self.bwrap.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub tenants: Vec<TenantConfig>,
     pub pool: PoolSettings,
+    pub sandbox: SandboxSettings,
     /// Largest `code` accepted (then 413).
     pub max_code_bytes: usize,
     /// Largest request body accepted (then 413).
@@ -95,6 +133,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8765)),
             tenants: Vec::new(),
             pool: PoolSettings::default(),
+            sandbox: SandboxSettings::default(),
             max_code_bytes: 1024 * 1024,
             max_body_bytes: 4 * 1024 * 1024,
             reconnect_grace_secs: 30.0,
@@ -122,6 +161,8 @@ pub struct Overrides {
     pub min_idle: Option<usize>,
     pub max_sessions: Option<usize>,
     pub max_connections: Option<usize>,
+    /// `--sandbox on|off`.
+    pub sandbox: Option<bool>,
 }
 
 /// A validated number of seconds (see `ServerConfig::validate`) as a duration.
@@ -161,6 +202,16 @@ impl ServerConfig {
             min_idle: parse_env(env("PYREPL3_MIN_IDLE"), "PYREPL3_MIN_IDLE")?,
             max_sessions: parse_env(env("PYREPL3_MAX_SESSIONS"), "PYREPL3_MAX_SESSIONS")?,
             max_connections: parse_env(env("PYREPL3_MAX_CONNECTIONS"), "PYREPL3_MAX_CONNECTIONS")?,
+            sandbox: match env("PYREPL3_SANDBOX").as_deref() {
+                None => None,
+                Some("on") => Some(true),
+                Some("off") => Some(false),
+                Some(other) => {
+                    return Err(Error::InvalidConfig(format!(
+                        "PYREPL3_SANDBOX = {other:?}: expected on or off"
+                    )))
+                }
+            },
         };
         config.apply(&env_overrides);
         config.apply(flags);
@@ -200,6 +251,9 @@ impl ServerConfig {
         }
         if let Some(n) = o.max_connections {
             self.max_connections = n;
+        }
+        if let Some(on) = o.sandbox {
+            self.sandbox.enabled = on;
         }
     }
 
@@ -280,6 +334,7 @@ impl ServerConfig {
         session.start_timeout = secs(self.pool.start_timeout_secs);
         session.inherit_env = self.pool.inherit_env;
         session.env = self.pool.env.clone().into_iter().collect();
+        session.sandbox = self.sandbox.config();
         PoolConfig {
             min_idle: self.pool.min_idle,
             max_sessions: self.pool.max_sessions,

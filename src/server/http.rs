@@ -221,16 +221,30 @@ async fn count_errors(State(service): State<Service>, response: Response) -> Res
 }
 
 /// Also says how sessions are contained on this host, so that an operator sees at a glance
-/// that there is no sandbox yet (docs/security.md).
-async fn healthz() -> Json<Value> {
-    Json(json!({
+/// whether workers are sandboxed (docs/security.md).
+async fn healthz(State(service): State<Service>) -> Json<Value> {
+    let sandbox = match service.sandbox() {
+        Some(config) => json!({
+            "mechanism": "bubblewrap",
+            "network": config.network.as_str(),
+            "uids": if crate::worker::host_is_root() { "one per session" } else { "user namespace" },
+        }),
+        None => json!("off"),
+    };
+    let mut body = json!({
         "status": "ok",
-        "sandbox": "none",
+        "sandbox": sandbox,
         "containment": {
             "cgroups": crate::worker::cgroups_in_use(),
             "rlimits": true,
         },
-    }))
+    });
+    if service.sandbox().is_none() {
+        body["warning"] = json!(
+            "workers are not sandboxed (--sandbox off): they run as the server's user, in its namespaces"
+        );
+    }
+    Json(body)
 }
 
 async fn openapi() -> Response {

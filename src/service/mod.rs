@@ -104,6 +104,10 @@ struct Inner {
 impl Service {
     /// Starts the pool (filled to its `min_idle` before this returns) and the culler.
     pub async fn start(config: ServiceConfig) -> Result<Service, Error> {
+        // Refused, not started half-safe: a host that cannot build the sandbox says why.
+        if let Some(sandbox) = &config.pool.session.sandbox {
+            crate::worker::check_sandbox_available(sandbox).await?;
+        }
         let pool = SessionPool::start(PoolConfig {
             pre_warm: true,
             ..config.pool.clone()
@@ -170,6 +174,11 @@ impl Service {
             tenant: tenant.config.name.clone(),
             retry_in: tenant.limiter.time_until_available(),
         })
+    }
+
+    /// The sandbox every session's worker runs in (`None`: sandboxing is off).
+    pub fn sandbox(&self) -> Option<&crate::worker::SandboxConfig> {
+        self.inner.config.pool.session.sandbox.as_ref()
     }
 
     /// The memory bounds the service applies.

@@ -57,6 +57,20 @@ pub(crate) async fn spawn(
             (Some(dir), path)
         }
     };
+    // As root, every session runs as a uid of its own, which owns its working directory.
+    let uid_lease = match &config.sandbox {
+        Some(sandbox) if worker::host_is_root() => Some(worker::UidLease::take(sandbox.uid_range)?),
+        _ => None,
+    };
+    if let (Some(lease), Some(dir)) = (&uid_lease, &workdir) {
+        std::os::unix::fs::chown(dir.path(), Some(lease.uid()), Some(lease.uid())).map_err(
+            Error::io("giving the session's directory to its sandbox uid"),
+        )?;
+    }
+    let sandbox = config.sandbox.clone().map(|config| worker::WorkerSandbox {
+        config,
+        uid: uid_lease.as_ref().map(worker::UidLease::uid),
+    });
     let id = config
         .session_id
         .clone()
@@ -102,6 +116,7 @@ pub(crate) async fn spawn(
         inherit_env: config.inherit_env,
         limits: config.limits,
         cwd: cwd.clone(),
+        sandbox: sandbox.clone(),
         session_id: id.clone(),
         marker_token: String::new(),
     };
@@ -115,10 +130,14 @@ pub(crate) async fn spawn(
         ready_tx,
     );
     let mut core = core;
-    core.set_containment(match cgroup.as_ref().map(worker::SessionCgroup::version) {
+    let processes = match cgroup.as_ref().map(worker::SessionCgroup::version) {
         Some("v2") => "cgroup v2",
         Some(_) => "cgroup v1",
         None => "process group",
+    };
+    core.set_containment(match &sandbox {
+        Some(sandbox) => format!("{}, {processes}", worker::describe_sandbox(sandbox)),
+        None => processes.to_string(),
     });
     let mut actor = Actor {
         core,
@@ -135,6 +154,7 @@ pub(crate) async fn spawn(
         read_buf: vec![0; READ_CHUNK],
         workdir,
         cgroup,
+        _uid_lease: uid_lease,
         oom_kills_seen: 0,
     };
     // The first worker starts now, so that a spawn error is the caller's error.
@@ -193,6 +213,15 @@ impl LiveWorker {
             writers: [writer(exec_w), writer(control_w)],
             signal_target,
             pipes: [Some(stdout), Some(stderr)],
+        }
+    }
+
+    /// The worker said `ready`: its Python process runs (in a sandbox, it now has a pid
+    /// the host can find), so whether its main thread's syscall is readable is known.
+    fn on_ready(&mut self) {
+        if self.process.locate().is_some() {
+            self.syscall_readable =
+                worker::main_thread_reading(self.process.pid(), worker::EXEC_FD).is_some();
         }
     }
 
@@ -274,6 +303,9 @@ struct Actor {
     workdir: Option<SessionDir>,
     /// The session's cgroups (every process of it); emptied and removed at the end.
     cgroup: Option<worker::SessionCgroup>,
+    /// As root, the sandbox uid every worker of the session runs as; released last (after
+    /// the session's processes and directory are gone).
+    _uid_lease: Option<worker::UidLease>,
     /// OOM kills in the session's memory cgroup already accounted for.
     oom_kills_seen: u64,
 }
@@ -340,8 +372,7 @@ impl Actor {
                         Some(w) => {
                             let pid = w.process.pid();
                             limits
-                                .apply_to(pid)
-                                .map(|()| limits.in_force(pid))
+                                .apply_and_read(pid)
                                 .map_err(Error::io("setting the worker's resource limits"))
                         }
                         None => Ok(limits),
@@ -542,7 +573,14 @@ impl Actor {
 
     fn on_frame(&mut self, i: usize, frame: Option<Result<Message, ProtocolError>>, now: Instant) {
         match ChannelRead::from(frame) {
-            ChannelRead::Frame(msg) => self.core.handle(Input::Frame(msg), now),
+            ChannelRead::Frame(msg) => {
+                if let (Message::Ready(_), Some(w)) = (&msg, &mut self.worker) {
+                    // A sandboxed worker's Python process is known on the host only now.
+                    w.on_ready();
+                    self.core.set_worker_pid(w.process.pid());
+                }
+                self.core.handle(Input::Frame(msg), now)
+            }
             ChannelRead::End => {
                 if let Some(w) = &mut self.worker {
                     w.readers[i] = None;

@@ -74,6 +74,10 @@ pub struct SessionConfig {
     /// Limits how fast the worker's output is read; a worker that writes faster is slowed
     /// down (its writes block), never dropped. `None`: unlimited.
     pub output_rate: Option<OutputRate>,
+    /// The sandbox every worker of the session runs in (`src/worker/sandbox.rs`); `None`
+    /// (the library's default, and `exec`/`repl` without `--sandbox`): the host's user and
+    /// namespaces.
+    pub sandbox: Option<crate::worker::SandboxConfig>,
 }
 
 /// A byte rate for [`SessionConfig::output_rate`].
@@ -99,6 +103,7 @@ impl Default for SessionConfig {
             max_frame_len: protocol::DEFAULT_MAX_FRAME_LEN,
             session_id: None,
             output_rate: None,
+            sandbox: None,
         }
     }
 }
@@ -322,9 +327,10 @@ pub struct SessionInfo {
     pub dead_reason: Option<String>,
     /// The resource limits in force on the worker.
     pub limits: crate::worker::ResourceLimits,
-    /// How the session's processes are contained: `"cgroup v1"`, `"cgroup v2"` (limits of
-    /// the session in all, and every process ended with it), or `"process group"` (rlimits
-    /// per process and the group kill only). No sandbox yet (docs/security.md).
+    /// How the session's processes are contained: its sandbox if it has one (`"sandbox
+    /// (bubblewrap; uid 900000; network none)"`), then `"cgroup v1"`, `"cgroup v2"` (limits
+    /// of the session in all, and every process ended with it), or `"process group"`
+    /// (rlimits per process and the group kill only), joined by `", "` (docs/security.md).
     pub containment: String,
 }
 

@@ -28,6 +28,9 @@ pub struct Interpreter {
     /// when it could not be made: workers then compile the source at every start (`-c`).
     /// Never a file on disk: a worker of the same user could rewrite it for the next ones.
     pub agent_code: Option<Arc<OwnedFd>>,
+    /// Where the interpreter's files live (its prefixes and the directories of its
+    /// `sys.path`): what a sandbox shows read-only to its workers.
+    pub roots: Vec<PathBuf>,
 }
 
 /// Prepares `python` once per process: resolves the real interpreter (its `sys.executable`;
@@ -47,12 +50,19 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
     {
         return Ok(found.clone());
     }
-    // Prints its real executable, a NUL, then the agent (given as the argument) compiled to
-    // a .pyc image: magic, 12 bytes of flags and source stamp (unchecked when run directly),
-    // the marshalled code.
+    // Prints its real executable and a NUL; the directories its files live in, each ended
+    // by a NUL, and one more NUL; then the agent (given as the argument) compiled to a .pyc
+    // image: magic, 12 bytes of flags and source stamp (unchecked when run directly), the
+    // marshalled code.
     let script = "import os, sys\n\
         out = sys.stdout.buffer\n\
         out.write(os.fsencode(sys.executable or '') + b'\\0')\n\
+        roots = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]\n\
+        roots += [p for p in sys.path if p and os.path.isdir(p)]\n\
+        for root in roots:\n    \
+            for path in {os.path.abspath(root), os.path.realpath(root)}:\n        \
+                out.write(os.fsencode(path) + b'\\0')\n\
+        out.write(b'\\0')\n\
         try:\n    \
             import importlib.util, marshal\n    \
             code = compile(sys.argv[1], '<pyrepl3 agent>', 'exec', dont_inherit=True)\n    \
@@ -102,10 +112,7 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
             stderr: stderr_excerpt(&out.stderr),
         });
     }
-    let (real, pyc) = match out.stdout.iter().position(|b| *b == 0) {
-        Some(nul) => (&out.stdout[..nul], &out.stdout[nul + 1..]),
-        None => (&out.stdout[..], &[][..]),
-    };
+    let (real, roots, pyc) = split_probe_answer(&out.stdout);
     let resolved = if real.is_empty() {
         python.to_path_buf()
     } else {
@@ -125,11 +132,33 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
     let prepared = Interpreter {
         python: resolved,
         agent_code,
+        roots,
     };
     crate::sync::lock_unpoisoned(&CACHE)
         .get_or_insert_with(HashMap::new)
         .insert(python.to_path_buf(), prepared.clone());
     Ok(prepared)
+}
+
+/// The probe's answer: the executable, the interpreter's directories (absolute, distinct),
+/// and the agent's bytecode (empty if it could not be compiled).
+fn split_probe_answer(stdout: &[u8]) -> (&[u8], Vec<PathBuf>, &[u8]) {
+    let mut fields = stdout.splitn(2, |b| *b == 0);
+    let real = fields.next().unwrap_or_default();
+    let mut rest = fields.next().unwrap_or_default();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    while let Some(nul) = rest.iter().position(|b| *b == 0) {
+        let field = &rest[..nul];
+        rest = &rest[nul + 1..];
+        if field.is_empty() {
+            break;
+        }
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(field));
+        if path.is_absolute() && !roots.contains(&path) {
+            roots.push(path);
+        }
+    }
+    (real, roots, rest)
 }
 
 /// The most of its stdout and of its stderr a probe may leave us to read (its answer is one

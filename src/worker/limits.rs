@@ -70,7 +70,7 @@ impl ResourceLimits {
     }
 
     /// What is in force on process `pid` for each limit this asks for (after clamping).
-    pub(crate) fn in_force(&self, pid: u32) -> ResourceLimits {
+    fn in_force(&self, pid: u32) -> ResourceLimits {
         let Ok(pid) = libc::pid_t::try_from(pid) else {
             return ResourceLimits::default();
         };
@@ -119,8 +119,47 @@ impl ResourceLimits {
         Ok(())
     }
 
+    /// On the live process `pid`: sets the limits (as [`Self::apply_here`] does in a
+    /// starting one) and returns those then in force. A sandboxed worker of a root host runs
+    /// as a uid of its own, and `prlimit` on another user's process needs
+    /// `CAP_SYS_RESOURCE`, which root in a container often lacks: the kernel also accepts a
+    /// caller whose real uid and gid are the target's, so the calls are made from a short
+    /// thread of ours that takes the worker's real ids for that time (raw syscalls change
+    /// only the calling thread's credentials; its effective uid stays root throughout).
+    pub(crate) fn apply_and_read(&self, pid: u32) -> io::Result<ResourceLimits> {
+        let Some((uid, gid)) = real_ids(pid).filter(|ids| needs_ids_of(*ids)) else {
+            self.apply_to(pid)?;
+            return Ok(self.in_force(pid));
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: raw setresgid/setresuid change this thread's credentials only
+                    // (the C library's wrappers would change every thread's); -1 keeps a field.
+                    unsafe {
+                        if libc::syscall(libc::SYS_setresgid, gid, -1, -1) != 0
+                            || libc::syscall(libc::SYS_setresuid, uid, -1, -1) != 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    let applied = self.apply_to(pid).map(|()| self.in_force(pid));
+                    // The thread ends next, and its credentials with it: restoring them is
+                    // for tidiness, not safety.
+                    // SAFETY: as above, with the ids this thread had.
+                    unsafe {
+                        libc::syscall(libc::SYS_setresuid, 0, -1, -1);
+                        libc::syscall(libc::SYS_setresgid, 0, -1, -1);
+                    }
+                    applied
+                })
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the limits thread panicked")))
+        })
+    }
+
     /// On the live process `pid` (ours, not reaped): the same as [`Self::apply_here`].
-    pub(crate) fn apply_to(&self, pid: u32) -> io::Result<()> {
+    fn apply_to(&self, pid: u32) -> io::Result<()> {
         let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
         for (resource, soft, hard) in self.clamped(|r| current(pid, r).map(|(_, hard)| hard)) {
             let limit = libc::rlimit64 {
@@ -134,6 +173,23 @@ impl ResourceLimits {
         }
         Ok(())
     }
+}
+
+/// The real uid and gid of `pid`, from `/proc/<pid>/status`.
+fn real_ids(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let first = |key: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((first("Uid:")?, first("Gid:")?))
+}
+
+/// Whether this (root) process must take `ids` to set another process's limits.
+fn needs_ids_of((uid, gid): (u32, u32)) -> bool {
+    // SAFETY: getuid/getgid/geteuid have no preconditions.
+    let (our_uid, our_gid, euid) = unsafe { (libc::getuid(), libc::getgid(), libc::geteuid()) };
+    euid == 0 && (uid != our_uid || gid != our_gid)
 }
 
 /// The fewest open files a worker may be limited to: its start needs a few more than the

@@ -7,13 +7,15 @@
 //!   the keeper of each worker's group;
 //! - `procfs.rs`: /proc readings and exit-status text.
 //!
-//! The sandbox of a session (namespaces, uid, limits) plugs in at `spawn`.
+//! - `sandbox.rs`: the sandbox a worker runs in (namespaces, file system, seccomp, uid);
+//! - `limits.rs`, `cgroup.rs`: rlimits and the session's cgroups.
 
 mod cgroup;
 mod interpreter;
 mod limits;
 mod process;
 mod procfs;
+mod sandbox;
 mod spawn;
 mod spawner;
 
@@ -26,6 +28,10 @@ pub use interpreter::{prepare_interpreter, Interpreter};
 pub use limits::ResourceLimits;
 pub use process::{Stragglers, WorkerProcess};
 pub use procfs::{describe_exit, main_thread_reading, proc_stats, stderr_excerpt};
+pub use sandbox::{
+    check_available as check_sandbox_available, describe as describe_sandbox, host_is_root,
+    Network, SandboxConfig, UidLease, WorkerSandbox,
+};
 pub use spawn::{spawn, SpawnedWorker};
 #[cfg_attr(not(feature = "cli"), allow(unused_imports))]
 pub(crate) use spawner::keep_open_file_limit_for_workers;
@@ -59,6 +65,9 @@ pub struct WorkerSpec {
     /// before it starts.
     pub cgroup_procs: Vec<std::os::fd::RawFd>,
     pub cwd: PathBuf,
+    /// The sandbox the worker runs in (`sandbox.rs`); `None`: as the host's user, in the
+    /// host's namespaces.
+    pub sandbox: Option<WorkerSandbox>,
     pub session_id: String,
     pub marker_token: String,
 }

@@ -21,17 +21,26 @@ use super::procfs::group_members;
 use super::spawner::GroupLeader;
 use crate::error::Error;
 
-/// A live (not yet reaped) worker process that leads its own process group.
+/// A live (not yet reaped) worker process that leads its own process group. In a sandbox
+/// the process we start (and track, signal as a group, and reap) is the sandbox's launcher;
+/// the Python process is its grandchild, found once it runs ([`WorkerProcess::locate`]).
 #[derive(Debug)]
 pub struct WorkerProcess {
     /// Not reaped while this value exists: `reap` consumes it.
     child: Child,
+    /// Started by a sandbox launcher (`sandbox.rs`): the Python process is not `child`.
+    sandboxed: bool,
+    /// The Python process's pid as the host sees it, once known (at once without a sandbox).
+    python: std::sync::OnceLock<u32>,
     /// The group's keeper (see `spawner.rs`), a member of the group: killed with it, and
     /// reaped by `reap` (or, if this value is dropped instead, by tokio in the background).
     keeper: Option<Child>,
     pid: u32,
     /// Tells when the process has exited, without reaping it.
     exit: ExitWatch,
+    /// Processes that serve this worker from outside its sandbox (its outbound network
+    /// stack): killed and reaped with it.
+    helpers: Vec<Child>,
     /// Set by `reap` once the leader is reaped: from then on its pid may be reused, and
     /// `Drop` must not signal it.
     reaped: bool,
@@ -40,7 +49,7 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Takes ownership of a just-spawned child that leads its own process group (and of the
     /// group's keeper). On error `group` is dropped, which kills the whole group.
-    pub(crate) fn new(group: GroupLeader) -> Result<Self, Error> {
+    pub(crate) fn new(group: GroupLeader, sandboxed: bool) -> Result<Self, Error> {
         let not_tracked = || Error::StartFailed {
             status: "exited before it could be tracked".into(),
             stderr: String::new(),
@@ -49,17 +58,42 @@ impl WorkerProcess {
         // The child is not reaped (nothing waited for it), so `pid` is still its own.
         let exit = ExitWatch::new(pid).map_err(Error::io("watching the worker's exit"))?;
         let (child, keeper) = group.into_parts().ok_or_else(not_tracked)?;
+        let python = std::sync::OnceLock::new();
+        if !sandboxed {
+            let _ = python.set(pid);
+        }
         Ok(WorkerProcess {
             child,
+            sandboxed,
+            python,
             keeper,
             pid,
+            helpers: Vec::new(),
             exit,
             reaped: false,
         })
     }
 
+    /// The Python process's pid as the host sees it (what `ps` and `top` show), once known;
+    /// until then (a sandbox still being built) the launcher's.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.locate().unwrap_or(self.pid)
+    }
+
+    /// The Python process's host pid: without a sandbox the child itself; in one, the child
+    /// of the namespace's pid 1, looked up once it exists (when the worker has said `ready`
+    /// it does) and remembered.
+    pub fn locate(&self) -> Option<u32> {
+        if let Some(pid) = self.python.get() {
+            return Some(*pid);
+        }
+        let found = super::sandbox::locate_worker(self.pid)?;
+        Some(*self.python.get_or_init(|| found))
+    }
+
+    /// Makes `helper` (a process serving this worker, `kill_on_drop`) end with it.
+    pub(crate) fn attach_helper(&mut self, helper: Child) {
+        self.helpers.push(helper);
     }
 
     /// Resolves once the process has exited (it is then a zombie until [`Self::reap`]).
@@ -89,8 +123,13 @@ impl WorkerProcess {
     /// signal-target file first, so the worker can tell a signal for code that has not
     /// started yet (kept until it starts) from one for code that already finished (ignored):
     /// a signal carries no data of its own.
+    ///
+    /// In a sandbox the Python process is not our child: it could in principle be reaped
+    /// (by the namespace's pid 1) and its pid reused just before the signal. It is not a
+    /// practical risk: its death ends the namespace and then the launcher, whose exit is
+    /// what ends this value's use, and a pid is reused only after the whole range wrapped.
     pub fn interrupt_main_thread(&self, signal_target: &OwnedFd, seq: u64) {
-        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
+        let Some(pid) = self.locate().and_then(|p| libc::pid_t::try_from(p).ok()) else {
             return;
         };
         let bytes = seq.to_le_bytes();
@@ -120,6 +159,10 @@ impl WorkerProcess {
         if let Some(mut keeper) = self.keeper.take() {
             let _ = keeper.wait().await;
         }
+        for mut helper in std::mem::take(&mut self.helpers) {
+            let _ = helper.start_kill();
+            let _ = helper.wait().await;
+        }
         // The dead leader still holds the group id (it is reaped only below), so every member
         // found is ours. Scanning /proc is blocking work: not on the runtime's thread.
         let leader = self.pid;
@@ -134,6 +177,10 @@ impl WorkerProcess {
         // The leader has exited: this returns at once.
         let status = self.child.wait().await;
         self.reaped = status.is_ok();
+        let status = match status {
+            Ok(status) if self.sandboxed => Ok(sandboxed_exit(status)),
+            other => other,
+        };
         (status, Stragglers(stragglers))
     }
 }
@@ -264,6 +311,17 @@ fn wait_exited_not_reaped(pid: u32) {
     }
 }
 
+/// How a sandboxed worker ended, from its launcher's exit: `bwrap` exits with the worker's
+/// code, or 128 + the signal that killed it, which is reported as that signal (so a worker
+/// that calls `sys.exit(137)` in a sandbox is reported as killed by SIGKILL).
+fn sandboxed_exit(status: ExitStatus) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match status.code() {
+        Some(code) if (129..129 + 64).contains(&code) => ExitStatus::from_raw(code - 128),
+        _ => status,
+    }
+}
+
 /// SIGKILL/SIGINT/... to the process group `pgid`; pids ≤ 1 are refused so that a bug can
 /// never signal the host's own group or every process.
 fn signal_group(pgid: u32, signal: i32) {
@@ -304,7 +362,7 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        WorkerProcess::new(GroupLeader::without_keeper(cmd.spawn().unwrap())).unwrap()
+        WorkerProcess::new(GroupLeader::without_keeper(cmd.spawn().unwrap()), false).unwrap()
     }
 
     #[tokio::test]
@@ -341,7 +399,7 @@ mod tests {
             .kill_on_drop(true);
         let child = cmd.spawn().unwrap();
         let pid = child.id().unwrap();
-        let mut process = WorkerProcess::new(GroupLeader::without_keeper(child)).unwrap();
+        let mut process = WorkerProcess::new(GroupLeader::without_keeper(child), false).unwrap();
         process.exit = ExitWatch::thread(pid).unwrap();
         process.exited().await;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -14,6 +14,7 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 use super::process::WorkerProcess;
+use super::sandbox;
 use super::spawner;
 use super::{WorkerSpec, AGENT_FD, AGENT_SOURCE, CONTROL_FD, EXEC_FD, SIGNAL_FD};
 use crate::error::Error;
@@ -55,7 +56,40 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let (out_r, out_w) = std::io::pipe().map_err(Error::io("creating the stdout pipe"))?;
     let (err_r, err_w) = std::io::pipe().map_err(Error::io("creating the stderr pipe"))?;
 
-    let mut cmd = Command::new(&spec.interpreter.python);
+    // A sandboxed worker is started by `bwrap`, which builds the sandbox and runs the
+    // interpreter in it (see `sandbox.rs`); its seccomp programs are read from two fds.
+    let seccomp_files = match &spec.sandbox {
+        Some(_) => {
+            let programs = sandbox::seccomp_programs()?;
+            Some([
+                raise_fd(sandbox::program_file(&programs[0])?)?,
+                raise_fd(sandbox::program_file(&programs[1])?)?,
+            ])
+        }
+        None => None,
+    };
+    // An outbound network is attached between the sandbox's creation and the interpreter's
+    // start (see `sandbox::OutboundHandshake`).
+    let outbound = match &spec.sandbox {
+        Some(sandbox) if sandbox.config.network == sandbox::Network::Outbound => {
+            Some(sandbox::OutboundHandshake::new()?)
+        }
+        _ => None,
+    };
+    let mut cmd = match &spec.sandbox {
+        Some(sandbox) => {
+            let mut cmd = Command::new(sandbox::resolve_bwrap(&sandbox.config.bwrap));
+            cmd.args(sandbox::bwrap_args(sandbox, &spec.interpreter, &spec.cwd));
+            if outbound.is_some() {
+                cmd.args(sandbox::OutboundHandshake::bwrap_args());
+            }
+            cmd.arg("--")
+                .args(sandbox::uid_switch(sandbox))
+                .arg(&spec.interpreter.python);
+            cmd
+        }
+        None => Command::new(&spec.interpreter.python),
+    };
     // First: `env_clear` also drops what was set on the command before it.
     if !spec.inherit_env {
         // Nothing of the host's environment: it may hold secrets (a token given as
@@ -94,6 +128,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         // Ctrl-C at the host's terminal is not delivered to the worker behind our back.
         .process_group(0)
         .kill_on_drop(true);
+    // Raised too (see `raise_fd`): the seccomp files may sit where the channels go.
     let (exec_fd, control_fd, signal_fd) = (
         child_exec.as_raw_fd(),
         child_control.as_raw_fd(),
@@ -103,6 +138,10 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let open_files = spawner::workers_open_file_limit();
     let limits = spec.limits;
     let cgroup_procs = spec.cgroup_procs.clone();
+    let seccomp_fds = seccomp_files
+        .as_ref()
+        .map(|files| [files[0].as_raw_fd(), files[1].as_raw_fd()]);
+    let handshake_fds = outbound.as_ref().map(sandbox::OutboundHandshake::child_fds);
     // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, getrlimit,
     // setrlimit, dup2, fcntl) are made.
     unsafe {
@@ -119,19 +158,36 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
             }
             place_fd(exec_fd, EXEC_FD)?;
             place_fd(control_fd, CONTROL_FD)?;
-            place_fd(signal_fd, SIGNAL_FD)
+            place_fd(signal_fd, SIGNAL_FD)?;
+            if let Some(fds) = seccomp_fds {
+                for (fd, target) in fds.into_iter().zip(sandbox::SECCOMP_FDS) {
+                    place_fd(fd, target)?;
+                }
+            }
+            if let Some(fds) = handshake_fds {
+                for (fd, target) in fds.into_iter().zip(sandbox::HANDSHAKE_FDS) {
+                    place_fd(fd, target)?;
+                }
+            }
+            Ok(())
         });
     }
-    let group = spawner::spawn_group_leader(cmd)
+    // A sandbox needs no keeper: its namespace's pid 1 dies with the launcher, which dies
+    // with the host, and takes every process of the namespace along.
+    let sandboxed = spec.sandbox.is_some();
+    let group = spawner::spawn_group_leader(cmd, !sandboxed)
         .await
         .map_err(|source| Error::Spawn {
             python: spec.interpreter.python.clone(),
             source,
         })?;
-    drop((child_exec, child_control, child_signal));
+    drop((child_exec, child_control, child_signal, seccomp_files));
     // A failure here or below drops the group (or the process), which kills the whole group,
     // keeper included.
-    let process = WorkerProcess::new(group)?;
+    let mut process = WorkerProcess::new(group, sandboxed)?;
+    if let Some(handshake) = outbound {
+        process.attach_helper(handshake.complete().await?);
+    }
     let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(out_r))
         .map_err(Error::io("registering the stdout pipe"))?;
     let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(err_r))
@@ -155,7 +211,7 @@ fn register_socket(sock: std::os::unix::net::UnixStream) -> Result<UnixStream, E
 /// Moves an fd to 10 or above, so that neither the child's stdio set-up nor placing the
 /// other channel can clobber it (fds 0-2 are possible when the host was started with them
 /// closed; 3 and 4 are where the channels go).
-fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
+pub(super) fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
     if fd.as_raw_fd() >= 10 {
         return Ok(fd);
     }
@@ -172,7 +228,7 @@ fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
 }
 
 /// In the child: puts `fd` at `target`, inheritable across exec.
-fn place_fd(fd: i32, target: i32) -> io::Result<()> {
+pub(super) fn place_fd(fd: i32, target: i32) -> io::Result<()> {
     // SAFETY: plain syscalls on fds owned by this (child) process.
     unsafe {
         if fd == target {

@@ -60,10 +60,10 @@ pub(crate) async fn spawn_child(cmd: Command) -> io::Result<Child> {
 /// [`spawn_child`] for a worker, which leads its own process group (`process_group(0)`), plus
 /// the group's keeper (see [`spawn_keeper`]), started before the worker can have been reaped.
 /// If the caller stops waiting, the whole group is killed (see [`GroupLeader`]).
-pub(crate) async fn spawn_group_leader(cmd: Command) -> io::Result<GroupLeader> {
+pub(crate) async fn spawn_group_leader(cmd: Command, with_keeper: bool) -> io::Result<GroupLeader> {
     run(move || {
         let leader = cmd_spawn(cmd)?;
-        let keeper = leader.id().and_then(spawn_keeper);
+        let keeper = leader.id().filter(|_| with_keeper).and_then(spawn_keeper);
         Ok(GroupLeader {
             leader: Some(leader),
             keeper,
@@ -339,7 +339,9 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_group_leader_takes_its_keeper_along() {
         let (mut read, write) = io::pipe().unwrap();
-        let group = spawn_group_leader(reporting_leader(&write)).await.unwrap();
+        let group = spawn_group_leader(reporting_leader(&write), true)
+            .await
+            .unwrap();
         let pgid = group.id().unwrap();
         let members = group_members(pgid);
         assert_eq!(members.len(), 2, "the leader and its keeper: {members:?}");
@@ -362,7 +364,7 @@ mod tests {
             Ok(())
         }));
         assert!(futures::poll!(&mut blocker).is_pending());
-        let mut abandoned = Box::pin(spawn_group_leader(reporting_leader(&write)));
+        let mut abandoned = Box::pin(spawn_group_leader(reporting_leader(&write), true));
         assert!(futures::poll!(&mut abandoned).is_pending());
         drop(abandoned);
         release.send(()).unwrap();

@@ -22,10 +22,11 @@ pub(crate) const EXIT_FAILURE: i32 = 1;
 const EXIT_USAGE: i32 = 2;
 
 pub async fn run(args: ReplArgs) -> i32 {
-    let config = SessionConfig {
+    let mut config = SessionConfig {
         python: args.python.clone(),
         ..SessionConfig::default()
     };
+    args.sandbox.apply(&mut config);
     let backend: Arc<dyn ReplBackend> = match LocalBackend::start(config).await {
         Ok(backend) => Arc::new(backend),
         Err(e) => {

@@ -232,7 +232,7 @@ impl Core {
             late_messages_dropped: self.late_messages_dropped,
             dead_reason: self.dead_reason.clone(),
             limits: self.config.limits,
-            containment: self.containment.to_string(),
+            containment: self.containment.clone(),
         }
     }
 

@@ -147,7 +147,7 @@ pub(crate) struct Core {
     late_messages_dropped: u64,
     python_version: String,
     /// What contains the session's processes (see `SessionInfo::containment`).
-    containment: &'static str,
+    containment: String,
     effects: Vec<Effect>,
 }
 
@@ -185,7 +185,7 @@ impl Core {
             timer_wakeups: 0,
             late_messages_dropped: 0,
             python_version: String::new(),
-            containment: "process group",
+            containment: "process group".to_string(),
             effects: Vec::new(),
         };
         core.start_worker();
@@ -291,8 +291,16 @@ impl Core {
     }
 
     /// What contains the session's processes (set by the actor, which owns its cgroups).
-    pub fn set_containment(&mut self, containment: &'static str) {
+    pub fn set_containment(&mut self, containment: String) {
         self.containment = containment;
+    }
+
+    /// The worker's pid as the host sees it, learnt after its spawn (a sandboxed worker's
+    /// Python process exists only once the sandbox is built).
+    pub fn set_worker_pid(&mut self, pid: u32) {
+        if let Some(w) = &mut self.worker {
+            w.pid = Some(pid);
+        }
     }
 
     /// The limits now in force (set by the actor, which applies them to the process).
