@@ -23,7 +23,9 @@ const GIL_HELD: &str = "import subprocess\nc = subprocess.Popen(['sleep', '600']
 
 #[tokio::test]
 async fn a_worker_stuck_in_c_with_the_gil_dies_with_a_killed_server() {
-    let (mut child, base) = spawn_server(&["--min-idle", "0"]);
+    // Without the sandbox (whose namespace ends its processes: tests/server_sandbox.rs), the
+    // parent-death signal and the group's keeper must.
+    let (mut child, base) = spawn_server(&["--min-idle", "0", "--sandbox", "off"]);
     let http = Client::new();
     let id = create_session_at(&http, &base).await;
     let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
@@ -387,7 +389,7 @@ fn keeper_of(pid: u32) -> u32 {
 
 #[tokio::test]
 async fn no_process_of_a_sessions_group_is_left_once_it_is_deleted() {
-    let (server, base) = spawn_server(&["--min-idle", "0"]);
+    let (server, base) = spawn_server(&["--min-idle", "0", "--sandbox", "off"]);
     let http = Client::new();
     let mut groups = Vec::new();
     for _ in 0..3 {
@@ -458,6 +460,8 @@ async fn a_killed_servers_workers_children_die_even_when_a_subreaper_adopts_them
                 ALICE,
                 "--min-idle",
                 "0",
+                "--sandbox",
+                "off",
             ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null()),

@@ -56,7 +56,10 @@ async fn a_websocket_client_that_never_reads_is_closed_with_a_reason_and_memory_
     // A client that leaves its send queue full for 2 s counts as not reading (default 10 s);
     // its executions are cancelled 0.1 s after it is gone.
     let config = format!("ws_pong_timeout_secs = 2.0\nreconnect_grace_secs = 0.1\n{UNLIMITED}");
-    let (server, base, dir) = spawn_server_with_config(&config, &["--min-idle", "1"]);
+    // Unsandboxed: the worker reports on a named pipe in the test's directory, which a
+    // sandbox would not show it. (This bounds the server's memory, not the worker.)
+    let (server, base, dir) =
+        spawn_server_with_config(&config, &["--min-idle", "1", "--sandbox", "off"]);
     let fifo = fifo(dir.path());
     let rss = || rss_bytes(server.id());
     let http = Client::new();

@@ -1,0 +1,246 @@
+//! `serve` sandboxes every worker by default (docs/security.md): tried as a hostile tenant
+//! would, the server's secrets, its port and its process are out of reach, whatever a
+//! session leaves running dies with it or with a killed server, and a host that cannot
+//! sandbox is refused unless the operator says `--sandbox off`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::*;
+use common::wait_pid_exit;
+use reqwest::Client;
+use serde_json::{json, Value};
+
+async fn run_code(http: &Client, base: &str, id: &str, code: &str) -> Value {
+    json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({ "code": code })),
+    )
+    .await
+}
+
+/// Host pids whose command line is exactly `args`.
+fn processes_running(args: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .as_deref()
+                == Some(&wanted[..])
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_servers_token_config_process_and_port_are_out_of_a_sessions_reach() {
+    let toml = format!(
+        "[[tenants]]\nname = \"default\"\ntoken = \"{ALICE}\"\n[[tenants]]\nname = \"bob\"\ntoken = \"{BOB}\"\n"
+    );
+    let (server, base, dir) = spawn_server_with_config(&toml, &["--min-idle", "1"]);
+    let config_path = dir.path().join("serve.toml");
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let code = format!(
+        r#"import os, socket, signal
+def caught(f):
+    try:
+        return 'succeeded: %r' % (f(),)
+    except OSError as e:
+        return type(e).__name__
+def everything_readable():
+    seen = b''
+    for pid in os.listdir('/proc'):
+        for name in ('cmdline', 'environ'):
+            try:
+                seen += open('/proc/%s/%s' % (pid, name), 'rb').read()
+            except OSError:
+                pass
+    return seen
+(caught(lambda: open({config:?}).read()),
+ b'{bob}' in everything_readable() or b'{alice}' in everything_readable(),
+ caught(lambda: socket.create_connection(('127.0.0.1', {port}), timeout=5)),
+ caught(lambda: os.kill({server_pid}, signal.SIGKILL)),
+ caught(lambda: os.kill(1, signal.SIGKILL)))"#,
+        config = config_path.to_str().unwrap(),
+        bob = BOB,
+        alice = ALICE,
+        server_pid = server.id(),
+    );
+    let answer = run_code(&http, &base, &id, &code).await;
+    assert_eq!(
+        answer["result"]["repr"],
+        "('FileNotFoundError', False, 'ConnectionRefusedError', 'ProcessLookupError', 'PermissionError')",
+        "{answer}"
+    );
+    // The server is untouched, and says how its sessions are contained.
+    let health = json_of(http.get(format!("{base}/healthz"))).await;
+    assert_eq!(health["sandbox"]["mechanism"], "bubblewrap", "{health}");
+    assert_eq!(health["sandbox"]["network"], "none", "{health}");
+    let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+    assert!(
+        info["containment"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("sandbox (bubblewrap")),
+        "{info}"
+    );
+    drop(server);
+}
+
+#[tokio::test]
+async fn setsid_children_die_at_once_with_a_killed_server() {
+    let (mut server, base) = spawn_server(&["--min-idle", "0"]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let answer = run_code(
+        &http,
+        &base,
+        &id,
+        "import subprocess\nfor _ in range(2): subprocess.Popen(['setsid', 'sleep', '4321.25'], start_new_session=True)\n'started'",
+    )
+    .await;
+    assert_eq!(answer["result"]["repr"], "'started'", "{answer}");
+    let mut detached = Vec::new();
+    common::guard(async {
+        while detached.len() < 2 {
+            detached = processes_running(&["sleep", "4321.25"]);
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    server.kill_and_wait();
+    for pid in detached {
+        assert!(
+            wait_pid_exit(pid, Duration::from_secs(5)).await,
+            "the setsid child {pid} outlived the killed server"
+        );
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_sandbox_unless_told_and_then_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.toml");
+    std::fs::write(&path, "[sandbox]\nbwrap = \"/nonexistent/bwrap\"\n").unwrap();
+    let mut refused = common::Watched::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                ALICE,
+                "--min-idle",
+                "0",
+            ])
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        common::GUARD,
+    );
+    assert_eq!(refused.finish().code(), Some(2));
+    let stderr = refused.stderr();
+    assert!(stderr.contains("cannot sandbox"), "{stderr}");
+    assert!(stderr.contains("--sandbox off"), "{stderr}");
+}
+
+#[tokio::test]
+async fn with_sandbox_off_the_server_warns_at_start_and_in_healthz() {
+    let (server, base) = spawn_server_with(&["--min-idle", "0", "--sandbox", "off"], |command| {
+        command.stderr(std::process::Stdio::piped());
+    });
+    let http = Client::new();
+    let health = json_of(http.get(format!("{base}/healthz"))).await;
+    assert_eq!(health["sandbox"], "off", "{health}");
+    assert!(
+        health["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("not sandboxed")),
+        "{health}"
+    );
+    let mut server = server;
+    server.kill_and_wait();
+    server.finish();
+    assert!(
+        server
+            .stderr()
+            .contains("--sandbox off: workers are not sandboxed"),
+        "{}",
+        server.stderr()
+    );
+}
+
+/// `exec --sandbox`, run by an ordinary user (here `nobody`, when the tests run as root):
+/// the sandbox is built inside a user namespace of its own, and holds as it does for root.
+#[test]
+fn exec_sandbox_works_for_an_ordinary_user_in_a_user_namespace() {
+    let root = unsafe { libc::geteuid() } == 0;
+    let python = if root { "/usr/bin/python3" } else { "python3" };
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_pyrepl3"));
+    if root && !(std::path::Path::new(python).exists() && others_can_run(binary)) {
+        eprintln!("no /usr/bin/python3, or the build is private to root: skipped");
+        return;
+    }
+    // A file any user of the host could read: not there inside.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("world-readable.txt");
+    std::fs::write(&secret, "do-not-leak").unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let code = format!(
+        "import os, ctypes\ndef caught(f):\n    try:\n        return f()\n    except OSError as e:\n        return type(e).__name__\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         print(os.getuid(), os.getpid(), caught(lambda: open({:?}).read()), libc.ptrace(16, 1, 0, 0), ctypes.get_errno() == 1, caught(lambda: __import__('socket').create_connection(('1.1.1.1', 53), timeout=3)))",
+        secret.to_str().unwrap()
+    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"));
+    if root {
+        command = std::process::Command::new("setpriv");
+        command
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "env",
+                "-i",
+                "PATH=/usr/bin:/bin",
+            ])
+            .arg(env!("CARGO_BIN_EXE_pyrepl3"));
+    }
+    command.args(["exec", "--sandbox", "--python", python, &code]);
+    let mut exec = common::Watched::spawn(
+        command
+            .current_dir("/")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        common::GUARD,
+    );
+    let status = exec.finish();
+    assert!(status.success(), "{status:?}: {}", exec.stderr());
+    let uid = if root {
+        65534
+    } else {
+        unsafe { libc::geteuid() }
+    };
+    assert_eq!(
+        exec.stdout().trim(),
+        format!("{uid} 2 FileNotFoundError -1 True OSError"),
+        "{}",
+        exec.stderr()
+    );
+}
+
+/// Whether a user other than the owner can run `path` (every directory on the way open).
+fn others_can_run(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
