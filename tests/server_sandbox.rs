@@ -244,3 +244,56 @@ fn others_can_run(path: &std::path::Path) -> bool {
     path.ancestors()
         .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
+
+/// A tenant's own sandbox network: its sessions come from a pool of that network.
+#[tokio::test]
+async fn a_tenant_can_have_a_network_of_its_own() {
+    let toml = format!(
+        "[[tenants]]\nname = \"default\"\ntoken = \"{ALICE}\"\n[[tenants]]\nname = \"bob\"\ntoken = \"{BOB}\"\nnetwork = \"outbound\"\n"
+    );
+    let (server, base, _dir) = spawn_server_with_config(&toml, &["--min-idle", "1"]);
+    let http = Client::new();
+    let interfaces =
+        "sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:])";
+    let alice = create_session_at(&http, &base).await;
+    let answer = run_code(&http, &base, &alice, interfaces).await;
+    assert_eq!(answer["result"]["repr"], "['lo']", "{answer}");
+    let created: Value = http
+        .post(format!("{base}/v1/sessions"))
+        .bearer_auth(BOB)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bob = created["id"].as_str().unwrap();
+    let answer: Value = http
+        .post(format!("{base}/v1/sessions/{bob}/execute"))
+        .bearer_auth(BOB)
+        .json(&json!({ "code": interfaces }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["result"]["repr"], "['lo', 'tap0']", "{answer}");
+    let info: Value = http
+        .get(format!("{base}/v1/sessions/{bob}"))
+        .bearer_auth(BOB)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        info["containment"]
+            .as_str()
+            .is_some_and(|c| c.contains("network outbound")),
+        "{info}"
+    );
+    drop(server);
+}

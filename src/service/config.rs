@@ -39,6 +39,10 @@ pub struct TenantConfig {
     /// Resident memory of one session's processes in all (a `memory` cgroup, where the host
     /// can make one), then the kernel ends the worker: `MemoryLimitExceeded`.
     pub session_memory_limit_bytes: u64,
+    /// The sandbox network of this tenant's sessions (`none`, `host` or `outbound`);
+    /// unset: the server's (`[sandbox] network`). A tenant whose network differs from the
+    /// server's gets warm sessions from a pool of its network.
+    pub network: Option<crate::worker::Network>,
 }
 
 impl Default for TenantConfig {
@@ -60,6 +64,7 @@ impl Default for TenantConfig {
             file_size_limit_bytes: 0,
             max_processes: 512,
             session_memory_limit_bytes: 0,
+            network: None,
         }
     }
 }

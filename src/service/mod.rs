@@ -81,6 +81,8 @@ pub struct Service {
 struct Inner {
     config: ServiceConfig,
     pool: SessionPool,
+    /// Pools of the sandbox networks tenants have that differ from the server's (`pool`'s).
+    network_pools: HashMap<crate::worker::Network, SessionPool>,
     /// By token.
     tenants: HashMap<String, Arc<Tenant>>,
     /// Sessions held by clients, by id.
@@ -113,6 +115,24 @@ impl Service {
             ..config.pool.clone()
         })
         .await?;
+        let mut network_pools = HashMap::new();
+        for network in config.tenants.iter().filter_map(|t| t.network) {
+            let Some(sandbox) = &config.pool.session.sandbox else {
+                return Err(Error::InvalidConfig(format!(
+                    "a tenant's network = \"{}\" needs the sandbox, which is off",
+                    network.as_str()
+                )));
+            };
+            if network == sandbox.network || network_pools.contains_key(&network) {
+                continue;
+            }
+            let mut pool_config = config.pool.clone();
+            pool_config.pre_warm = true;
+            if let Some(sandbox) = pool_config.session.sandbox.as_mut() {
+                sandbox.network = network;
+            }
+            network_pools.insert(network, SessionPool::start(pool_config).await?);
+        }
         let tenants = config
             .tenants
             .iter()
@@ -127,6 +147,7 @@ impl Service {
         let inner = Arc::new(Inner {
             config,
             pool,
+            network_pools,
             tenants,
             sessions: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
@@ -263,6 +284,9 @@ impl Service {
     /// that remains. Returns when no worker is left.
     pub async fn close(&self) -> Result<(), Error> {
         self.inner.stopped.cancel();
+        for pool in self.inner.network_pools.values() {
+            pool.shutdown().await?;
+        }
         self.inner.pool.shutdown().await
     }
 }

@@ -119,9 +119,11 @@ impl Service {
                 limit: tenant.max_sessions,
             });
         };
-        let guard = self
-            .inner
-            .pool
+        let pool = tenant
+            .network
+            .and_then(|network| self.inner.network_pools.get(&network))
+            .unwrap_or(&self.inner.pool);
+        let guard = pool
             .acquire()
             .await
             .map_err(|e| ServiceError::from_session("create_session", None, e))?;

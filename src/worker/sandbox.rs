@@ -30,7 +30,7 @@ use super::Interpreter;
 use crate::error::Error;
 
 /// Where a sandboxed worker's network goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// Its own network namespace with only a loopback: no route to the server, the host's
