@@ -98,9 +98,14 @@ fn reply(value: Value) {
     println!("{value}");
 }
 
+/// Sessions of this driver; in a sandbox (`src/worker/sandbox.rs`, as `serve` runs them)
+/// when `PYREPL3_BENCH_SANDBOX=1` (bench/sandbox.py runs one driver of each kind).
 fn config(python: &Path) -> SessionConfig {
+    let sandboxed = std::env::var_os("PYREPL3_BENCH_SANDBOX").is_some_and(|v| v == "1");
     SessionConfig {
         python: python.to_path_buf(),
+        sandbox: sandboxed.then(pyrepl3::SandboxConfig::default),
+        inherit_env: !sandboxed,
         ..SessionConfig::default()
     }
 }

@@ -79,7 +79,7 @@ async fn workers_of_serve_get_none_of_the_servers_environment() {
     )
     .await;
     assert_eq!(
-        answer["result"]["repr"], "(False, False, ['HOME', 'LANG', 'PATH'], '', False)",
+        answer["result"]["repr"], "(False, False, ['HOME', 'LANG', 'PATH', 'PWD'], '', False)",
         "{answer}"
     );
     drop(server);

@@ -130,6 +130,7 @@ impl Service {
             pool_config.pre_warm = true;
             if let Some(sandbox) = pool_config.session.sandbox.as_mut() {
                 sandbox.network = network;
+                crate::worker::check_sandbox_available(sandbox).await?;
             }
             network_pools.insert(network, SessionPool::start(pool_config).await?);
         }

@@ -91,6 +91,11 @@ impl WorkerProcess {
         Some(*self.python.get_or_init(|| found))
     }
 
+    /// The pid of the process we started (in a sandbox, its launcher).
+    pub(crate) fn launcher_pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Makes `helper` (a process serving this worker, `kill_on_drop`) end with it.
     pub(crate) fn attach_helper(&mut self, helper: Child) {
         self.helpers.push(helper);

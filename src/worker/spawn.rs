@@ -78,7 +78,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     };
     let mut cmd = match &spec.sandbox {
         Some(sandbox) => {
-            let mut cmd = Command::new(sandbox::resolve_bwrap(&sandbox.config.bwrap));
+            let mut cmd = Command::new(sandbox::resolve_program(&sandbox.config.bwrap));
             cmd.args(sandbox::bwrap_args(sandbox, &spec.interpreter, &spec.cwd));
             if outbound.is_some() {
                 cmd.args(sandbox::OutboundHandshake::bwrap_args());
@@ -141,9 +141,13 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let seccomp_fds = seccomp_files
         .as_ref()
         .map(|files| [files[0].as_raw_fd(), files[1].as_raw_fd()]);
-    let handshake_fds = outbound.as_ref().map(sandbox::OutboundHandshake::child_fds);
+    let handshake_fd = outbound.as_ref().map(sandbox::OutboundHandshake::child_fd);
+    let netns = outbound
+        .as_ref()
+        .map(sandbox::OutboundHandshake::netns_entry);
     // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, getrlimit,
-    // setrlimit, dup2, fcntl) are made.
+    // setrlimit, dup2, fcntl; for an outbound sandbox unshare, open, write, socket, ioctl) are
+    // made, on memory prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             spawner::die_with_parent(host)?;
@@ -164,10 +168,11 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
                     place_fd(fd, target)?;
                 }
             }
-            if let Some(fds) = handshake_fds {
-                for (fd, target) in fds.into_iter().zip(sandbox::HANDSHAKE_FDS) {
-                    place_fd(fd, target)?;
-                }
+            if let Some(fd) = handshake_fd {
+                place_fd(fd, sandbox::GO_FD)?;
+            }
+            if let Some(netns) = &netns {
+                netns.enter_here()?;
             }
             Ok(())
         });
@@ -186,7 +191,8 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     // keeper included.
     let mut process = WorkerProcess::new(group, sandboxed)?;
     if let Some(handshake) = outbound {
-        process.attach_helper(handshake.complete().await?);
+        let launcher = process.launcher_pid();
+        process.attach_helper(handshake.complete(launcher).await?);
     }
     let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(out_r))
         .map_err(Error::io("registering the stdout pipe"))?;
