@@ -370,9 +370,15 @@ impl Actor {
                     // is lowered to it); nothing changes if they could not be set.
                     let applied = match &self.worker {
                         Some(w) => {
-                            let pid = w.process.pid();
-                            limits
-                                .apply_and_read(pid)
+                            // The deepest process's reading: the Python process's, once it
+                            // runs.
+                            let mut in_force = limits;
+                            w.process
+                                .each_process_parents_first(|pid| {
+                                    in_force = limits.apply_and_read(pid)?;
+                                    Ok(())
+                                })
+                                .map(|()| in_force)
                                 .map_err(Error::io("setting the worker's resource limits"))
                         }
                         None => Ok(limits),

@@ -91,6 +91,29 @@ impl WorkerProcess {
         Some(*self.python.get_or_init(|| found))
     }
 
+    /// Calls `f` on each process of the worker whose limits its Python process has or will
+    /// inherit, parents first: without a sandbox the worker itself; in one, the launcher,
+    /// the namespace's pid 1 and the Python process, as far as they exist yet. Each is looked
+    /// up only after its parent was done, so a process started meanwhile inherits what `f`
+    /// set on its parent (a worker still being built gets the limits all the same).
+    pub fn each_process_parents_first(
+        &self,
+        mut f: impl FnMut(u32) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if !self.sandboxed {
+            return f(self.pid);
+        }
+        f(self.pid)?;
+        let Some(init) = super::sandbox::first_child(self.pid) else {
+            return Ok(());
+        };
+        f(init)?;
+        match self.locate() {
+            Some(python) => f(python),
+            None => Ok(()),
+        }
+    }
+
     /// The pid of the process we started (in a sandbox, its launcher).
     pub(crate) fn launcher_pid(&self) -> u32 {
         self.pid

@@ -404,7 +404,8 @@ pub fn locate_worker(launcher: u32) -> Option<u32> {
     first_child(init)
 }
 
-fn first_child(pid: u32) -> Option<u32> {
+/// The first child `/proc` lists for `pid`.
+pub(crate) fn first_child(pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
