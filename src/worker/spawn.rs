@@ -76,10 +76,19 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         }
         _ => None,
     };
-    let mut cmd = match &spec.sandbox {
-        Some(sandbox) => {
+    let etc = match &spec.sandbox {
+        Some(_) => Some(sandbox::prepared_etc().await?),
+        None => None,
+    };
+    let mut cmd = match (&spec.sandbox, &etc) {
+        (Some(sandbox), Some(etc)) => {
             let mut cmd = Command::new(sandbox::resolve_program(&sandbox.config.bwrap));
-            cmd.args(sandbox::bwrap_args(sandbox, &spec.interpreter, &spec.cwd));
+            cmd.args(sandbox::bwrap_args(
+                sandbox,
+                &spec.interpreter,
+                &spec.cwd,
+                etc,
+            ));
             if outbound.is_some() {
                 cmd.args(sandbox::OutboundHandshake::bwrap_args());
             }
@@ -88,7 +97,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
                 .arg(&spec.interpreter.python);
             cmd
         }
-        None => Command::new(&spec.interpreter.python),
+        _ => Command::new(&spec.interpreter.python),
     };
     // First: `env_clear` also drops what was set on the command before it.
     if !spec.inherit_env {

@@ -15,7 +15,7 @@
 //!
 //! Here: the settings, the uids, the `bwrap` command line, finding the worker's pid, the
 //! start-up check. In `seccomp.rs` the refused system calls; in `outbound.rs` the outbound
-//! network stack.
+//! network stack; in `etc.rs` the sandbox's `/etc`.
 //!
 //! The process tree, seen from the host: `bwrap` (our child, the worker process we track and
 //! signal as a group) → `bwrap` (pid 1 of the namespace: reaps orphans, and its death ends
@@ -29,8 +29,11 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+mod etc;
 mod outbound;
 mod seccomp;
+
+pub(super) use etc::{prepared_etc, PreparedEtc};
 
 pub(super) use outbound::{OutboundHandshake, GO_FD};
 pub(super) use seccomp::{program_file, seccomp_programs};
@@ -170,35 +173,6 @@ impl Drop for UidLease {
 
 // --- the command line ---
 
-/// Files of `/etc` a Python program commonly reads (the dynamic linker, names and
-/// addresses, users, time zone, certificates for HTTPS, MIME types), shown read-only when
-/// present. Nothing else of `/etc`: the server's own configuration may live there.
-const ETC_FILES: &[&str] = &[
-    "/etc/alternatives",
-    "/etc/ca-certificates",
-    "/etc/ca-certificates.conf",
-    "/etc/debian_version",
-    "/etc/gai.conf",
-    "/etc/group",
-    "/etc/host.conf",
-    "/etc/hosts",
-    "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
-    "/etc/localtime",
-    "/etc/mime.types",
-    "/etc/nsswitch.conf",
-    "/etc/os-release",
-    "/etc/passwd",
-    "/etc/pip.conf",
-    "/etc/pki",
-    "/etc/protocols",
-    "/etc/resolv.conf",
-    "/etc/services",
-    "/etc/ssl",
-    "/etc/timezone",
-];
-
 /// Top-level system directories: each is shown read-only, or, where the host has it as a
 /// link (a merged `/usr`), as the same link.
 const SYSTEM_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
@@ -215,6 +189,7 @@ pub(super) fn bwrap_args(
     sandbox: &WorkerSandbox,
     interpreter: &Interpreter,
     cwd: &Path,
+    etc: &PreparedEtc,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::with_capacity(96);
     // The namespace's pid 1 and the worker die with the launcher (which dies with the host:
@@ -274,21 +249,10 @@ pub(super) fn bwrap_args(
             ),
         }
     }
-    // bwrap makes missing parents private to root (0700): `/etc` must be open to all.
-    push(
-        &mut args,
-        &[
-            "--perms".as_ref(),
-            "0755".as_ref(),
-            "--dir".as_ref(),
-            "/etc".as_ref(),
-        ],
-    );
-    for file in ETC_FILES {
-        push(
-            &mut args,
-            &["--ro-bind-try".as_ref(), file.as_ref(), file.as_ref()],
-        );
+    // One bind for the prepared `/etc`, then its directories and live files on top.
+    args.extend(["--ro-bind".into(), etc.dir.clone().into(), "/etc".into()]);
+    for path in &etc.live {
+        args.extend(["--ro-bind-try".into(), path.into(), path.into()]);
     }
     let mut roots: Vec<&Path> = Vec::new();
     if let Some(dir) = interpreter.python.parent() {
@@ -444,7 +408,8 @@ pub async fn check_available(config: &SandboxConfig) -> Result<(), Error> {
     let files = [program_file(&programs[0])?, program_file(&programs[1])?];
     let raw = [files[0].as_raw_fd(), files[1].as_raw_fd()];
     let mut cmd = tokio::process::Command::new(&bwrap);
-    cmd.args(bwrap_args(&sandbox, &stand_in, dir.path()))
+    let etc = prepared_etc().await?;
+    cmd.args(bwrap_args(&sandbox, &stand_in, dir.path(), &etc))
         .arg("--")
         .args(uid_switch(&sandbox))
         .arg("/usr/bin/true")
