@@ -297,3 +297,37 @@ async fn a_tenant_can_have_a_network_of_its_own() {
     );
     drop(server);
 }
+
+/// An fd the host inherited (here an open directory of the host, left inheritable by what
+/// started it) never reaches a worker: in a sandbox it would be a way out of its file
+/// system.
+#[test]
+fn fds_the_host_inherited_do_not_reach_the_worker() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = std::fs::File::open("/etc").unwrap();
+    let raw = dir.as_raw_fd();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"));
+    command.args([
+        "exec",
+        "--sandbox",
+        "import os\ntry:\n    print(os.listdir(os.open('..', os.O_RDONLY, dir_fd=200))[:1])\nexcept OSError as e:\n    print(type(e).__name__)",
+    ]);
+    // SAFETY: dup2 only, between fork and exec; the new fd 200 is inheritable.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(raw, 200) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut exec = common::Watched::spawn(
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        common::GUARD,
+    );
+    assert!(exec.finish().success(), "{}", exec.stderr());
+    assert_eq!(exec.stdout().trim(), "OSError", "fd 200 reached the worker");
+}

@@ -183,7 +183,9 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
             if let Some(netns) = &netns {
                 netns.enter_here()?;
             }
-            Ok(())
+            // Nothing else the host inherited reaches the worker: an open directory fd from
+            // whatever started the host would be a way out of a sandbox's file system.
+            close_from_on_exec(FIRST_UNUSED_FD)
         });
     }
     // A sandbox needs no keeper: its namespace's pid 1 dies with the launcher, which dies
@@ -240,6 +242,43 @@ pub(super) fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
     }
     // SAFETY: `raw` is a fresh fd that nothing else owns.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// The first fd number a worker does not get on purpose (0-2, the channels and files at 3-6,
+/// a sandbox's seccomp programs and start pipe at 7-9).
+const FIRST_UNUSED_FD: u32 = 10;
+
+/// In the child: marks every fd from `first` on close-on-exec, so that the `exec` closes
+/// them (not closed here: the standard library's exec-error pipe is among them). One
+/// `close_range` call where the kernel has it (5.11+), else each fd up to the soft limit.
+fn close_from_on_exec(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with a flag only changes fd flags; fcntl on any number is safe.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return Ok(());
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let last = i32::try_from(limit.rlim_cur.min(1 << 20)).unwrap_or(1 << 20);
+        for fd in i32::try_from(first).unwrap_or(10)..last {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// In the child: puts `fd` at `target`, inheritable across exec.
