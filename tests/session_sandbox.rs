@@ -180,7 +180,12 @@ async fn the_file_system_is_read_only_but_for_the_working_directory_and_a_bounde
     .await;
     eval(&s, CATCH).await;
     // The system and the interpreter cannot be rewritten (the agent is not even a file).
-    for path in ["/usr/lib/pyrepl3-planted.py", "/etc/passwd", "/planted"] {
+    for path in [
+        "/usr/lib/pyrepl3-planted.py",
+        "/etc/passwd",
+        "/planted",
+        "/dev/big",
+    ] {
         let met = attempt(&s, &format!("caught(lambda: open('{path}', 'w'))")).await;
         assert!(
             met == "'OSError EROFS'" || met == "'PermissionError EACCES'",
@@ -432,5 +437,34 @@ async fn limits_are_reported_clearly_in_a_sandbox() {
     );
     assert_eq!(s.info().await.unwrap().limits.memory_bytes, Some(200 << 20));
     assert_eq!(eval(&s, "'alive'").await.as_deref(), Some("'alive'"));
+    s.shutdown().await.unwrap();
+}
+
+/// An interpreter that lives under /tmp (a virtualenv in a temporary directory) is shown in
+/// the sandbox, not hidden by its private /tmp.
+#[tokio::test]
+async fn an_interpreter_under_tmp_runs_in_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let venv = dir.path().join("venv");
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let s = start_with(SessionConfig {
+        python: venv.join("bin").join("python"),
+        ..sandboxed()
+    })
+    .await;
+    assert_eq!(
+        eval(&s, "import sys; sys.prefix").await,
+        Some(format!("{:?}", venv.to_str().unwrap()).replace('"', "'"))
+    );
     s.shutdown().await.unwrap();
 }

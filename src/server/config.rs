@@ -258,6 +258,9 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<(), Error> {
+        if let Some(sandbox) = self.sandbox.config() {
+            sandbox.validate()?;
+        }
         check_secs("reconnect_grace_secs", self.reconnect_grace_secs)?;
         check_secs("shutdown_grace_secs", self.shutdown_grace_secs)?;
         check_secs("pool.start_timeout_secs", self.pool.start_timeout_secs)?;

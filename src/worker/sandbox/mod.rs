@@ -115,6 +115,28 @@ impl Default for SandboxConfig {
     }
 }
 
+impl SandboxConfig {
+    /// Refuses settings that would weaken the sandbox: a uid range with root in it (a
+    /// session would run as uid 0 with every capability), or one past the last valid uid.
+    pub fn validate(&self) -> Result<(), Error> {
+        let [first, count] = self.uid_range;
+        if first == 0 || count == 0 || u64::from(first) + u64::from(count) > u64::from(u32::MAX - 1)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "[sandbox] uid_range = [{first}, {count}]: expected a first uid above 0 and a \
+                 count of at least 1, ending below {}",
+                u32::MAX - 1
+            )));
+        }
+        if self.tmp_size_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "[sandbox] tmp_size_bytes = 0: expected a size in bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What one worker's sandbox is: its settings and, as root, its uid.
 #[derive(Debug, Clone)]
 pub struct WorkerSandbox {
@@ -226,6 +248,8 @@ pub(super) fn bwrap_args(
         push(
             &mut args,
             &[
+                "--cap-drop".as_ref(),
+                "ALL".as_ref(),
                 "--cap-add".as_ref(),
                 "CAP_SETUID".as_ref(),
                 "--cap-add".as_ref(),
@@ -254,27 +278,8 @@ pub(super) fn bwrap_args(
     for path in &etc.live {
         args.extend(["--ro-bind-try".into(), path.into(), path.into()]);
     }
-    let mut roots: Vec<&Path> = Vec::new();
-    if let Some(dir) = interpreter.python.parent() {
-        roots.push(dir);
-    }
-    roots.extend(interpreter.roots.iter().map(PathBuf::as_path));
-    roots.sort();
-    roots.dedup();
-    let mut shown: Vec<&Path> = vec![Path::new("/usr")];
-    for root in roots {
-        // Within a directory already shown, or the working directory (bound writable below),
-        // or the root itself (the whole host): not shown again.
-        if root == Path::new("/")
-            || root.starts_with(cwd)
-            || shown.iter().any(|s| root.starts_with(s))
-        {
-            continue;
-        }
-        open_ancestors(&mut args, root);
-        args.extend(["--ro-bind-try".into(), root.into(), root.into()]);
-        shown.push(root);
-    }
+    // The kernel file systems and the private tmpfs first: what is bound below may live
+    // under /tmp (an interpreter, a working directory) and must not be hidden by them.
     let tmp_size = sandbox.config.tmp_size_bytes.max(4096).to_string();
     push(
         &mut args,
@@ -297,6 +302,30 @@ pub(super) fn bwrap_args(
             "/dev/shm".as_ref(),
         ],
     );
+    // `/dev` is a tmpfs that `bwrap` gives to an ordinary user's sandbox: read-only, so that
+    // it is no place to store unbounded data (`/dev/shm` is its own sized mount).
+    args.extend(["--remount-ro".into(), "/dev".into()]);
+    let mut roots: Vec<&Path> = Vec::new();
+    if let Some(dir) = interpreter.python.parent() {
+        roots.push(dir);
+    }
+    roots.extend(interpreter.roots.iter().map(PathBuf::as_path));
+    roots.sort();
+    roots.dedup();
+    let mut shown: Vec<&Path> = vec![Path::new("/usr")];
+    for root in roots {
+        // Within a directory already shown, or the working directory (bound writable below),
+        // or the root itself (the whole host): not shown again.
+        if root == Path::new("/")
+            || root.starts_with(cwd)
+            || shown.iter().any(|s| root.starts_with(s))
+        {
+            continue;
+        }
+        open_ancestors(&mut args, root);
+        args.extend(["--ro-bind-try".into(), root.into(), root.into()]);
+        shown.push(root);
+    }
     open_ancestors(&mut args, cwd);
     args.extend([
         "--bind".into(),
@@ -381,6 +410,7 @@ pub(crate) fn first_child(pid: u32) -> Option<u32> {
 /// `bwrap`'s own words when it cannot (not installed, user namespaces disabled, a
 /// container without the rights). The server refuses to start on an error.
 pub async fn check_available(config: &SandboxConfig) -> Result<(), Error> {
+    config.validate()?;
     let bwrap = resolve_program(&config.bwrap);
     if config.network == Network::Outbound
         && resolve_program(Path::new("slirp4netns"))
@@ -456,7 +486,7 @@ pub async fn check_available(config: &SandboxConfig) -> Result<(), Error> {
 pub fn describe(sandbox: &WorkerSandbox) -> String {
     let identity = match sandbox.uid {
         Some(uid) => format!("uid {uid}"),
-        None if host_is_root() => "root without capabilities".to_string(),
+        None if host_is_root() => "root, no capabilities".to_string(),
         None => "user namespace".to_string(),
     };
     format!(
@@ -479,6 +509,18 @@ mod tests {
         let freed = a.uid();
         drop(a);
         assert_eq!(UidLease::take(range).unwrap().uid(), freed);
+    }
+
+    #[test]
+    fn a_uid_range_with_root_in_it_is_refused() {
+        let with = |uid_range| SandboxConfig {
+            uid_range,
+            ..SandboxConfig::default()
+        };
+        assert!(with([0, 10]).validate().is_err());
+        assert!(with([1000, 0]).validate().is_err());
+        assert!(with([u32::MAX - 5, 10]).validate().is_err());
+        assert!(with(DEFAULT_UID_RANGE).validate().is_ok());
     }
 
     #[test]
