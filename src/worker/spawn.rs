@@ -44,7 +44,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         std::os::unix::net::UnixStream::pair().map_err(Error::io("creating the exec channel"))?;
     let (host_control, child_control) = std::os::unix::net::UnixStream::pair()
         .map_err(Error::io("creating the control channel"))?;
-    // Both at 10 or above, so that placing one at 3 or 4 cannot clobber the other.
+    // Both at FIRST_UNUSED_FD (11) or above, so that placing one at 3 or 4 cannot clobber the other.
     let child_exec: OwnedFd = raise_fd(child_exec.into())?;
     let child_control: OwnedFd = raise_fd(child_control.into())?;
     let signal_target = signal_target_file(&spec.marker_token)?;
@@ -64,6 +64,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
             Some([
                 raise_fd(sandbox::program_file(&programs[0])?)?,
                 raise_fd(sandbox::program_file(&programs[1])?)?,
+                raise_fd(sandbox::program_file(&programs[2])?)?,
             ])
         }
         None => None,
@@ -149,7 +150,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     let cgroup_procs = spec.cgroup_procs.clone();
     let seccomp_fds = seccomp_files
         .as_ref()
-        .map(|files| [files[0].as_raw_fd(), files[1].as_raw_fd()]);
+        .map(|files| files.each_ref().map(|f| f.as_raw_fd()));
     let handshake_fd = outbound.as_ref().map(sandbox::OutboundHandshake::child_fd);
     let netns = outbound
         .as_ref()
@@ -225,15 +226,21 @@ fn register_socket(sock: std::os::unix::net::UnixStream) -> Result<UnixStream, E
     UnixStream::from_std(sock).map_err(Error::io("registering a protocol channel"))
 }
 
-/// Moves an fd to 10 or above, so that neither the child's stdio set-up nor placing the
+/// Moves an fd to FIRST_UNUSED_FD (11) or above, above every fd a worker is given, so that neither the child's stdio set-up nor placing the
 /// other channel can clobber it (fds 0-2 are possible when the host was started with them
 /// closed; 3 and 4 are where the channels go).
 pub(super) fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
-    if fd.as_raw_fd() >= 10 {
+    if fd.as_raw_fd() >= FIRST_UNUSED_FD as i32 {
         return Ok(fd);
     }
     // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own, or -1.
-    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    let raw = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_DUPFD_CLOEXEC,
+            FIRST_UNUSED_FD as libc::c_int,
+        )
+    };
     if raw < 0 {
         return Err(Error::Io {
             context: "moving the protocol socket's fd",
@@ -245,8 +252,8 @@ pub(super) fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, Error> {
 }
 
 /// The first fd number a worker does not get on purpose (0-2, the channels and files at 3-6,
-/// a sandbox's seccomp programs and start pipe at 7-9).
-const FIRST_UNUSED_FD: u32 = 10;
+/// a sandbox's seccomp programs at 7-9 and start pipe at 10).
+const FIRST_UNUSED_FD: u32 = 11;
 
 /// In the child: marks every fd from `first` on close-on-exec, so that the `exec` closes
 /// them (not closed here: the standard library's exec-error pipe is among them). One

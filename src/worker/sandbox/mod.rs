@@ -200,7 +200,7 @@ impl Drop for UidLease {
 const SYSTEM_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 
 /// The fds the seccomp programs are handed to `bwrap` on (it reads and closes them).
-pub(super) const SECCOMP_FDS: [i32; 2] = [7, 8];
+pub(super) const SECCOMP_FDS: [i32; seccomp::PROGRAMS] = [7, 8, 9];
 
 /// The hostname inside every sandbox.
 const HOSTNAME: &str = "pyrepl3";
@@ -435,8 +435,12 @@ pub async fn check_available(config: &SandboxConfig) -> Result<(), Error> {
         roots: Vec::new(),
     };
     let programs = seccomp_programs()?;
-    let files = [program_file(&programs[0])?, program_file(&programs[1])?];
-    let raw = [files[0].as_raw_fd(), files[1].as_raw_fd()];
+    let files = [
+        program_file(&programs[0])?,
+        program_file(&programs[1])?,
+        program_file(&programs[2])?,
+    ];
+    let raw = files.each_ref().map(|f| f.as_raw_fd());
     let mut cmd = tokio::process::Command::new(&bwrap);
     let etc = prepared_etc().await?;
     cmd.args(bwrap_args(&sandbox, &stand_in, dir.path(), &etc))

@@ -17,7 +17,7 @@ use crate::error::Error;
 
 /// The fd (in `bwrap`) it waits on for a byte before it starts the interpreter
 /// (`--block-fd`): sent once the network stack is ready.
-pub(crate) const GO_FD: i32 = 9;
+pub(crate) const GO_FD: i32 = 10;
 
 /// How long attaching the network stack may take (it takes milliseconds); past it the
 /// start fails instead of hanging.

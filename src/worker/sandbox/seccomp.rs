@@ -59,6 +59,10 @@ const DENIED: &[&str] = &[
     "io_uring_enter",
     "io_uring_register",
     "lookup_dcookie",
+    "fanotify_init",
+    "quotactl_fd",
+    "iopl",
+    "ioperm",
 ];
 
 /// The namespace flags `clone` may not be given (a new namespace of any kind).
@@ -72,18 +76,22 @@ const NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWCGROUP as u64,
 ];
 
-/// The two seccomp programs (raw BPF, as `bwrap --add-seccomp-fd` reads them): the denials
-/// (`EPERM`), and `clone3` answered `ENOSYS` (its flags are in memory, out of a filter's
-/// reach; the C library then falls back to `clone`, whose flags are checked). Compiled once.
-pub(crate) fn seccomp_programs() -> Result<&'static [Vec<u8>; 2], Error> {
-    static PROGRAMS: OnceLock<Result<[Vec<u8>; 2], String>> = OnceLock::new();
-    PROGRAMS
+/// How many seccomp programs a sandbox loads.
+pub(crate) const PROGRAMS: usize = 3;
+
+/// The seccomp programs (raw BPF, as `bwrap --add-seccomp-fd` reads them): the denials
+/// (`EPERM`); `clone3` answered `ENOSYS` (its flags are in memory, out of a filter's reach;
+/// the C library then falls back to `clone`, whose flags are checked); the x32 ABI refused
+/// (see `no_x32`). Compiled once.
+pub(crate) fn seccomp_programs() -> Result<&'static [Vec<u8>; PROGRAMS], Error> {
+    static COMPILED: OnceLock<Result<[Vec<u8>; PROGRAMS], String>> = OnceLock::new();
+    COMPILED
         .get_or_init(compile_programs)
         .as_ref()
         .map_err(|e| Error::Sandbox(format!("cannot build the seccomp filter: {e}")))
 }
 
-fn compile_programs() -> Result<[Vec<u8>; 2], String> {
+fn compile_programs() -> Result<[Vec<u8>; PROGRAMS], String> {
     use seccompiler::{
         BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule,
@@ -121,10 +129,35 @@ fn compile_programs() -> Result<[Vec<u8>; 2], String> {
             .map_err(text)?;
         denied.insert(call, vec![rule]);
     }
-    let rule = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 1)
-        .and_then(|c| SeccompRule::new(vec![c]))
+    for call in [
+        libc::SYS_tgkill,
+        libc::SYS_rt_sigqueueinfo,
+        libc::SYS_rt_tgsigqueueinfo,
+    ] {
+        let rule = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 1)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(text)?;
+        denied.insert(call, vec![rule]);
+    }
+    // vsock: a channel to the hypervisor that no network namespace cuts.
+    let vsock = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .map_err(text)?;
+    denied.insert(libc::SYS_socket, vec![vsock]);
+    // personality: only the values ordinary programs use (as Docker's default profile).
+    let keep = [0u64, 0x0008, 0x2_0000, 0x2_0008, 0xffff_ffff];
+    let others = keep
+        .iter()
+        .map(|&v| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, v))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(SeccompRule::new)
         .map_err(text)?;
-    denied.insert(libc::SYS_tgkill, vec![rule]);
+    denied.insert(libc::SYS_personality, vec![others]);
     let deny = SeccompFilter::new(
         denied,
         SeccompAction::Allow,
@@ -152,7 +185,40 @@ fn compile_programs() -> Result<[Vec<u8>; 2], String> {
         }
         Ok(out)
     };
-    Ok([bytes(deny)?, bytes(no_clone3)?])
+    Ok([bytes(deny)?, bytes(no_clone3)?, no_x32()])
+}
+
+/// Raw BPF (seccompiler matches exact numbers, which a call of the x32 ABI, its number
+/// with bit 30 set, would slip past): on x86-64, every x32 call is refused (`ENOSYS`);
+/// elsewhere, everything is allowed.
+fn no_x32() -> Vec<u8> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let program: &[(u16, u8, u8, u32)] = if cfg!(target_arch = "x86_64") {
+        &[
+            (LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+            (JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+            (LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+            (JGE_K, 0, 1, 0x4000_0000),
+            (RET_K, 0, 0, RET_ERRNO | libc::ENOSYS as u32),
+            (RET_K, 0, 0, RET_ALLOW),
+        ]
+    } else {
+        &[(RET_K, 0, 0, RET_ALLOW)]
+    };
+    let mut out = Vec::with_capacity(program.len() * 8);
+    for &(code, jt, jf, k) in program {
+        out.extend_from_slice(&code.to_ne_bytes());
+        out.push(jt);
+        out.push(jf);
+        out.extend_from_slice(&k.to_ne_bytes());
+    }
+    out
 }
 
 /// The number of a system call on this architecture, if it has it.
@@ -204,6 +270,12 @@ fn syscall_number(name: &str) -> Option<i64> {
         "io_uring_register" => libc::SYS_io_uring_register,
         #[cfg(target_arch = "x86_64")]
         "lookup_dcookie" => libc::SYS_lookup_dcookie,
+        "fanotify_init" => libc::SYS_fanotify_init,
+        "quotactl_fd" => libc::SYS_quotactl_fd,
+        #[cfg(target_arch = "x86_64")]
+        "iopl" => libc::SYS_iopl,
+        #[cfg(target_arch = "x86_64")]
+        "ioperm" => libc::SYS_ioperm,
         _ => return None,
     };
     Some(nr)
