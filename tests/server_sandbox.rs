@@ -331,3 +331,30 @@ fn fds_the_host_inherited_do_not_reach_the_worker() {
     assert!(exec.finish().success(), "{}", exec.stderr());
     assert_eq!(exec.stdout().trim(), "OSError", "fd 200 reached the worker");
 }
+
+/// As root, two pyrepl3 processes on one machine never give their sessions the same uid.
+#[tokio::test]
+async fn two_hosts_never_share_a_session_uid() {
+    if unsafe { libc::geteuid() } != 0 {
+        return; // one uid per session only as root
+    }
+    let (server, base) = spawn_server(&["--min-idle", "2"]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let answer = run_code(&http, &base, &id, "import os; os.getuid()").await;
+    let server_uid = answer["result"]["repr"].as_str().unwrap().to_string();
+    let mut exec = common::Watched::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+            .args(["exec", "--sandbox", "import os; print(os.getuid())"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        common::GUARD,
+    );
+    assert!(exec.finish().success(), "{}", exec.stderr());
+    assert_ne!(
+        exec.stdout().trim(),
+        server_uid,
+        "the same uid in two hosts"
+    );
+    drop(server);
+}

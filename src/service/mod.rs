@@ -110,6 +110,14 @@ impl Service {
         if let Some(sandbox) = &config.pool.session.sandbox {
             crate::worker::check_sandbox_available(sandbox).await?;
         }
+        if config.pool.session.sandbox.is_none() {
+            if let Some(network) = config.tenants.iter().find_map(|t| t.network) {
+                return Err(Error::InvalidConfig(format!(
+                    "a tenant's network = \"{}\" needs the sandbox, which is off",
+                    network.as_str()
+                )));
+            }
+        }
         let pool = SessionPool::start(PoolConfig {
             pre_warm: true,
             ..config.pool.clone()
@@ -117,22 +125,36 @@ impl Service {
         .await?;
         let mut network_pools = HashMap::new();
         for network in config.tenants.iter().filter_map(|t| t.network) {
-            let Some(sandbox) = &config.pool.session.sandbox else {
-                return Err(Error::InvalidConfig(format!(
-                    "a tenant's network = \"{}\" needs the sandbox, which is off",
-                    network.as_str()
-                )));
-            };
-            if network == sandbox.network || network_pools.contains_key(&network) {
+            let server_network = config.pool.session.sandbox.as_ref().map(|s| s.network);
+            if Some(network) == server_network || network_pools.contains_key(&network) {
                 continue;
             }
             let mut pool_config = config.pool.clone();
             pool_config.pre_warm = true;
             if let Some(sandbox) = pool_config.session.sandbox.as_mut() {
                 sandbox.network = network;
-                crate::worker::check_sandbox_available(sandbox).await?;
             }
-            network_pools.insert(network, SessionPool::start(pool_config).await?);
+            let started = match &pool_config.session.sandbox {
+                Some(sandbox) => crate::worker::check_sandbox_available(sandbox).await,
+                None => Ok(()),
+            };
+            let started = match started {
+                Ok(()) => SessionPool::start(pool_config).await,
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(started) => {
+                    network_pools.insert(network, started);
+                }
+                Err(e) => {
+                    // Nothing started is left running.
+                    for other in network_pools.values() {
+                        let _ = other.shutdown().await;
+                    }
+                    let _ = pool.shutdown().await;
+                    return Err(e);
+                }
+            }
         }
         let tenants = config
             .tenants
@@ -285,10 +307,18 @@ impl Service {
     /// that remains. Returns when no worker is left.
     pub async fn close(&self) -> Result<(), Error> {
         self.inner.stopped.cancel();
+        // Every pool is shut down, whatever one of them answers; the first error is told.
+        let mut first_error = None;
         for pool in self.inner.network_pools.values() {
-            pool.shutdown().await?;
+            if let Err(e) = pool.shutdown().await {
+                first_error.get_or_insert(e);
+            }
         }
-        self.inner.pool.shutdown().await
+        let main = self.inner.pool.shutdown().await;
+        match first_error {
+            Some(e) => Err(e),
+            None => main,
+        }
     }
 }
 

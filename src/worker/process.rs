@@ -32,6 +32,9 @@ pub struct WorkerProcess {
     sandboxed: bool,
     /// The Python process's pid as the host sees it, once known (at once without a sandbox).
     python: std::sync::OnceLock<u32>,
+    /// In a sandbox, the Python process's exit event (a pidfd, taken when it is located):
+    /// it is not our child, so its pid is checked against this before each use.
+    python_exit: std::sync::OnceLock<Option<OwnedFd>>,
     /// The group's keeper (see `spawner.rs`), a member of the group: killed with it, and
     /// reaped by `reap` (or, if this value is dropped instead, by tokio in the background).
     keeper: Option<Child>,
@@ -66,6 +69,7 @@ impl WorkerProcess {
             child,
             sandboxed,
             python,
+            python_exit: std::sync::OnceLock::new(),
             keeper,
             pid,
             helpers: Vec::new(),
@@ -84,11 +88,35 @@ impl WorkerProcess {
     /// of the namespace's pid 1, looked up once it exists (when the worker has said `ready`
     /// it does) and remembered.
     pub fn locate(&self) -> Option<u32> {
-        if let Some(pid) = self.python.get() {
-            return Some(*pid);
-        }
-        let found = super::sandbox::locate_worker(self.pid)?;
-        Some(*self.python.get_or_init(|| found))
+        let pid = match self.python.get() {
+            Some(pid) => *pid,
+            None => {
+                let found = super::sandbox::locate_worker(self.pid)?;
+                let pid = *self.python.get_or_init(|| found);
+                self.python_exit.get_or_init(|| pidfd(pid).ok());
+                pid
+            }
+        };
+        self.python_alive().then_some(pid)
+    }
+
+    /// Whether the Python process still runs. In a sandbox it is not our child: once it
+    /// exits, its namespace's pid 1 reaps it and its pid may in principle be reused before
+    /// we learn of the launcher's exit. Its pidfd (taken while it ran) tells, without a
+    /// wait. A process we cannot tell about counts as running (our child, or no pidfd).
+    fn python_alive(&self) -> bool {
+        let Some(Some(fd)) = self.python_exit.get() else {
+            return true;
+        };
+        let mut poll = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // not polling: a zero-timeout look at an exit event, once per use of the pid.
+        // SAFETY: poll on one valid pollfd we own.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
     }
 
     /// Calls `f` on each process of the worker whose limits its Python process has or will
@@ -134,7 +162,26 @@ impl WorkerProcess {
     /// can move the worker out of its group (`setpgid` into another group of the session),
     /// which a group kill alone would then miss. Safe: the leader is not reaped, so neither
     /// its pid nor the group id can name anybody else's process.
+    ///
+    /// In a sandbox: SIGKILL to the namespace's pid 1 only, which ends every process of the
+    /// namespace; the launcher, which waits for it, then reaps it and exits. Killing the
+    /// launcher as well would orphan pid 1, to be reaped whenever its adopter gets to it,
+    /// and a zombie keeps the session's cgroup busy (its removal fails). Safe: pid 1 is the
+    /// launcher's child, and the launcher (ours, not reaped) has not reaped it while it is
+    /// listed. Before pid 1 exists, or once it is gone, the launcher's group is killed.
     pub fn kill_group(&self) {
+        if self.sandboxed {
+            if let Some(init) = super::sandbox::first_child(self.pid)
+                .and_then(|p| libc::pid_t::try_from(p).ok())
+                .filter(|p| *p > 1)
+            {
+                // SAFETY: kill has no memory-safety preconditions (see above for the pid).
+                unsafe {
+                    libc::kill(init, libc::SIGKILL);
+                }
+                return;
+            }
+        }
         signal_group(self.pid, libc::SIGKILL);
         if let Ok(pid) = libc::pid_t::try_from(self.pid) {
             // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
@@ -365,15 +412,20 @@ fn signal_group(pgid: u32, signal: i32) {
     }
 }
 
-/// A pidfd that becomes readable when `pid` exits.
-pub(super) fn pid_exit_event(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
+/// A pidfd of `pid` (readable once it exits).
+fn pidfd(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open has no memory-safety preconditions.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the syscall returned a fresh fd that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A pidfd that becomes readable when `pid` exits.
+pub(super) fn pid_exit_event(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
+    let owned = pidfd(pid)?;
     // SAFETY: `owned` stays open, and is the same fd, for as long as the AsyncFd owns it.
     unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)

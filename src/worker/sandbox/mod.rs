@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -154,42 +154,105 @@ pub fn host_is_root() -> bool {
 
 // --- uids ---
 
-/// The uids leased to live sessions (as root), process-wide.
+/// The uids leased to live sessions of this process.
 static UIDS_IN_USE: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Where the lease of a uid is also held across processes (several pyrepl3 hosts as root
+/// on one machine must not hand out the same uid): a lock file per uid, `flock`ed for as
+/// long as the lease lives (the kernel drops it when its holder dies, however it dies).
+const LEASE_DIR: &str = "/run/pyrepl3/uid-leases";
 
 /// A uid of the sandbox range held by one session for its whole life (every worker it
 /// starts runs as it); back in the range when dropped. The session's processes are all gone
 /// by then (its namespace dies with it), so the next holder inherits nothing.
 #[derive(Debug)]
-pub struct UidLease(u32);
+pub struct UidLease {
+    uid: u32,
+    /// The locked file that holds the uid for this process against others (`None` where
+    /// the lease directory cannot be made: then only this process's leases are known).
+    _lock: Option<std::fs::File>,
+}
 
 impl UidLease {
-    /// The lowest free uid of `range` (`[first, count]`).
+    /// The lowest uid of `range` (`[first, count]`) that no live session of this or another
+    /// pyrepl3 process holds. A few small file operations (no waiting).
     pub fn take(range: [u32; 2]) -> Result<UidLease, Error> {
         let [first, count] = range;
         let mut in_use = crate::sync::lock_unpoisoned(&UIDS_IN_USE);
         let last = first.saturating_add(count);
-        let free = (first..last).find(|uid| !in_use.contains(uid));
-        match free {
-            Some(uid) => {
-                in_use.insert(uid);
-                Ok(UidLease(uid))
+        for uid in first..last {
+            if in_use.contains(&uid) {
+                continue;
             }
-            None => Err(Error::Sandbox(format!(
-                "no free sandbox uid: all {count} uids from {first} are in use by live sessions \
-                 (widen [sandbox] uid_range)"
-            ))),
+            match lock_uid(uid) {
+                Locked::Ours(file) => {
+                    in_use.insert(uid);
+                    return Ok(UidLease {
+                        uid,
+                        _lock: Some(file),
+                    });
+                }
+                Locked::Elsewhere => continue,
+                Locked::Unknown => {
+                    in_use.insert(uid);
+                    return Ok(UidLease { uid, _lock: None });
+                }
+            }
         }
+        Err(Error::Sandbox(format!(
+            "no free sandbox uid: all {count} uids from {first} are in use by live sessions \
+             (widen [sandbox] uid_range)"
+        )))
     }
 
     pub fn uid(&self) -> u32 {
-        self.0
+        self.uid
     }
 }
 
 impl Drop for UidLease {
     fn drop(&mut self) {
-        crate::sync::lock_unpoisoned(&UIDS_IN_USE).remove(&self.0);
+        crate::sync::lock_unpoisoned(&UIDS_IN_USE).remove(&self.uid);
+    }
+}
+
+enum Locked {
+    Ours(std::fs::File),
+    Elsewhere,
+    /// No lease directory (not root, a read-only /run): other processes cannot be asked.
+    Unknown,
+}
+
+fn lock_uid(uid: u32) -> Locked {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    static DIR: OnceLock<bool> = OnceLock::new();
+    let usable = *DIR.get_or_init(|| {
+        let made = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(LEASE_DIR);
+        if let Err(e) = &made {
+            tracing::warn!(dir = LEASE_DIR, error = %e, "no cross-process uid leases: two pyrepl3 hosts on this machine may give sessions the same uid");
+        }
+        made.is_ok()
+    });
+    if !usable {
+        return Locked::Unknown;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(Path::new(LEASE_DIR).join(uid.to_string()));
+    let Ok(file) = file else {
+        return Locked::Unknown;
+    };
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Locked::Ours(file)
+    } else {
+        Locked::Elsewhere
     }
 }
 

@@ -139,7 +139,10 @@ impl OutboundHandshake {
                 .arg("tap0")
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                // Read only if it fails to become ready: its own words say why.
+                .stderr(std::process::Stdio::piped())
+                // A group of its own: a Ctrl-C at the host's terminal is not for it.
+                .process_group(0)
                 .kill_on_drop(true);
             let host = super::super::spawner::host_pid();
             // SAFETY: prctl, getppid and dup2/fcntl only, between fork and exec.
@@ -149,7 +152,7 @@ impl OutboundHandshake {
                     super::super::spawn::place_fd(ready_fd, 3)
                 });
             }
-            let stack = super::super::spawner::spawn_child(cmd)
+            let mut stack = super::super::spawner::spawn_child(cmd)
                 .await
                 .map_err(|e| failed(format!("cannot start slirp4netns: {e}")))?;
             drop(ready_child);
@@ -157,7 +160,25 @@ impl OutboundHandshake {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             if !said.ends_with(b"1") {
-                return Err(failed("slirp4netns ended before it was ready".into()));
+                let words = match stack.stderr.take() {
+                    Some(stderr) => {
+                        use tokio::io::AsyncReadExt;
+                        let mut text = Vec::new();
+                        let _ = stderr.take(4096).read_to_end(&mut text).await;
+                        String::from_utf8_lossy(&text).trim().replace('\n', "; ")
+                    }
+                    None => String::new(),
+                };
+                return Err(failed(format!(
+                    "slirp4netns ended before it was ready: {words}"
+                )));
+            }
+            // From now on its words are discarded as they come (never a full pipe that would
+            // block it; never a closed one that would end it with SIGPIPE).
+            if let Some(mut stderr) = stack.stderr.take() {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+                });
             }
             let go = pipe::Sender::from_owned_fd(go).map_err(|e| failed(e.to_string()))?;
             go.writable().await.map_err(|e| failed(e.to_string()))?;
