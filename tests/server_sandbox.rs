@@ -280,6 +280,22 @@ async fn a_tenant_can_have_a_network_of_its_own() {
         .await
         .unwrap();
     assert_eq!(answer["result"]["repr"], "['lo', 'tap0']", "{answer}");
+    // Out to the world, but not to the server's port (on the host's loopback).
+    let port = base.rsplit(':').next().unwrap();
+    let refused: Value = http
+        .post(format!("{base}/v1/sessions/{bob}/execute"))
+        .bearer_auth(BOB)
+        .json(&json!({ "code": format!("import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5)\nexcept OSError as e:\n    err = type(e).__name__\nerr") }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused["result"]["repr"], "'ConnectionRefusedError'",
+        "{refused}"
+    );
     let info: Value = http
         .get(format!("{base}/v1/sessions/{bob}"))
         .bearer_auth(BOB)
