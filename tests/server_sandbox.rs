@@ -167,9 +167,9 @@ async fn with_sandbox_off_the_server_warns_at_start_and_in_healthz() {
     server.kill_and_wait();
     server.finish();
     assert!(
-        server
-            .stderr()
-            .contains("--sandbox off: workers are not sandboxed"),
+        server.stderr().contains(
+            "sandbox off (--sandbox off, or [sandbox] enabled = false): workers are not sandboxed"
+        ),
         "{}",
         server.stderr()
     );
@@ -373,4 +373,44 @@ async fn two_hosts_never_share_a_session_uid() {
         "the same uid in two hosts"
     );
     drop(server);
+}
+
+/// The server's configuration file is hidden even where the sandbox shows its directory
+/// (here under /usr, which every sandbox sees read-only).
+#[tokio::test]
+async fn the_config_file_is_hidden_even_under_usr() {
+    let dir = std::path::Path::new("/usr/local/etc");
+    if std::fs::create_dir_all(dir).is_err() {
+        return; // not writable here (not root)
+    }
+    let path = dir.join(format!("pyrepl3-test-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("[[tenants]]\nname = \"default\"\ntoken = \"{ALICE}\"\n"),
+    )
+    .unwrap();
+    let removed = scopeguard(path.clone());
+    let (server, base) = spawn_server(&["--min-idle", "1", "--config", path.to_str().unwrap()]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let code = format!(
+        "import os\n(os.path.exists({:?}), open({:?}).read())",
+        path.to_str().unwrap(),
+        path.to_str().unwrap()
+    );
+    let answer = run_code(&http, &base, &id, &code).await;
+    assert_eq!(answer["result"]["repr"], "(True, '')", "{answer}");
+    drop(server);
+    drop(removed);
+}
+
+/// Removes the file when dropped (also when the test fails).
+fn scopeguard(path: std::path::PathBuf) -> impl Drop {
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    Remove(path)
 }

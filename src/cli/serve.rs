@@ -49,13 +49,13 @@ pub async fn run(args: ServeArgs) -> i32 {
         Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
     }
     if !config.sandbox.enabled {
-        tracing::warn!("--sandbox off: workers are not sandboxed; they run as this server's user, in its namespaces; serve only tenants trusted not to attack the host (docs/security.md)");
+        tracing::warn!("sandbox off (--sandbox off, or [sandbox] enabled = false): workers are not sandboxed; they run as this server's user, in its namespaces; serve only tenants trusted not to attack the host (docs/security.md)");
     }
     let handle = match server::start(config).await {
         Ok(handle) => handle,
         Err(e @ crate::Error::Sandbox(_)) => {
             eprintln!("pyrepl3: {e}");
-            eprintln!("pyrepl3: install bubblewrap (and allow user namespaces when not root), or start with --sandbox off to serve without a sandbox (only for code trusted not to attack this host; see docs/security.md)");
+            eprintln!("pyrepl3: serve runs every worker in a sandbox (docs/security.md, \"Running it in production\": bubblewrap, user namespaces when not root, slirp4netns for an outbound network); --sandbox off serves without one, only for code trusted not to attack this host");
             return EXIT_USAGE;
         }
         Err(e) => {

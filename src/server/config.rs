@@ -79,6 +79,7 @@ impl SandboxSettings {
             tmp_size_bytes: self.tmp_size_bytes,
             uid_range: self.uid_range,
             bwrap: self.bwrap.clone(),
+            hidden_paths: Vec::new(),
         })
     }
 }
@@ -86,6 +87,9 @@ impl SandboxSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    /// The file this was read from (set by `load`): hidden from sandboxed workers.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
     pub listen: SocketAddr,
     pub tenants: Vec<TenantConfig>,
     pub pool: PoolSettings,
@@ -130,6 +134,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            config_file: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8765)),
             tenants: Vec::new(),
             pool: PoolSettings::default(),
@@ -194,6 +199,8 @@ impl ServerConfig {
             }
             None => ServerConfig::default(),
         };
+        config.config_file =
+            file.map(|path| std::fs::canonicalize(path).unwrap_or(path.to_path_buf()));
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let env_overrides = Overrides {
             listen: parse_env(env("PYREPL3_LISTEN"), "PYREPL3_LISTEN")?,
@@ -337,7 +344,10 @@ impl ServerConfig {
         session.start_timeout = secs(self.pool.start_timeout_secs);
         session.inherit_env = self.pool.inherit_env;
         session.env = self.pool.env.clone().into_iter().collect();
-        session.sandbox = self.sandbox.config();
+        session.sandbox = self.sandbox.config().map(|mut sandbox| {
+            sandbox.hidden_paths.extend(self.config_file.clone());
+            sandbox
+        });
         PoolConfig {
             min_idle: self.pool.min_idle,
             max_sessions: self.pool.max_sessions,

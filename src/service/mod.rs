@@ -315,6 +315,7 @@ impl Service {
             }
         }
         let main = self.inner.pool.shutdown().await;
+        crate::worker::retry_pending_cgroup_removals();
         match first_error {
             Some(e) => Err(e),
             None => main,

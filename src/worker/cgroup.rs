@@ -204,15 +204,47 @@ impl SessionCgroup {
         }
     }
 
-    /// [`Self::kill_all`], then removes the cgroups.
+    /// [`Self::kill_all`], then removes the cgroups (see [`PENDING_REMOVAL`] for one the
+    /// kernel still holds busy).
     pub async fn remove(self) {
         self.kill_all().await;
+        retry_pending_removals();
         for dir in self.dirs() {
-            if let Err(e) = std::fs::remove_dir(dir) {
-                tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove a session's cgroup");
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let mut pending = crate::sync::lock_unpoisoned(&PENDING_REMOVAL);
+                    if pending.len() < MAX_PENDING_REMOVALS {
+                        tracing::debug!(cgroup = %dir.display(), "session cgroup still busy; removed later");
+                        pending.push(dir.clone());
+                    } else {
+                        tracing::warn!(cgroup = %dir.display(), "could not remove a session's cgroup (busy); the next server's start removes it");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove a session's cgroup");
+                }
             }
         }
     }
+}
+
+/// Session cgroups whose removal the kernel refused for a moment (`EBUSY`, though every
+/// process of the session was reported gone: the release of a sandbox's namespace, its
+/// mounts and their memory, finishes in the kernel's own time). Not waited for (there is no
+/// event for it under cgroup v1): retried each time another session's cgroups are removed,
+/// and at the service's close; what is still left then is removed by the next server's
+/// start (the sweep of dead hosts).
+static PENDING_REMOVAL: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// At most this many are remembered (each is an empty directory).
+const MAX_PENDING_REMOVALS: usize = 1024;
+
+/// Tries again to remove the cgroups [`PENDING_REMOVAL`] holds; keeps those still busy.
+pub fn retry_pending_removals() {
+    crate::sync::lock_unpoisoned(&PENDING_REMOVAL).retain(|dir| match std::fs::remove_dir(dir) {
+        Ok(()) => false,
+        Err(e) => e.raw_os_error() == Some(libc::EBUSY),
+    });
 }
 
 /// Rounds of killing what is left (a process may fork once more while being killed).

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 #[cfg(feature = "server")]
 pub use cgroup::cgroups_in_use;
-pub use cgroup::SessionCgroup;
+pub use cgroup::{retry_pending_removals as retry_pending_cgroup_removals, SessionCgroup};
 pub use interpreter::{prepare_interpreter, Interpreter};
 pub use limits::ResourceLimits;
 pub use process::{Stragglers, WorkerProcess};

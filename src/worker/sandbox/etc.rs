@@ -49,6 +49,8 @@ pub(crate) struct PreparedEtc {
     /// `/etc/<name>` entries bound one by one (directories and live files); their mount
     /// points exist in `dir`.
     pub(crate) live: Vec<PathBuf>,
+    /// An empty read-only file, bound over files a sandbox must not show (`hidden_paths`).
+    pub(crate) empty_file: PathBuf,
 }
 
 /// The prepared `/etc`, made on first use (in the host's run directory; blocking work, on
@@ -76,6 +78,7 @@ fn prepare(etc: &Path, dir: &Path) -> Result<PreparedEtc, Error> {
     };
     // A fresh copy for this process (its run directory is its own).
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(dir.with_extension("empty"));
     std::fs::create_dir(dir).map_err(|e| failed("creating it", e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| failed("opening it", e))?;
@@ -100,9 +103,14 @@ fn prepare(etc: &Path, dir: &Path) -> Result<PreparedEtc, Error> {
             std::fs::copy(&source, &target).map_err(|e| failed(name, e))?;
         }
     }
+    let empty_file = dir.with_extension("empty");
+    std::fs::write(&empty_file, b"").map_err(|e| failed("an empty file", e))?;
+    std::fs::set_permissions(&empty_file, std::fs::Permissions::from_mode(0o444))
+        .map_err(|e| failed("an empty file", e))?;
     Ok(PreparedEtc {
         dir: dir.to_path_buf(),
         live,
+        empty_file,
     })
 }
 

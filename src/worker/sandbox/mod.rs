@@ -96,6 +96,11 @@ pub struct SandboxConfig {
     pub uid_range: [u32; 2],
     /// The `bwrap` binary; a bare name is looked up in `PATH`.
     pub bwrap: PathBuf,
+    /// Files or directories hidden in the sandbox even where they lie in what it shows
+    /// (`serve` adds its configuration file: it may sit under `/usr/local/etc`). Not a
+    /// setting of the file: the host fills it in.
+    #[serde(skip)]
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 /// Default size of a sandbox's `/tmp`: 64 MiB.
@@ -111,6 +116,7 @@ impl Default for SandboxConfig {
             tmp_size_bytes: DEFAULT_TMP_SIZE_BYTES,
             uid_range: DEFAULT_UID_RANGE,
             bwrap: PathBuf::from("bwrap"),
+            hidden_paths: Vec::new(),
         }
     }
 }
@@ -397,6 +403,29 @@ pub(super) fn bwrap_args(
         "--chdir".into(),
         cwd.into(),
     ]);
+    // Hidden: an empty read-only file or directory mounted over each that lies in what is
+    // shown (elsewhere it is not there at all, and mounting over it would make it appear).
+    let in_view = |path: &Path| {
+        shown.iter().any(|s| path.starts_with(s))
+            || path.starts_with(cwd)
+            || path.starts_with("/etc")
+    };
+    for path in sandbox.config.hidden_paths.iter().filter(|p| in_view(p)) {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => args.extend([
+                "--tmpfs".into(),
+                path.into(),
+                "--remount-ro".into(),
+                path.into(),
+            ]),
+            Ok(_) => args.extend([
+                "--ro-bind".into(),
+                etc.empty_file.clone().into(),
+                path.into(),
+            ]),
+            Err(_) => {}
+        }
+    }
     for fd in SECCOMP_FDS {
         args.extend(["--add-seccomp-fd".into(), fd.to_string().into()]);
     }
@@ -541,9 +570,14 @@ pub async fn check_available(config: &SandboxConfig) -> Result<(), Error> {
     if out.status.success() {
         Ok(())
     } else {
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let said = if said.is_empty() {
+            "it said nothing".to_string()
+        } else {
+            said
+        };
         Err(unavailable(format!(
-            "{} ({})",
-            String::from_utf8_lossy(&out.stderr).trim(),
+            "{said} ({})",
             super::describe_exit(out.status)
         )))
     }
