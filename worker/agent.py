@@ -29,6 +29,9 @@ MAX_FRAME = 16 << 20        # largest frame either side may send (protocol.md)
 _OVERRUN_FLAG = 1 << 63
 TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
 VALUE_LIMIT = 1 << 20       # a result `value` whose JSON is larger is sent as null
+HISTORY_LIMIT = 1000        # results kept in Out / _n (IPython's default cache size)
+# Names of the history (not counted as the user's globals).
+_HISTORY_NAMES = frozenset(("In", "Out", "_", "__", "___"))
 CO_COROUTINE = 0x0080       # inspect.CO_COROUTINE, without importing inspect
 INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # ints the host can hold; bigger ones get repr only
 
@@ -107,32 +110,122 @@ def _write_all(fd, data):
             os.set_blocking(fd, True)
 
 
+# Classes defined in cells -> their cell's file name, for `inspect.getsource` (weakly held:
+# a class that goes away takes its entry along).
+_cell_classes = None
+
+
+def _track_cell_classes():
+    """Makes `inspect.getsource` work on classes defined in cells, as it does on their
+    functions. `inspect` finds a class's file through its module's `__file__`, which the
+    session's `__main__` has not (its cells are `<cell-N>`, registered in `linecache`): the
+    class statement is seen as it runs (`__build_class__`, whose body function knows its
+    cell), and `inspect.getfile` answers with that cell for such a class."""
+    global _cell_classes
+    import weakref
+    _cell_classes = weakref.WeakKeyDictionary()
+    build_class = builtins.__build_class__
+
+    def __build_class__(func, name, *bases, **kwargs):
+        cls = build_class(func, name, *bases, **kwargs)
+        filename = getattr(getattr(func, "__code__", None), "co_filename", "")
+        if filename.startswith("<cell-") and isinstance(cls, type):
+            if not _patch_inspect.done:
+                _patch_inspect()
+            try:
+                _cell_classes[cls] = filename
+            except TypeError:  # not weakly referenceable (a metaclass's choice)
+                pass
+        return cls
+
+    builtins.__build_class__ = __build_class__
+
+
+def _patch_inspect():
+    import inspect
+    getfile = inspect.getfile
+
+    def cell_aware_getfile(obj):
+        found = _cell_classes.get(obj) if isinstance(obj, type) else None
+        return found if found is not None else getfile(obj)
+
+    cell_aware_getfile.__doc__ = getfile.__doc__
+    inspect.getfile = cell_aware_getfile
+    _patch_inspect.done = True
+
+
+_patch_inspect.done = False
+
+
+def _user_global(name):
+    """Whether `name` is one of the user's globals (not a dunder, not the history)."""
+    if name.startswith("__") and name.endswith("__"):
+        return False
+    return name not in _HISTORY_NAMES and not (name[:1] == "_" and name[1:].isdigit())
+
+
 def _plain_json(value):
-    """`value` if it is plain JSON data (protocol.md) no bigger than VALUE_LIMIT, else None.
+    """`value` as `json.dumps` would give it (tuples as lists, dict keys of the types JSON
+    allows as strings), when it is JSON data no bigger than VALUE_LIMIT; else None.
+    Non-finite floats, other types and deeper nesting than 64 give None.
 
     The walk charges a lower bound of each node's JSON size, so a huge list is rejected
     after VALUE_LIMIT / 2 nodes instead of being serialised first."""
     budget = [VALUE_LIMIT]
+    invalid = object()
+
+    def key_of(k):
+        if isinstance(k, str):
+            return str(k)
+        if k is True or k is False:
+            return "true" if k else "false"
+        if k is None:
+            return "null"
+        if isinstance(k, float):
+            return float.__repr__(k) if math.isfinite(k) else invalid
+        if isinstance(k, int):
+            return int.__repr__(k)
+        return invalid
 
     def plain(v, depth):
         kind = type(v)
         budget[0] -= len(v) + 2 if kind is str else 2
+        if budget[0] < 0:
+            return invalid
+        if v is None or kind is bool or kind is str:
+            return v
         if kind is int:
-            ok = INT_RANGE[0] <= v <= INT_RANGE[1]
-        elif kind is float:
-            ok = math.isfinite(v)
-        elif isinstance(v, list) and depth < 64:
-            ok = all(plain(item, depth + 1) for item in v)
-        elif isinstance(v, dict) and depth < 64:
-            ok = all(type(k) is str and plain(k, depth) and plain(item, depth + 1)
-                     for k, item in v.items())
-        else:
-            ok = kind in (str, bool) or v is None
-        return ok and budget[0] >= 0
+            return v if INT_RANGE[0] <= v <= INT_RANGE[1] else invalid
+        if kind is float:
+            return v if math.isfinite(v) else invalid
+        if depth >= 64:
+            return invalid
+        if isinstance(v, (list, tuple)):
+            items = []
+            for item in v:
+                item = plain(item, depth + 1)
+                if item is invalid:
+                    return invalid
+                items.append(item)
+            return items
+        if isinstance(v, dict):
+            out = {}
+            for k, item in v.items():
+                k = key_of(k)
+                if k is invalid:
+                    return invalid
+                budget[0] -= len(k) + 3
+                item = plain(item, depth + 1)
+                if item is invalid:
+                    return invalid
+                out[k] = item
+            return out
+        return invalid
 
     try:
-        if plain(value, 0) and len(_encode(value)) <= VALUE_LIMIT:
-            return value
+        converted = plain(value, 0)
+        if converted is not invalid and budget[0] >= 0 and len(_encode(converted)) <= VALUE_LIMIT:
+            return converted
     except (ValueError, TypeError, RecursionError):
         pass
     return None
@@ -350,6 +443,11 @@ class Agent:
         main_module = types.ModuleType("__main__")
         main_module.__builtins__ = builtins
         self._namespace = main_module.__dict__
+        # History as IPython keeps it: In[n] is cell n's source, Out[n] its result (not
+        # None), _n the same, and _, __, ___ the last three results.
+        self._inputs = [""]
+        self._outputs = {}
+        self._namespace.update(In=self._inputs, Out=self._outputs, _="", __="", ___="")
         self._agent_module = sys.modules.get("__main__")  # keep the agent's module alive
         sys.modules["__main__"] = main_module  # so pickle finds classes defined in cells
         self._sigint_handler = self._on_sigint
@@ -494,8 +592,7 @@ class Agent:
             names = [k for k in list(self._namespace) if isinstance(k, str)]
             self.send({"type": "heartbeat", "in_reply_to": msg_id, "memory_usage": self._rss(),
                        "cpu_time": sum(os.times()[:2]),
-                       "namespace_size": sum(not (k.startswith("__") and k.endswith("__"))
-                                             for k in names)})
+                       "namespace_size": sum(_user_global(k) for k in names)})
         elif kind == "is_complete" and isinstance(msg.get("code"), str):
             self.send({"type": "is_complete_reply", "in_reply_to": msg_id,
                        "status": self._completeness(msg["code"]), "indent": ""})
@@ -602,6 +699,7 @@ class Agent:
         from fcntl import ioctl as _ioctl
         from termios import FIONREAD as _FIONREAD
         _keep_output_order()
+        _track_cell_classes()
         getpass_module.getpass = getpass
         while True:
             try:
@@ -634,6 +732,7 @@ class Agent:
         execution_id, source = msg["id"], msg["code"]
         self._unfinished = execution_id
         self._cell_count += 1
+        self._inputs.append(source)
         started = time.perf_counter()
         outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count)
         elapsed = time.perf_counter() - started
@@ -678,12 +777,24 @@ class Agent:
             text = shown = None
             if value is not None:  # repr and value are computed here so a cancel ends them
                 text, shown = _clip(repr(value)), _plain_json(value)
-                builtins._ = value  # as sys.displayhook does
+                self._remember_result(value)
             self._running_id = None
             return ("result", text, shown)
         except BaseException as exc:
             self._running_id = None
             return ("error", exc, compiling)
+
+    def _remember_result(self, value):
+        """Out[n], _n, _, __, ___ as IPython keeps them (and builtins._, as the Python REPL
+        does). At most HISTORY_LIMIT results are kept alive: older ones are dropped."""
+        number, ns = self._cell_count, self._namespace
+        ns["___"], ns["__"], ns["_"] = ns.get("__", ""), ns.get("_", ""), value
+        ns["_%d" % number] = self._outputs[number] = value
+        builtins._ = value
+        while len(self._outputs) > HISTORY_LIMIT:
+            oldest = min(self._outputs)
+            del self._outputs[oldest]
+            ns.pop("_%d" % oldest, None)
 
     def _compile(self, source, filename):
         import __future__, ast, linecache
