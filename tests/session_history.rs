@@ -73,3 +73,50 @@ async fn a_results_value_is_what_json_dumps_would_give() {
     assert_eq!(value("{1, 2}").await, serde_json::Value::Null);
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_namespace_lists_each_user_global_with_type_repr_size_and_source() {
+    let s = start().await;
+    eval(
+        &s,
+        "x = 5\nimport json as j\ndef f():\n    return 1\nclass C:\n    pass\nbig = list(range(10000))\n\
+         class BadRepr:\n    def __repr__(self):\n        raise ValueError('no')\nbad = BadRepr()\n10",
+    )
+    .await;
+    let reply = s.namespace().await.unwrap();
+    assert!(!reply.truncated);
+    let names: Vec<&str> = reply.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["BadRepr", "C", "bad", "big", "f", "j", "x"],
+        "no history names"
+    );
+    let entry = |name: &str| reply.entries.iter().find(|e| e.name == name).unwrap();
+    assert_eq!(entry("x").type_name, "int");
+    assert_eq!(entry("x").repr, "5");
+    assert_eq!(entry("x").size, Some(28));
+    assert_eq!(entry("j").type_name, "module");
+    assert_eq!(entry("j").module.as_deref(), Some("json"));
+    assert_eq!(entry("f").type_name, "function");
+    assert_eq!(
+        entry("f").source.as_deref(),
+        Some("def f():\n    return 1\n")
+    );
+    assert_eq!(entry("C").type_name, "type");
+    assert_eq!(entry("C").source.as_deref(), Some("class C:\n    pass\n"));
+    assert_eq!(entry("bad").type_name, "__main__.BadRepr");
+    // A repr that raises does not break the answer (reprlib names the instance instead).
+    assert!(
+        entry("bad").repr.starts_with("<BadRepr instance"),
+        "{:?}",
+        entry("bad")
+    );
+    assert!(
+        entry("big").repr.starts_with("[0, 1, 2, 3, 4, 5, ..."),
+        "{:?}",
+        entry("big").repr
+    );
+    assert!(entry("big").repr.len() < 100);
+    assert!(entry("j").source.is_none() && entry("x").source.is_none());
+    s.shutdown().await.unwrap();
+}

@@ -30,6 +30,9 @@ _OVERRUN_FLAG = 1 << 63
 TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
 VALUE_LIMIT = 1 << 20       # a result `value` whose JSON is larger is sent as null
 HISTORY_LIMIT = 1000        # results kept in Out / _n (IPython's default cache size)
+NAMESPACE_ENTRIES = 10000   # names in a namespace answer, at most
+NAMESPACE_BYTES = 4 << 20   # JSON bytes of a namespace answer's entries, at most
+SOURCE_LIMIT = 64 << 10     # characters of one entry's source, at most
 # Names of the history (not counted as the user's globals).
 _HISTORY_NAMES = frozenset(("In", "Out", "_", "__", "___"))
 CO_COROUTINE = 0x0080       # inspect.CO_COROUTINE, without importing inspect
@@ -155,6 +158,48 @@ def _patch_inspect():
 
 
 _patch_inspect.done = False
+
+
+def _guarded(compute, failed):
+    """`compute()`, or `failed` if it raised: user code (a repr, a property) must not end
+    the reader thread."""
+    try:
+        return compute()
+    except BaseException:  # incl. SystemExit raised by user code
+        return failed
+
+
+def _guarded_text(compute):
+    """`compute()`, or what it raised, as text."""
+    try:
+        return compute()
+    except BaseException as exc:
+        return "<repr failed: %s: %s>" % (type(exc).__name__, _clip(_safe_str(exc), 200))
+
+
+def _type_name(value):
+    kind = type(value)
+    module = _guarded(lambda: kind.__module__, "?")
+    name = _guarded(lambda: kind.__qualname__, "?")
+    return name if module == "builtins" else "%s.%s" % (module, name)
+
+
+def _session_source(value):
+    """The source of a function or class defined in a cell, else None."""
+    try:
+        if isinstance(value, type):
+            defined_here = _cell_classes is not None and value in _cell_classes
+        else:
+            code = getattr(value, "__code__", None) if isinstance(value, types.FunctionType) else None
+            defined_here = code is not None and code.co_filename.startswith("<cell-")
+        if not defined_here:
+            return None
+        import inspect
+        if not _patch_inspect.done:
+            _patch_inspect()
+        return _clip(inspect.getsource(value), SOURCE_LIMIT)
+    except Exception:
+        return None
 
 
 def _user_global(name):
@@ -593,6 +638,8 @@ class Agent:
             self.send({"type": "heartbeat", "in_reply_to": msg_id, "memory_usage": self._rss(),
                        "cpu_time": sum(os.times()[:2]),
                        "namespace_size": sum(_user_global(k) for k in names)})
+        elif kind == "namespace":
+            self.send(self._namespace_reply(msg_id))
         elif kind == "is_complete" and isinstance(msg.get("code"), str):
             self.send({"type": "is_complete_reply", "in_reply_to": msg_id,
                        "status": self._completeness(msg["code"]), "indent": ""})
@@ -601,6 +648,38 @@ class Agent:
             os._exit(0)
         else:
             self._protocol_error("unknown message: %.200r" % (msg,))
+
+    def _namespace_reply(self, msg_id):
+        """The user's globals, sorted by name: type, short repr, size, and the source of
+        functions and classes defined in cells. Runs on the reader thread, so it works while
+        code runs; every step that runs user code (a repr, a metaclass's attribute) is
+        guarded. Bounded: NAMESPACE_ENTRIES names and NAMESPACE_BYTES of JSON at most."""
+        import reprlib
+        short = reprlib.Repr()
+        short.maxstring = short.maxother = 160
+        items = [(k, v) for k, v in list(self._namespace.items())
+                 if isinstance(k, str) and _user_global(k)]
+        items.sort(key=lambda item: item[0])
+        entries, left, truncated = [], NAMESPACE_BYTES, False
+        for name, value in items:
+            if len(entries) >= NAMESPACE_ENTRIES:
+                truncated = True
+                break
+            entry = {"name": name, "type": _type_name(value),
+                     "repr": _guarded_text(lambda: _clip(short.repr(value), 200)),
+                     "size": _guarded(lambda: sys.getsizeof(value), None)}
+            if isinstance(value, types.ModuleType):
+                entry["module"] = _guarded(lambda: str(value.__name__), "?")
+            source = _session_source(value)
+            if source is not None:
+                entry["source"] = source
+            left -= len(_encode(entry))
+            if left < 0:
+                truncated = True
+                break
+            entries.append(entry)
+        return {"type": "namespace_reply", "in_reply_to": msg_id, "entries": entries,
+                "truncated": truncated}
 
     def _completeness(self, source):
         """What `code.InteractiveConsole.push` would do with `source`, with the flags the

@@ -55,6 +55,8 @@ pub enum Message {
     Shutdown(Shutdown),
     IsComplete(IsComplete),
     IsCompleteReply(IsCompleteReply),
+    Namespace(NamespaceRequest),
+    NamespaceReply(NamespaceReply),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,12 +231,50 @@ pub struct IsCompleteReply {
     pub indent: String,
 }
 
+/// Asks what the session's namespace holds; answered by the worker's reader thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceRequest {
+    pub id: String,
+}
+
+/// The session's namespace: its user globals (not dunders, not the history), sorted by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceReply {
+    pub id: String,
+    pub in_reply_to: String,
+    pub entries: Vec<NamespaceEntry>,
+    /// Entries were left out to keep the answer within its bound (see docs/protocol.md).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One name of the namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceEntry {
+    pub name: String,
+    /// The value's type, `module.qualname` (`builtins.` left out).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// A short `repr` (at most 200 characters, containers abbreviated).
+    pub repr: String,
+    /// `sys.getsizeof` of the value (the object itself, not what it refers to); `null` when
+    /// it cannot be told.
+    pub size: Option<u64>,
+    /// For functions and classes defined in the session: their source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// For modules: the module's name (what `import` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
 impl Message {
     /// The id of the host's request this message answers, for replies.
     pub fn in_reply_to(&self) -> Option<&str> {
         match self {
             Message::Heartbeat(beat) => beat.in_reply_to.as_deref(),
             Message::IsCompleteReply(reply) => Some(&reply.in_reply_to),
+            Message::NamespaceReply(reply) => Some(&reply.in_reply_to),
             _ => None,
         }
     }
@@ -255,6 +295,8 @@ impl Message {
             Message::Shutdown(_) => "shutdown",
             Message::IsComplete(_) => "is_complete",
             Message::IsCompleteReply(_) => "is_complete_reply",
+            Message::Namespace(_) => "namespace",
+            Message::NamespaceReply(_) => "namespace_reply",
         }
     }
 }

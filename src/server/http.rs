@@ -75,6 +75,7 @@ impl From<ServiceError> for ApiError {
             E::ExecutionExpired { .. } => (StatusCode::NOT_FOUND, "execution_expired"),
             E::UnknownInput { .. } => (StatusCode::NOT_FOUND, "unknown_input"),
             E::SessionUnavailable { .. } => (StatusCode::CONFLICT, "session_unavailable"),
+            E::WorkerNoAnswer { .. } => (StatusCode::GATEWAY_TIMEOUT, "worker_no_answer"),
             E::NoSessionAvailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_session_available")
             }
@@ -156,6 +157,7 @@ pub(crate) fn router(service: Service, max_body: usize) -> Router {
         .route("/v1/pool", get(pool_info))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route("/v1/sessions/{id}/namespace", get(get_namespace))
         .route("/v1/sessions/{id}/execute", post(execute))
         .route("/v1/sessions/{id}/input", post(input))
         .route("/v1/sessions/{id}/cancel", post(cancel))
@@ -295,6 +297,20 @@ async fn get_session(
 ) -> Result<Json<Value>, ApiError> {
     let info = service.session(&caller, &id)?.info().await?;
     Ok(json_of(&info))
+}
+
+/// The session's user globals: `{"entries": [{name, type, repr, size, source?, module?}],
+/// "truncated": bool}` (docs/api.md).
+async fn get_namespace(
+    State(service): State<Service>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let reply = service.session(&caller, &id)?.namespace().await?;
+    Ok(Json(json!({
+        "entries": reply.entries,
+        "truncated": reply.truncated,
+    })))
 }
 
 async fn delete_session(

@@ -61,6 +61,14 @@ pub enum ServiceError {
         session_id: Option<String>,
         source: Error,
     },
+    /// The worker did not answer a request in time (its reader thread is stuck, e.g. in a
+    /// user object's `repr` that does not return).
+    #[error("{source}")]
+    WorkerNoAnswer {
+        operation: &'static str,
+        session_id: Option<String>,
+        source: Error,
+    },
     /// The pool had no session to give in time, or is closed.
     #[error("{source}")]
     NoSessionAvailable { source: Error },
@@ -93,6 +101,13 @@ impl ServiceError {
                 session_id,
                 source,
             },
+            Error::ReplyTimeout { .. } | Error::HeartbeatTimeout(_) => {
+                ServiceError::WorkerNoAnswer {
+                    operation,
+                    session_id,
+                    source,
+                }
+            }
             Error::AcquireTimeout(_) | Error::PoolClosed => {
                 ServiceError::NoSessionAvailable { source }
             }

@@ -206,6 +206,15 @@ impl SessionHandle {
         Ok(info)
     }
 
+    /// What the session's namespace holds (see `Session::namespace`).
+    pub async fn namespace(&self) -> Result<crate::protocol::NamespaceReply, ServiceError> {
+        self.hosted
+            .session
+            .namespace()
+            .await
+            .map_err(|e| ServiceError::from_session("namespace", Some(self.id()), e))
+    }
+
     /// A fresh worker, empty namespace; a running execution ends with `SessionRestarted`.
     pub async fn restart(&self) -> Result<SessionSummary, ServiceError> {
         self.hosted

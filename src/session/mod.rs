@@ -360,6 +360,10 @@ pub struct Scope {
 
 /// How long `info()` waits for the worker's heartbeat answer.
 const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(1);
+/// How long `namespace()` waits for the worker's answer: the reprs of user objects run user
+/// code, which may be slow.
+const NAMESPACE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long `is_complete()` waits for the worker's answer. Its reader thread answers, but it
 /// needs the GIL, which busy user code (a C call) can hold for a while.
 const IS_COMPLETE_DEADLINE: Duration = Duration::from_secs(5);
@@ -449,6 +453,29 @@ impl Session {
             Err(_) => Err(Error::ReplyTimeout {
                 request: "is_complete",
                 deadline: IS_COMPLETE_DEADLINE,
+            }),
+        }
+    }
+
+    /// What the namespace holds: each user global with its type, a short repr, its size, and
+    /// the source of functions and classes defined in the session. Answered by the worker's
+    /// reader thread, so it does not wait for a running execution (what it shows may then be
+    /// mid-change).
+    pub async fn namespace(&self) -> Result<protocol::NamespaceReply, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Ask(WorkerRequest::Namespace { reply }))
+            .map_err(|_| Error::SessionClosed)?;
+        // not polling: one deadline for one answer.
+        match tokio::time::timeout(NAMESPACE_DEADLINE, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(Error::SessionDead(
+                "no answer to namespace: the worker is not ready".into(),
+            )),
+            Err(_) => Err(Error::ReplyTimeout {
+                request: "namespace",
+                deadline: NAMESPACE_DEADLINE,
             }),
         }
     }

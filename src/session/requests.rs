@@ -74,6 +74,10 @@ pub(crate) enum WorkerRequest {
         code: String,
         reply: oneshot::Sender<IsCompleteReply>,
     },
+    /// What the namespace holds.
+    Namespace {
+        reply: oneshot::Sender<protocol::NamespaceReply>,
+    },
 }
 
 impl WorkerRequest {
@@ -88,6 +92,9 @@ impl WorkerRequest {
                 id,
                 code: code.clone(),
             }),
+            WorkerRequest::Namespace { .. } => {
+                Message::Namespace(protocol::NamespaceRequest { id })
+            }
         }
     }
 
@@ -96,6 +103,7 @@ impl WorkerRequest {
         match self {
             WorkerRequest::Heartbeat { reply } => reply.is_closed(),
             WorkerRequest::IsComplete { reply, .. } => reply.is_closed(),
+            WorkerRequest::Namespace { reply } => reply.is_closed(),
         }
     }
 
@@ -107,6 +115,9 @@ impl WorkerRequest {
                 let _ = reply.send(beat);
             }
             (WorkerRequest::IsComplete { reply, .. }, Message::IsCompleteReply(answer)) => {
+                let _ = reply.send(answer);
+            }
+            (WorkerRequest::Namespace { reply }, Message::NamespaceReply(answer)) => {
                 let _ = reply.send(answer);
             }
             (_, answer) => {
