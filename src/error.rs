@@ -43,6 +43,10 @@ pub enum Error {
     /// The sandbox cannot be built (see `src/worker/sandbox.rs`).
     #[error("sandbox: {0}")]
     Sandbox(String),
+    /// A checkpoint could not be made or restored (see `Session::checkpoint`): the reason,
+    /// as the worker gave it (e.g. `CheckpointError: not a pyrepl3 checkpoint`).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error("the pool is shut down")]
     PoolClosed,
     #[error("no session could be acquired within {0:?}")]

@@ -46,7 +46,7 @@ pub(crate) mod worker;
 pub use error::Error;
 pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
-    CancelOutcome, Completeness, Event, ExecuteOptions, Execution, ExecutionOutcome, Session,
-    SessionConfig, SessionInfo, SessionState,
+    CancelOutcome, Checkpoint, Completeness, Event, ExecuteOptions, Execution, ExecutionOutcome,
+    NotSaved, RestoreReport, Session, SessionConfig, SessionInfo, SessionState,
 };
 pub use worker::{Network, ResourceLimits, SandboxConfig};

@@ -33,6 +33,9 @@ HISTORY_LIMIT = 1000        # results kept in Out / _n (IPython's default cache 
 NAMESPACE_ENTRIES = 10000   # names in a namespace answer, at most
 NAMESPACE_BYTES = 4 << 20   # JSON bytes of a namespace answer's entries, at most
 SOURCE_LIMIT = 64 << 10     # characters of one entry's source, at most
+CHECKPOINT_LIMIT = 11 << 20  # bytes of a checkpoint (compressed): its base64 fits a frame
+CHECKPOINT_FORMAT = "pyrepl3-checkpoint"
+CHECKPOINT_VERSION = 1
 # Names of the history (not counted as the user's globals).
 _HISTORY_NAMES = frozenset(("In", "Out", "_", "__", "___"))
 CO_COROUTINE = 0x0080       # inspect.CO_COROUTINE, without importing inspect
@@ -200,6 +203,119 @@ def _session_source(value):
         return _clip(inspect.getsource(value), SOURCE_LIMIT)
     except Exception:
         return None
+
+
+def _checkpoint(namespace):
+    """The namespace saved: each user global on its own, pickled; functions and classes
+    defined in cells by their source; modules by name. What cannot be saved is listed with
+    the reason. Returns {"checkpoint": base64 of the compressed JSON, "saved", "skipped",
+    "size"}."""
+    import base64, pickle, zlib
+    entries, saved, skipped = [], [], []
+    items = [(k, v) for k, v in list(namespace.items()) if isinstance(k, str) and _user_global(k)]
+    items.sort(key=lambda item: item[0])
+    for name, value in items:
+        if isinstance(value, types.ModuleType):
+            entries.append({"name": name, "kind": "module", "module": value.__name__})
+            saved.append(name)
+            continue
+        source = _definition_source(value)
+        if source is not None:
+            entries.append({"name": name, "kind": "source", "source": source,
+                            "defines": value.__name__})
+            saved.append(name)
+            continue
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            skipped.append({"name": name, "reason": "%s: %s" % (
+                type(exc).__name__, _clip(_safe_str(exc), 300))})
+            continue
+        entries.append({"name": name, "kind": "pickle",
+                        "data": base64.b64encode(data).decode("ascii")})
+        saved.append(name)
+    document = _encode({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                        "python": "%d.%d" % sys.version_info[:2], "entries": entries})
+    blob = zlib.compress(document.encode("utf-8"), 1)
+    if len(blob) > CHECKPOINT_LIMIT:
+        raise MemoryError("the checkpoint is %d bytes compressed, over the limit of %d"
+                          % (len(blob), CHECKPOINT_LIMIT))
+    return {"checkpoint": base64.b64encode(blob).decode("ascii"), "saved": saved,
+            "skipped": skipped, "size": len(blob)}
+
+
+def _definition_source(value):
+    """The source of a function or class defined in a cell when it is a `def` or `class`
+    statement of its own (a lambda's line may do more than define it), else None."""
+    source = _session_source(value)
+    if source is None or not isinstance(getattr(value, "__name__", None), str):
+        return None
+    first = source.lstrip()
+    if first.startswith(("def ", "async def ", "class ", "@")):
+        return source
+    return None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored at all (corrupt, foreign, another Python)."""
+
+
+def _restore(namespace, encoded, clear_existing):
+    """Restores a checkpoint from `_checkpoint` into `namespace`: merged (its names replace
+    those with the same name), or, with `clear_existing`, replacing every user global.
+    Modules are imported, then definitions run, then values unpickled (an instance needs its
+    class first). Returns {"restored", "failed"} (each failure with its reason)."""
+    import base64, binascii, pickle, zlib
+    try:
+        document = _decode(zlib.decompress(base64.b64decode(encoded, validate=True))
+                           .decode("utf-8"))
+    except (binascii.Error, zlib.error, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError("not a pyrepl3 checkpoint (%s)" % type(exc).__name__) from None
+    if (not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT
+            or not isinstance(document.get("entries"), list)):
+        raise CheckpointError("not a pyrepl3 checkpoint")
+    if document.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError("a checkpoint of format version %r; this worker reads %d"
+                              % (document.get("version"), CHECKPOINT_VERSION))
+    python = "%d.%d" % sys.version_info[:2]
+    if document.get("python") != python:
+        raise CheckpointError("a checkpoint of Python %s; this worker runs Python %s"
+                              % (document.get("python"), python))
+    entries = [e for e in document["entries"]
+               if isinstance(e, dict) and isinstance(e.get("name"), str)
+               and e["name"].isidentifier() and _user_global(e["name"])]
+    if clear_existing:
+        for name in [k for k in list(namespace) if isinstance(k, str) and _user_global(k)]:
+            del namespace[name]
+    restored, failed = [], []
+    order = {"module": 0, "source": 1, "pickle": 2}
+    for entry in sorted(entries, key=lambda e: order.get(e.get("kind"), 3)):
+        name, kind = entry["name"], entry.get("kind")
+        try:
+            if kind == "module" and isinstance(entry.get("module"), str):
+                import importlib
+                namespace[name] = importlib.import_module(entry["module"])
+            elif kind == "source" and isinstance(entry.get("source"), str):
+                import linecache
+                defines, source = entry.get("defines"), entry["source"]
+                # A cell of its own, so that its definitions have a source again (and are
+                # saved by their source by the next checkpoint).
+                filename = "<cell-restored-%s>" % name
+                linecache.cache[filename] = (len(source), None, source.splitlines(True),
+                                             filename)
+                exec(compile(source, filename, "exec"), namespace)
+                if isinstance(defines, str) and defines != name and defines in namespace:
+                    namespace[name] = namespace[defines]
+            elif kind == "pickle" and isinstance(entry.get("data"), str):
+                namespace[name] = pickle.loads(base64.b64decode(entry["data"], validate=True))
+            else:
+                raise CheckpointError("an entry of unknown kind %.50r" % (kind,))
+        except Exception as exc:
+            failed.append({"name": name, "reason": "%s: %s" % (
+                type(exc).__name__, _clip(_safe_str(exc), 300))})
+            continue
+        restored.append(name)
+    return {"restored": restored, "failed": failed}
 
 
 def _user_global(name):
@@ -810,10 +926,14 @@ class Agent:
     def _execute(self, msg):
         execution_id, source = msg["id"], msg["code"]
         self._unfinished = execution_id
-        self._cell_count += 1
-        self._inputs.append(source)
+        internal = msg.get("internal")
         started = time.perf_counter()
-        outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count)
+        if isinstance(internal, dict):  # the agent's own operation: not in the history
+            outcome = self._run_cell(execution_id, None, None, internal)
+        else:
+            self._cell_count += 1
+            self._inputs.append(source)
+            outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count)
         elapsed = time.perf_counter() - started
         if _signal.getsignal(_signal.SIGINT) is not self._sigint_handler:
             _signal.signal(_signal.SIGINT, self._sigint_handler)  # user code replaced it
@@ -827,7 +947,7 @@ class Agent:
         self._unfinished = None
         self._finished_seq = max(self._finished_seq, self._accepted_seq)
 
-    def _run_cell(self, execution_id, source, filename):
+    def _run_cell(self, execution_id, source, filename, internal=None):
         """Compile and run one cell with SIGINT armed. Returns ("result", repr, value) or
         ("error", exception, raised_while_compiling).
 
@@ -848,6 +968,11 @@ class Agent:
                 self._running_id = execution_id
             if cancelled:
                 raise KeyboardInterrupt
+            if internal is not None:
+                compiling = False
+                report = self._internal_call(internal)
+                self._running_id = None
+                return ("result", None, report)
             body, last = self._compile(source, filename)
             compiling = False
             if body is not None:
@@ -862,6 +987,16 @@ class Agent:
         except BaseException as exc:
             self._running_id = None
             return ("error", exc, compiling)
+
+    def _internal_call(self, call):
+        """Runs one of the agent's own operations (`protocol::Execute::internal`)."""
+        kind = call.get("call")
+        if kind == "checkpoint":
+            return _checkpoint(self._namespace)
+        if kind == "restore" and isinstance(call.get("checkpoint"), str):
+            return _restore(self._namespace, call["checkpoint"],
+                            bool(call.get("clear_existing")))
+        raise ValueError("unknown internal call: %.200r" % (call,))
 
     def _remember_result(self, value):
         """Out[n], _n, _, __, ___ as IPython keeps them (and builtins._, as the Python REPL

@@ -73,6 +73,12 @@ pub struct Execute {
     pub transaction_policy: TransactionPolicy,
     #[serde(default)]
     pub capture_source: bool,
+    /// An operation of the agent's own run in place of `code`, as an execution (so that
+    /// cancel and timeouts apply to it): `{"call": "checkpoint"}` or `{"call": "restore",
+    /// "checkpoint": <base64>, "clear_existing": bool}` (docs/protocol.md). Its result's
+    /// `value` is the operation's report; it is not part of the session's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +320,7 @@ mod tests {
             transaction_id: None,
             transaction_policy: TransactionPolicy::CommitAlways,
             capture_source: false,
+            internal: None,
         });
         let json = serde_json::to_value(&msg).unwrap();
         assert_eq!(json["type"], "execute");

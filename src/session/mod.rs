@@ -11,6 +11,7 @@
 //! - `exit.rs`: what a worker's exit means for the running execution.
 
 mod actor;
+mod checkpoint;
 mod core;
 mod exit;
 mod ordering;
@@ -37,6 +38,7 @@ use requests::{Command, WorkerRequest};
 
 /// The UTF-8 decoding of pipe output, public for the micro-benchmarks in `benches/`.
 #[doc(hidden)]
+pub use checkpoint::{Checkpoint, NotSaved, RestoreReport};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
 
@@ -480,6 +482,72 @@ impl Session {
         }
     }
 
+    /// Saves the namespace (`src/session/checkpoint.rs`): each user global on its own,
+    /// functions and classes defined in the session by their source, modules by name; what
+    /// cannot be saved is listed with the reason. Runs as an execution (queued behind those
+    /// before it; `timeout`, cancel and the session's limits apply), outside the history.
+    pub async fn checkpoint(&self, timeout: Option<Duration>) -> Result<Checkpoint, Error> {
+        let options = ExecuteOptions {
+            timeout,
+            ..ExecuteOptions::default()
+        };
+        let report = self
+            .internal_call(serde_json::json!({"call": "checkpoint"}), options)
+            .await?;
+        checkpoint::parse_checkpoint(report)
+    }
+
+    /// Restores a checkpoint made by [`Session::checkpoint`] (in this session or another,
+    /// of the same Python minor version): merged into the namespace, or replacing every
+    /// user global with `clear_existing`. Each name that could not be restored is listed
+    /// with the reason; a checkpoint that is not one (corrupt, foreign, another Python) is
+    /// refused with [`Error::Checkpoint`] and the namespace is left as it was.
+    pub async fn restore(
+        &self,
+        checkpoint: &[u8],
+        clear_existing: bool,
+        timeout: Option<Duration>,
+    ) -> Result<RestoreReport, Error> {
+        use base64::Engine;
+        let options = ExecuteOptions {
+            timeout,
+            ..ExecuteOptions::default()
+        };
+        let call = serde_json::json!({
+            "call": "restore",
+            "checkpoint": base64::engine::general_purpose::STANDARD.encode(checkpoint),
+            "clear_existing": clear_existing,
+        });
+        let report = self.internal_call(call, options).await?;
+        checkpoint::parse_restore(report)
+    }
+
+    /// Runs one of the agent's own operations as an execution; its report (the result's
+    /// value), or its error as [`Error::Checkpoint`].
+    async fn internal_call(
+        &self,
+        call: serde_json::Value,
+        options: ExecuteOptions,
+    ) -> Result<serde_json::Value, Error> {
+        let outcome = self
+            .submit(String::new(), options, Some(call))
+            .outcome()
+            .await;
+        match outcome.terminal {
+            Event::Result { value, .. } => Ok(value),
+            Event::Error {
+                exception_type,
+                exception_message,
+                ..
+            } => Err(Error::Checkpoint(if exception_message.is_empty() {
+                exception_type
+            } else {
+                format!("{exception_type}: {exception_message}")
+            })),
+            other => Err(Error::Checkpoint(format!("unexpected end: {other:?}"))),
+        }
+    }
+
     /// Cancels whatever runs (with `grace`, as [`Session::cancel`]) and removes everything
     /// queued.
     pub async fn cancel_all(&self, grace: Duration) -> Result<CancelOutcome, Error> {
@@ -502,6 +570,15 @@ impl Session {
 
     /// Queues `code`; executions of one session run one at a time, in call order.
     pub fn execute(&self, code: impl Into<String>, options: ExecuteOptions) -> Execution {
+        self.submit(code.into(), options, None)
+    }
+
+    fn submit(
+        &self,
+        code: String,
+        options: ExecuteOptions,
+        internal: Option<serde_json::Value>,
+    ) -> Execution {
         let id = options
             .execution_id
             .clone()
@@ -509,9 +586,10 @@ impl Session {
         let (events_tx, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let command = Command::Execute {
             id: id.clone(),
-            code: code.into(),
+            code,
             timeout: options.timeout,
             events: events_tx,
+            internal,
         };
         if let Err(mpsc::error::SendError(Command::Execute { events, .. })) =
             self.inner.commands.send(command)

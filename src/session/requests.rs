@@ -23,6 +23,8 @@ pub(crate) enum Command {
         code: String,
         timeout: Option<Duration>,
         events: mpsc::Sender<Event>,
+        /// An operation of the agent's own in place of `code` (see `protocol::Execute`).
+        internal: Option<serde_json::Value>,
     },
     InputResponse {
         input_id: String,

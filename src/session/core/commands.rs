@@ -24,6 +24,7 @@ impl Core {
                 code,
                 timeout,
                 events,
+                internal,
             } => {
                 let mut sink = Sink::new(events);
                 if self.closing {
@@ -44,6 +45,7 @@ impl Core {
                     code,
                     timeout: timeout.or(self.config.default_timeout),
                     sink,
+                    internal,
                 });
                 self.pump(now);
             }
@@ -281,6 +283,7 @@ impl Core {
             transaction_id: None,
             transaction_policy: protocol::TransactionPolicy::CommitAlways,
             capture_source: false,
+            internal: queued.internal,
         }));
     }
 

@@ -121,6 +121,8 @@ struct Queued {
     code: String,
     timeout: Option<Duration>,
     sink: Sink,
+    /// See `protocol::Execute::internal`.
+    internal: Option<serde_json::Value>,
 }
 
 pub(crate) struct Core {

@@ -95,6 +95,7 @@ impl Harness {
             code: "x".into(),
             timeout,
             events,
+            internal: None,
         }));
         (rx, effects)
     }
