@@ -38,6 +38,7 @@ fn encode_execute(bencher: divan::Bencher) {
         transaction_id: None,
         transaction_policy: TransactionPolicy::CommitAlways,
         capture_source: false,
+        internal: None,
     });
     let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME_LEN);
     let mut buf = BytesMut::with_capacity(256);
