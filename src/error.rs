@@ -47,6 +47,9 @@ pub enum Error {
     /// as the worker gave it (e.g. `CheckpointError: not a pyrepl3 checkpoint`).
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The durable store could not be opened or used (`src/store/`).
+    #[error("{0}")]
+    Store(String),
     #[error("the pool is shut down")]
     PoolClosed,
     #[error("no session could be acquired within {0:?}")]

@@ -39,6 +39,7 @@ pub(crate) mod rundir;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod store;
 pub(crate) mod sync;
 pub(crate) mod time;
 pub(crate) mod worker;

@@ -168,7 +168,15 @@ fn serve_with_a_python_that_hangs_when_probed_fails_within_the_start_timeout() {
     let t0 = std::time::Instant::now();
     let mut child = common::Watched::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                ALICE,
+                "--store",
+                ":memory:",
+            ])
             .arg("--config")
             .arg(&cfg)
             .arg("--python")
@@ -462,6 +470,8 @@ async fn a_killed_servers_workers_children_die_even_when_a_subreaper_adopts_them
                 "0",
                 "--sandbox",
                 "off",
+                "--store",
+                ":memory:",
             ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null()),

@@ -136,6 +136,8 @@ fn serve_refuses_to_start_without_a_sandbox_unless_told_and_then_says_so() {
                 ALICE,
                 "--min-idle",
                 "0",
+                "--store",
+                ":memory:",
             ])
             .arg("--config")
             .arg(&path)

@@ -115,6 +115,15 @@ pub struct ServeArgs {
         value_parser = parse_on_off
     )]
     pub sandbox: Option<bool>,
+    /// The durable store (checkpoints): a SQLite file, `:memory:` for one that lasts as long
+    /// as the server [default: ~/.local/share/pyrepl3/store.sqlite3]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "PYREPL3_STORE",
+        hide_env_values = true
+    )]
+    pub store: Option<PathBuf>,
 }
 
 #[cfg(feature = "server")]

@@ -21,6 +21,7 @@ pub async fn run(args: ServeArgs) -> i32 {
         max_sessions: args.max_sessions,
         max_connections: args.max_connections,
         sandbox: args.sandbox,
+        store: args.store,
     };
     let (config, generated) = match ServerConfig::load(args.config.as_deref(), &overrides) {
         Ok(loaded) => loaded,

@@ -94,6 +94,10 @@ pub struct ServerConfig {
     pub tenants: Vec<TenantConfig>,
     pub pool: PoolSettings,
     pub sandbox: SandboxSettings,
+    /// The durable store (checkpoints): a SQLite file, `:memory:` for one that lasts as
+    /// long as the server. Default: `$XDG_DATA_HOME/pyrepl3/store.sqlite3`, else
+    /// `~/.local/share/pyrepl3/store.sqlite3`.
+    pub store: Option<PathBuf>,
     /// Largest `code` accepted (then 413).
     pub max_code_bytes: usize,
     /// Largest request body accepted (then 413).
@@ -139,6 +143,7 @@ impl Default for ServerConfig {
             tenants: Vec::new(),
             pool: PoolSettings::default(),
             sandbox: SandboxSettings::default(),
+            store: None,
             max_code_bytes: 1024 * 1024,
             max_body_bytes: 4 * 1024 * 1024,
             reconnect_grace_secs: 30.0,
@@ -168,6 +173,18 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     /// `--sandbox on|off`.
     pub sandbox: Option<bool>,
+    /// `--store PATH`.
+    pub store: Option<PathBuf>,
+}
+
+/// Where the store is when no setting says: the user's data directory.
+fn default_store_path() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("pyrepl3").join("store.sqlite3")
 }
 
 /// A validated number of seconds (see `ServerConfig::validate`) as a duration.
@@ -219,6 +236,7 @@ impl ServerConfig {
                     )))
                 }
             },
+            store: env("PYREPL3_STORE").map(PathBuf::from),
         };
         config.apply(&env_overrides);
         config.apply(flags);
@@ -261,6 +279,9 @@ impl ServerConfig {
         }
         if let Some(on) = o.sandbox {
             self.sandbox.enabled = on;
+        }
+        if let Some(store) = &o.store {
+            self.store = Some(store.clone());
         }
     }
 
@@ -369,6 +390,7 @@ impl ServerConfig {
             max_code_bytes: self.max_code_bytes,
             reconnect_grace: self.reconnect_grace(),
             shutdown_grace: self.shutdown_grace(),
+            store: Some(self.store.clone().unwrap_or_else(default_store_path)),
             bounds: Bounds {
                 max_queued_executions: self.max_queued_executions,
                 max_output_bytes: self.max_output_bytes,

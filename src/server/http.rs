@@ -76,6 +76,12 @@ impl From<ServiceError> for ApiError {
             E::UnknownInput { .. } => (StatusCode::NOT_FOUND, "unknown_input"),
             E::SessionUnavailable { .. } => (StatusCode::CONFLICT, "session_unavailable"),
             E::WorkerNoAnswer { .. } => (StatusCode::GATEWAY_TIMEOUT, "worker_no_answer"),
+            E::CheckpointNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            E::CheckpointFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "checkpoint_failed"),
+            E::CheckpointTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            E::CheckpointLimit { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "checkpoint_limit"),
+            E::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             E::NoSessionAvailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_session_available")
             }
@@ -168,6 +174,7 @@ pub(crate) fn router(service: Service, max_body: usize) -> Router {
             get(get_execution),
         )
         .route("/v1/sessions/{id}/ws", get(super::ws::upgrade))
+        .merge(super::checkpoints::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -267,7 +274,7 @@ async fn pool_info(State(service): State<Service>, _auth: Auth) -> Json<Value> {
 }
 
 /// A service value as the JSON body (keys sorted, as every answer of this API has them).
-fn json_of<T: Serialize>(value: &T) -> Json<Value> {
+pub(crate) fn json_of<T: Serialize>(value: &T) -> Json<Value> {
     Json(serde_json::to_value(value).unwrap_or(Value::Null))
 }
 

@@ -6,6 +6,7 @@
 //! `access_log.rs`.
 
 mod access_log;
+mod checkpoints;
 pub mod config;
 mod http;
 mod listener;

@@ -39,6 +39,9 @@ pub struct TenantConfig {
     /// Resident memory of one session's processes in all (a `memory` cgroup, where the host
     /// can make one), then the kernel ends the worker: `MemoryLimitExceeded`.
     pub session_memory_limit_bytes: u64,
+    /// Bytes of checkpoints this tenant may keep in the store, in all (then
+    /// `CheckpointLimit`).
+    pub checkpoint_bytes_limit: u64,
     /// The sandbox network of this tenant's sessions (`none`, `host` or `outbound`);
     /// unset: the server's (`[sandbox] network`). A tenant whose network differs from the
     /// server's gets warm sessions from a pool of its network.
@@ -64,6 +67,7 @@ impl Default for TenantConfig {
             file_size_limit_bytes: 0,
             max_processes: 512,
             session_memory_limit_bytes: 0,
+            checkpoint_bytes_limit: 1 << 30,
             network: None,
         }
     }
@@ -113,6 +117,9 @@ pub struct ServiceConfig {
     pub shutdown_grace: Duration,
     /// Memory bounds (see [`Bounds`]).
     pub bounds: Bounds,
+    /// The durable store's SQLite file (`:memory:` for one that lasts as long as the
+    /// service); `None`: no store (checkpoint routes answer `store_unavailable`).
+    pub store: Option<std::path::PathBuf>,
 }
 
 /// The bounds on what one client can make the service hold (`docs/api.md`, "Bounds").

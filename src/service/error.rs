@@ -69,6 +69,30 @@ pub enum ServiceError {
         session_id: Option<String>,
         source: Error,
     },
+    /// No checkpoint of the caller's tenant has this id.
+    #[error("no checkpoint {checkpoint_id:?}")]
+    CheckpointNotFound { checkpoint_id: String },
+    /// A checkpoint could not be made or restored, for the worker's reason (a corrupt or
+    /// foreign checkpoint, one over the size limit, a timeout).
+    #[error("{reason}")]
+    CheckpointFailed { reason: String },
+    /// A checkpoint file larger than any a worker makes.
+    #[error("the checkpoint is {bytes} bytes; at most {limit} are accepted")]
+    CheckpointTooLarge { bytes: usize, limit: usize },
+    /// The tenant's checkpoints would exceed its byte limit.
+    #[error("tenant {tenant:?} holds {held} bytes of checkpoints; {size} more would pass its limit of {limit}")]
+    CheckpointLimit {
+        tenant: String,
+        held: u64,
+        size: u64,
+        limit: u64,
+    },
+    /// This service has no durable store.
+    #[error("this server has no store for checkpoints")]
+    StoreUnavailable,
+    /// The store failed.
+    #[error("{0}")]
+    Store(String),
     /// The pool had no session to give in time, or is closed.
     #[error("{source}")]
     NoSessionAvailable { source: Error },

@@ -13,11 +13,13 @@
 //! client event type in `event.rs`, errors in `error.rs`, counters in `metrics.rs`, the
 //! retention budget of finished logs in `retention.rs`.
 
+mod checkpoints;
 mod config;
 mod error;
 mod event;
 mod execlog;
 mod executions;
+pub use checkpoints::MAX_CHECKPOINT_BYTES;
 mod metrics;
 mod retention;
 mod sessions;
@@ -81,6 +83,8 @@ pub struct Service {
 struct Inner {
     config: ServiceConfig,
     pool: SessionPool,
+    /// The durable store (checkpoints), when configured.
+    store: Option<Arc<dyn crate::store::Store>>,
     /// Pools of the sandbox networks tenants have that differ from the server's (`pool`'s).
     network_pools: HashMap<crate::worker::Network, SessionPool>,
     /// By token.
@@ -110,6 +114,19 @@ impl Service {
         if let Some(sandbox) = &config.pool.session.sandbox {
             crate::worker::check_sandbox_available(sandbox).await?;
         }
+        // Opened first: a store another server holds is refused before anything starts.
+        let store = match &config.store {
+            Some(path) => {
+                let path = path.clone();
+                let opened =
+                    tokio::task::spawn_blocking(move || crate::store::SqliteStore::open(&path))
+                        .await
+                        .map_err(|e| Error::Store(e.to_string()))?
+                        .map_err(|e| Error::Store(e.to_string()))?;
+                Some(Arc::new(opened) as Arc<dyn crate::store::Store>)
+            }
+            None => None,
+        };
         if config.pool.session.sandbox.is_none() {
             if let Some(network) = config.tenants.iter().find_map(|t| t.network) {
                 return Err(Error::InvalidConfig(format!(
@@ -170,6 +187,7 @@ impl Service {
         let inner = Arc::new(Inner {
             config,
             pool,
+            store,
             network_pools,
             tenants,
             sessions: Mutex::new(HashMap::new()),

@@ -189,6 +189,11 @@ impl SessionHandle {
         &self.hosted.id
     }
 
+    /// The session itself.
+    pub(super) fn session(&self) -> &crate::Session {
+        &self.hosted.session
+    }
+
     pub fn summary(&self) -> SessionSummary {
         self.hosted.summary()
     }

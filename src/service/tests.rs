@@ -30,6 +30,7 @@ async fn start_with(shutdown_grace: Duration, bounds: Bounds) -> Service {
         reconnect_grace: Duration::from_secs(30),
         shutdown_grace,
         bounds,
+        store: None,
     })
     .await
     .expect("the service starts")

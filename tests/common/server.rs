@@ -31,6 +31,8 @@ pub fn config(tenants: Vec<TenantConfig>) -> ServerConfig {
     };
     config.pool.min_idle = 1;
     config.pool.max_sessions = 8;
+    // Each server a store of its own (a file's store takes one server at a time).
+    config.store = Some(":memory:".into());
     config
 }
 
@@ -193,6 +195,12 @@ pub fn spawn_server_with(
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--token", ALICE])
         .args(extra)
+        // Each server a store of its own, unless the test names one.
+        .args(if extra.contains(&"--store") {
+            &[][..]
+        } else {
+            &["--store", ":memory:"][..]
+        })
         .stdout(Stdio::piped())
         .stderr(
             if std::env::var_os("PYREPL3_TEST_SERVER_STDERR").is_some() {
