@@ -220,3 +220,37 @@ async fn checkpoints_outlive_the_server_in_its_store() {
     assert_eq!(answer["result"]["repr"], "'across restarts'", "{answer}");
     drop(server);
 }
+
+#[tokio::test]
+async fn a_session_can_start_from_a_checkpoint() {
+    let api = Api::start(config(vec![tenant("alice", ALICE), tenant("bob", BOB)])).await;
+    let id = api.new_session(ALICE).await;
+    api.execute(ALICE, &id, json!({"code": "answer = 42"}))
+        .await;
+    let (_, record) = api
+        .post(&format!("/v1/sessions/{id}/checkpoints"), ALICE, json!({}))
+        .await;
+    let cid = record["id"].as_str().unwrap();
+    let (status, created) = api
+        .post("/v1/sessions", ALICE, json!({"from_checkpoint": cid}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created["restored"]["restored"],
+        json!(["answer"]),
+        "{created}"
+    );
+    let fresh = created["id"].as_str().unwrap();
+    let answer = api.execute(ALICE, fresh, json!({"code": "answer"})).await;
+    assert_eq!(answer["result"]["repr"], "42");
+    // Not Bob's checkpoint; not a field of this route: clear errors, no session made.
+    let (status, _) = api
+        .post("/v1/sessions", BOB, json!({"from_checkpoint": cid}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api.post("/v1/sessions", ALICE, json!({"from": cid})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, listed) = api.get("/v1/sessions", BOB).await;
+    assert_eq!(listed["sessions"], json!([]), "{listed}");
+    api.handle.shutdown().await.unwrap();
+}

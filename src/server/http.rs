@@ -278,12 +278,45 @@ pub(crate) fn json_of<T: Serialize>(value: &T) -> Json<Value> {
     Json(serde_json::to_value(value).unwrap_or(Value::Null))
 }
 
+/// The optional body of `POST /v1/sessions`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    /// A checkpoint of the caller's to start from (its namespace, replacing the new one's).
+    from_checkpoint: Option<String>,
+}
+
 async fn create_session(
     State(service): State<Service>,
     Auth(caller): Auth,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let summary = service.create_session(&caller).await?;
-    Ok((StatusCode::CREATED, json_of(&summary)).into_response())
+    // No body, or `{}`, as before; else a JSON object of `CreateBody`.
+    let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body: {e}"),
+            )
+        })?
+    };
+    match body.from_checkpoint {
+        None => {
+            let summary = service.create_session(&caller).await?;
+            Ok((StatusCode::CREATED, json_of(&summary)).into_response())
+        }
+        Some(cid) => {
+            let (summary, report) = service
+                .create_session_from_checkpoint(&caller, &cid)
+                .await?;
+            let mut answer = serde_json::to_value(&summary).unwrap_or(Value::Null);
+            answer["restored"] = serde_json::to_value(&report).unwrap_or(Value::Null);
+            Ok((StatusCode::CREATED, Json(answer)).into_response())
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -164,6 +164,31 @@ impl Service {
     }
 }
 
+impl Service {
+    /// A new session (as [`Service::create_session`]) whose namespace is the caller's
+    /// checkpoint `cid`. The checkpoint is read first; a session it cannot be restored into
+    /// is deleted again, and the error is the caller's.
+    pub async fn create_session_from_checkpoint(
+        &self,
+        caller: &Caller,
+        cid: &str,
+    ) -> Result<(super::SessionSummary, RestoreReport), ServiceError> {
+        let (_, data) = self.checkpoint(caller, cid).await?;
+        let summary = self.create_session(caller).await?;
+        let restored = match self.session(caller, &summary.id) {
+            Ok(handle) => restore_into(&handle, caller, &data, true).await,
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(report) => Ok((summary, report)),
+            Err(e) => {
+                let _ = self.delete_session(caller, &summary.id);
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Restores `data` into the session of `handle`.
 pub(super) async fn restore_into(
     handle: &SessionHandle,
