@@ -42,3 +42,19 @@ async fn the_namespace_route_lists_a_sessions_globals_for_its_tenant_only() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     api.handle.shutdown().await.unwrap();
 }
+
+/// The pool's warm-up code runs in the namespace but not in the tenant's history: `In` does
+/// not show the operator's code, and the tenant's first cell is number 1.
+#[tokio::test]
+async fn the_pools_warm_up_is_not_in_the_tenants_history() {
+    let mut config = config(vec![tenant("alice", ALICE)]);
+    config.pool.warmup_code = Some("WARM = 'operator'".into());
+    let api = Api::start(config).await;
+    let id = api.new_session(ALICE).await;
+    let answer = api.execute(ALICE, &id, json!({"code": "(In, WARM)"})).await;
+    assert_eq!(
+        answer["result"]["repr"], "(['', '(In, WARM)'], 'operator')",
+        "{answer}"
+    );
+    api.handle.shutdown().await.unwrap();
+}

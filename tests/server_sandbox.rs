@@ -416,3 +416,38 @@ fn scopeguard(path: std::path::PathBuf) -> impl Drop {
     }
     Remove(path)
 }
+
+/// The store (every tenant's checkpoints) is hidden from sessions even where the sandbox
+/// shows its directory.
+#[tokio::test]
+async fn the_store_is_hidden_even_under_usr() {
+    let dir = std::path::PathBuf::from(format!(
+        "/usr/local/share/pyrepl3-test-{}",
+        std::process::id()
+    ));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return; // not writable here (not root)
+    }
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveDir(dir.clone());
+    let store = dir.join("store.sqlite3");
+    let (server, base) = spawn_server(&["--min-idle", "1", "--store", store.to_str().unwrap()]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let code = format!(
+        "import os\npath = {:?}\n[(os.path.getsize(p) if os.path.exists(p) else None) for p in (path, path + '-wal')]",
+        store.to_str().unwrap()
+    );
+    let answer = run_code(&http, &base, &id, &code).await;
+    assert_eq!(answer["result"]["repr"], "[0, 0]", "{answer}");
+    assert!(
+        std::fs::metadata(&store).unwrap().len() > 0,
+        "the real store is not empty"
+    );
+    drop(server);
+}

@@ -111,3 +111,87 @@ fn zlib_compress(bytes: &[u8]) -> Vec<u8> {
         .unwrap();
     out.stdout
 }
+
+/// Definitions come back in the order they were made, values after what they need, whatever
+/// their names; closures are not claimed as saved; nothing of the namespace can break it.
+#[tokio::test]
+async fn restore_follows_what_depends_on_what_and_hostile_objects_are_only_skipped() {
+    let s = start().await;
+    eval(
+        &s,
+        "LIMIT = 10\nclass Fruit:\n    pass\nclass Apple(Fruit):\n    pass\n\
+         def clamp(x, hi=LIMIT):\n    return min(x, hi)\na = Apple()\n\
+         def make_counter(n):\n    def step():\n        return n\n    return step\n\
+         counter = make_counter(3)\n\
+         class Evil:\n    @property\n    def __class__(self):\n        raise RuntimeError('boom')\nevil = Evil()",
+    )
+    .await;
+    let saved = guard(s.checkpoint(None)).await.unwrap();
+    let skipped: Vec<&str> = saved.skipped.iter().map(|n| n.name.as_str()).collect();
+    assert!(skipped.contains(&"counter"), "{saved:?}");
+    let closure = saved.skipped.iter().find(|n| n.name == "counter").unwrap();
+    assert!(closure.reason.contains("closure"), "{closure:?}");
+    let fresh = start().await;
+    let report = guard(fresh.restore(&saved.data, true, None)).await.unwrap();
+    let failed: Vec<&str> = report.failed.iter().map(|n| n.name.as_str()).collect();
+    assert!(
+        !failed
+            .iter()
+            .any(|n| ["Fruit", "Apple", "clamp", "a", "LIMIT"].contains(n)),
+        "{report:?}"
+    );
+    assert_eq!(
+        eval(
+            &fresh,
+            "(clamp(50), isinstance(a, Fruit), Apple.__mro__[1].__name__)"
+        )
+        .await
+        .as_deref(),
+        Some("(10, True, 'Fruit')")
+    );
+    // The namespace answer survives the hostile object too.
+    let names: Vec<String> = s
+        .namespace()
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"evil".to_string()), "{names:?}");
+    assert_eq!(
+        eval(&s, "1 + 1").await.as_deref(),
+        Some("2"),
+        "the worker lives"
+    );
+    s.shutdown().await.unwrap();
+    fresh.shutdown().await.unwrap();
+}
+
+/// A checkpoint whose pickling never returns is ended by its timeout; the session goes on.
+#[tokio::test]
+async fn a_checkpoint_that_hangs_ends_at_its_timeout() {
+    let s = start().await;
+    eval(&s, "import time\nclass Slow:\n    def __reduce__(self):\n        time.sleep(600)\nslow = Slow()").await;
+    let err = guard(s.checkpoint(Some(std::time::Duration::from_millis(500))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Timeout"), "{err}");
+    assert_eq!(
+        eval(&s, "'still here'").await.as_deref(),
+        Some("'still here'")
+    );
+    s.shutdown().await.unwrap();
+}
+
+/// A checkpoint that inflates to gigabytes (a zip bomb) is refused before it does.
+#[tokio::test]
+async fn a_zip_bomb_is_refused() {
+    let s = start().await;
+    let bomb = zlib_compress(&vec![b'a'; 520 << 20]);
+    assert!(bomb.len() < 2 << 20);
+    let err = guard(s.restore(&bomb, false, None)).await.unwrap_err();
+    assert!(err.to_string().contains("inflates past"), "{err}");
+    assert_eq!(eval(&s, "1").await.as_deref(), Some("1"));
+    s.shutdown().await.unwrap();
+}

@@ -34,6 +34,7 @@ NAMESPACE_ENTRIES = 10000   # names in a namespace answer, at most
 NAMESPACE_BYTES = 4 << 20   # JSON bytes of a namespace answer's entries, at most
 SOURCE_LIMIT = 64 << 10     # characters of one entry's source, at most
 CHECKPOINT_LIMIT = 11 << 20  # bytes of a checkpoint (compressed): its base64 fits a frame
+RESTORE_LIMIT = 512 << 20   # bytes a checkpoint may inflate to (a zip bomb stops here)
 CHECKPOINT_FORMAT = "pyrepl3-checkpoint"
 CHECKPOINT_VERSION = 1
 # Names of the history (not counted as the user's globals).
@@ -181,20 +182,28 @@ def _guarded_text(compute):
 
 
 def _type_name(value):
-    kind = type(value)
-    module = _guarded(lambda: kind.__module__, "?")
-    name = _guarded(lambda: kind.__qualname__, "?")
+    kind = type(value)  # not value.__class__, which user code may make raise
+    module = _guarded(lambda: str(kind.__module__), "?")
+    name = _guarded(lambda: str(kind.__qualname__), "?")
     return name if module == "builtins" else "%s.%s" % (module, name)
+
+
+def _is_module(value):
+    """Whether `value` is a module, by its type (`isinstance` asks `value.__class__`, which
+    user code may make raise)."""
+    return issubclass(type(value), types.ModuleType)
 
 
 def _session_source(value):
     """The source of a function or class defined in a cell, else None."""
     try:
-        if isinstance(value, type):
+        if issubclass(type(value), type):
             defined_here = _cell_classes is not None and value in _cell_classes
+        elif type(value) is types.FunctionType:
+            code = value.__code__
+            defined_here = code.co_filename.startswith("<cell-")
         else:
-            code = getattr(value, "__code__", None) if isinstance(value, types.FunctionType) else None
-            defined_here = code is not None and code.co_filename.startswith("<cell-")
+            defined_here = False
         if not defined_here:
             return None
         import inspect
@@ -215,24 +224,13 @@ def _checkpoint(namespace):
     items = [(k, v) for k, v in list(namespace.items()) if isinstance(k, str) and _user_global(k)]
     items.sort(key=lambda item: item[0])
     for name, value in items:
-        if isinstance(value, types.ModuleType):
-            entries.append({"name": name, "kind": "module", "module": value.__name__})
-            saved.append(name)
-            continue
-        source = _definition_source(value)
-        if source is not None:
-            entries.append({"name": name, "kind": "source", "source": source,
-                            "defines": value.__name__})
-            saved.append(name)
-            continue
         try:
-            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
+            entry = _checkpoint_entry(name, value, pickle, base64)
+        except Exception as exc:  # whatever user code (a __reduce__, a property) raised
             skipped.append({"name": name, "reason": "%s: %s" % (
                 type(exc).__name__, _clip(_safe_str(exc), 300))})
             continue
-        entries.append({"name": name, "kind": "pickle",
-                        "data": base64.b64encode(data).decode("ascii")})
+        entries.append(entry)
         saved.append(name)
     document = _encode({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                         "python": "%d.%d" % sys.version_info[:2], "entries": entries})
@@ -240,8 +238,39 @@ def _checkpoint(namespace):
     if len(blob) > CHECKPOINT_LIMIT:
         raise MemoryError("the checkpoint is %d bytes compressed, over the limit of %d"
                           % (len(blob), CHECKPOINT_LIMIT))
-    return {"checkpoint": base64.b64encode(blob).decode("ascii"), "saved": saved,
-            "skipped": skipped, "size": len(blob)}
+    report = {"checkpoint": base64.b64encode(blob).decode("ascii"), "saved": saved,
+              "skipped": skipped, "size": len(blob)}
+    if len(_encode(report)) > MAX_FRAME - 4096:  # the lists too must fit the frame
+        raise MemoryError("the checkpoint and its report are over the %d-byte frame limit"
+                          % MAX_FRAME)
+    return report
+
+
+def _checkpoint_entry(name, value, pickle, base64):
+    """How one global is saved; raises what makes it impossible."""
+    if not name.isidentifier():
+        raise ValueError("not an identifier")
+    if _is_module(value):
+        return {"name": name, "kind": "module", "module": str(value.__name__)}
+    if type(value) is types.FunctionType and (value.__closure__ or "<locals>" in value.__qualname__):
+        raise TypeError("a nested function or closure: what it captured cannot be saved")
+    source = _definition_source(value)
+    if source is not None:
+        code = getattr(value, "__code__", None)
+        cell = _cell_classes.get(value) if _cell_classes is not None and code is None else None
+        filename = code.co_filename if code is not None else (cell or "")
+        line = code.co_firstlineno if code is not None else 0
+        return {"name": name, "kind": "source", "source": source,
+                "defines": str(value.__name__), "order": _cell_order(filename, line)}
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"name": name, "kind": "pickle", "data": base64.b64encode(data).decode("ascii")}
+
+
+def _cell_order(filename, line):
+    """Where a definition was made, to run definitions again in that order: its cell's
+    number (`<cell-N>`; restored cells last) and line."""
+    digits = filename[len("<cell-"):-1] if filename.startswith("<cell-") else ""
+    return [int(digits) if digits.isdigit() else 1 << 30, line]
 
 
 def _definition_source(value):
@@ -267,9 +296,16 @@ def _restore(namespace, encoded, clear_existing):
     class first). Returns {"restored", "failed"} (each failure with its reason)."""
     import base64, binascii, pickle, zlib
     try:
-        document = _decode(zlib.decompress(base64.b64decode(encoded, validate=True))
-                           .decode("utf-8"))
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.b64decode(encoded, validate=True), RESTORE_LIMIT)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise CheckpointError("not a pyrepl3 checkpoint (incomplete, or it inflates "
+                                  "past %d bytes)" % RESTORE_LIMIT)
+        document = _decode(raw.decode("utf-8"))
+        del raw
     except (binascii.Error, zlib.error, ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError("not a pyrepl3 checkpoint (%s)" % type(exc).__name__) from None
     if (not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT
             or not isinstance(document.get("entries"), list)):
@@ -288,34 +324,58 @@ def _restore(namespace, encoded, clear_existing):
         for name in [k for k in list(namespace) if isinstance(k, str) and _user_global(k)]:
             del namespace[name]
     restored, failed = [], []
-    order = {"module": 0, "source": 1, "pickle": 2}
-    for entry in sorted(entries, key=lambda e: order.get(e.get("kind"), 3)):
-        name, kind = entry["name"], entry.get("kind")
-        try:
-            if kind == "module" and isinstance(entry.get("module"), str):
-                import importlib
-                namespace[name] = importlib.import_module(entry["module"])
-            elif kind == "source" and isinstance(entry.get("source"), str):
-                import linecache
-                defines, source = entry.get("defines"), entry["source"]
-                # A cell of its own, so that its definitions have a source again (and are
-                # saved by their source by the next checkpoint).
-                filename = "<cell-restored-%s>" % name
-                linecache.cache[filename] = (len(source), None, source.splitlines(True),
-                                             filename)
-                exec(compile(source, filename, "exec"), namespace)
-                if isinstance(defines, str) and defines != name and defines in namespace:
-                    namespace[name] = namespace[defines]
-            elif kind == "pickle" and isinstance(entry.get("data"), str):
-                namespace[name] = pickle.loads(base64.b64decode(entry["data"], validate=True))
+    # Modules first; then definitions in the order they were made and values, again and
+    # again while some fail and others succeed: a class may need its base, a function's
+    # default a value, a value its class.
+    def sort_key(e):
+        order = e.get("order")
+        if not (isinstance(order, list) and len(order) == 2 and all(type(n) is int for n in order)):
+            order = [1 << 30, 0]
+        return ({"module": 0, "source": 1, "pickle": 2}.get(e.get("kind"), 3), order)
+
+    pending = sorted(entries, key=sort_key)
+    while pending:
+        failed = []
+        progress = False
+        for entry in pending:
+            reason = _restore_entry(namespace, entry, pickle, base64)
+            if reason is None:
+                restored.append(entry["name"])
+                progress = True
             else:
-                raise CheckpointError("an entry of unknown kind %.50r" % (kind,))
-        except Exception as exc:
-            failed.append({"name": name, "reason": "%s: %s" % (
-                type(exc).__name__, _clip(_safe_str(exc), 300))})
-            continue
-        restored.append(name)
-    return {"restored": restored, "failed": failed}
+                failed.append((entry, reason))
+        pending = [entry for entry, _ in failed]
+        if not progress:
+            break
+    return {"restored": restored,
+            "failed": [{"name": e["name"], "reason": reason} for e, reason in failed]}
+
+
+def _restore_entry(namespace, entry, pickle, base64):
+    """Restores one entry; None, or why it failed."""
+    name, kind = entry["name"], entry.get("kind")
+    try:
+        if kind == "module" and isinstance(entry.get("module"), str):
+            import importlib
+            namespace[name] = importlib.import_module(entry["module"])
+        elif kind == "source" and isinstance(entry.get("source"), str):
+            import linecache
+            defines, source = entry.get("defines"), entry["source"]
+            # A cell of its own, so that its definitions have a source again (and are
+            # saved by their source by the next checkpoint).
+            filename = "<cell-restored-%s>" % name
+            linecache.cache[filename] = (len(source), None, source.splitlines(True),
+                                         filename)
+            exec(compile(source, filename, "exec"), namespace)
+            if isinstance(defines, str) and defines != name and defines in namespace:
+                namespace[name] = namespace[defines]
+        elif kind == "pickle" and isinstance(entry.get("data"), str):
+            namespace[name] = pickle.loads(base64.b64decode(entry["data"], validate=True))
+        else:
+            raise CheckpointError("an entry of unknown kind %.50r" % (kind,))
+    except Exception as exc:
+        return "%s: %s" % (type(exc).__name__, _clip(_safe_str(exc), 300))
+    return None
 
 
 def _user_global(name):
@@ -336,15 +396,16 @@ def _plain_json(value):
     invalid = object()
 
     def key_of(k):
-        if isinstance(k, str):
-            return str(k)
+        kind = type(k)
+        if kind is str:
+            return k
         if k is True or k is False:
             return "true" if k else "false"
         if k is None:
             return "null"
-        if isinstance(k, float):
+        if kind is float:
             return float.__repr__(k) if math.isfinite(k) else invalid
-        if isinstance(k, int):
+        if kind is int:
             return int.__repr__(k)
         return invalid
 
@@ -361,7 +422,7 @@ def _plain_json(value):
             return v if math.isfinite(v) else invalid
         if depth >= 64:
             return invalid
-        if isinstance(v, (list, tuple)):
+        if kind is list or kind is tuple:  # exact types: a subclass's methods are user code
             items = []
             for item in v:
                 item = plain(item, depth + 1)
@@ -369,7 +430,7 @@ def _plain_json(value):
                     return invalid
                 items.append(item)
             return items
-        if isinstance(v, dict):
+        if kind is dict:
             out = {}
             for k, item in v.items():
                 k = key_of(k)
@@ -784,7 +845,7 @@ class Agent:
             entry = {"name": name, "type": _type_name(value),
                      "repr": _guarded_text(lambda: _clip(short.repr(value), 200)),
                      "size": _guarded(lambda: sys.getsizeof(value), None)}
-            if isinstance(value, types.ModuleType):
+            if _is_module(value):
                 entry["module"] = _guarded(lambda: str(value.__name__), "?")
             source = _session_source(value)
             if source is not None:
@@ -993,6 +1054,14 @@ class Agent:
         kind = call.get("call")
         if kind == "checkpoint":
             return _checkpoint(self._namespace)
+        if kind == "run" and isinstance(call.get("code"), str):
+            # Code of the host's (the pool's warm-up): run in the namespace, not in the history.
+            body, last = self._compile(call["code"], "<warm-up>")
+            if body is not None:
+                self._run_code(body)
+            if last is not None:
+                self._run_code(last)
+            return None
         if kind == "restore" and isinstance(call.get("checkpoint"), str):
             return _restore(self._namespace, call["checkpoint"],
                             bool(call.get("clear_existing")))

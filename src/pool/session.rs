@@ -8,7 +8,7 @@ use futures::FutureExt;
 
 use super::{PoolSession, SessionFactory};
 use crate::error::Error;
-use crate::session::{Event, ExecuteOptions, Scope, Session, SessionConfig, SessionState};
+use crate::session::{Event, Scope, Session, SessionConfig, SessionState};
 
 /// Starts Python worker sessions for a pool.
 #[derive(Debug, Clone)]
@@ -35,15 +35,12 @@ impl SessionFactory for WorkerFactory {
         async move {
             let session = Session::start_in(config, scope).await?;
             if let Some(code) = warmup {
-                let outcome = session
-                    .execute(code, ExecuteOptions::default())
-                    .outcome()
-                    .await;
+                // Outside the session's history: a tenant's `In` does not show it.
                 if let Event::Error {
                     exception_type,
                     exception_message,
                     ..
-                } = outcome.terminal
+                } = session.warm_up(&code).await
                 {
                     let _ = session.shutdown().await;
                     return Err(Error::Warmup {

@@ -20,7 +20,9 @@ pub(crate) fn routes() -> Router<Service> {
         .route(
             "/v1/checkpoints",
             // An upload is a checkpoint file: larger than other bodies may be.
-            post(upload).layer(DefaultBodyLimit::max(MAX_CHECKPOINT_BYTES)),
+            post(upload)
+                .layer(DefaultBodyLimit::max(MAX_CHECKPOINT_BYTES))
+                .get(list_all),
         )
         .route("/v1/checkpoints/{cid}", get(read).delete(delete))
         .route("/v1/checkpoints/{cid}/data", get(download))
@@ -41,6 +43,14 @@ async fn list(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let records = service.list_checkpoints(&caller, &id).await?;
+    Ok(Json(json!({ "checkpoints": records })))
+}
+
+async fn list_all(
+    State(service): State<Service>,
+    Auth(caller): Auth,
+) -> Result<Json<Value>, ApiError> {
+    let records = service.list_tenant_checkpoints(&caller).await?;
     Ok(Json(json!({ "checkpoints": records })))
 }
 
@@ -77,7 +87,7 @@ async fn upload(
     Auth(caller): Auth,
     data: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let record = service.upload_checkpoint(&caller, data.to_vec()).await?;
+    let record = service.upload_checkpoint(&caller, Vec::from(data)).await?;
     Ok((StatusCode::CREATED, json_of(&record)))
 }
 

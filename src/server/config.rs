@@ -367,6 +367,13 @@ impl ServerConfig {
         session.env = self.pool.env.clone().into_iter().collect();
         session.sandbox = self.sandbox.config().map(|mut sandbox| {
             sandbox.hidden_paths.extend(self.config_file.clone());
+            // The store holds every tenant's checkpoints (and SQLite's companions of it).
+            let store = self.store.clone().unwrap_or_else(default_store_path);
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = store.clone().into_os_string();
+                path.push(suffix);
+                sandbox.hidden_paths.push(PathBuf::from(path));
+            }
             sandbox
         });
         PoolConfig {

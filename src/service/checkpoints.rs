@@ -10,8 +10,8 @@ use super::{Caller, Service, ServiceError};
 use crate::session::RestoreReport;
 use crate::store::{self, CheckpointRecord, Store};
 
-/// The largest checkpoint accepted by an upload (what a worker can make: 11 MiB compressed).
-pub const MAX_CHECKPOINT_BYTES: usize = 11 << 20;
+/// The largest checkpoint accepted by an upload (what a worker can make or take).
+pub use crate::session::MAX_CHECKPOINT_BYTES;
 
 impl Service {
     fn store(&self) -> Result<&Arc<dyn Store>, ServiceError> {
@@ -55,6 +55,11 @@ impl Service {
         data: Vec<u8>,
     ) -> Result<CheckpointRecord, ServiceError> {
         let store = self.store()?.clone();
+        if data.is_empty() {
+            return Err(ServiceError::CheckpointFailed {
+                reason: "an empty file is not a checkpoint".into(),
+            });
+        }
         if data.len() > MAX_CHECKPOINT_BYTES {
             return Err(ServiceError::CheckpointTooLarge {
                 bytes: data.len(),
@@ -83,22 +88,22 @@ impl Service {
         let limit = caller.tenant.config.checkpoint_bytes_limit;
         let tenant = record.tenant.clone();
         let kept = record.clone();
-        store::blocking(store, move |store| {
-            let held = store.tenant_bytes(&tenant)?;
-            if held.saturating_add(record.size) > limit {
-                return Ok(Err(ServiceError::CheckpointLimit {
-                    tenant,
-                    held,
-                    size: record.size,
-                    limit,
-                }));
-            }
-            store.put_checkpoint(&record, &data)?;
-            Ok(Ok(()))
+        // The check and the insert are one step of the store: concurrent requests cannot
+        // both pass the limit.
+        let added = store::blocking(store, move |store| {
+            store.put_checkpoint_within(&record, &data, limit)
         })
         .await
-        .map_err(store_error)??;
-        Ok(kept)
+        .map_err(store_error)?;
+        match added {
+            Ok(()) => Ok(kept),
+            Err(held) => Err(ServiceError::CheckpointLimit {
+                tenant,
+                held,
+                size: kept.size,
+                limit,
+            }),
+        }
     }
 
     /// The checkpoints of the caller's session `id`, oldest first.
@@ -115,6 +120,18 @@ impl Service {
         })
         .await
         .map_err(store_error)
+    }
+
+    /// Every checkpoint of the caller's tenant (of sessions gone, uploads...), oldest first.
+    pub async fn list_tenant_checkpoints(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<CheckpointRecord>, ServiceError> {
+        let store = self.store()?.clone();
+        let tenant = caller.tenant_name().to_string();
+        store::blocking(&store, move |store| store.list_checkpoints(&tenant, None))
+            .await
+            .map_err(store_error)
     }
 
     /// The caller's checkpoint `cid` and its bytes.

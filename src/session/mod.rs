@@ -38,7 +38,9 @@ use requests::{Command, WorkerRequest};
 
 /// The UTF-8 decoding of pipe output, public for the micro-benchmarks in `benches/`.
 #[doc(hidden)]
-pub use checkpoint::{Checkpoint, NotSaved, RestoreReport};
+pub use checkpoint::{
+    Checkpoint, NotSaved, RestoreReport, DEFAULT_CHECKPOINT_TIMEOUT, MAX_CHECKPOINT_BYTES,
+};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
 
@@ -362,10 +364,6 @@ pub struct Scope {
 
 /// How long `info()` waits for the worker's heartbeat answer.
 const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(1);
-/// How long `namespace()` waits for the worker's answer: the reprs of user objects run user
-/// code, which may be slow.
-const NAMESPACE_DEADLINE: Duration = Duration::from_secs(10);
-
 /// How long `is_complete()` waits for the worker's answer. Its reader thread answers, but it
 /// needs the GIL, which busy user code (a C call) can hold for a while.
 const IS_COMPLETE_DEADLINE: Duration = Duration::from_secs(5);
@@ -459,95 +457,6 @@ impl Session {
         }
     }
 
-    /// What the namespace holds: each user global with its type, a short repr, its size, and
-    /// the source of functions and classes defined in the session. Answered by the worker's
-    /// reader thread, so it does not wait for a running execution (what it shows may then be
-    /// mid-change).
-    pub async fn namespace(&self) -> Result<protocol::NamespaceReply, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Ask(WorkerRequest::Namespace { reply }))
-            .map_err(|_| Error::SessionClosed)?;
-        // not polling: one deadline for one answer.
-        match tokio::time::timeout(NAMESPACE_DEADLINE, answer).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(Error::SessionDead(
-                "no answer to namespace: the worker is not ready".into(),
-            )),
-            Err(_) => Err(Error::ReplyTimeout {
-                request: "namespace",
-                deadline: NAMESPACE_DEADLINE,
-            }),
-        }
-    }
-
-    /// Saves the namespace (`src/session/checkpoint.rs`): each user global on its own,
-    /// functions and classes defined in the session by their source, modules by name; what
-    /// cannot be saved is listed with the reason. Runs as an execution (queued behind those
-    /// before it; `timeout`, cancel and the session's limits apply), outside the history.
-    pub async fn checkpoint(&self, timeout: Option<Duration>) -> Result<Checkpoint, Error> {
-        let options = ExecuteOptions {
-            timeout,
-            ..ExecuteOptions::default()
-        };
-        let report = self
-            .internal_call(serde_json::json!({"call": "checkpoint"}), options)
-            .await?;
-        checkpoint::parse_checkpoint(report)
-    }
-
-    /// Restores a checkpoint made by [`Session::checkpoint`] (in this session or another,
-    /// of the same Python minor version): merged into the namespace, or replacing every
-    /// user global with `clear_existing`. Each name that could not be restored is listed
-    /// with the reason; a checkpoint that is not one (corrupt, foreign, another Python) is
-    /// refused with [`Error::Checkpoint`] and the namespace is left as it was.
-    pub async fn restore(
-        &self,
-        checkpoint: &[u8],
-        clear_existing: bool,
-        timeout: Option<Duration>,
-    ) -> Result<RestoreReport, Error> {
-        use base64::Engine;
-        let options = ExecuteOptions {
-            timeout,
-            ..ExecuteOptions::default()
-        };
-        let call = serde_json::json!({
-            "call": "restore",
-            "checkpoint": base64::engine::general_purpose::STANDARD.encode(checkpoint),
-            "clear_existing": clear_existing,
-        });
-        let report = self.internal_call(call, options).await?;
-        checkpoint::parse_restore(report)
-    }
-
-    /// Runs one of the agent's own operations as an execution; its report (the result's
-    /// value), or its error as [`Error::Checkpoint`].
-    async fn internal_call(
-        &self,
-        call: serde_json::Value,
-        options: ExecuteOptions,
-    ) -> Result<serde_json::Value, Error> {
-        let outcome = self
-            .submit(String::new(), options, Some(call))
-            .outcome()
-            .await;
-        match outcome.terminal {
-            Event::Result { value, .. } => Ok(value),
-            Event::Error {
-                exception_type,
-                exception_message,
-                ..
-            } => Err(Error::Checkpoint(if exception_message.is_empty() {
-                exception_type
-            } else {
-                format!("{exception_type}: {exception_message}")
-            })),
-            other => Err(Error::Checkpoint(format!("unexpected end: {other:?}"))),
-        }
-    }
-
     /// Cancels whatever runs (with `grace`, as [`Session::cancel`]) and removes everything
     /// queued.
     pub async fn cancel_all(&self, grace: Duration) -> Result<CancelOutcome, Error> {
@@ -573,7 +482,7 @@ impl Session {
         self.submit(code.into(), options, None)
     }
 
-    fn submit(
+    pub(crate) fn submit(
         &self,
         code: String,
         options: ExecuteOptions,

@@ -51,6 +51,14 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Adds a checkpoint (its id is new).
     fn put_checkpoint(&self, record: &CheckpointRecord, data: &[u8]) -> Result<(), StoreError>;
+    /// Adds a checkpoint unless its tenant's checkpoints would then pass `limit` bytes
+    /// (checked and added as one step); `Err(held)` with the bytes the tenant holds.
+    fn put_checkpoint_within(
+        &self,
+        record: &CheckpointRecord,
+        data: &[u8],
+        limit: u64,
+    ) -> Result<Result<(), u64>, StoreError>;
     /// The checkpoint `id` of `tenant`, with its bytes; `None` if it has no such checkpoint.
     fn get_checkpoint(
         &self,

@@ -31,8 +31,20 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        // Made private first: SQLite gives its -wal and -shm files the database file's mode,
+        // and checkpoints are tenants' data.
+        if path != Path::new(":memory:") {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Malformed(format!("{}: {e}", path.display())))?;
+        }
         let conn = Connection::open(path).map_err(open_error)?;
-        // rusqlite arms a 5 s busy handler by default (sleep and retry): none here.
+        // not polling: rusqlite arms a 5 s busy handler by default (sleep and retry); none
+        // here (the exclusive lock makes waiting pointless).
         conn.busy_timeout(std::time::Duration::ZERO)
             .map_err(open_error)?;
         // No busy handler: SQLite's waits on a lock are sleep-and-retry loops. The exclusive
@@ -96,14 +108,14 @@ fn with_meta(
     Ok(record)
 }
 
-impl Store for SqliteStore {
-    fn put_checkpoint(&self, record: &CheckpointRecord, data: &[u8]) -> Result<(), StoreError> {
+impl SqliteStore {
+    fn insert(conn: &Connection, record: &CheckpointRecord, data: &[u8]) -> Result<(), StoreError> {
         let meta = serde_json::to_string(&Meta {
             saved: record.saved.clone(),
             skipped: record.skipped.clone(),
         })
         .map_err(|e| StoreError::Malformed(e.to_string()))?;
-        self.conn().execute(
+        conn.execute(
             "INSERT INTO checkpoints (id, tenant, session_id, created_at, size, meta, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -117,6 +129,33 @@ impl Store for SqliteStore {
             ],
         )?;
         Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn put_checkpoint(&self, record: &CheckpointRecord, data: &[u8]) -> Result<(), StoreError> {
+        Self::insert(&self.conn(), record, data)
+    }
+
+    fn put_checkpoint_within(
+        &self,
+        record: &CheckpointRecord,
+        data: &[u8],
+        limit: u64,
+    ) -> Result<Result<(), u64>, StoreError> {
+        // One connection behind one lock: nothing else runs between the sum and the insert.
+        let conn = self.conn();
+        let held: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM checkpoints WHERE tenant = ?1",
+            params![record.tenant],
+            |row| row.get(0),
+        )?;
+        let held = held.max(0) as u64;
+        if held.saturating_add(record.size) > limit {
+            return Ok(Err(held));
+        }
+        Self::insert(&conn, record, data)?;
+        Ok(Ok(()))
     }
 
     fn get_checkpoint(
