@@ -42,6 +42,10 @@ pub struct TenantConfig {
     /// Bytes of checkpoints this tenant may keep in the store, in all (then
     /// `CheckpointLimit`).
     pub checkpoint_bytes_limit: u64,
+    /// Save each session's namespace after every successful execution, so that it comes
+    /// back even after the server is killed (`persistence.rs`). A graceful shutdown saves
+    /// every session anyway.
+    pub autosave: bool,
     /// The sandbox network of this tenant's sessions (`none`, `host` or `outbound`);
     /// unset: the server's (`[sandbox] network`). A tenant whose network differs from the
     /// server's gets warm sessions from a pool of its network.
@@ -68,6 +72,7 @@ impl Default for TenantConfig {
             max_processes: 512,
             session_memory_limit_bytes: 0,
             checkpoint_bytes_limit: 1 << 30,
+            autosave: false,
             network: None,
         }
     }

@@ -136,13 +136,18 @@ impl SessionHandle {
         let hosted = self.hosted.clone();
         let started = std::time::Instant::now();
         tokio::spawn(async move {
+            let mut succeeded = false;
             log.clone()
                 .pump(execution, |event: &Event| {
                     if event.is_terminal() {
                         inner.metrics.record(event, started.elapsed().as_secs_f64());
+                        succeeded = matches!(event, Event::Result { .. });
                     }
                 })
                 .await;
+            if succeeded {
+                super::persistence::autosave(&inner, &hosted);
+            }
             inner.enforce_retention(&hosted);
             {
                 let mut activity = lock(&hosted.activity);

@@ -21,6 +21,7 @@ mod execlog;
 mod executions;
 pub use checkpoints::MAX_CHECKPOINT_BYTES;
 mod metrics;
+mod persistence;
 mod retention;
 mod sessions;
 
@@ -204,7 +205,9 @@ impl Service {
             inner.deadlines_changed.clone(),
             inner.stopped.clone(),
         ));
-        Ok(Service { inner })
+        let service = Service { inner };
+        service.restore_sessions().await;
+        Ok(service)
     }
 
     /// The caller behind `token`, after its tenant's rate limit (one token per call) and the
@@ -306,6 +309,14 @@ impl Service {
         }
         // What still runs ends now, with the reason.
         let hosted: Vec<Arc<Hosted>> = lock(&inner.sessions).values().cloned().collect();
+        // The idle ones are saved, to come back when the server starts again (a session
+        // still running has no state to save: its last autosave, if any, stands).
+        let idle: Vec<Arc<Hosted>> = hosted
+            .iter()
+            .filter(|h| lock(&h.activity).running == 0)
+            .cloned()
+            .collect();
+        self.save_all_sessions(&idle).await;
         let stopped = Event::error(
             "ServerShutdown",
             "the server is shutting down; the execution was stopped",

@@ -36,6 +36,13 @@ pub(super) struct Hosted {
     /// Ids of the latest executions dropped by retention (at most [`EXPIRED_IDS_KEPT`]), so
     /// that asking for one answers "expired" rather than "no such execution".
     pub expired: Mutex<VecDeque<String>>,
+    /// Brought back after a restart: from the state saved when, and what of it failed.
+    pub restored: Option<(f64, Vec<crate::session::NotSaved>)>,
+    /// An autosave is under way / another is due when it ends (`persistence.rs`).
+    pub autosaving: std::sync::atomic::AtomicBool,
+    pub autosave_due: std::sync::atomic::AtomicBool,
+    /// When its namespace was last saved in the store (autosave, shutdown).
+    pub saved_at: Mutex<Option<f64>>,
 }
 
 pub(super) struct Activity {
@@ -119,6 +126,17 @@ impl Service {
                 limit: tenant.max_sessions,
             });
         };
+        let guard = self.acquire_for(tenant).await?;
+        let hosted = self.inner.add_session(&caller.tenant, guard);
+        self.inner.record_session(&hosted).await;
+        Ok(hosted.summary())
+    }
+
+    /// A warm session from the pool of `tenant`'s network, with the tenant's limits set.
+    pub(super) async fn acquire_for(
+        &self,
+        tenant: &super::TenantConfig,
+    ) -> Result<crate::pool::PooledSession, ServiceError> {
         let pool = tenant
             .network
             .and_then(|network| self.inner.network_pools.get(&network))
@@ -145,7 +163,7 @@ impl Service {
                 crate::error::Error::SessionClosed,
             ));
         };
-        Ok(self.inner.add_session(&caller.tenant, guard).summary())
+        Ok(guard)
     }
 
     /// The caller's sessions, oldest first.
@@ -180,6 +198,7 @@ impl Service {
     pub fn delete_session(&self, caller: &Caller, id: &str) -> Result<(), ServiceError> {
         self.session(caller, id)?;
         self.inner.remove_session(id);
+        self.inner.forget_session(id);
         Ok(())
     }
 }
@@ -208,6 +227,13 @@ impl SessionHandle {
             .await
             .map_err(|e| ServiceError::from_session("get_session", Some(self.id()), e))?;
         info.created_at = self.hosted.created_at;
+        // The service's id (a session brought back after a restart keeps its own).
+        info.id = self.hosted.id.clone();
+        info.saved_at = *lock(&self.hosted.saved_at);
+        if let Some((saved_at, failed)) = &self.hosted.restored {
+            info.restored_from = Some(*saved_at);
+            info.restore_failed = failed.clone();
+        }
         Ok(info)
     }
 
@@ -253,11 +279,26 @@ impl Inner {
     }
 
     fn add_session(&self, tenant: &Arc<Tenant>, guard: PooledSession) -> Arc<Hosted> {
+        self.add_session_as(tenant, guard, None)
+    }
+
+    /// [`Self::add_session`]; with `restored`, under the id, creation time and saved state's
+    /// time of a session brought back after a restart.
+    pub(super) fn add_session_as(
+        &self,
+        tenant: &Arc<Tenant>,
+        guard: PooledSession,
+        restored: Option<(String, f64, f64, Vec<crate::session::NotSaved>)>,
+    ) -> Arc<Hosted> {
         let session: Session = (*guard).clone();
+        let (id, created_at, restored) = match restored {
+            Some((id, created_at, saved_at, failed)) => (id, created_at, Some((saved_at, failed))),
+            None => (session.id().to_string(), crate::time::unix_now(), None),
+        };
         let hosted = Arc::new(Hosted {
-            id: session.id().to_string(),
+            id,
             tenant: tenant.clone(),
-            created_at: crate::time::unix_now(),
+            created_at,
             session,
             guard: Mutex::new(Some(guard)),
             activity: Mutex::new(Activity {
@@ -266,6 +307,10 @@ impl Inner {
             }),
             executions: Mutex::new(VecDeque::new()),
             expired: Mutex::new(VecDeque::new()),
+            restored,
+            autosaving: std::sync::atomic::AtomicBool::new(false),
+            autosave_due: std::sync::atomic::AtomicBool::new(false),
+            saved_at: Mutex::new(None),
         });
         lock(&self.sessions).insert(hosted.id.clone(), hosted.clone());
         self.deadlines_changed.notify_one();
@@ -316,6 +361,7 @@ impl Inner {
         for id in expired {
             tracing::info!(session = %id, "culled after its idle timeout");
             self.remove_session(&id);
+            self.forget_session(&id);
         }
     }
 }

@@ -336,6 +336,14 @@ pub struct SessionInfo {
     /// of the session in all, and every process ended with it), or `"process group"`
     /// (rlimits per process and the group kill only), joined by `", "` (docs/security.md).
     pub containment: String,
+    /// Brought back after a server restart: the Unix time of the state it was restored from
+    /// (a graceful shutdown's save, or the last autosave); `None` otherwise.
+    pub restored_from: Option<f64>,
+    /// What of that state could not be restored, with the reasons.
+    pub restore_failed: Vec<NotSaved>,
+    /// When the service last saved its namespace in its store (autosave, shutdown); `None`
+    /// if never.
+    pub saved_at: Option<f64>,
 }
 
 /// A live Python session. Cloning gives another handle to the same session; when the last

@@ -31,6 +31,17 @@ pub struct CheckpointRecord {
     pub skipped: Vec<NotSaved>,
 }
 
+/// A session the store knows of, to bring back after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSession {
+    pub id: String,
+    pub tenant: String,
+    /// Unix time when the client got it.
+    pub created_at: f64,
+    /// Its namespace as last saved (a checkpoint), and when; `None` before the first save.
+    pub state: Option<(f64, Vec<u8>)>,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +86,14 @@ pub trait Store: Send + Sync + 'static {
     fn delete_checkpoint(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
     /// Bytes of all the checkpoints of `tenant`.
     fn tenant_bytes(&self, tenant: &str) -> Result<u64, StoreError>;
+    /// Records a session clients hold (its state comes with [`Store::save_session_state`]).
+    fn put_session(&self, id: &str, tenant: &str, created_at: f64) -> Result<(), StoreError>;
+    /// The session's namespace as of `saved_at` (a checkpoint).
+    fn save_session_state(&self, id: &str, saved_at: f64, state: &[u8]) -> Result<(), StoreError>;
+    /// Forgets a session (deleted, or culled).
+    fn delete_session(&self, id: &str) -> Result<(), StoreError>;
+    /// Every session recorded, oldest first.
+    fn list_sessions(&self) -> Result<Vec<StoredSession>, StoreError>;
 }
 
 /// Runs `f` with the store on the blocking pool (stores do disk I/O).

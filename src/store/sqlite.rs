@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{CheckpointRecord, Store, StoreError};
+use super::{CheckpointRecord, Store, StoreError, StoredSession};
 
 pub struct SqliteStore {
     /// One connection; SQLite serialises writers anyway, and every call is short.
@@ -63,6 +63,13 @@ impl SqliteStore {
                  data BLOB NOT NULL
              );
              CREATE INDEX IF NOT EXISTS checkpoints_by_tenant ON checkpoints (tenant, created_at);
+             CREATE TABLE IF NOT EXISTS sessions (
+                 id TEXT PRIMARY KEY,
+                 tenant TEXT NOT NULL,
+                 created_at REAL NOT NULL,
+                 saved_at REAL,
+                 state BLOB
+             );
              BEGIN EXCLUSIVE; COMMIT;",
         )
         .map_err(open_error)?;
@@ -202,6 +209,50 @@ impl Store for SqliteStore {
             params![id, tenant],
         )?;
         Ok(deleted > 0)
+    }
+
+    fn put_session(&self, id: &str, tenant: &str, created_at: f64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO sessions (id, tenant, created_at) VALUES (?1, ?2, ?3)",
+            params![id, tenant, created_at],
+        )?;
+        Ok(())
+    }
+
+    fn save_session_state(&self, id: &str, saved_at: f64, state: &[u8]) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE sessions SET saved_at = ?2, state = ?3 WHERE id = ?1",
+            params![id, saved_at, state],
+        )?;
+        Ok(())
+    }
+
+    fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM sessions WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    fn list_sessions(&self) -> Result<Vec<StoredSession>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, tenant, created_at, saved_at, state FROM sessions ORDER BY created_at, id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            let saved_at: Option<f64> = row.get(3)?;
+            let state: Option<Vec<u8>> = row.get(4)?;
+            Ok(StoredSession {
+                id: row.get(0)?,
+                tenant: row.get(1)?,
+                created_at: row.get(2)?,
+                state: saved_at.zip(state),
+            })
+        })?;
+        let mut sessions = Vec::new();
+        for row in rows {
+            sessions.push(row?);
+        }
+        Ok(sessions)
     }
 
     fn tenant_bytes(&self, tenant: &str) -> Result<u64, StoreError> {

@@ -235,6 +235,9 @@ impl Core {
             dead_reason: self.dead_reason.clone(),
             limits: self.config.limits,
             containment: self.containment.clone(),
+            restored_from: None,
+            restore_failed: Vec::new(),
+            saved_at: None,
         }
     }
 

@@ -1,0 +1,192 @@
+//! Sessions that outlive the server: each session clients hold is recorded in the store;
+//! its namespace is saved at a graceful shutdown and, for tenants with `autosave`, after
+//! every successful execution; a starting server brings the recorded sessions back under
+//! their ids, their namespaces restored. Deleted and culled sessions are forgotten.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::sessions::Hosted;
+use super::{Inner, Service};
+use crate::store;
+
+/// How long the saves of a graceful shutdown may take, all sessions together.
+const SHUTDOWN_SAVE_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Inner {
+    /// Records a session just handed to a client (a failure is logged: the session works,
+    /// it only would not come back after a restart).
+    pub(super) async fn record_session(&self, hosted: &Arc<Hosted>) {
+        let Some(store) = &self.store else { return };
+        let (id, tenant, created_at) = (
+            hosted.id.clone(),
+            hosted.tenant.config.name.clone(),
+            hosted.created_at,
+        );
+        if let Err(e) =
+            store::blocking(store, move |s| s.put_session(&id, &tenant, created_at)).await
+        {
+            tracing::warn!(session = %hosted.id, error = %e, "could not record the session in the store");
+        }
+    }
+
+    /// Forgets a deleted or culled session (in the background).
+    pub(super) fn forget_session(&self, id: &str) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let key = id.clone();
+            if let Err(e) = store::blocking(&store, move |s| s.delete_session(&key)).await {
+                tracing::warn!(session = %id, error = %e, "could not forget the session in the store");
+            }
+        });
+    }
+}
+
+/// Saves the namespace of `hosted` as its stored state. Returns whether it was saved.
+async fn save_state(store: &Arc<dyn store::Store>, hosted: &Arc<Hosted>) -> bool {
+    let timeout = hosted.tenant.config.execution_time_limit();
+    let checkpoint = match hosted.session.checkpoint(timeout).await {
+        Ok(checkpoint) => checkpoint,
+        Err(e) => {
+            tracing::warn!(session = %hosted.id, error = %e, "could not save the session's state");
+            return false;
+        }
+    };
+    let id = hosted.id.clone();
+    let saved_at = crate::time::unix_now();
+    let saved = store::blocking(store, move |s| {
+        s.save_session_state(&id, saved_at, &checkpoint.data)
+    })
+    .await;
+    match &saved {
+        Ok(()) => *crate::sync::lock_unpoisoned(&hosted.saved_at) = Some(saved_at),
+        Err(e) => {
+            tracing::warn!(session = %hosted.id, error = %e, "could not store the session's state")
+        }
+    }
+    saved.is_ok()
+}
+
+/// After an execution of `hosted` ended with a result: saves its namespace if its tenant
+/// autosaves. One save at a time per session; an execution that ends meanwhile makes one
+/// more follow (so the last state is always saved), never a pile of them.
+pub(super) fn autosave(inner: &Arc<Inner>, hosted: &Arc<Hosted>) {
+    let Some(store) = inner.store.clone() else {
+        return;
+    };
+    if !hosted.tenant.config.autosave {
+        return;
+    }
+    hosted.autosave_due.store(true, Ordering::SeqCst);
+    if hosted.autosaving.swap(true, Ordering::SeqCst) {
+        return; // the running save starts another when it ends
+    }
+    let hosted = hosted.clone();
+    tokio::spawn(async move {
+        while hosted.autosave_due.swap(false, Ordering::SeqCst) {
+            save_state(&store, &hosted).await;
+        }
+        hosted.autosaving.store(false, Ordering::SeqCst);
+        // One that came in between the last check and the flag's release.
+        if hosted.autosave_due.load(Ordering::SeqCst)
+            && !hosted.autosaving.swap(true, Ordering::SeqCst)
+        {
+            while hosted.autosave_due.swap(false, Ordering::SeqCst) {
+                save_state(&store, &hosted).await;
+            }
+            hosted.autosaving.store(false, Ordering::SeqCst);
+        }
+    });
+}
+
+impl Service {
+    /// At a graceful shutdown, before the sessions end: saves every session's namespace
+    /// (concurrently, within [`SHUTDOWN_SAVE_DEADLINE`]).
+    pub(super) async fn save_all_sessions(&self, hosted: &[Arc<Hosted>]) {
+        let Some(store) = self.inner.store.clone() else {
+            return;
+        };
+        let saves = hosted.iter().map(|h| save_state(&store, h));
+        // not polling: one deadline for all the saves.
+        if tokio::time::timeout(SHUTDOWN_SAVE_DEADLINE, futures::future::join_all(saves))
+            .await
+            .is_err()
+        {
+            tracing::warn!("not every session's state was saved within {SHUTDOWN_SAVE_DEADLINE:?}");
+        }
+    }
+
+    /// At start: brings back every session the store has, under its id, for its tenant, its
+    /// namespace restored from its saved state. One that cannot come back (its tenant is
+    /// gone, no session to be had) is logged; its record stays only if it may come back
+    /// later (no session available now).
+    pub(super) async fn restore_sessions(&self) {
+        let Some(store) = self.inner.store.clone() else {
+            return;
+        };
+        let stored = match store::blocking(&store, |s| s.list_sessions()).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the stored sessions");
+                return;
+            }
+        };
+        for record in stored {
+            let Some(tenant) = self
+                .inner
+                .tenants
+                .values()
+                .find(|t| t.config.name == record.tenant)
+                .cloned()
+            else {
+                tracing::warn!(session = %record.id, tenant = %record.tenant, "the session's tenant is gone; forgotten");
+                self.inner.forget_session(&record.id);
+                continue;
+            };
+            match self.bring_back(&tenant, record.clone()).await {
+                Ok(()) => tracing::info!(session = %record.id, "session restored"),
+                Err(e @ super::ServiceError::NoSessionAvailable { .. }) => {
+                    // The pool is full: the rest stay recorded for a later start.
+                    tracing::warn!(error = %e, "no session left for the stored sessions; the rest come back at a later start");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(session = %record.id, error = %e, "could not bring the session back");
+                }
+            }
+        }
+    }
+
+    async fn bring_back(
+        &self,
+        tenant: &Arc<super::Tenant>,
+        record: store::StoredSession,
+    ) -> Result<(), super::ServiceError> {
+        let guard = self.acquire_for(&tenant.config).await?;
+        let mut failed = Vec::new();
+        let mut saved_at = record.created_at;
+        if let Some((at, state)) = &record.state {
+            saved_at = *at;
+            match guard
+                .restore(state, true, tenant.config.execution_time_limit())
+                .await
+            {
+                Ok(report) => failed = report.failed,
+                Err(e) => failed.push(crate::session::NotSaved {
+                    name: "*".into(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        self.inner.add_session_as(
+            tenant,
+            guard,
+            Some((record.id, record.created_at, saved_at, failed)),
+        );
+        Ok(())
+    }
+}

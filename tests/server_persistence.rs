@@ -1,0 +1,90 @@
+//! Sessions outlive the server: a graceful restart brings each back under its id with its
+//! namespace; with `autosave`, so does a `kill -9`; deleted sessions stay gone.
+
+mod common;
+
+use common::server::*;
+use reqwest::Client;
+use serde_json::{json, Value};
+
+async fn run(http: &Client, base: &str, id: &str, code: &str) -> Value {
+    json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({ "code": code })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_graceful_restart_brings_sessions_back_with_their_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.sqlite3");
+    let store = store.to_str().unwrap();
+    let http = Client::new();
+    let (kept, deleted) = {
+        let (mut server, base) = spawn_server(&["--min-idle", "0", "--store", store]);
+        let kept = create_session_at(&http, &base).await;
+        run(&http, &base, &kept, "x = 41 + 1\ndef f():\n    return x").await;
+        let deleted = create_session_at(&http, &base).await;
+        let gone = http
+            .delete(format!("{base}/v1/sessions/{deleted}"))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), 204);
+        // SIGTERM: the graceful shutdown saves every session.
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        assert!(server.wait().success());
+        (kept, deleted)
+    };
+    let (server, base) = spawn_server(&["--min-idle", "0", "--store", store]);
+    let listed = json_of(http.get(format!("{base}/v1/sessions"))).await;
+    let ids: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [kept.as_str()], "not {deleted}: {listed}");
+    let answer = run(&http, &base, &kept, "(x, f())").await;
+    assert_eq!(answer["result"]["repr"], "(42, 42)", "{answer}");
+    let info = json_of(http.get(format!("{base}/v1/sessions/{kept}"))).await;
+    assert_eq!(info["id"], kept.as_str(), "{info}");
+    assert!(info["restored_from"].as_f64().is_some(), "{info}");
+    assert_eq!(info["restore_failed"], json!([]), "{info}");
+    drop(server);
+}
+
+#[tokio::test]
+async fn with_autosave_a_killed_server_brings_sessions_back_as_last_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.sqlite3");
+    let store = store.to_str().unwrap();
+    let toml = format!("[[tenants]]\nname = \"default\"\ntoken = \"{ALICE}\"\nautosave = true\n");
+    let http = Client::new();
+    let id = {
+        let (mut server, base, _config) =
+            spawn_server_with_config(&toml, &["--min-idle", "0", "--store", store]);
+        let id = create_session_at(&http, &base).await;
+        run(&http, &base, &id, "y = 7").await;
+        // The save follows the execution: wait until the session says it is saved.
+        common::guard(async {
+            loop {
+                let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
+                if info["saved_at"].as_f64().is_some() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        server.kill_and_wait();
+        id
+    };
+    let (server, base, _config) =
+        spawn_server_with_config(&toml, &["--min-idle", "0", "--store", store]);
+    let answer = run(&http, &base, &id, "y * 6").await;
+    assert_eq!(answer["result"]["repr"], "42", "{answer}");
+    drop(server);
+}
