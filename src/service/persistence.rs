@@ -13,6 +13,9 @@ use crate::store;
 
 /// How long the saves of a graceful shutdown may take, all sessions together.
 const SHUTDOWN_SAVE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long bringing the stored sessions back may take at start, all together (they are
+/// restored concurrently; one not back by then stays recorded for a later start).
+const START_RESTORE_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Inner {
     /// Records a session just handed to a client (a failure is logged: the session works,
@@ -87,18 +90,18 @@ pub(super) fn autosave(inner: &Arc<Inner>, hosted: &Arc<Hosted>) {
     }
     let hosted = hosted.clone();
     tokio::spawn(async move {
-        while hosted.autosave_due.swap(false, Ordering::SeqCst) {
-            save_state(&store, &hosted).await;
-        }
-        hosted.autosaving.store(false, Ordering::SeqCst);
-        // One that came in between the last check and the flag's release.
-        if hosted.autosave_due.load(Ordering::SeqCst)
-            && !hosted.autosaving.swap(true, Ordering::SeqCst)
-        {
+        loop {
             while hosted.autosave_due.swap(false, Ordering::SeqCst) {
                 save_state(&store, &hosted).await;
             }
             hosted.autosaving.store(false, Ordering::SeqCst);
+            // A save asked for between the last check and the release: this task takes it
+            // unless another has started meanwhile.
+            if !hosted.autosave_due.load(Ordering::SeqCst)
+                || hosted.autosaving.swap(true, Ordering::SeqCst)
+            {
+                break;
+            }
         }
     });
 }
@@ -135,6 +138,7 @@ impl Service {
                 return;
             }
         };
+        let mut returning = Vec::new();
         for record in stored {
             let Some(tenant) = self
                 .inner
@@ -147,17 +151,21 @@ impl Service {
                 self.inner.forget_session(&record.id);
                 continue;
             };
-            match self.bring_back(&tenant, record.clone()).await {
-                Ok(()) => tracing::info!(session = %record.id, "session restored"),
-                Err(e @ super::ServiceError::NoSessionAvailable { .. }) => {
-                    // The pool is full: the rest stay recorded for a later start.
-                    tracing::warn!(error = %e, "no session left for the stored sessions; the rest come back at a later start");
-                    break;
+            returning.push(async move {
+                let id = record.id.clone();
+                match self.bring_back(&tenant, record).await {
+                    Ok(()) => tracing::info!(session = %id, "session restored"),
+                    // Still recorded, its state untouched: it comes back at a later start.
+                    Err(e) => tracing::warn!(session = %id, error = %e, "could not bring the session back now"),
                 }
-                Err(e) => {
-                    tracing::warn!(session = %record.id, error = %e, "could not bring the session back");
-                }
-            }
+            });
+        }
+        // not polling: one deadline for all of them, restored concurrently.
+        if tokio::time::timeout(START_RESTORE_DEADLINE, futures::future::join_all(returning))
+            .await
+            .is_err()
+        {
+            tracing::warn!("not every stored session came back within {START_RESTORE_DEADLINE:?}; the rest come back at a later start");
         }
     }
 
@@ -166,27 +174,44 @@ impl Service {
         tenant: &Arc<super::Tenant>,
         record: store::StoredSession,
     ) -> Result<(), super::ServiceError> {
-        let guard = self.acquire_for(&tenant.config).await?;
+        // Held so that, should this fail or be dropped (the start deadline), the session is
+        // discarded: it holds this tenant's limits and state, and must never go back to the
+        // pool for another tenant.
+        let mut holder =
+            super::sessions::DiscardUnlessKept(Some(self.acquire_for(&tenant.config).await?));
         let mut failed = Vec::new();
-        let mut saved_at = record.created_at;
-        if let Some((at, state)) = &record.state {
-            saved_at = *at;
-            match guard
+        let mut saved_at = None;
+        if let (Some((at, state)), Some(session)) = (&record.state, holder.0.as_ref()) {
+            // A state that cannot be restored at all is not given up: the session does not
+            // come back now (its record and state stay), rather than come back empty and be
+            // saved over.
+            let report = session
                 .restore(state, true, tenant.config.execution_time_limit())
                 .await
-            {
-                Ok(report) => failed = report.failed,
-                Err(e) => failed.push(crate::session::NotSaved {
-                    name: "*".into(),
+                .map_err(|e| super::ServiceError::CheckpointFailed {
                     reason: e.to_string(),
-                }),
-            }
+                })?;
+            failed = report.failed;
+            saved_at = Some(*at);
         }
-        self.inner.add_session_as(
+        let Some(guard) = holder.0.take() else {
+            return Err(super::ServiceError::from_session(
+                "restore_session",
+                None,
+                crate::error::Error::SessionClosed,
+            ));
+        };
+        let hosted = self.inner.add_session_as(
             tenant,
             guard,
-            Some((record.id, record.created_at, saved_at, failed)),
+            Some((
+                record.id,
+                record.created_at,
+                saved_at.unwrap_or(record.created_at),
+                failed,
+            )),
         );
+        *crate::sync::lock_unpoisoned(&hosted.saved_at) = saved_at;
         Ok(())
     }
 }

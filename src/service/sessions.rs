@@ -101,7 +101,7 @@ pub struct SessionHandle {
 
 /// A pooled session on its way to a tenant: discarded (never given back to the pool) unless
 /// taken out.
-struct DiscardUnlessKept(Option<crate::pool::PooledSession>);
+pub(super) struct DiscardUnlessKept(pub(super) Option<crate::pool::PooledSession>);
 
 impl Drop for DiscardUnlessKept {
     fn drop(&mut self) {

@@ -248,9 +248,15 @@ impl Store for SqliteStore {
                 state: saved_at.zip(state),
             })
         })?;
+        // A row that cannot be read is skipped (and said), not a reason to bring none back.
         let mut sessions = Vec::new();
         for row in rows {
-            sessions.push(row?);
+            match row {
+                Ok(session) => sessions.push(session),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a stored session record is unreadable; skipped")
+                }
+            }
         }
         Ok(sessions)
     }
