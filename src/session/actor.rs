@@ -6,7 +6,6 @@
 //! worker's exit (pidfd), the consumer's channel (when it is behind), and one `sleep_until`
 //! for the earliest deadline. Nothing here wakes up unless one of those happened.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,6 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::core::overrun::IdleProbe;
 use super::core::{Core, Effect, Input};
 use super::requests::Command;
 use super::{Event, Scope, SessionConfig, SessionState};
@@ -26,7 +24,9 @@ use crate::error::Error;
 use crate::protocol::{Message, MessageCodec, ProtocolError};
 use crate::ratelimit::RateLimiter;
 use crate::rundir::SessionDir;
-use crate::worker::{self, SpawnedWorker, Stragglers, WorkerProcess, WorkerSpec};
+use crate::worker::{self, Stragglers, WorkerProcess, WorkerSpec};
+
+use super::live_worker::{ChannelRead, LiveWorker, CONTROL, EXEC};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// How long the processes left in a closed session's group may take to die after SIGKILL.
@@ -161,111 +161,6 @@ pub(crate) async fn spawn(
     actor.apply_effects().await;
     scope.tracker.spawn(actor.run());
     Ok((commands_tx, state_rx, executions, ready_rx))
-}
-
-/// One running worker process and the host's ends of its channels and pipes.
-struct LiveWorker {
-    process: WorkerProcess,
-    /// `EXEC` and `CONTROL` (see `docs/protocol.md`); `None` once closed.
-    readers: [Option<FramedRead<OwnedReadHalf, MessageCodec>>; 2],
-    writers: [FramedWrite<OwnedWriteHalf, MessageCodec>; 2],
-    /// Where the target of the next SIGINT is written.
-    signal_target: std::os::fd::OwnedFd,
-    /// stdout and stderr; `None` once ended.
-    pipes: [Option<pipe::Receiver>; 2],
-    /// The kernel showed the main thread's syscall when the worker started. If it stops
-    /// doing so, the worker hid itself (`prctl(PR_SET_DUMPABLE, 0)` refuses the host's
-    /// ptrace access), which only user code does: it counts as busy, not as unknown.
-    syscall_readable: bool,
-}
-
-const EXEC: usize = 0;
-const CONTROL: usize = 1;
-
-impl LiveWorker {
-    fn new(spawned: SpawnedWorker, max_frame_len: usize) -> Self {
-        let SpawnedWorker {
-            process,
-            exec,
-            control,
-            signal_target,
-            stdout,
-            stderr,
-        } = spawned;
-        let (exec_r, exec_w) = exec.into_split();
-        let (control_r, control_w) = control.into_split();
-        let writer = |half| {
-            let mut w = FramedWrite::new(half, MessageCodec::new(max_frame_len));
-            // Frames are queued without waiting (the actor never blocks on the worker) and
-            // written when the socket has room: the `select!` flushes while any are pending.
-            w.set_backpressure_boundary(usize::MAX);
-            w
-        };
-        let syscall_readable =
-            worker::main_thread_reading(process.pid(), worker::EXEC_FD).is_some();
-        LiveWorker {
-            syscall_readable,
-            process,
-            readers: [
-                Some(FramedRead::new(exec_r, MessageCodec::new(max_frame_len))),
-                Some(FramedRead::new(control_r, MessageCodec::new(max_frame_len))),
-            ],
-            writers: [writer(exec_w), writer(control_w)],
-            signal_target,
-            pipes: [Some(stdout), Some(stderr)],
-        }
-    }
-
-    /// The worker said `ready`: its Python process runs (in a sandbox, it now has a pid
-    /// the host can find), so whether its main thread's syscall is readable is known.
-    fn on_ready(&mut self) {
-        if self.process.locate().is_some() {
-            self.syscall_readable =
-                worker::main_thread_reading(self.process.pid(), worker::EXEC_FD).is_some();
-        }
-    }
-
-    /// The kernel's view of whether the worker's main thread is idle (`core/overrun.rs`):
-    /// blocked reading the exec channel, and how much of what was sent on it is unread
-    /// (still in the socket, or not yet written to it).
-    fn probe_idle(&self) -> IdleProbe {
-        let writer = &self.writers[EXEC];
-        let mut in_socket: libc::c_int = 0;
-        let fd = writer.get_ref().as_ref().as_raw_fd();
-        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through a valid pointer.
-        let queried = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut in_socket) } == 0;
-        let unread_exec_bytes = usize::try_from(in_socket)
-            .ok()
-            .filter(|_| queried)
-            .map(|n| n + writer.write_buffer().len());
-        let reading_exec = worker::main_thread_reading(self.process.pid(), worker::EXEC_FD)
-            .or(self.syscall_readable.then_some(false));
-        IdleProbe {
-            reading_exec,
-            unread_exec_bytes,
-        }
-    }
-}
-
-/// What one read from a protocol channel means.
-enum ChannelRead {
-    Frame(Message),
-    /// The channel ended. A read error counts as an end too: the kernel answers ECONNRESET
-    /// when the worker died with bytes it never read, and the death is reported by the exit,
-    /// not as a fault of the protocol.
-    End,
-    /// Bytes that are not the protocol: nothing more from this worker can be trusted.
-    Broken(String),
-}
-
-impl From<Option<Result<Message, ProtocolError>>> for ChannelRead {
-    fn from(read: Option<Result<Message, ProtocolError>>) -> Self {
-        match read {
-            Some(Ok(msg)) => ChannelRead::Frame(msg),
-            None | Some(Err(ProtocolError::Io(_))) => ChannelRead::End,
-            Some(Err(e)) => ChannelRead::Broken(e.to_string()),
-        }
-    }
 }
 
 /// What woke the actor.

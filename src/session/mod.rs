@@ -14,6 +14,7 @@ mod actor;
 mod checkpoint;
 mod core;
 mod exit;
+mod live_worker;
 mod ordering;
 mod output;
 mod requests;
