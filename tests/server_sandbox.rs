@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::server::*;
-use common::wait_pid_exit;
+use common::{processes_running, wait_pid_exit};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -18,21 +18,6 @@ async fn run_code(http: &Client, base: &str, id: &str, code: &str) -> Value {
             .json(&json!({ "code": code })),
     )
     .await
-}
-
-/// Host pids whose command line is exactly `args`.
-fn processes_running(args: &[&str]) -> Vec<u32> {
-    let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .ok()
-                .as_deref()
-                == Some(&wanted[..])
-        })
-        .collect()
 }
 
 #[tokio::test]

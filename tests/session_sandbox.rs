@@ -307,21 +307,6 @@ async fn host_uid(s: &pyrepl3::Session) -> u32 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Host pids whose command line is exactly `args`.
-fn processes_running(args: &[&str]) -> Vec<u32> {
-    let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .ok()
-                .as_deref()
-                == Some(&wanted[..])
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn setsid_children_end_with_the_session() {
     let s = start_with(sandboxed()).await;
