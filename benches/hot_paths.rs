@@ -21,6 +21,8 @@ fn result_frame() -> BytesMut {
         repr: Some("2".into()),
         execution_time: 0.000012,
         marked: false,
+        transaction: None,
+        worker_pid: None,
     });
     let mut buf = BytesMut::new();
     MessageCodec::new(DEFAULT_MAX_FRAME_LEN)

@@ -48,6 +48,7 @@ pub use error::Error;
 pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
     CancelOutcome, Checkpoint, Completeness, Event, ExecuteOptions, Execution, ExecutionOutcome,
-    NotSaved, RestoreReport, Session, SessionConfig, SessionInfo, SessionState,
+    NotSaved, RestoreReport, Session, SessionConfig, SessionInfo, SessionState, TransactionOutcome,
+    TransactionPolicy,
 };
 pub use worker::{Network, ResourceLimits, SandboxConfig};

@@ -381,18 +381,28 @@ async fn deleting_a_session_with_a_large_directory_does_not_delay_another_sessio
     drop(server);
 }
 
-/// The keeper of worker `pid`'s group: the one other member, a `sh` waiting on its pipe.
-fn keeper_of(pid: u32) -> u32 {
-    let members = common::group_members(pid);
-    let others: Vec<u32> = members.iter().copied().filter(|&m| m != pid).collect();
-    assert_eq!(others.len(), 1, "the worker and its keeper: {members:?}");
+/// The group of worker `pid` (led by the session's supervisor, the worker's parent) and its
+/// keeper: the one other member, a `sh` waiting on its pipe.
+fn keeper_of(pid: u32) -> (u32, u32) {
+    let pgid = common::pgid_of(pid);
+    let members = common::group_members(pgid);
+    let others: Vec<u32> = members
+        .iter()
+        .copied()
+        .filter(|&m| m != pid && m != pgid)
+        .collect();
+    assert_eq!(
+        others.len(),
+        1,
+        "the supervisor, the worker and its keeper: {members:?}"
+    );
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", others[0])).unwrap();
     assert!(
         String::from_utf8_lossy(&cmdline).contains("read _"),
         "{:?}",
         String::from_utf8_lossy(&cmdline)
     );
-    others[0]
+    (pgid, others[0])
 }
 
 #[tokio::test]
@@ -404,9 +414,10 @@ async fn no_process_of_a_sessions_group_is_left_once_it_is_deleted() {
         let id = create_session_at(&http, &base).await;
         let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
         let pid = info["pid"].as_u64().unwrap() as u32;
-        groups.push((id, pid, keeper_of(pid)));
+        let (pgid, keeper) = keeper_of(pid);
+        groups.push((id, pid, pgid, keeper));
     }
-    for (id, _, _) in &groups {
+    for (id, ..) in &groups {
         let resp = http
             .delete(format!("{base}/v1/sessions/{id}"))
             .bearer_auth(ALICE)
@@ -415,7 +426,7 @@ async fn no_process_of_a_sessions_group_is_left_once_it_is_deleted() {
             .unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
     }
-    for (_, pid, keeper) in groups {
+    for (_, pid, pgid, keeper) in groups {
         assert!(
             wait_pid_exit(keeper, Duration::from_secs(5)).await,
             "keeper {keeper} left"
@@ -424,7 +435,7 @@ async fn no_process_of_a_sessions_group_is_left_once_it_is_deleted() {
             wait_pid_exit(pid, Duration::from_secs(5)).await,
             "worker {pid} left"
         );
-        assert!(common::group_members(pid).is_empty(), "group {pid} left");
+        assert!(common::group_members(pgid).is_empty(), "group {pgid} left");
     }
     drop(server);
 }
@@ -436,7 +447,7 @@ async fn a_sessions_keeper_is_reaped_when_the_session_ends() {
         .await
         .unwrap();
     let pid = session.info().await.unwrap().pid.expect("a worker runs");
-    let keeper = keeper_of(pid);
+    let (_, keeper) = keeper_of(pid);
     session.shutdown().await.unwrap();
     assert!(wait_pid_exit(keeper, Duration::from_secs(5)).await);
     assert!(

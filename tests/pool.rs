@@ -111,7 +111,7 @@ async fn shutdown_with_busy_sessions_leaves_no_process() {
         (&a, "print('go', flush=True)\nwhile True: pass"),
         (&b, "import signal, subprocess\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nsubprocess.Popen(['sleep', '100'])\nprint('go', flush=True)\nwhile True: pass"),
     ] {
-        pids.push(session.info().await.unwrap().pid.unwrap());
+        pids.push(pgid_of(session.info().await.unwrap().pid.unwrap()));
         let mut ex = session.execute(code, ExecuteOptions::default());
         wait_for_stdout(&mut ex, "go").await;
         runs.push(ex);

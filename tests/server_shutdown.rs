@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::server::*;
-use common::{group_alive, guard, wait_pid_exit};
+use common::{group_alive, guard, pgid_of, wait_pid_exit};
 use futures::StreamExt;
 use reqwest::Client;
 use serde_json::json;
@@ -24,7 +24,8 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
     for _ in 0..2 {
         let id = create_session_at(&http, &base).await;
         let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
-        pids.push(info["pid"].as_u64().unwrap() as u32);
+        let pid = info["pid"].as_u64().unwrap() as u32;
+        pids.push((pid, pgid_of(pid)));
         let resp = http.post(format!("{base}/v1/sessions/{id}/execute")).bearer_auth(ALICE)
             .header("accept", "text/event-stream")
             .json(&json!({"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('go', flush=True)\nwhile True: pass"}))
@@ -54,12 +55,12 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
         "took {:?}",
         t0.elapsed()
     );
-    for pid in pids {
+    for (pid, pgid) in pids {
         assert!(
             wait_pid_exit(pid, Duration::from_secs(1)).await,
             "worker {pid} left behind"
         );
-        assert!(!group_alive(pid));
+        assert!(!group_alive(pgid));
     }
 }
 
@@ -83,9 +84,11 @@ async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
     let id = create_session_at(&http, &base).await;
     let info = json_of(http.get(format!("{base}/v1/sessions/{id}"))).await;
     let pid = info["pid"].as_u64().unwrap() as u32;
+    let pgid = pgid_of(pid);
     let ws_id = create_session_at(&http, &base).await;
     let info = json_of(http.get(format!("{base}/v1/sessions/{ws_id}"))).await;
     let ws_pid = info["pid"].as_u64().unwrap() as u32;
+    let ws_pgid = pgid_of(ws_pid);
 
     let body = json!({"code": "while True: print('x' * 65536, flush=True)"}).to_string();
     let request = format!(
@@ -144,12 +147,12 @@ async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
         wait_pid_exit(pid, Duration::from_secs(1)).await,
         "worker {pid} left behind"
     );
-    assert!(!group_alive(pid));
+    assert!(!group_alive(pgid));
     assert!(
         wait_pid_exit(ws_pid, Duration::from_secs(1)).await,
         "worker {ws_pid} left behind"
     );
-    assert!(!group_alive(ws_pid));
+    assert!(!group_alive(ws_pgid));
     drop((stream, ws));
 }
 

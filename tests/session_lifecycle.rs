@@ -86,6 +86,7 @@ async fn shutdown_of_a_busy_session_is_bounded_and_leaves_no_process() {
     };
     let s = start_with(config).await;
     let pid = s.info().await.unwrap().pid.unwrap();
+    let pgid = pgid_of(pid);
     let cwd = s.info().await.unwrap().cwd;
     assert!(cwd.exists());
     let mut ex = s.execute(
@@ -107,7 +108,7 @@ async fn shutdown_of_a_busy_session_is_bounded_and_leaves_no_process() {
         wait_pid_exit(child, Duration::from_secs(2)).await,
         "its child gone too"
     );
-    assert!(!group_alive(pid), "no process of the group left");
+    assert!(!group_alive(pgid), "no process of the group left");
     assert!(!cwd.exists(), "temporary working directory removed");
     assert_eq!(s.state(), SessionState::Closed);
     let after = run(&s, "1").await;

@@ -25,6 +25,7 @@ fn limited(execution_id: &str, timeout: Duration) -> ExecuteOptions {
     ExecuteOptions {
         timeout: Some(timeout),
         execution_id: Some(execution_id.into()),
+        ..Default::default()
     }
 }
 
@@ -95,7 +96,10 @@ async fn a_worker_that_leaves_its_process_group_is_still_killed() {
         timeout: Some(Duration::from_millis(300)),
         ..Default::default()
     };
-    let code = "import os, signal, time\nos.setpgid(0, os.getpgid(os.getppid()))\n\
+    // The host is the parent of the worker's parent (the session's supervisor).
+    let code = "import os, signal, time\n\
+                host = int(open(f'/proc/{os.getppid()}/stat').read().rsplit(')', 1)[1].split()[1])\n\
+                os.setpgid(0, os.getpgid(host))\n\
                 signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)";
     let out = guard(s.execute(code, options).outcome()).await;
     assert_eq!(out.error_type(), Some("ExecutionTimeout"), "{out:?}");
@@ -190,8 +194,9 @@ results = []
 # What this worker was started from...
 started_from = open('/proc/self/cmdline', 'rb').read().split(b'\0')[1].decode()
 candidates = [started_from]
-# ...and the agent's file as the host holds it.
-host = os.getppid()
+# ...and the agent's file as the host holds it (the host is the parent of the session's
+# supervisor, the worker's parent).
+host = int(open(f'/proc/{os.getppid()}/stat').read().rsplit(')', 1)[1].split()[1])
 for fd in os.listdir(f'/proc/{host}/fd'):
     try:
         target = os.readlink(f'/proc/{host}/fd/{fd}')

@@ -1,6 +1,7 @@
-"""pyrepl3 worker agent: the Python side of docs/protocol.md.
+"""pyrepl3 worker agent: the Python side of docs/protocol.md, part 1 of 4.
 
-The host runs this file as `python3 -c <source>`. Inside the worker process it owns: the
+The host joins worker/agent.py, state.py, transaction.py and main.py (in that order) into one
+program and runs it as `python3 -c <source>` (or as its bytecode). Inside the worker process it owns: the
 protocol socket (framing, one reader thread, one send lock), the persistent user namespace,
 compiling and running cells on the main thread (trailing-expression results, top-level await
 on one session event loop), `input()`/`sys.stdin`/`getpass` as protocol requests, cancellation
@@ -122,337 +123,6 @@ def _write_all(fd, data):
 _cell_classes = None
 
 
-def _track_cell_classes():
-    """Makes `inspect.getsource` work on classes defined in cells, as it does on their
-    functions. `inspect` finds a class's file through its module's `__file__`, which the
-    session's `__main__` has not (its cells are `<cell-N>`, registered in `linecache`): the
-    class statement is seen as it runs (`__build_class__`, whose body function knows its
-    cell), and `inspect.getfile` answers with that cell for such a class."""
-    global _cell_classes
-    import weakref
-    _cell_classes = weakref.WeakKeyDictionary()
-    build_class = builtins.__build_class__
-
-    def __build_class__(func, name, *bases, **kwargs):
-        cls = build_class(func, name, *bases, **kwargs)
-        filename = getattr(getattr(func, "__code__", None), "co_filename", "")
-        if filename.startswith("<cell-") and isinstance(cls, type):
-            if not _patch_inspect.done:
-                _patch_inspect()
-            try:
-                _cell_classes[cls] = filename
-            except TypeError:  # not weakly referenceable (a metaclass's choice)
-                pass
-        return cls
-
-    builtins.__build_class__ = __build_class__
-
-
-def _patch_inspect():
-    import inspect
-    getfile = inspect.getfile
-
-    def cell_aware_getfile(obj):
-        found = _cell_classes.get(obj) if isinstance(obj, type) else None
-        return found if found is not None else getfile(obj)
-
-    cell_aware_getfile.__doc__ = getfile.__doc__
-    inspect.getfile = cell_aware_getfile
-    _patch_inspect.done = True
-
-
-_patch_inspect.done = False
-
-
-def _guarded(compute, failed):
-    """`compute()`, or `failed` if it raised: user code (a repr, a property) must not end
-    the reader thread."""
-    try:
-        return compute()
-    except BaseException:  # incl. SystemExit raised by user code
-        return failed
-
-
-def _guarded_text(compute):
-    """`compute()`, or what it raised, as text."""
-    try:
-        return compute()
-    except BaseException as exc:
-        return "<repr failed: %s: %s>" % (type(exc).__name__, _clip(_safe_str(exc), 200))
-
-
-def _type_name(value):
-    kind = type(value)  # not value.__class__, which user code may make raise
-    module = _guarded(lambda: str(kind.__module__), "?")
-    name = _guarded(lambda: str(kind.__qualname__), "?")
-    return name if module == "builtins" else "%s.%s" % (module, name)
-
-
-def _is_module(value):
-    """Whether `value` is a module, by its type (`isinstance` asks `value.__class__`, which
-    user code may make raise)."""
-    return issubclass(type(value), types.ModuleType)
-
-
-def _session_source(value):
-    """The source of a function or class defined in a cell, else None."""
-    try:
-        if issubclass(type(value), type):
-            defined_here = _cell_classes is not None and value in _cell_classes
-        elif type(value) is types.FunctionType:
-            code = value.__code__
-            defined_here = code.co_filename.startswith("<cell-")
-        else:
-            defined_here = False
-        if not defined_here:
-            return None
-        import inspect
-        if not _patch_inspect.done:
-            _patch_inspect()
-        return _clip(inspect.getsource(value), SOURCE_LIMIT)
-    except Exception:
-        return None
-
-
-def _checkpoint(namespace):
-    """The namespace saved: each user global on its own, pickled; functions and classes
-    defined in cells by their source; modules by name. What cannot be saved is listed with
-    the reason. Returns {"checkpoint": base64 of the compressed JSON, "saved", "skipped",
-    "size"}."""
-    import base64, pickle, zlib
-    entries, saved, skipped = [], [], []
-    items = [(k, v) for k, v in list(namespace.items()) if isinstance(k, str) and _user_global(k)]
-    items.sort(key=lambda item: item[0])
-    for name, value in items:
-        try:
-            entry = _checkpoint_entry(name, value, pickle, base64)
-        except Exception as exc:  # whatever user code (a __reduce__, a property) raised
-            skipped.append({"name": name, "reason": "%s: %s" % (
-                type(exc).__name__, _clip(_safe_str(exc), 300))})
-            continue
-        entries.append(entry)
-        saved.append(name)
-    document = _encode({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                        "python": "%d.%d" % sys.version_info[:2], "entries": entries})
-    blob = zlib.compress(document.encode("utf-8"), 1)
-    if len(blob) > CHECKPOINT_LIMIT:
-        raise MemoryError("the checkpoint is %d bytes compressed, over the limit of %d"
-                          % (len(blob), CHECKPOINT_LIMIT))
-    report = {"checkpoint": base64.b64encode(blob).decode("ascii"), "saved": saved,
-              "skipped": skipped, "size": len(blob)}
-    if len(_encode(report)) > MAX_FRAME - 4096:  # the lists too must fit the frame
-        raise MemoryError("the checkpoint and its report are over the %d-byte frame limit"
-                          % MAX_FRAME)
-    return report
-
-
-def _checkpoint_entry(name, value, pickle, base64):
-    """How one global is saved; raises what makes it impossible."""
-    if not name.isidentifier():
-        raise ValueError("not an identifier")
-    if _is_module(value):
-        return {"name": name, "kind": "module", "module": str(value.__name__)}
-    if type(value) is types.FunctionType and (value.__closure__ or "<locals>" in value.__qualname__):
-        raise TypeError("a nested function or closure: what it captured cannot be saved")
-    source = _definition_source(value)
-    if source is not None:
-        code = getattr(value, "__code__", None)
-        cell = _cell_classes.get(value) if _cell_classes is not None and code is None else None
-        filename = code.co_filename if code is not None else (cell or "")
-        line = code.co_firstlineno if code is not None else 0
-        return {"name": name, "kind": "source", "source": source,
-                "defines": str(value.__name__), "order": _cell_order(filename, line)}
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return {"name": name, "kind": "pickle", "data": base64.b64encode(data).decode("ascii")}
-
-
-def _cell_order(filename, line):
-    """Where a definition was made, to run definitions again in that order: its cell's
-    number (`<cell-N>`; restored cells last) and line."""
-    digits = filename[len("<cell-"):-1] if filename.startswith("<cell-") else ""
-    return [int(digits) if digits.isdigit() else 1 << 30, line]
-
-
-def _definition_source(value):
-    """The source of a function or class defined in a cell when it is a `def` or `class`
-    statement of its own (a lambda's line may do more than define it), else None."""
-    source = _session_source(value)
-    if source is None or not isinstance(getattr(value, "__name__", None), str):
-        return None
-    first = source.lstrip()
-    if first.startswith(("def ", "async def ", "class ", "@")):
-        return source
-    return None
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be restored at all (corrupt, foreign, another Python)."""
-
-
-def _restore(namespace, encoded, clear_existing):
-    """Restores a checkpoint from `_checkpoint` into `namespace`: merged (its names replace
-    those with the same name), or, with `clear_existing`, replacing every user global.
-    Modules are imported, then definitions run, then values unpickled (an instance needs its
-    class first). Returns {"restored", "failed"} (each failure with its reason)."""
-    import base64, binascii, pickle, zlib
-    try:
-        inflate = zlib.decompressobj()
-        raw = inflate.decompress(base64.b64decode(encoded, validate=True), RESTORE_LIMIT)
-        if inflate.unconsumed_tail or not inflate.eof:
-            raise CheckpointError("not a pyrepl3 checkpoint (incomplete, or it inflates "
-                                  "past %d bytes)" % RESTORE_LIMIT)
-        document = _decode(raw.decode("utf-8"))
-        del raw
-    except (binascii.Error, zlib.error, ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError("not a pyrepl3 checkpoint (%s)" % type(exc).__name__) from None
-    if (not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT
-            or not isinstance(document.get("entries"), list)):
-        raise CheckpointError("not a pyrepl3 checkpoint")
-    if document.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError("a checkpoint of format version %r; this worker reads %d"
-                              % (document.get("version"), CHECKPOINT_VERSION))
-    python = "%d.%d" % sys.version_info[:2]
-    if document.get("python") != python:
-        raise CheckpointError("a checkpoint of Python %s; this worker runs Python %s"
-                              % (document.get("python"), python))
-    entries = [e for e in document["entries"]
-               if isinstance(e, dict) and isinstance(e.get("name"), str)
-               and e["name"].isidentifier() and _user_global(e["name"])]
-    if clear_existing:
-        for name in [k for k in list(namespace) if isinstance(k, str) and _user_global(k)]:
-            del namespace[name]
-    restored, failed = [], []
-    # Modules first; then definitions in the order they were made and values, again and
-    # again while some fail and others succeed: a class may need its base, a function's
-    # default a value, a value its class.
-    def sort_key(e):
-        order = e.get("order")
-        if not (isinstance(order, list) and len(order) == 2 and all(type(n) is int for n in order)):
-            order = [1 << 30, 0]
-        return ({"module": 0, "source": 1, "pickle": 2}.get(e.get("kind"), 3), order)
-
-    pending = sorted(entries, key=sort_key)
-    while pending:
-        failed = []
-        progress = False
-        for entry in pending:
-            reason = _restore_entry(namespace, entry, pickle, base64)
-            if reason is None:
-                restored.append(entry["name"])
-                progress = True
-            else:
-                failed.append((entry, reason))
-        pending = [entry for entry, _ in failed]
-        if not progress:
-            break
-    return {"restored": restored,
-            "failed": [{"name": e["name"], "reason": reason} for e, reason in failed]}
-
-
-def _restore_entry(namespace, entry, pickle, base64):
-    """Restores one entry; None, or why it failed."""
-    name, kind = entry["name"], entry.get("kind")
-    try:
-        if kind == "module" and isinstance(entry.get("module"), str):
-            import importlib
-            namespace[name] = importlib.import_module(entry["module"])
-        elif kind == "source" and isinstance(entry.get("source"), str):
-            import linecache
-            defines, source = entry.get("defines"), entry["source"]
-            # A cell of its own, so that its definitions have a source again (and are
-            # saved by their source by the next checkpoint).
-            filename = "<cell-restored-%s>" % name
-            linecache.cache[filename] = (len(source), None, source.splitlines(True),
-                                         filename)
-            exec(compile(source, filename, "exec"), namespace)
-            if isinstance(defines, str) and defines != name and defines in namespace:
-                namespace[name] = namespace[defines]
-        elif kind == "pickle" and isinstance(entry.get("data"), str):
-            namespace[name] = pickle.loads(base64.b64decode(entry["data"], validate=True))
-        else:
-            raise CheckpointError("an entry of unknown kind %.50r" % (kind,))
-    except Exception as exc:
-        return "%s: %s" % (type(exc).__name__, _clip(_safe_str(exc), 300))
-    return None
-
-
-def _user_global(name):
-    """Whether `name` is one of the user's globals (not a dunder, not the history)."""
-    if name.startswith("__") and name.endswith("__"):
-        return False
-    return name not in _HISTORY_NAMES and not (name[:1] == "_" and name[1:].isdigit())
-
-
-def _plain_json(value):
-    """`value` as `json.dumps` would give it (tuples as lists, dict keys of the types JSON
-    allows as strings), when it is JSON data no bigger than VALUE_LIMIT; else None.
-    Non-finite floats, other types and deeper nesting than 64 give None.
-
-    The walk charges a lower bound of each node's JSON size, so a huge list is rejected
-    after VALUE_LIMIT / 2 nodes instead of being serialised first."""
-    budget = [VALUE_LIMIT]
-    invalid = object()
-
-    def key_of(k):
-        kind = type(k)
-        if kind is str:
-            return k
-        if k is True or k is False:
-            return "true" if k else "false"
-        if k is None:
-            return "null"
-        if kind is float:
-            return float.__repr__(k) if math.isfinite(k) else invalid
-        if kind is int:
-            return int.__repr__(k)
-        return invalid
-
-    def plain(v, depth):
-        kind = type(v)
-        budget[0] -= len(v) + 2 if kind is str else 2
-        if budget[0] < 0:
-            return invalid
-        if v is None or kind is bool or kind is str:
-            return v
-        if kind is int:
-            return v if INT_RANGE[0] <= v <= INT_RANGE[1] else invalid
-        if kind is float:
-            return v if math.isfinite(v) else invalid
-        if depth >= 64:
-            return invalid
-        if kind is list or kind is tuple:  # exact types: a subclass's methods are user code
-            items = []
-            for item in v:
-                item = plain(item, depth + 1)
-                if item is invalid:
-                    return invalid
-                items.append(item)
-            return items
-        if kind is dict:
-            out = {}
-            for k, item in v.items():
-                k = key_of(k)
-                if k is invalid:
-                    return invalid
-                budget[0] -= len(k) + 3
-                item = plain(item, depth + 1)
-                if item is invalid:
-                    return invalid
-                out[k] = item
-            return out
-        return invalid
-
-    try:
-        converted = plain(value, 0)
-        if converted is not invalid and budget[0] >= 0 and len(_encode(converted)) <= VALUE_LIMIT:
-            return converted
-    except (ValueError, TypeError, RecursionError):
-        pass
-    return None
-
-
 def input(prompt=""):
     """Read a line from the client (a protocol `input` request); EOFError at end-of-file."""
     data = _agent.request_input(prompt, False)
@@ -529,6 +199,7 @@ class _Flusher:
     def __init__(self):
         self.dirty = False
         self.streams = []
+        self.lock = _thread.RLock()  # held while flushing: a transaction's fork waits for it
         # Held while disarmed: `arm` releases it, the flusher thread's acquire wakes.
         self._armed = _thread.allocate_lock()
         self._armed.acquire()
@@ -543,12 +214,13 @@ class _Flusher:
                 pass  # already armed: the flusher has not woken up yet
 
     def flush_all(self):
-        self.dirty = False
-        for stream in self.streams:
-            try:
-                stream.flush()
-            except BaseException:
-                pass  # a closed or broken stream must not break the caller
+        with self.lock:
+            self.dirty = False
+            for stream in self.streams:
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass  # a closed or broken stream must not break the caller
 
     def _run(self):
         while True:
@@ -608,6 +280,7 @@ class Agent:
         self._session_id = session_id
         self._marker = b"\x1bPYREPL3:" + marker.encode() + b"\x1b"
         self._pid = os.getpid()
+        self._transactions = None        # a _Transactions (transaction.py), set by main()
         self._main_ident = _thread.get_ident()
         self._ids = iter(range(1, 1 << 62))  # next() on it is atomic under the GIL
 
@@ -775,7 +448,8 @@ class Agent:
     def _host_gone(self):
         # Take the whole process group along so nothing is orphaned, but only when we lead
         # it (otherwise killpg(0) would hit the host's group).
-        if os.getpgrp() == self._pid:
+        leaders = (self._pid, getattr(self._transactions, "supervisor", None))
+        if os.getpgrp() in leaders:
             os.killpg(0, _signal.SIGKILL)
         os._exit(1)
 
@@ -948,7 +622,8 @@ class Agent:
                    "python_version": "%d.%d.%d" % tuple(sys.version_info[:3]),
                    "capabilities": ["execute", "input", "cancel", "interrupt", "heartbeat",
                                     "shutdown", "top_level_await", "output_marker",
-                                    "is_complete"]})
+                                    "is_complete"]
+                   + (["transactions"] if self._transactions is not None else [])})
         # Finish start-up while the first execute is in flight rather than before `ready`.
         global _ioctl, _FIONREAD
         import ast, getpass as getpass_module, linecache, traceback  # noqa: F401
@@ -988,6 +663,24 @@ class Agent:
         execution_id, source = msg["id"], msg["code"]
         self._unfinished = execution_id
         internal = msg.get("internal")
+        policy = msg.get("transaction_policy")
+        transaction = (not isinstance(internal, dict)
+                       and policy in ("rollback_on_failure", "rollback_always"))
+        if transaction:
+            try:
+                if self._transactions is None:
+                    raise _TransactionUnavailable("this worker cannot keep snapshots")
+                frame = self._transactions.begin(self, execution_id)
+            except _TransactionUnavailable as exc:
+                frame = {"type": "error", "execution_id": execution_id,
+                         "exception_type": "TransactionUnavailable",
+                         "exception_message": str(exc),
+                         "traceback": "TransactionUnavailable: %s\n" % exc}
+            if frame is not None:  # nothing ran here, or this is the promoted snapshot
+                self.send(frame, ordered=True)
+                self._unfinished = None
+                self._finished_seq = max(self._finished_seq, self._accepted_seq)
+                return
         started = time.perf_counter()
         if isinstance(internal, dict):  # the agent's own operation: not in the history
             outcome = self._run_cell(execution_id, None, None, internal)
@@ -1004,7 +697,17 @@ class Agent:
         else:
             frame = self._error_frame(execution_id, outcome[1], outcome[2], source)
         outcome = None  # drop the exception (and the frames it holds) before waiting again
+        if transaction:
+            wanted = policy == "rollback_always" or frame["type"] == "error"
+            if wanted and self._transactions.alive():
+                frame["transaction"] = "rolled_back"
+                self._transactions.roll_back(self, frame)  # does not return
+            self._transactions.commit()
+            # Wanted but not done: the kernel killed the snapshot (for memory).
+            frame["transaction"] = "rollback_failed" if wanted else "committed"
         self.send(frame, ordered=True)
+        if transaction:
+            self._transactions.reap_discarded()
         self._unfinished = None
         self._finished_seq = max(self._finished_seq, self._accepted_seq)
 
@@ -1181,42 +884,3 @@ def _trim_traceback(tb):
     for entry in reversed(kept):
         trimmed = types.TracebackType(trimmed, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
     return trimmed
-
-
-def main():
-    global _agent
-    # Started as `python /proc/self/fd/6` (bytecode) or `python -c source`: either way user
-    # code sees what the interactive interpreter gives it.
-    sys.argv[:] = [""]
-    script = globals().get("__file__")
-    if script and sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(
-            os.path.abspath(script)):
-        sys.path[0] = ""  # as with -c: the working directory, not the agent's cache
-    agent_fd = int(os.environ.get("PYREPL3_AGENT_FD", "-1"))
-    if agent_fd >= 0:
-        if sys.path:
-            sys.path[0] = ""  # as with -c (Python put the memfd's directory, "/", there)
-        try:
-            os.close(agent_fd)  # the sealed file this code was read from: not user code's
-        except OSError:
-            pass
-    exec_fd = int(os.environ.get("PYREPL3_FD", "3"))
-    control_fd = int(os.environ.get("PYREPL3_CONTROL_FD", "4"))
-    signal_fd = int(os.environ.get("PYREPL3_SIGNAL_FD", "-1"))
-    session_id = os.environ.get("PYREPL3_SESSION_ID", "")
-    marker = ""
-    if signal_fd >= 0:  # the token is passed in the signal file, never in the environment
-        try:
-            marker = os.pread(signal_fd, 64, 8).rstrip(b"\0").decode("ascii")
-            os.pwrite(signal_fd, b"\0" * 64, 8)  # user code, running next, must not read it
-        except (OSError, UnicodeDecodeError) as exc:
-            sys.stderr.write("pyrepl3 agent: cannot read the marker token: %s\n" % exc)
-            os._exit(1)  # the host could never pair this worker's output with its messages
-    for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
-        del os.environ[key]  # user code and its children must not see them
-    _agent = Agent(exec_fd, control_fd, signal_fd, session_id, marker)
-    _thread.start_new_thread(_agent.read_loop, ())
-    _agent.serve_forever()
-
-
-main()

@@ -27,14 +27,37 @@ impl StreamName {
     }
 }
 
-/// How a transaction (a later feature) treats the namespace after the code ran.
+/// What happens to the session's state after an execution (docs/transactions.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionPolicy {
+    /// Whatever the code changed stays (no snapshot is taken).
     #[default]
     CommitAlways,
+    /// An execution that ends with an error (or is killed) leaves the state as it was.
     RollbackOnFailure,
+    /// The state is put back after every execution.
     RollbackAlways,
+}
+
+impl TransactionPolicy {
+    /// Whether executions under this policy run in a transaction (with a snapshot).
+    pub fn rolls_back(self) -> bool {
+        self != TransactionPolicy::CommitAlways
+    }
+}
+
+/// What became of a transaction's changes, reported on its terminal frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionOutcome {
+    /// The changes were kept.
+    Committed,
+    /// The session is back at its state before the execution.
+    RolledBack,
+    /// A rollback was due but the snapshot was gone (the kernel killed it for memory): the
+    /// changes were kept.
+    RollbackFailed,
 }
 
 /// Every message of the protocol. The `type` field selects the variant; every variant has
@@ -133,6 +156,13 @@ pub struct ResultMsg {
     /// Seconds.
     #[serde(default)]
     pub execution_time: f64,
+    /// Set when the execution ran in a transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TransactionOutcome>,
+    /// Set when another process now runs the session (a rolled-back transaction's snapshot
+    /// took over): its pid, as the worker sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_pid: Option<u32>,
     #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }
@@ -147,6 +177,13 @@ pub struct ErrorMsg {
     pub exception_message: String,
     #[serde(default)]
     pub traceback: String,
+    /// Set when the execution ran in a transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TransactionOutcome>,
+    /// Set when another process now runs the session (a rolled-back transaction's snapshot
+    /// took over): its pid, as the worker sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_pid: Option<u32>,
     #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }

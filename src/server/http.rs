@@ -371,6 +371,8 @@ struct ExecuteBody {
     #[serde(default)]
     stdin: Vec<String>,
     execution_id: Option<String>,
+    #[serde(default)]
+    transaction_policy: crate::protocol::TransactionPolicy,
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -394,6 +396,7 @@ async fn execute(
         code: body.code,
         timeout: body.timeout,
         execution_id: body.execution_id,
+        transaction_policy: body.transaction_policy,
     })?;
     let stdin: VecDeque<String> = body.stdin.into();
     if wants_sse(&headers) {
@@ -495,15 +498,18 @@ async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
                     value,
                     repr,
                     execution_time: t,
+                    transaction,
                     ..
                 }) => {
                     result = json!({"value": value, "repr": repr});
+                    with_transaction(&mut result, transaction);
                     execution_time = t;
                 }
                 Some(ClientEvent::Error {
                     exception_type,
                     exception_message,
                     traceback,
+                    transaction,
                     ..
                 }) => {
                     error = json!({
@@ -511,6 +517,7 @@ async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
                         "exception_message": exception_message,
                         "traceback": traceback,
                     });
+                    with_transaction(&mut error, transaction);
                 }
                 Some(ClientEvent::Input { .. }) | None => {}
             }
@@ -526,6 +533,14 @@ async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
         "error": error,
         "execution_time": execution_time,
     })
+}
+
+/// Adds what became of the execution's transaction to its `result` or `error`, if it ran in
+/// one.
+fn with_transaction(object: &mut Value, transaction: Option<crate::service::TransactionReport>) {
+    if let (Some(transaction), Some(map)) = (transaction, object.as_object_mut()) {
+        map.insert("transaction".into(), json!(transaction));
+    }
 }
 
 /// The reader's events as server-sent events, live, until the terminal one.

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::protocol::StreamName;
+use crate::protocol::{StreamName, TransactionOutcome};
 use crate::session::Event;
 
 /// One event of an execution, as sent to clients. The fields are declared in the order
@@ -39,6 +39,9 @@ pub enum ClientEvent {
         repr: Option<String>,
         /// Seconds.
         execution_time: f64,
+        /// Present when the execution ran in a transaction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction: Option<TransactionReport>,
     },
     Error {
         id: String,
@@ -46,7 +49,40 @@ pub enum ClientEvent {
         exception_type: String,
         exception_message: String,
         traceback: String,
+        /// Present when the execution ran in a transaction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction: Option<TransactionReport>,
     },
+}
+
+/// What became of a transaction's changes, as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionReport {
+    pub outcome: TransactionOutcome,
+    /// What a rollback does not cover (or why there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl TransactionReport {
+    fn of(outcome: Option<TransactionOutcome>) -> Option<TransactionReport> {
+        let note = match outcome? {
+            TransactionOutcome::Committed => None,
+            TransactionOutcome::RolledBack => Some(
+                "the session's state is back as it was before the execution; effects outside \
+                 the worker process (files written, network traffic, processes started) are \
+                 not undone",
+            ),
+            TransactionOutcome::RollbackFailed => Some(
+                "a rollback was due but the snapshot was gone (the kernel ended it for want of \
+                 memory): the execution's changes were kept",
+            ),
+        };
+        Some(TransactionReport {
+            outcome: outcome?,
+            note: note.map(str::to_string),
+        })
+    }
 }
 
 impl ClientEvent {
@@ -76,23 +112,27 @@ impl ClientEvent {
                 value,
                 repr,
                 execution_time,
+                transaction,
             } => ClientEvent::Result {
                 id,
                 execution_id,
                 value,
                 repr,
                 execution_time: execution_time.as_secs_f64(),
+                transaction: TransactionReport::of(transaction),
             },
             Event::Error {
                 exception_type,
                 exception_message,
                 traceback,
+                transaction,
             } => ClientEvent::Error {
                 id,
                 execution_id,
                 exception_type,
                 exception_message,
                 traceback,
+                transaction: TransactionReport::of(transaction),
             },
         }
     }
@@ -172,6 +212,7 @@ mod tests {
                 value: serde_json::json!(42),
                 repr: Some("42".into()),
                 execution_time: Duration::from_millis(1500),
+                transaction: None,
             },
         );
         let ClientEvent::Result { id, .. } = &result else {

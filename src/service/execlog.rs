@@ -500,6 +500,7 @@ mod tests {
             value: serde_json::Value::Null,
             repr: None,
             execution_time: 0.0,
+            transaction: None,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct ExecuteRequest {
     pub timeout: Option<f64>,
     /// The execution's id; `None`: a UUID. Refused while the session keeps one with this id.
     pub execution_id: Option<String>,
+    /// See [`ExecuteOptions::transaction_policy`].
+    pub transaction_policy: crate::protocol::TransactionPolicy,
 }
 
 /// One execution of a session, as listed.
@@ -117,6 +119,7 @@ impl SessionHandle {
                 ExecuteOptions {
                     timeout,
                     execution_id: request.execution_id,
+                    transaction_policy: request.transaction_policy,
                 },
             );
             let log = ExecLog::new(execution.id(), self.inner.finished.clone());

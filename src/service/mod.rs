@@ -40,7 +40,7 @@ use crate::session::Event;
 use crate::sync::lock_unpoisoned as lock;
 pub use config::{Bounds, ServiceConfig, TenantConfig};
 pub use error::ServiceError;
-pub use event::ClientEvent;
+pub use event::{ClientEvent, TransactionReport};
 pub use execlog::LoggedEvent;
 pub use executions::{AfterStdin, ExecuteRequest, ExecutionHandle, ExecutionSummary, Reader};
 use metrics::Metrics;

@@ -50,6 +50,7 @@ fn request(code: &str, execution_id: Option<&str>) -> ExecuteRequest {
         code: code.into(),
         timeout: None,
         execution_id: execution_id.map(str::to_string),
+        transaction_policy: Default::default(),
     }
 }
 

@@ -412,6 +412,13 @@ impl Actor {
                             w.process.kill_group();
                         }
                     }
+                    Effect::KillWorkerProcess => {
+                        // If it is gone already, the snapshot is taking over or the group's
+                        // exit follows; the cancel's second deadline covers the rest.
+                        if let Some(w) = &self.worker {
+                            w.process.kill_python();
+                        }
+                    }
                     Effect::DrainSink(sink) => {
                         tokio::spawn(sink.drain());
                     }
@@ -475,9 +482,24 @@ impl Actor {
     fn on_frame(&mut self, i: usize, frame: Option<Result<Message, ProtocolError>>, now: Instant) {
         match ChannelRead::from(frame) {
             ChannelRead::Frame(msg) => {
-                if let (Message::Ready(_), Some(w)) = (&msg, &mut self.worker) {
-                    // A sandboxed worker's Python process is known on the host only now.
-                    w.on_ready();
+                let worker_pid = match &msg {
+                    Message::Ready(ready) => Some(ready.pid),
+                    Message::Result(r) => r.worker_pid,
+                    Message::Error(e) => e.worker_pid,
+                    _ => None,
+                };
+                if let (Some(worker_pid), Some(w)) = (worker_pid, &mut self.worker) {
+                    // The Python process is known on the host only now; a snapshot that
+                    // took over is a new process, which gets the session's current limits.
+                    w.on_worker_pid(worker_pid);
+                    if !matches!(msg, Message::Ready(_)) {
+                        let limits = self.spec.limits;
+                        if let Err(e) = w.process.each_process_parents_first(|pid| {
+                            limits.apply_and_read(pid).map(|_| ())
+                        }) {
+                            tracing::warn!(error = %e, "could not apply the session's limits to the snapshot that took over");
+                        }
+                    }
                     self.core.set_worker_pid(w.process.pid());
                 }
                 self.core.handle(Input::Frame(msg), now)

@@ -101,5 +101,6 @@ pub(crate) fn timeout_event(timeout: Option<Duration>, traceback: Option<String>
         exception_type: "ExecutionTimeout".into(),
         exception_message: message,
         traceback,
+        transaction: None,
     }
 }

@@ -64,13 +64,16 @@ impl LiveWorker {
         }
     }
 
-    /// The worker said `ready`: its Python process runs (in a sandbox, it now has a pid
-    /// the host can find), so whether its main thread's syscall is readable is known.
-    pub(super) fn on_ready(&mut self) {
-        if self.process.locate().is_some() {
-            self.syscall_readable =
-                worker::main_thread_reading(self.process.pid(), worker::EXEC_FD).is_some();
+    /// The Python process that runs the code said its pid: at `ready`, or when a
+    /// transaction's snapshot took over. It is located on the host, and whether its main
+    /// thread's syscall is readable is known from then on.
+    pub(super) fn on_worker_pid(&mut self, worker_pid: u32) {
+        if !self.process.relocate(worker_pid) {
+            tracing::warn!(worker_pid, "the worker's Python process could not be found on the host; interrupts and limits cannot reach it");
+            return;
         }
+        self.syscall_readable =
+            worker::main_thread_reading(self.process.pid(), worker::EXEC_FD).is_some();
     }
 
     /// The kernel's view of whether the worker's main thread is idle (`core/overrun.rs`):

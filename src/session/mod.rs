@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::protocol::{self, CompletenessStatus, Heartbeat, StreamName};
+pub use crate::protocol::{TransactionOutcome, TransactionPolicy};
 use requests::{Command, WorkerRequest};
 
 /// The UTF-8 decoding of pipe output, public for the micro-benchmarks in `benches/`.
@@ -121,6 +122,9 @@ pub struct ExecuteOptions {
     pub timeout: Option<Duration>,
     /// The execution id; `None` generates a UUID.
     pub execution_id: Option<String>,
+    /// Whether the session's state is put back afterwards (docs/transactions.md): a rollback
+    /// policy takes a copy-on-write snapshot of the worker before the code runs.
+    pub transaction_policy: TransactionPolicy,
 }
 
 /// What an execution reports, in order. Exactly one terminal event (`Result` or `Error`)
@@ -144,11 +148,15 @@ pub enum Event {
         /// was `None`.
         repr: Option<String>,
         execution_time: Duration,
+        /// What became of the execution's changes, when it ran in a transaction.
+        transaction: Option<TransactionOutcome>,
     },
     Error {
         exception_type: String,
         exception_message: String,
         traceback: String,
+        /// What became of the execution's changes, when it ran in a transaction.
+        transaction: Option<TransactionOutcome>,
     },
 }
 
@@ -163,7 +171,16 @@ impl Event {
             exception_type: exception_type.to_string(),
             traceback: format!("{exception_type}: {message}\n"),
             exception_message: message,
+            transaction: None,
         }
+    }
+
+    /// The same terminal event, saying what became of its transaction.
+    pub(crate) fn with_transaction(mut self, outcome: Option<TransactionOutcome>) -> Event {
+        if let Event::Result { transaction, .. } | Event::Error { transaction, .. } = &mut self {
+            *transaction = outcome;
+        }
+        self
     }
 }
 
@@ -259,6 +276,9 @@ pub enum CancelOutcome {
     Cancelled,
     /// The code did not stop in time: the worker was killed and restarted, the namespace lost.
     Killed,
+    /// The code did not stop in time but ran in a transaction: the worker process was killed
+    /// and its snapshot took over, so the session is at its state before the execution.
+    RolledBack,
     /// No such execution is running or queued.
     NotRunning,
 }
@@ -508,6 +528,7 @@ impl Session {
             timeout: options.timeout,
             events: events_tx,
             internal,
+            policy: options.transaction_policy,
         };
         if let Err(mpsc::error::SendError(Command::Execute { events, .. })) =
             self.inner.commands.send(command)

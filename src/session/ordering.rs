@@ -213,6 +213,8 @@ mod tests {
             repr: None,
             execution_time: 0.0,
             marked,
+            transaction: None,
+            worker_pid: None,
         })
     }
 

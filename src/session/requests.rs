@@ -25,6 +25,7 @@ pub(crate) enum Command {
         events: mpsc::Sender<Event>,
         /// An operation of the agent's own in place of `code` (see `protocol::Execute`).
         internal: Option<serde_json::Value>,
+        policy: crate::protocol::TransactionPolicy,
     },
     InputResponse {
         input_id: String,

@@ -37,7 +37,12 @@ pub use spawn::{spawn, SpawnedWorker};
 pub(crate) use spawner::keep_open_file_limit_for_workers;
 
 /// The Python side, embedded so the binary is self-contained.
-pub const AGENT_SOURCE: &str = include_str!("../../worker/agent.py");
+pub const AGENT_SOURCE: &str = concat!(
+    include_str!("../../worker/agent.py"),
+    include_str!("../../worker/state.py"),
+    include_str!("../../worker/transaction.py"),
+    include_str!("../../worker/main.py"),
+);
 
 /// The fd number of the exec channel in the worker (`execute` in, `ready`/`input`/`result`/
 /// `error` out; read by the worker's main thread).

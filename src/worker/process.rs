@@ -21,20 +21,20 @@ use super::procfs::group_members;
 use super::spawner::GroupLeader;
 use crate::error::Error;
 
-/// A live (not yet reaped) worker process that leads its own process group. In a sandbox
-/// the process we start (and track, signal as a group, and reap) is the sandbox's launcher;
-/// the Python process is its grandchild, found once it runs ([`WorkerProcess::locate`]).
+/// A live (not yet reaped) worker process that leads its own process group. The process we
+/// start (and track, signal as a group, and reap) is the session's supervisor (the agent's
+/// first process, `worker/transaction.py`) or, in a sandbox, its launcher; the Python process
+/// that runs the code is a descendant, found from the pid it reports
+/// ([`WorkerProcess::relocate`]), and replaced when a transaction's snapshot takes over.
 #[derive(Debug)]
 pub struct WorkerProcess {
     /// Not reaped while this value exists: `reap` consumes it.
     child: Child,
-    /// Started by a sandbox launcher (`sandbox.rs`): the Python process is not `child`.
+    /// Started by a sandbox launcher (`sandbox.rs`): the supervisor is not `child`.
     sandboxed: bool,
-    /// The Python process's pid as the host sees it, once known (at once without a sandbox).
-    python: std::sync::OnceLock<u32>,
-    /// In a sandbox, the Python process's exit event (a pidfd, taken when it is located):
-    /// it is not our child, so its pid is checked against this before each use.
-    python_exit: std::sync::OnceLock<Option<OwnedFd>>,
+    /// The Python process that runs the code, once located. It is not our child, so its
+    /// pid is checked against its pidfd before each use.
+    python: std::sync::Mutex<Option<Located>>,
     /// The group's keeper (see `spawner.rs`), a member of the group: killed with it, and
     /// reaped by `reap` (or, if this value is dropped instead, by tokio in the background).
     keeper: Option<Child>,
@@ -61,15 +61,10 @@ impl WorkerProcess {
         // The child is not reaped (nothing waited for it), so `pid` is still its own.
         let exit = ExitWatch::new(pid).map_err(Error::io("watching the worker's exit"))?;
         let (child, keeper) = group.into_parts().ok_or_else(not_tracked)?;
-        let python = std::sync::OnceLock::new();
-        if !sandboxed {
-            let _ = python.set(pid);
-        }
         Ok(WorkerProcess {
             child,
             sandboxed,
-            python,
-            python_exit: std::sync::OnceLock::new(),
+            python: std::sync::Mutex::new(None),
             keeper,
             pid,
             helpers: Vec::new(),
@@ -84,39 +79,58 @@ impl WorkerProcess {
         self.locate().unwrap_or(self.pid)
     }
 
-    /// The Python process's host pid: without a sandbox the child itself; in one, the child
-    /// of the namespace's pid 1, looked up once it exists (when the worker has said `ready`
-    /// it does) and remembered.
+    /// The host pid of the Python process that runs the code, while it runs (as located by
+    /// [`Self::relocate`]).
     pub fn locate(&self) -> Option<u32> {
-        let pid = match self.python.get() {
-            Some(pid) => *pid,
-            None => {
-                let found = super::sandbox::locate_worker(self.pid)?;
-                let pid = *self.python.get_or_init(|| found);
-                self.python_exit.get_or_init(|| pidfd(pid).ok());
-                pid
-            }
-        };
-        self.python_alive().then_some(pid)
+        let python = self.python.lock().ok()?;
+        let located = python.as_ref()?;
+        located.alive().then_some(located.pid)
     }
 
-    /// Whether the Python process still runs. In a sandbox it is not our child: once it
-    /// exits, its namespace's pid 1 reaps it and its pid may in principle be reused before
-    /// we learn of the launcher's exit. Its pidfd (taken while it ran) tells, without a
-    /// wait. A process we cannot tell about counts as running (our child, or no pidfd).
-    fn python_alive(&self) -> bool {
-        let Some(Some(fd)) = self.python_exit.get() else {
-            return true;
+    /// Finds the Python process that reported `worker_pid` (its pid in its own namespace: in
+    /// the `ready` message, or when a transaction's snapshot took over) among the
+    /// descendants of the process we started, and remembers it with its pidfd. Called while
+    /// that process runs (it just spoke), so the pid found is its own; it is checked again
+    /// once the pidfd is held. False if it could not be found.
+    pub fn relocate(&self, worker_pid: u32) -> bool {
+        let found = descendants(self.pid, LOCATE_DEPTH)
+            .into_iter()
+            .find(|&pid| innermost_pid(pid) == Some(worker_pid))
+            .and_then(|pid| {
+                let exit = pidfd(pid).ok();
+                (innermost_pid(pid) == Some(worker_pid)).then_some(Located { pid, exit })
+            });
+        let Ok(mut python) = self.python.lock() else {
+            return false;
         };
-        let mut poll = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let located = found.is_some();
+        if located {
+            *python = found;
+        }
+        located
+    }
+
+    /// SIGKILL to the Python process alone (a transaction's snapshot then takes over), by
+    /// its pidfd: never to a process that reused its pid. False if it is not located or
+    /// already gone.
+    pub fn kill_python(&self) -> bool {
+        let Ok(python) = self.python.lock() else {
+            return false;
         };
-        // not polling: a zero-timeout look at an exit event, once per use of the pid.
-        // SAFETY: poll on one valid pollfd we own.
-        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-        ready == 0
+        let Some(Located { exit: Some(fd), .. }) = python.as_ref() else {
+            return false;
+        };
+        // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        sent == 0
     }
 
     /// Calls `f` on each process of the worker whose limits its Python process has or will
@@ -128,15 +142,25 @@ impl WorkerProcess {
         &self,
         mut f: impl FnMut(u32) -> io::Result<()>,
     ) -> io::Result<()> {
-        if !self.sandboxed {
-            return f(self.pid);
-        }
         f(self.pid)?;
-        let Some(init) = super::sandbox::first_child(self.pid) else {
-            return Ok(());
-        };
-        f(init)?;
-        match self.locate() {
+        // In a sandbox the launcher's child is the namespace's pid 1, whose child is the
+        // supervisor; without one the process we started is the supervisor.
+        let mut supervisor = self.pid;
+        if self.sandboxed {
+            for _ in 0..2 {
+                let Some(child) = super::sandbox::first_child(supervisor) else {
+                    return Ok(());
+                };
+                f(child)?;
+                supervisor = child;
+            }
+        }
+        // The worker: the one located, else the supervisor's first child (the worker it
+        // forked at start-up, before anything else).
+        match self
+            .locate()
+            .or_else(|| super::sandbox::first_child(supervisor))
+        {
             Some(python) => f(python),
             None => Ok(()),
         }
@@ -170,6 +194,8 @@ impl WorkerProcess {
     /// launcher's child, and the launcher (ours, not reaped) has not reaped it while it is
     /// listed. Before pid 1 exists, or once it is gone, the launcher's group is killed.
     pub fn kill_group(&self) {
+        // The Python process too: user code can move it out of the group (`setpgid`).
+        self.kill_python();
         if self.sandboxed {
             if let Some(init) = super::sandbox::first_child(self.pid)
                 .and_then(|p| libc::pid_t::try_from(p).ok())
@@ -410,6 +436,67 @@ fn signal_group(pgid: u32, signal: i32) {
     unsafe {
         libc::killpg(pgid, signal);
     }
+}
+
+/// How deep below the process we start the Python process may be: launcher, the
+/// namespace's pid 1, the supervisor, the worker.
+const LOCATE_DEPTH: usize = 3;
+
+/// The located Python process: its host pid and, if the kernel gave one, its pidfd.
+#[derive(Debug)]
+struct Located {
+    pid: u32,
+    exit: Option<OwnedFd>,
+}
+
+impl Located {
+    /// Whether it still runs. It is not our child: once it exits, its parent reaps it and
+    /// its pid may in principle be reused. Its pidfd (taken while it ran) tells, without a
+    /// wait. Without a pidfd it counts as running.
+    fn alive(&self) -> bool {
+        let Some(fd) = &self.exit else {
+            return true;
+        };
+        let mut poll = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // not polling: a zero-timeout look at an exit event, once per use of the pid.
+        // SAFETY: poll on one valid pollfd we own.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
+    }
+}
+
+/// `root`'s descendants down to `depth` levels, nearest first (children as the kernel lists
+/// them for each process's main thread).
+fn descendants(root: u32, depth: usize) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut level = vec![root];
+    for _ in 0..depth {
+        let next: Vec<u32> = level
+            .iter()
+            .flat_map(|&pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        found.extend(&next);
+        level = next;
+    }
+    found
+}
+
+/// `pid`'s pid in its innermost pid namespace (the last `NSpid` field of its status): what
+/// the process itself sees from `getpid()`.
+fn innermost_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
 }
 
 /// A pidfd of `pid` (readable once it exits).

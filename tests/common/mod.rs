@@ -18,8 +18,8 @@ mod session;
 
 pub use child::Watched;
 pub use process::{
-    group_alive, group_gone_within, group_members, process_exists, processes_running, rss_bytes,
-    wait_child_until, wait_pid_exit, RemovalWatch,
+    group_alive, group_gone_within, group_members, pgid_of, process_exists, processes_running,
+    rss_bytes, wait_child_until, wait_pid_exit, RemovalWatch,
 };
 pub use session::{error_type, eval, guard, run, start, start_with, terminal, wait_for_stdout};
 

@@ -76,6 +76,18 @@ pub fn process_exists(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
+/// The process group of live process `pid` (a session's worker is in its supervisor's group,
+/// which the supervisor leads).
+pub fn pgid_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
+    let close = stat.rfind(')').expect("a stat line");
+    stat[close + 1..]
+        .split_whitespace()
+        .nth(2)
+        .and_then(|f| f.parse().ok())
+        .expect("a pgrp field")
+}
+
 /// Whether any live (non-zombie) process is in process group `pgid`, from /proc/<pid>/stat.
 pub fn group_alive(pgid: u32) -> bool {
     !group_members(pgid).is_empty()

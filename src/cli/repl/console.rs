@@ -198,7 +198,7 @@ impl Console {
                                 self.term.write(StreamName::Stdout, &format!("{repr}\n"));
                             }
                         }
-                        Event::Error { exception_type, exception_message, traceback } => {
+                        Event::Error { exception_type, exception_message, traceback, .. } => {
                             match exception_type.as_str() {
                                 // Its message speaks of the protocol; say what it means here.
                                 "ExecutionKilled" => self.term.note(

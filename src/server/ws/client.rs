@@ -144,10 +144,22 @@ pub(super) async fn handle(
                     None => return bad_request(invalid_timeout(t)),
                 },
             };
+            let transaction_policy = match msg.get("transaction_policy") {
+                None | Some(Value::Null) => Default::default(),
+                Some(policy) => match serde_json::from_value(policy.clone()) {
+                    Ok(policy) => policy,
+                    Err(_) => {
+                        return bad_request(format!(
+                            "transaction_policy must be \"commit_always\", \"rollback_on_failure\" or \"rollback_always\", not {policy}"
+                        ))
+                    }
+                },
+            };
             let request = ExecuteRequest {
                 code,
                 timeout,
                 execution_id: client_id.clone(),
+                transaction_policy,
             };
             // Room in the writer's queue first: an execution is never accepted without the
             // reader that follows it.

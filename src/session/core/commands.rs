@@ -25,6 +25,7 @@ impl Core {
                 timeout,
                 events,
                 internal,
+                policy,
             } => {
                 let mut sink = Sink::new(events);
                 if self.closing {
@@ -46,6 +47,7 @@ impl Core {
                     timeout: timeout.or(self.config.default_timeout),
                     sink,
                     internal,
+                    policy,
                 });
                 self.pump(now);
             }
@@ -267,6 +269,8 @@ impl Core {
             pending_inputs: HashSet::new(),
             owned_segment: segment,
             seq,
+            transactional: queued.policy.rolls_back() && w.transactions,
+            worker_killed: false,
         };
         // Output written between executions (background threads, children) comes first.
         let mut earlier = Vec::new();
@@ -284,7 +288,7 @@ impl Core {
             code: queued.code,
             seq,
             transaction_id: None,
-            transaction_policy: protocol::TransactionPolicy::CommitAlways,
+            transaction_policy: queued.policy,
             capture_source: false,
             internal: queued.internal,
         }));
@@ -311,7 +315,18 @@ impl Core {
         let grace = self.config.timeout_grace;
         let mut send_cancel = false;
         if let Some(run) = &mut self.current {
-            match &run.cancel {
+            match &mut run.cancel {
+                // In a transaction, the worker process alone is killed first: its snapshot
+                // then ends the execution with the session as it was. Should no snapshot
+                // answer within another grace, the group goes as usual.
+                Some(cancel)
+                    if cancel.deadline <= now && run.transactional && !run.worker_killed =>
+                {
+                    run.worker_killed = true;
+                    // not polling: a deadline, raced in the one sleep_until of the actor.
+                    cancel.deadline = crate::time::deadline(now, grace);
+                    self.effects.push(Effect::KillWorkerProcess);
+                }
                 Some(cancel) if cancel.deadline <= now => {
                     kill = Some(ExitCause::CancelGraceExpired {
                         timed_out: cancel.timed_out,

@@ -74,6 +74,9 @@ pub(crate) enum Effect {
     Interrupt { seq: u64 },
     /// SIGKILL to the worker's process group; its exit follows as `Input::Exited`.
     KillGroup,
+    /// SIGKILL to the worker's Python process alone: a transaction's snapshot takes over and
+    /// ends the execution (docs/transactions.md).
+    KillWorkerProcess,
     /// Deliver the rest of a finished execution's events from a task of its own.
     DrainSink(Sink),
     /// Read whether the worker's main thread is idle; answer with `Input::IdleProbe`.
@@ -95,6 +98,8 @@ struct WorkerSlot {
     requests: PendingRequests,
     /// Executions that ended by the worker's word, held to their time limit anyway.
     overrun: OverrunWatch,
+    /// The worker keeps transaction snapshots (its `ready` said so).
+    transactions: bool,
 }
 
 struct CancelState {
@@ -114,6 +119,11 @@ struct Running {
     owned_segment: u64,
     /// Its number on the worker (the SIGINT target).
     seq: u64,
+    /// Runs in a transaction: killing only the worker process (not its group) brings the
+    /// snapshot back instead of ending the session.
+    transactional: bool,
+    /// The worker process alone was killed (the snapshot is to report and take over).
+    worker_killed: bool,
 }
 
 struct Queued {
@@ -123,6 +133,7 @@ struct Queued {
     sink: Sink,
     /// See `protocol::Execute::internal`.
     internal: Option<serde_json::Value>,
+    policy: protocol::TransactionPolicy,
 }
 
 pub(crate) struct Core {
@@ -350,6 +361,7 @@ impl Core {
             ordering: OutputOrdering::new(&marker_token),
             requests: PendingRequests::default(),
             overrun: OverrunWatch::default(),
+            transactions: false,
         });
         self.effects.push(Effect::SpawnWorker { marker_token });
     }
@@ -494,6 +506,7 @@ impl Core {
             return;
         }
         w.ready = true;
+        w.transactions = ready.capabilities.iter().any(|c| c == "transactions");
         self.python_version = ready.python_version;
         self.dead_reason = None;
         if let Some(first) = self.first_start.take() {

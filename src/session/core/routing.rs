@@ -29,9 +29,14 @@ impl Core {
                     // The code stopped: a cancel in progress has succeeded, whenever the
                     // terminal message gets delivered.
                     if terminal_execution_id(&msg) == Some(run.id.as_str()) {
+                        let outcome = if run.worker_killed {
+                            CancelOutcome::RolledBack
+                        } else {
+                            CancelOutcome::Cancelled
+                        };
                         if let Some(cancel) = &mut run.cancel {
                             for reply in cancel.replies.drain(..) {
-                                let _ = reply.send(CancelOutcome::Cancelled);
+                                let _ = reply.send(outcome);
                             }
                         }
                     }
@@ -115,11 +120,13 @@ impl Core {
                 let event = match &run.cancel {
                     Some(cancel) if cancel.timed_out => {
                         crate::session::exit::timeout_event(run.timeout, None)
+                            .with_transaction(r.transaction)
                     }
                     _ => Event::Result {
                         value: r.value,
                         repr: r.repr,
                         execution_time: crate::time::clamped_duration(r.execution_time),
+                        transaction: r.transaction,
                     },
                 };
                 self.finish_current(event, now);
@@ -129,11 +136,13 @@ impl Core {
                 let event = match &run.cancel {
                     Some(cancel) if cancel.timed_out => {
                         crate::session::exit::timeout_event(run.timeout, Some(e.traceback))
+                            .with_transaction(e.transaction)
                     }
                     _ => Event::Error {
                         exception_type: e.exception_type,
                         exception_message: e.exception_message,
                         traceback: e.traceback,
+                        transaction: e.transaction,
                     },
                 };
                 self.finish_current(event, now);

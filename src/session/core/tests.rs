@@ -96,6 +96,7 @@ impl Harness {
             timeout,
             events,
             internal: None,
+            policy: Default::default(),
         }));
         (rx, effects)
     }
@@ -112,6 +113,8 @@ impl Harness {
             repr: Some("2".into()),
             execution_time: 0.001,
             marked: true,
+            transaction: None,
+            worker_pid: None,
         })))
     }
 
@@ -123,6 +126,8 @@ impl Harness {
             exception_message: String::new(),
             traceback: format!("{exception_type}\n"),
             marked: true,
+            transaction: None,
+            worker_pid: None,
         })))
     }
 

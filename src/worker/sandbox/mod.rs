@@ -481,14 +481,6 @@ pub(super) fn resolve_program(name: &Path) -> PathBuf {
 
 // --- the worker's pid ---
 
-/// The host pid of the Python process of a sandbox whose launcher (our child `bwrap`) is
-/// `launcher`: the child of the namespace's pid 1, itself the launcher's child. `None` until
-/// the worker runs (or if the kernel does not list children, `CONFIG_PROC_CHILDREN`).
-pub fn locate_worker(launcher: u32) -> Option<u32> {
-    let init = first_child(launcher)?;
-    first_child(init)
-}
-
 /// The first child `/proc` lists for `pid`.
 pub(crate) fn first_child(pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;

@@ -1,0 +1,254 @@
+//! Namespace transactions (docs/transactions.md): under a rollback policy an execution leaves
+//! the session exactly as it was (names, in-place mutations, module and class attributes),
+//! including one that had to be killed; the terminal event says what became of it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pyrepl3::{
+    CancelOutcome, Event, ExecuteOptions, ExecutionOutcome, Session, TransactionOutcome,
+    TransactionPolicy,
+};
+
+async fn run_in(s: &Session, code: &str, policy: TransactionPolicy) -> ExecutionOutcome {
+    let options = ExecuteOptions {
+        transaction_policy: policy,
+        ..Default::default()
+    };
+    guard(s.execute(code, options).outcome()).await
+}
+
+fn transaction(event: &Event) -> Option<TransactionOutcome> {
+    match event {
+        Event::Result { transaction, .. } | Event::Error { transaction, .. } => *transaction,
+        _ => None,
+    }
+}
+
+const SETUP: &str = "import json\n\
+data = [1, 2, 3]\n\
+config = {'mode': 'a'}\n\
+class Counter:\n    hits = 0\n\
+gone = 'still here'\n\
+json.custom_marker = 'before'";
+
+const STATE: &str = "(data, config, Counter.hits, gone, json.custom_marker, 'added' in globals())";
+const STATE_BEFORE: &str = "([1, 2, 3], {'mode': 'a'}, 0, 'still here', 'before', False)";
+
+/// Mutates in place, rebinds, adds and deletes names, and changes module and class
+/// attributes; `tail` decides how it ends.
+fn everything_changes(tail: &str) -> String {
+    format!(
+        "data.append(4)\nconfig['mode'] = 'b'\nCounter.hits += 1\n\
+         json.custom_marker = 'after'\nadded = 1\ndel gone\n{tail}"
+    )
+}
+
+#[tokio::test]
+async fn rollback_on_failure_undoes_everything_a_failed_execution_did() {
+    let s = start().await;
+    eval(&s, SETUP).await;
+    let failed = run_in(
+        &s,
+        &everything_changes("1/0"),
+        TransactionPolicy::RollbackOnFailure,
+    )
+    .await;
+    assert_eq!(failed.error_type(), Some("ZeroDivisionError"), "{failed:?}");
+    assert_eq!(
+        transaction(&failed.terminal),
+        Some(TransactionOutcome::RolledBack)
+    );
+    assert_eq!(eval(&s, STATE).await.as_deref(), Some(STATE_BEFORE));
+
+    // The same policy keeps what a successful execution did.
+    let ok = run_in(
+        &s,
+        &everything_changes("'fine'"),
+        TransactionPolicy::RollbackOnFailure,
+    )
+    .await;
+    assert_eq!(ok.repr(), Some("'fine'"));
+    assert_eq!(
+        transaction(&ok.terminal),
+        Some(TransactionOutcome::Committed)
+    );
+    assert_eq!(
+        eval(
+            &s,
+            "(data, config, Counter.hits, 'gone' in globals(), json.custom_marker, added)"
+        )
+        .await
+        .as_deref(),
+        Some("([1, 2, 3, 4], {'mode': 'b'}, 1, False, 'after', 1)")
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn rollback_always_undoes_a_successful_execution_but_returns_its_result() {
+    let s = start().await;
+    eval(&s, SETUP).await;
+    let out = run_in(
+        &s,
+        &everything_changes("print('side'); sorted(data)"),
+        TransactionPolicy::RollbackAlways,
+    )
+    .await;
+    assert_eq!(out.repr(), Some("[1, 2, 3, 4]"), "{out:?}");
+    assert_eq!(out.stdout, "side\n");
+    assert_eq!(
+        transaction(&out.terminal),
+        Some(TransactionOutcome::RolledBack)
+    );
+    assert_eq!(eval(&s, STATE).await.as_deref(), Some(STATE_BEFORE));
+    // The history is as it was too: the rolled-back cell is not in it.
+    // "", the set-up, the state read above and this cell: not the rolled-back one.
+    assert_eq!(eval(&s, "len(In)").await.as_deref(), Some("4"));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn commit_always_keeps_a_failed_executions_changes_and_reports_no_transaction() {
+    let s = start().await;
+    eval(&s, SETUP).await;
+    let out = run_in(
+        &s,
+        &everything_changes("1/0"),
+        TransactionPolicy::CommitAlways,
+    )
+    .await;
+    assert_eq!(out.error_type(), Some("ZeroDivisionError"));
+    assert_eq!(transaction(&out.terminal), None, "no transaction was run");
+    assert_eq!(
+        eval(&s, "(data, added, 'gone' in globals())")
+            .await
+            .as_deref(),
+        Some("([1, 2, 3, 4], 1, False)")
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_in_a_transaction_is_replaced_by_its_snapshot() {
+    let s = start().await;
+    eval(&s, "import os, signal\ndata = [1, 2, 3]").await;
+    let pid_before = s.info().await.unwrap().pid;
+    // A crash of C code (here: the process killing itself with SIGSEGV).
+    let out = run_in(
+        &s,
+        "data.append(4)\nos.kill(os.getpid(), signal.SIGSEGV)",
+        TransactionPolicy::RollbackOnFailure,
+    )
+    .await;
+    assert_eq!(out.error_type(), Some("ExecutionKilled"), "{out:?}");
+    let Event::Error {
+        exception_message, ..
+    } = &out.terminal
+    else {
+        unreachable!()
+    };
+    assert!(exception_message.contains("SIGSEGV"), "{exception_message}");
+    assert_eq!(
+        transaction(&out.terminal),
+        Some(TransactionOutcome::RolledBack)
+    );
+    assert_eq!(eval(&s, "data").await.as_deref(), Some("[1, 2, 3]"));
+    // The session runs on in another process, which it reports.
+    let info = s.info().await.unwrap();
+    assert_ne!(info.pid, pid_before);
+    assert_eq!(
+        eval(&s, "os.getpid()").await,
+        info.pid.map(|p| p.to_string())
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_timed_out_execution_that_ignores_the_interrupt_is_killed_and_rolled_back() {
+    let s = start().await;
+    eval(&s, "data = [1, 2, 3]").await;
+    let options = ExecuteOptions {
+        timeout: Some(Duration::from_millis(300)),
+        transaction_policy: TransactionPolicy::RollbackOnFailure,
+        ..Default::default()
+    };
+    // Ignores KeyboardInterrupt, so only a kill ends it.
+    let code = "data.append(4)\nimport time\nwhile True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass";
+    let out = guard(s.execute(code, options).outcome()).await;
+    assert_eq!(out.error_type(), Some("ExecutionTimeout"), "{out:?}");
+    assert_eq!(
+        transaction(&out.terminal),
+        Some(TransactionOutcome::RolledBack)
+    );
+    assert_eq!(eval(&s, "data").await.as_deref(), Some("[1, 2, 3]"));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancel_that_must_kill_rolls_back_instead_of_losing_the_session() {
+    let s = start().await;
+    eval(&s, "data = [1, 2, 3]").await;
+    let options = ExecuteOptions {
+        transaction_policy: TransactionPolicy::RollbackOnFailure,
+        ..Default::default()
+    };
+    // Deaf to SIGINT, so only a kill ends it.
+    let code =
+        "data.append(4)\nimport signal, time\nsignal.signal(signal.SIGINT, lambda *a: None)\n\
+                print('started', flush=True)\ntime.sleep(3600)";
+    let mut execution = s.execute(code, options);
+    wait_for_stdout(&mut execution, "started").await;
+    let outcome = guard(s.cancel(execution.id(), Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let end = terminal(&mut execution).await;
+    assert_eq!(outcome, CancelOutcome::RolledBack, "{end:?}");
+    assert_eq!(error_type(&end), "ExecutionKilled");
+    assert_eq!(eval(&s, "data").await.as_deref(), Some("[1, 2, 3]"));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn threads_and_open_files_of_earlier_cells_work_after_a_rollback() {
+    let s = start().await;
+    eval(&s, "import threading, tempfile\nf = tempfile.TemporaryFile()\nf.write(b'abc')\nf.flush()\nlock = threading.Lock()").await;
+    let out = run_in(
+        &s,
+        "f.write(b'def'); f.flush(); 1/0",
+        TransactionPolicy::RollbackOnFailure,
+    )
+    .await;
+    assert_eq!(out.error_type(), Some("ZeroDivisionError"));
+    // What reached the file is outside the process: not undone (what sat in the file
+    // object's buffer was process memory, and would have been). The input() path, the
+    // reader thread (input replies) and output all work in the process that took over.
+    assert_eq!(
+        eval(&s, "f.seek(0); f.read()").await.as_deref(),
+        Some("b'abcdef'")
+    );
+    let mut execution = s.execute("print('x'); input('? ')", ExecuteOptions::default());
+    loop {
+        match guard(execution.next_event()).await {
+            Some(Event::Input { input_id, .. }) => {
+                s.input_response(&input_id, "answer\n").await.unwrap();
+            }
+            Some(end @ (Event::Result { .. } | Event::Error { .. })) => {
+                assert!(
+                    matches!(&end, Event::Result { repr: Some(r), .. } if r == "'answer'"),
+                    "{end:?}"
+                );
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no terminal event"),
+        }
+    }
+    assert_eq!(
+        eval(&s, "lock.acquire(timeout=1)").await.as_deref(),
+        Some("True")
+    );
+    s.shutdown().await.unwrap();
+}
