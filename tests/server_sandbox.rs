@@ -219,7 +219,7 @@ fn exec_sandbox_works_for_an_ordinary_user_in_a_user_namespace() {
     };
     assert_eq!(
         exec.stdout().trim(),
-        format!("{uid} 3 FileNotFoundError -1 True OSError"),
+        format!("{uid} 2 FileNotFoundError -1 True OSError"),
         "{}",
         exec.stderr()
     );

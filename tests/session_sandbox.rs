@@ -26,10 +26,9 @@ async fn a_sandboxed_worker_runs_code_and_reports_its_host_pid() {
         "the pid is the Python process's, as the host sees it: {}",
         String::from_utf8_lossy(&cmdline)
     );
-    // pid 1 is the namespace's init, 2 the session's supervisor (which forked the worker).
     assert_eq!(
         eval(&s, "import os; os.getpid()").await.as_deref(),
-        Some("3")
+        Some("2")
     );
     assert!(
         info.containment.starts_with("sandbox"),
@@ -95,23 +94,26 @@ async fn a_session_cannot_see_touch_or_signal_another_session_or_the_host() {
         );
     }
     assert_eq!(
-        attempt(&attacker, "caught(lambda: os.kill(1, signal.SIGKILL))").await,
+        attempt(
+            &attacker,
+            "caught(lambda: os.kill(os.getppid(), signal.SIGKILL))"
+        )
+        .await,
         "'PermissionError EPERM'",
-        "the namespace's pid 1"
+        "the namespace's pid 1 (the parent)"
     );
     assert_eq!(
         attempt(&attacker, "caught(lambda: os.kill(1, signal.SIGTERM))").await,
         "'PermissionError EPERM'"
     );
-    // Only its own processes are visible: the namespace's init, the session's supervisor and
-    // the worker.
+    // Only its own processes are visible.
     assert_eq!(
         attempt(
             &attacker,
             "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())"
         )
         .await,
-        "[1, 2, 3]"
+        "[1, 2]"
     );
     // The victim and the host are untouched.
     assert_eq!(eval(&victim, "secret").await.as_deref(), Some("'hunter2'"));
@@ -448,6 +450,46 @@ async fn an_interpreter_under_tmp_runs_in_the_sandbox() {
     assert_eq!(
         eval(&s, "import sys; sys.prefix").await,
         Some(format!("{:?}", venv.to_str().unwrap()).replace('"', "'"))
+    );
+    s.shutdown().await.unwrap();
+}
+
+/// Transactions work the same in the sandbox, where the supervisor is the namespace's pid 1:
+/// a worker killed during a transaction is replaced by its snapshot, whose host pid the
+/// session then reports.
+#[tokio::test]
+async fn a_killed_transaction_rolls_back_in_the_sandbox_and_the_host_follows_the_new_worker() {
+    use pyrepl3::{ExecuteOptions, TransactionPolicy};
+    let s = start_with(sandboxed()).await;
+    eval(&s, "import os\ndata = [1, 2, 3]").await;
+    let before = s.info().await.unwrap().pid.unwrap();
+    let options = ExecuteOptions {
+        transaction_policy: TransactionPolicy::RollbackOnFailure,
+        ..Default::default()
+    };
+    let out = guard(
+        s.execute("data.clear()\nos.kill(os.getpid(), 9)", options)
+            .outcome(),
+    )
+    .await;
+    assert_eq!(out.error_type(), Some("ExecutionKilled"), "{out:?}");
+    assert_eq!(eval(&s, "data").await.as_deref(), Some("[1, 2, 3]"));
+    let after = s.info().await.unwrap().pid.unwrap();
+    assert_ne!(after, before);
+    let cmdline = std::fs::read(format!("/proc/{after}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("python"));
+    // Inside: pid 1 is the supervisor, which adopted the snapshot; the old worker is gone.
+    assert_eq!(
+        eval(
+            &s,
+            "(os.getppid(), sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[0])"
+        )
+        .await
+        .as_deref(),
+        Some("(1, 1)")
+    );
+    assert!(
+        !process_exists(before) || wait_pid_exit(before, std::time::Duration::from_secs(5)).await
     );
     s.shutdown().await.unwrap();
 }

@@ -22,6 +22,7 @@ def main():
     control_fd = int(os.environ.get("PYREPL3_CONTROL_FD", "4"))
     signal_fd = int(os.environ.get("PYREPL3_SIGNAL_FD", "-1"))
     session_id = os.environ.get("PYREPL3_SESSION_ID", "")
+    reaper = os.environ.get("PYREPL3_SUPERVISE") == "1"  # the host made this process a reaper
     marker = ""
     if signal_fd >= 0:  # the token is passed in the signal file, never in the environment
         try:
@@ -32,7 +33,7 @@ def main():
             os._exit(1)  # the host could never pair this worker's output with its messages
     for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
         del os.environ[key]  # user code and its children must not see them
-    transactions = _start_supervision(signal_fd, (exec_fd, control_fd))  # from here: the worker
+    transactions = _start_supervision(signal_fd, (exec_fd, control_fd), reaper)  # now: the worker
     _agent = Agent(exec_fd, control_fd, signal_fd, session_id, marker)
     _agent._transactions = transactions
     _thread.start_new_thread(_agent.read_loop, ())

@@ -8,55 +8,41 @@ during the cell (killed at a timeout, by the kernel for memory, a crash in C cod
 snapshot then reports how it died.
 
 For that the session's first process is its supervisor: it forks the worker at start-up and
-then only waits for children. It is the worker's parent and, as a child subreaper, the
-parent a snapshot gets when its worker dies; it alone learns how the worker died, so it is
-the one that tells the snapshot to take over. It runs no user code and holds no channel to
+then only waits for children. It is the worker's parent and the parent a snapshot gets when
+its worker dies (the host makes it a reaper: the sandbox's pid 1, or a child subreaper); it
+alone learns how the worker died, so it is the one that tells the snapshot to take over. It runs no user code and holds no channel to
 the host: when the worker dies with no snapshot to take over, it exits the same way, and the
 host sees the session's process end as before.
 """
 
 _SNAPSHOT_SLOT = 128  # offset in the signal-target file: pid of the live snapshot (8 bytes)
-_PR_SET_CHILD_SUBREAPER = 36
 _HAND_OVER_LIMIT = (1 << 20) - 4096  # bytes of a handed-over frame: fits the pipe's buffer
 
 
-def _start_supervision(signal_fd, channels):
+def _start_supervision(signal_fd, channels, reaper):
     """Splits the session's first process in two: the supervisor (this process, which never
     returns from here) and the worker (its child, which gets a `_Transactions`). Without a
-    signal-target file (where the snapshot's pid is kept) there are no transactions and no
-    supervisor: None."""
-    if signal_fd < 0:
+    signal-target file (where the snapshot's pid is kept), or when the host did not make this
+    process a reaper (`reaper`), there are no transactions and no supervisor: None."""
+    if signal_fd < 0 or not reaper:
         return None
     promote_r, promote_w = os.pipe()  # supervisor and worker -> the blocked snapshot
-    ready_r, ready_w = os.pipe()      # supervisor -> worker: whether it can keep snapshots
     os.pwrite(signal_fd, bytes(8), _SNAPSHOT_SLOT)
     supervisor = os.getpid()
     worker = os.fork()
     if worker == 0:
-        os.close(ready_w)
-        return _Transactions(supervisor, signal_fd, promote_r, promote_w, ready_r)
-    for fd in channels + (promote_r, ready_r):
+        return _Transactions(supervisor, signal_fd, promote_r, promote_w)
+    for fd in channels + (promote_r,):
         os.close(fd)
-    _supervise(worker, signal_fd, promote_w, ready_w)
+    _supervise(worker, signal_fd, promote_w)
 
 
-def _supervise(worker, signal_fd, promote_w, ready_w):
+def _supervise(worker, signal_fd, promote_w):
     """The supervisor's whole life: reap children; when the worker dies, promote its snapshot
     if it has one, else end as the worker ended."""
     for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
                    _signal.SIGUSR1, _signal.SIGUSR2):
         _signal.signal(signum, _signal.SIG_IGN)  # the group's signals are for user code
-    try:
-        # Imported here, after the worker left: its start-up does not wait for ctypes.
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-        verdict = b"ok"
-    except BaseException as exc:
-        verdict = ("the session cannot keep snapshots: %s" % (exc,)).encode()[:500]
-    _write_all(ready_w, verdict)
-    os.close(ready_w)
     while True:
         try:
             pid, status = os.wait()  # not polling: untimed, returns when a child has ended
@@ -104,36 +90,19 @@ class _TransactionUnavailable(Exception):
 class _Transactions:
     """The worker's side of transactions: taking, discarding and handing over snapshots."""
 
-    def __init__(self, supervisor, signal_fd, promote_r, promote_w, ready_r):
+    def __init__(self, supervisor, signal_fd, promote_r, promote_w):
         self.supervisor = supervisor
         self._signal_fd = signal_fd
-        self._promote_r, self._promote_w, self._ready_r = promote_r, promote_w, ready_r
-        self._unavailable = None   # why snapshots cannot be kept, once the supervisor said
+        self._promote_r, self._promote_w = promote_r, promote_w
         self._snapshot = 0         # pid of the live snapshot (the worker's child), 0: none
         self._discarded = []       # committed snapshots, killed, not yet reaped (bounded:
                                    # each is reaped as soon as it has died)
-
-    def _check_supervisor(self):
-        if self._ready_r is not None:
-            answer = b""
-            while True:
-                chunk = os.read(self._ready_r, 512)  # not polling: once, until it said
-                if not chunk:
-                    break
-                answer += chunk
-            os.close(self._ready_r)
-            self._ready_r = None
-            if answer != b"ok":
-                self._unavailable = answer.decode("utf-8", "replace") or "no supervisor"
-        if self._unavailable is not None:
-            raise _TransactionUnavailable(self._unavailable)
 
     def begin(self, agent, execution_id):
         """Takes the snapshot. Returns None in the worker; in the snapshot, returns only if it
         is promoted, with the terminal frame it must send for `execution_id`. Raises
         _TransactionUnavailable when no snapshot could be taken (nothing ran)."""
         import gc, warnings
-        self._check_supervisor()
         self.reap_discarded()
         agent._flush_output()
         locks = (agent._state_lock, agent._ordered_lock, agent._send_lock, _flusher.lock)

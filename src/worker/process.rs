@@ -134,26 +134,25 @@ impl WorkerProcess {
     }
 
     /// Calls `f` on each process of the worker whose limits its Python process has or will
-    /// inherit, parents first: without a sandbox the worker itself; in one, the launcher,
-    /// the namespace's pid 1 and the Python process, as far as they exist yet. Each is looked
-    /// up only after its parent was done, so a process started meanwhile inherits what `f`
-    /// set on its parent (a worker still being built gets the limits all the same).
+    /// inherit, parents first: the process we started (the supervisor, or in a sandbox its
+    /// launcher), in a sandbox the supervisor (the namespace's pid 1), and the Python process,
+    /// as far as they exist yet. Each is looked up only after its parent was done, so a
+    /// process started meanwhile inherits what `f` set on its parent (a worker still being
+    /// built gets the limits all the same).
     pub fn each_process_parents_first(
         &self,
         mut f: impl FnMut(u32) -> io::Result<()>,
     ) -> io::Result<()> {
         f(self.pid)?;
-        // In a sandbox the launcher's child is the namespace's pid 1, whose child is the
-        // supervisor; without one the process we started is the supervisor.
+        // In a sandbox the launcher's child is the supervisor (the namespace's pid 1);
+        // without one the process we started is the supervisor.
         let mut supervisor = self.pid;
         if self.sandboxed {
-            for _ in 0..2 {
-                let Some(child) = super::sandbox::first_child(supervisor) else {
-                    return Ok(());
-                };
-                f(child)?;
-                supervisor = child;
-            }
+            let Some(child) = super::sandbox::first_child(supervisor) else {
+                return Ok(());
+            };
+            f(child)?;
+            supervisor = child;
         }
         // The worker: the one located, else the supervisor's first child (the worker it
         // forked at start-up, before anything else).
@@ -438,9 +437,9 @@ fn signal_group(pgid: u32, signal: i32) {
     }
 }
 
-/// How deep below the process we start the Python process may be: launcher, the
-/// namespace's pid 1, the supervisor, the worker.
-const LOCATE_DEPTH: usize = 3;
+/// How deep below the process we start the Python process may be: launcher, the supervisor
+/// (the namespace's pid 1), the worker.
+const LOCATE_DEPTH: usize = 2;
 
 /// The located Python process: its host pid and, if the kernel gave one, its pidfd.
 #[derive(Debug)]

@@ -31,8 +31,10 @@ pub struct SpawnedWorker {
     pub stderr: pipe::Receiver,
 }
 
-/// Bytes of the signal-target file: the 8-byte target, then room for the marker token.
-const SIGNAL_FILE_LEN: libc::off_t = 8 + MAX_TOKEN_LEN as libc::off_t;
+/// Bytes of the signal-target file: the 8-byte target, room for the marker token, and at
+/// offset 128 the pid of a transaction's live snapshot, kept there by the worker for its
+/// supervisor (`worker/transaction.py`, docs/transactions.md).
+const SIGNAL_FILE_LEN: libc::off_t = 128 + 8;
 /// The agent reads this many bytes of token (a UUID's 32 hex digits fit).
 const MAX_TOKEN_LEN: usize = 64;
 
@@ -133,6 +135,10 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         .env("PYREPL3_CONTROL_FD", CONTROL_FD.to_string())
         .env("PYREPL3_SIGNAL_FD", SIGNAL_FD.to_string())
         .env("PYREPL3_SESSION_ID", &spec.session_id)
+        // The process started is the session's supervisor, a reaper for the worker's
+        // orphans (docs/transactions.md): in a sandbox as the namespace's pid 1, else as a
+        // child subreaper (set below).
+        .env("PYREPL3_SUPERVISE", "1")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         // Its own process group: terminating the session kills everything it started, and a
         // Ctrl-C at the host's terminal is not delivered to the worker behind our back.
@@ -145,6 +151,7 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
         child_signal.as_raw_fd(),
     );
     let host = spawner::host_pid();
+    let sandboxed = spec.sandbox.is_some();
     let open_files = spawner::workers_open_file_limit();
     let limits = spec.limits;
     let cgroup_procs = spec.cgroup_procs.clone();
@@ -161,6 +168,9 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     unsafe {
         cmd.pre_exec(move || {
             spawner::die_with_parent(host)?;
+            if !sandboxed {
+                become_subreaper()?;
+            }
             spawner::restore_open_file_limit(open_files)?;
             limits.apply_here()?;
             for &procs in &cgroup_procs {
@@ -191,7 +201,6 @@ pub async fn spawn(spec: &WorkerSpec) -> Result<SpawnedWorker, Error> {
     }
     // A sandbox needs no keeper: its namespace's pid 1 dies with the launcher, which dies
     // with the host, and takes every process of the namespace along.
-    let sandboxed = spec.sandbox.is_some();
     let group = spawner::spawn_group_leader(cmd, !sandboxed)
         .await
         .map_err(|source| Error::Spawn {
@@ -304,9 +313,20 @@ pub(super) fn place_fd(fd: i32, target: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the calling process (the supervisor, between fork and exec: kept across `exec`) the
+/// parent that its descendants' orphans get: a transaction's snapshot, once its worker has
+/// died, becomes its child (docs/transactions.md).
+fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl without memory arguments is async-signal-safe.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An anonymous file (memfd), invisible in the worker's file system, shared by fd: bytes
-/// 0..8 are the signal target; bytes 8.. carry the output marker's token to the agent, which
-/// reads and erases it at start. Not in the environment: `/proc/<pid>/environ` keeps the
+/// 0..8 are the signal target; bytes 8..72 carry the output marker's token to the agent,
+/// which reads and erases it at start; bytes 128..136 are the snapshot slot. Not in the environment: `/proc/<pid>/environ` keeps the
 /// environment the process started with, whatever the agent deletes later.
 fn signal_target_file(marker_token: &str) -> Result<OwnedFd, Error> {
     // SAFETY: memfd_create with a valid NUL-terminated name; the fd is ours if >= 0.

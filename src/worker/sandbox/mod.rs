@@ -18,8 +18,9 @@
 //! network stack; in `etc.rs` the sandbox's `/etc`.
 //!
 //! The process tree, seen from the host: `bwrap` (our child, the worker process we track and
-//! signal as a group) → `bwrap` (pid 1 of the namespace: reaps orphans, and its death ends
-//! every process in the namespace) → `python` (pid 2 inside, the agent).
+//! signal as a group) → `python`, the session's supervisor (pid 1 of the namespace, with
+//! `--as-pid-1`: it reaps orphans, and its death ends every process in the namespace) →
+//! `python`, the worker (pid 2 inside, the agent; docs/transactions.md).
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -293,6 +294,10 @@ pub(super) fn bwrap_args(
         &mut args,
         &[
             "--unshare-pid".as_ref(),
+            // No init of bwrap's: the session's supervisor (the agent's first process) is
+            // the namespace's pid 1, the reaper of every orphan in it (a transaction's
+            // snapshot among them); its death ends the namespace.
+            "--as-pid-1".as_ref(),
             "--unshare-ipc".as_ref(),
             "--unshare-uts".as_ref(),
             "--unshare-cgroup-try".as_ref(),
@@ -462,6 +467,10 @@ pub(super) fn uid_switch(sandbox: &WorkerSandbox) -> Vec<OsString> {
         format!("--reuid={uid}").into(),
         format!("--regid={uid}").into(),
         "--clear-groups".into(),
+        // The kernel clears the parent-death signal (bwrap's --die-with-parent) when the
+        // uid changes: set again after the switch, so pid 1 still dies with the launcher.
+        "--pdeathsig".into(),
+        "KILL".into(),
         "--".into(),
     ]
 }
