@@ -254,3 +254,118 @@ async fn a_session_can_start_from_a_checkpoint() {
     assert_eq!(listed["sessions"], json!([]), "{listed}");
     api.handle.shutdown().await.unwrap();
 }
+
+/// The same over the WebSocket: `checkpoint`, `restore` and `list_checkpoints`, queued in
+/// order with the connection's executions; refusals carry the API's error code.
+#[tokio::test]
+async fn checkpoints_over_the_websocket_are_queued_in_order_with_executions() {
+    let api = Api::start(config(vec![tenant("alice", ALICE), tenant("bob", BOB)])).await;
+    let id = api.new_session(ALICE).await;
+    let mut ws = api.ws(ALICE, &id, "").await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "a", "code": "x = 1\ny = 'kept'"}),
+    )
+    .await;
+    ws_send(&mut ws, json!({"type": "checkpoint", "id": "save"})).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "b", "code": "x = 2\nz = 3"}),
+    )
+    .await;
+    let mut saved = None;
+    let mut terminals = 0;
+    while saved.is_none() || terminals < 2 {
+        let msg = ws_next(&mut ws).await;
+        if msg["type"] == "checkpoint_reply" {
+            assert_eq!(msg["in_reply_to"], "save", "{msg}");
+            saved = Some(msg["checkpoint"].clone());
+        } else if is_terminal(&msg) {
+            terminals += 1;
+        }
+    }
+    let saved = saved.unwrap();
+    let cid = saved["id"].as_str().unwrap().to_string();
+    let names: Vec<&str> = saved["saved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(names.contains(&"x") && names.contains(&"y"), "{saved}");
+    assert!(!names.contains(&"z"), "taken before `b` ran: {saved}");
+
+    // Merge: x back to 1, z (made after the checkpoint) kept.
+    ws_send(
+        &mut ws,
+        json!({"type": "restore", "id": "merge", "checkpoint_id": cid}),
+    )
+    .await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "c", "code": "(x, y, z)"}),
+    )
+    .await;
+    let (mut report, mut state) = (None, None);
+    while report.is_none() || state.is_none() {
+        let msg = ws_next(&mut ws).await;
+        if msg["type"] == "restore_reply" {
+            report = Some(msg);
+        } else if is_terminal(&msg) {
+            state = Some(msg);
+        }
+    }
+    assert_eq!(report.unwrap()["in_reply_to"], "merge");
+    assert_eq!(state.unwrap()["repr"], "(1, 'kept', 3)");
+
+    // Replace: z gone.
+    ws_send(
+        &mut ws,
+        json!({"type": "restore", "id": "clear", "checkpoint_id": cid, "clear_existing": true}),
+    )
+    .await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "d", "code": "'z' in globals()"}),
+    )
+    .await;
+    let mut state = None;
+    while state.is_none() {
+        let msg = ws_next(&mut ws).await;
+        if is_terminal(&msg) {
+            state = Some(msg);
+        }
+    }
+    assert_eq!(state.unwrap()["repr"], "False");
+
+    ws_send(&mut ws, json!({"type": "list_checkpoints", "id": "list"})).await;
+    let list = ws_next(&mut ws).await;
+    assert_eq!(list["type"], "list_checkpoints_reply", "{list}");
+    assert_eq!(list["checkpoints"][0]["id"], cid.as_str());
+
+    // An unknown checkpoint, or another tenant's: refused with the API's code.
+    ws_send(
+        &mut ws,
+        json!({"type": "restore", "id": "nope", "checkpoint_id": "ckpt-nope"}),
+    )
+    .await;
+    let refused = ws_next(&mut ws).await;
+    assert_eq!(
+        (
+            refused["type"].as_str(),
+            refused["code"].as_str(),
+            refused["in_reply_to"].as_str()
+        ),
+        (Some("error"), Some("not_found"), Some("nope")),
+        "{refused}"
+    );
+    let bobs = api.new_session(BOB).await;
+    let mut bob_ws = api.ws(BOB, &bobs, "").await;
+    ws_send(
+        &mut bob_ws,
+        json!({"type": "restore", "id": "steal", "checkpoint_id": cid}),
+    )
+    .await;
+    let refused = ws_next(&mut bob_ws).await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+}

@@ -57,36 +57,41 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The HTTP status and the stable error code (`docs/api.md`, "Errors") of a refusal; the
+/// WebSocket's error frames carry the same code.
+pub(crate) fn status_and_code(e: &ServiceError) -> (StatusCode, &'static str) {
+    use ServiceError as E;
+    match e {
+        E::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        E::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        E::SessionNotFound { .. } | E::ExecutionNotFound { .. } => {
+            (StatusCode::NOT_FOUND, "not_found")
+        }
+        E::SessionLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "session_limit"),
+        E::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "code_too_large"),
+        E::InvalidTimeout { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        E::DuplicateExecutionId { .. } => (StatusCode::CONFLICT, "duplicate_execution_id"),
+        E::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+        E::ExecutionExpired { .. } => (StatusCode::NOT_FOUND, "execution_expired"),
+        E::UnknownInput { .. } => (StatusCode::NOT_FOUND, "unknown_input"),
+        E::SessionUnavailable { .. } => (StatusCode::CONFLICT, "session_unavailable"),
+        E::WorkerNoAnswer { .. } => (StatusCode::GATEWAY_TIMEOUT, "worker_no_answer"),
+        E::CheckpointNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        E::CheckpointFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "checkpoint_failed"),
+        E::CheckpointTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        E::CheckpointLimit { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "checkpoint_limit"),
+        E::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        E::NoSessionAvailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_session_available"),
+        E::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         use ServiceError as E;
-        let (status, code) = match &e {
-            E::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            E::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            E::SessionNotFound { .. } | E::ExecutionNotFound { .. } => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
-            E::SessionLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "session_limit"),
-            E::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "code_too_large"),
-            E::InvalidTimeout { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
-            E::DuplicateExecutionId { .. } => (StatusCode::CONFLICT, "duplicate_execution_id"),
-            E::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
-            E::ExecutionExpired { .. } => (StatusCode::NOT_FOUND, "execution_expired"),
-            E::UnknownInput { .. } => (StatusCode::NOT_FOUND, "unknown_input"),
-            E::SessionUnavailable { .. } => (StatusCode::CONFLICT, "session_unavailable"),
-            E::WorkerNoAnswer { .. } => (StatusCode::GATEWAY_TIMEOUT, "worker_no_answer"),
-            E::CheckpointNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            E::CheckpointFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "checkpoint_failed"),
-            E::CheckpointTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            E::CheckpointLimit { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "checkpoint_limit"),
-            E::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-            E::NoSessionAvailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "no_session_available")
-            }
-            E::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let (status, code) = status_and_code(&e);
         // HTTP's own words where they have always differed from the service's (the WebSocket
         // keeps its own too); every other message is the service's.
         let message = match &e {

@@ -166,6 +166,19 @@ impl Service {
         }
     }
 
+    /// Restores checkpoint bytes the caller read (with [`Service::checkpoint`]) into its
+    /// session `id`. The restore is queued on the session when this future is first polled.
+    pub async fn restore_checkpoint_data(
+        &self,
+        caller: &Caller,
+        id: &str,
+        data: &[u8],
+        clear_existing: bool,
+    ) -> Result<RestoreReport, ServiceError> {
+        let handle = self.session(caller, id)?;
+        restore_into(&handle, caller, data, clear_existing).await
+    }
+
     /// Restores the caller's checkpoint `cid` into its session `id` (merged, or replacing
     /// the namespace with `clear_existing`).
     pub async fn restore_checkpoint(

@@ -1,6 +1,7 @@
 //! The client's side of a WebSocket connection: its messages (`execute`, `input_response`,
-//! `cancel`, `interrupt`) turned into service calls, the error frames for refused ones, and
-//! the bounded queue the replies go through to the writer.
+//! `cancel`, `interrupt`, `checkpoint`, `restore`, `list_checkpoints`) turned into service
+//! calls, the error frames for refused ones, and the bounded queue the replies go through to
+//! the writer.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{Outgoing, Tasks};
-use crate::service::{ExecuteRequest, ServiceError, SessionHandle};
+use crate::service::{Caller, ExecuteRequest, Service, ServiceError, SessionHandle};
 
 /// The writer's queue stayed full for the whole patience: the client is not reading.
 pub(super) struct Full;
@@ -116,14 +117,31 @@ pub(super) fn is_too_big(e: &axum::Error) -> bool {
     )
 }
 
+/// The error frame for a checkpoint operation the service refused: `exception_type`
+/// `CheckpointError`, with the API's error `code` (docs/api.md, "Errors").
+fn service_error_to(in_reply_to: Option<&str>, e: &ServiceError) -> Value {
+    let mut frame = bad_request_to(in_reply_to, e.to_string());
+    frame["exception_type"] = json!("CheckpointError");
+    frame["code"] = json!(crate::server::http::status_and_code(e).1);
+    frame
+}
+
+/// What a message is handled with: the service, the caller and its session.
+pub(super) struct Context<'a> {
+    pub(super) service: &'a Service,
+    pub(super) caller: &'a Caller,
+    pub(super) session: &'a SessionHandle,
+}
+
 /// One client message; returns a reply for the client, if any (`Full`: the writer's queue
 /// is full, the client is not reading).
 pub(super) async fn handle(
-    session: &SessionHandle,
+    ctx: &Context<'_>,
     text: &str,
     out: &Outbox,
     tasks: &Tasks,
 ) -> Result<Option<Value>, Full> {
+    let session = ctx.session;
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return Ok(Some(bad_request_to(None, format!("not JSON: {e}")))),
@@ -228,6 +246,73 @@ pub(super) async fn handle(
                 permit.send(Outgoing::Reply(reply));
             });
             Ok(None)
+        }
+        Some(kind @ ("checkpoint" | "restore")) => {
+            let restore = kind == "restore";
+            let clear_existing = match msg.get("clear_existing") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return bad_request("`clear_existing` must be true or false".into()),
+            };
+            // A restore reads its checkpoint first (a store read, brief): then it is queued
+            // like a checkpoint.
+            let data = match (restore, field("checkpoint_id")) {
+                (false, _) => None,
+                (true, None) => return bad_request("restore needs `checkpoint_id`".into()),
+                (true, Some(cid)) => match ctx.service.checkpoint(ctx.caller, &cid).await {
+                    Ok((_, data)) => Some(data),
+                    Err(e) => return Ok(Some(service_error_to(client_id.as_deref(), &e))),
+                },
+            };
+            let permit = out.reserve_owned().await?;
+            let (service, caller, id) = (
+                ctx.service.clone(),
+                ctx.caller.clone(),
+                session.id().to_string(),
+            );
+            let reply_to = client_id.clone();
+            let mut operation = Box::pin(async move {
+                match data {
+                    Some(data) => service
+                        .restore_checkpoint_data(&caller, &id, &data, clear_existing)
+                        .await
+                        .map(|report| json!({"type": "restore_reply", "report": report})),
+                    None => service
+                        .create_checkpoint(&caller, &id)
+                        .await
+                        .map(|record| json!({"type": "checkpoint_reply", "checkpoint": record})),
+                }
+            });
+            // Polled once here: that queues the operation on the session now, after the
+            // executions this connection sent before it and before those it sends next.
+            let first = futures::poll!(operation.as_mut());
+            tasks.spawn(async move {
+                let outcome = match first {
+                    std::task::Poll::Ready(outcome) => outcome,
+                    std::task::Poll::Pending => operation.await,
+                };
+                let reply = match outcome {
+                    Ok(mut reply) => {
+                        reply["id"] = json!(uuid::Uuid::new_v4().to_string());
+                        reply["in_reply_to"] = json!(reply_to);
+                        reply
+                    }
+                    Err(e) => service_error_to(reply_to.as_deref(), &e),
+                };
+                permit.send(Outgoing::Reply(reply));
+            });
+            Ok(None)
+        }
+        Some("list_checkpoints") => {
+            match ctx.service.list_checkpoints(ctx.caller, session.id()).await {
+                Ok(list) => Ok(Some(json!({
+                    "type": "list_checkpoints_reply",
+                    "id": uuid::Uuid::new_v4().to_string(),
+                    "in_reply_to": client_id,
+                    "checkpoints": list,
+                }))),
+                Err(e) => Ok(Some(service_error_to(client_id.as_deref(), &e))),
+            }
         }
         Some(other) => bad_request(format!("unknown message type {other:?}")),
         None => bad_request("a message needs a string `type`".into()),

@@ -1,8 +1,8 @@
 //! `GET /v1/sessions/{id}/ws`: one WebSocket connection to a session, and the translation
 //! between its frames and the service. JSON text frames: the client sends `execute`,
-//! `input_response`, `cancel`, `interrupt`; the server sends each execution's
-//! `output`/`input`/`result`/`error` events (with `seq`), executions in the order submitted,
-//! the replies to `cancel`/`interrupt`, and a `BadRequest` error frame for a message the
+//! `input_response`, `cancel`, `interrupt`, `checkpoint`, `restore`, `list_checkpoints`; the
+//! server sends each execution's `output`/`input`/`result`/`error` events (with `seq`),
+//! executions in the order submitted, the replies to the others, and a `BadRequest` error frame for a message the
 //! service refused (`RateLimited` and `QueueFull` by name). `?execution_id=X&since=N`
 //! resumes after a disconnect: X's events after N, then every later execution that has not
 //! ended.
@@ -168,6 +168,11 @@ async fn connection(
     )));
     let mut liveness = Liveness::new(bounds.ws_ping_interval, bounds.ws_pong_timeout);
     let mut seen = Progress::default();
+    let context = client::Context {
+        service: &service,
+        caller: &caller,
+        session: &session,
+    };
     let end = loop {
         let frame = tokio::select! {
             frame = incoming.next() => frame,
@@ -223,7 +228,7 @@ async fn connection(
         let reply = match service.rate_limit(&caller) {
             // Over the limit: refused, not acted on.
             Err(e) => Some(refused(message_id(text.as_str()).as_deref(), &e, None)),
-            Ok(()) => match handle(&session, text.as_str(), &outbox, &tasks).await {
+            Ok(()) => match handle(&context, text.as_str(), &outbox, &tasks).await {
                 Ok(reply) => reply,
                 Err(Full) => break End::NotReading,
             },
