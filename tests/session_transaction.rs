@@ -62,6 +62,11 @@ async fn rollback_on_failure_undoes_everything_a_failed_execution_did() {
         Some(TransactionOutcome::RolledBack)
     );
     assert_eq!(eval(&s, STATE).await.as_deref(), Some(STATE_BEFORE));
+    // The garbage collector sees every object again (they were frozen for the execution).
+    assert_eq!(
+        eval(&s, "import gc; gc.get_freeze_count()").await.as_deref(),
+        Some("0")
+    );
 
     // The same policy keeps what a successful execution did.
     let ok = run_in(
@@ -75,6 +80,7 @@ async fn rollback_on_failure_undoes_everything_a_failed_execution_did() {
         transaction(&ok.terminal),
         Some(TransactionOutcome::Committed)
     );
+    assert_eq!(eval(&s, "gc.get_freeze_count()").await.as_deref(), Some("0"));
     assert_eq!(
         eval(
             &s,

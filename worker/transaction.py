@@ -103,6 +103,8 @@ class _Transactions:
         is promoted, with the terminal frame it must send for `execution_id`. Raises
         _TransactionUnavailable when no snapshot could be taken (nothing ran)."""
         import gc, warnings
+        if self._snapshot:  # left by an execution the agent failed to finish: discarded
+            self.commit()
         self.reap_discarded()
         agent._flush_output()
         locks = (agent._state_lock, agent._ordered_lock, agent._send_lock, _flusher.lock)
@@ -207,6 +209,8 @@ class _Transactions:
     def _take_over(self, agent, execution_id, handed, status):
         """The snapshot becomes the worker: the threads the fork left behind start again."""
         global _flusher
+        import gc
+        gc.unfreeze()  # frozen by the worker just before the fork, for the execution's length
         agent._pid = os.getpid()
         _flusher = _Flusher()
         _flusher.streams = agent._streams[:2]
