@@ -487,9 +487,9 @@ def build_rows(results: dict[str, dict[str, Side]], idle_seconds: float) -> list
                    total(p.extra.get("cpu_seconds")), total(j.extra.get("cpu_seconds")),
                    lambda v: f"{v * 1e3:.0f} ms", derived=True)
         elif case == "memory":
-            valued("memory: worker/kernel RSS", p, j,
+            valued("memory: session (worker RSS + supervisor's own pages) / kernel RSS", p, j,
                    p.extra.get("worker_rss"), j.extra.get("worker_rss"), fmt_bytes)
-            for key, label in (("host_rss_1", "memory: host RSS, 1 session"),
+            for key, label in (("supervisor_private", "memory: of which the supervisor's own pages"),("host_rss_1", "memory: host RSS, 1 session"),
                                ("host_rss_50", "memory: host RSS, 50 sessions"),
                                ("host_per_session", "memory: host RSS per session")):
                 if key in p.extra:

@@ -135,6 +135,30 @@ async fn worker_pid(session: &Session) -> Result<u32, String> {
     info.pid.ok_or_else(|| "no worker pid".to_string())
 }
 
+/// The parent of `pid` (`PPid` of `/proc/<pid>/status`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Memory only `pid` holds, in bytes: `Private_Clean` + `Private_Dirty` of
+/// `/proc/<pid>/smaps_rollup`.
+fn private_bytes(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let rollup = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    Ok(rollup
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024)
+}
+
 /// Resident memory of `pid` in bytes: `VmRSS` of `/proc/<pid>/status` (as the Jupyter driver
 /// reads it).
 fn rss(pid: u32) -> Result<u64, String> {
@@ -320,7 +344,15 @@ impl Driver {
                 let worker = worker_pid(&s).await?;
                 let mut ex = s.execute("1+1", ExecuteOptions::default());
                 finish(&mut ex).await?;
-                let worker_rss = rss(worker)?;
+                // The session's memory: the worker's resident set, plus the pages that only
+                // its supervisor holds (its copies of what the worker changed since the
+                // supervisor forked it; docs/transactions.md). The rest of the supervisor's
+                // resident set is shared with the worker and counted once.
+                let supervisor_private = match parent_of(worker) {
+                    Some(parent) if parent != std::process::id() => private_bytes(parent)?,
+                    _ => 0,
+                };
+                let worker_rss = rss(worker)? + supervisor_private;
                 let host = std::process::id();
                 let host_rss_1 = rss(host)?;
                 let mut more = Vec::new();
@@ -337,6 +369,7 @@ impl Driver {
                 }
                 extra = json!({
                     "worker_rss": worker_rss,
+                    "supervisor_private": supervisor_private,
                     "host_rss_1": host_rss_1,
                     "host_rss_50": host_rss_50,
                     "host_per_session": (host_rss_50 as f64 - host_rss_1 as f64) / 49.0,
