@@ -23,6 +23,7 @@ fn result_frame() -> BytesMut {
         marked: false,
         transaction: None,
         worker_pid: None,
+        cpu_time_before: None,
     });
     let mut buf = BytesMut::new();
     MessageCodec::new(DEFAULT_MAX_FRAME_LEN)

@@ -64,7 +64,9 @@ async fn rollback_on_failure_undoes_everything_a_failed_execution_did() {
     assert_eq!(eval(&s, STATE).await.as_deref(), Some(STATE_BEFORE));
     // The garbage collector sees every object again (they were frozen for the execution).
     assert_eq!(
-        eval(&s, "import gc; gc.get_freeze_count()").await.as_deref(),
+        eval(&s, "import gc; gc.get_freeze_count()")
+            .await
+            .as_deref(),
         Some("0")
     );
 
@@ -80,7 +82,10 @@ async fn rollback_on_failure_undoes_everything_a_failed_execution_did() {
         transaction(&ok.terminal),
         Some(TransactionOutcome::Committed)
     );
-    assert_eq!(eval(&s, "gc.get_freeze_count()").await.as_deref(), Some("0"));
+    assert_eq!(
+        eval(&s, "gc.get_freeze_count()").await.as_deref(),
+        Some("0")
+    );
     assert_eq!(
         eval(
             &s,
@@ -256,5 +261,124 @@ async fn threads_and_open_files_of_earlier_cells_work_after_a_rollback() {
         eval(&s, "lock.acquire(timeout=1)").await.as_deref(),
         Some("True")
     );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rollback_keeps_the_random_generators_state_and_returns_large_results_whole() {
+    let s = start().await;
+    eval(
+        &s,
+        "import random\nrandom.seed(42)\nstate = random.getstate()",
+    )
+    .await;
+    let out = run_in(
+        &s,
+        "random.random()\n1/0",
+        TransactionPolicy::RollbackOnFailure,
+    )
+    .await;
+    assert_eq!(out.error_type(), Some("ZeroDivisionError"));
+    assert_eq!(
+        eval(&s, "random.getstate() == state").await.as_deref(),
+        Some("True"),
+        "a seeded session stays reproducible across a rollback"
+    );
+    // A result far larger than a pipe's buffer is handed over whole.
+    let out = run_in(&s, "'x' * 600000", TransactionPolicy::RollbackAlways).await;
+    match &out.terminal {
+        Event::Result { repr, value, .. } => {
+            assert_eq!(repr.as_deref().map(str::len), Some(600_002));
+            assert_eq!(value.as_str().map(str::len), Some(600_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    s.shutdown().await.unwrap();
+}
+
+/// The reader thread of a worker that rolls back never leaves half a control message for
+/// its successor: requests on the control channel (here namespace listings) race with
+/// rollbacks, and the session survives every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_requests_racing_with_rollbacks_never_break_the_session() {
+    let s = start().await;
+    eval(&s, "data = [1]").await;
+    let poller = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut answered = 0u32;
+            for _ in 0..400 {
+                if s.namespace().await.is_ok() {
+                    answered += 1;
+                }
+            }
+            answered
+        })
+    };
+    for _ in 0..150 {
+        let out = run_in(
+            &s,
+            "data.append(2)\n1/0",
+            TransactionPolicy::RollbackOnFailure,
+        )
+        .await;
+        assert_eq!(out.error_type(), Some("ZeroDivisionError"), "{out:?}");
+    }
+    let answered = guard(poller).await.unwrap();
+    assert!(answered > 0);
+    assert_eq!(eval(&s, "data").await.as_deref(), Some("[1]"));
+    assert_eq!(s.info().await.unwrap().restarts, 0);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutting_down_during_a_transaction_does_not_bring_the_snapshot_back() {
+    let s = start().await;
+    let options = ExecuteOptions {
+        transaction_policy: TransactionPolicy::RollbackOnFailure,
+        ..Default::default()
+    };
+    let mut execution = s.execute(
+        "import time\nprint('started', flush=True)\ntime.sleep(60)",
+        options,
+    );
+    wait_for_stdout(&mut execution, "started").await;
+    let pid = s.info().await.unwrap().pid.unwrap();
+    let pgid = pgid_of(pid);
+    guard(s.shutdown()).await.unwrap();
+    let end = terminal(&mut execution).await;
+    assert_eq!(error_type(&end), "SessionShutdown", "{end:?}");
+    assert!(!group_alive(pgid), "no process of the session is left");
+}
+
+/// A process's CPU-time limit counts from its own start, and a snapshot that takes over is a
+/// new process: the session's budget is carried over, so rollbacks cannot stretch it.
+#[tokio::test]
+async fn rollbacks_do_not_stretch_the_cpu_time_limit() {
+    let config = pyrepl3::SessionConfig {
+        limits: pyrepl3::ResourceLimits {
+            cpu_time_secs: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    eval(&s, "data = 1").await;
+    let burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.3: pass";
+    let first = run_in(&s, burn, TransactionPolicy::RollbackAlways).await;
+    assert_eq!(
+        transaction(&first.terminal),
+        Some(TransactionOutcome::RolledBack),
+        "{first:?}"
+    );
+    // The process that took over has what is left of the 2 s: the next burn goes past it.
+    let second = run_in(&s, burn, TransactionPolicy::RollbackAlways).await;
+    assert_eq!(second.error_type(), Some("CpuLimitExceeded"), "{second:?}");
+    // With the budget spent, the worker is replaced, as the limit does without transactions.
+    assert_eq!(
+        eval(&s, "'data' in globals()").await.as_deref(),
+        Some("False")
+    );
+    assert_eq!(s.info().await.unwrap().restarts, 1);
     s.shutdown().await.unwrap();
 }

@@ -281,6 +281,7 @@ class Agent:
         self._marker = b"\x1bPYREPL3:" + marker.encode() + b"\x1b"
         self._pid = os.getpid()
         self._transactions = None        # a _Transactions (transaction.py), set by main()
+        self._cpu_before = 0.0           # CPU seconds of the session's earlier worker processes
         self._main_ident = _thread.get_ident()
         self._ids = iter(range(1, 1 << 62))  # next() on it is atomic under the GIL
 
@@ -290,6 +291,7 @@ class Agent:
         self._exec = self._channel(exec_fd)
         self._control = self._channel(control_fd)
         self._send_lock = _thread.allocate_lock()     # one frame at a time per sender
+        self._read_lock = _thread.allocate_lock()     # held by the reader while it takes a frame
         self._ordered_lock = _thread.allocate_lock()  # one marker+frame pair at a time
 
         # Private dups of fds 1 and 2 carry only the marker, so it still reaches the host
@@ -446,6 +448,8 @@ class Agent:
         return msg
 
     def _host_gone(self):
+        if self._transactions is not None:
+            self._transactions.abandon()  # nothing to take over for
         # Take the whole process group along so nothing is orphaned, but only when we lead
         # it (otherwise killpg(0) would hit the host's group).
         leaders = (self._pid, getattr(self._transactions, "supervisor", None))
@@ -454,10 +458,19 @@ class Agent:
         os._exit(1)
 
     def read_loop(self):
-        """Reader thread: blocks on the control channel (never with a timeout) and dispatches."""
+        """Reader thread: waits (never with a timeout) until the control channel has data,
+        without taking any (a peek); then takes one frame whole and dispatches it under
+        `_read_lock`. A worker handing over to its snapshot (transaction.py) takes that lock,
+        so it never leaves half a frame read for its successor."""
+        import _socket  # in this thread, after `ready`'s way: a C module, no imports of its own
+        peeker = _socket.socket(fileno=os.dup(self._control))
+        self._peeker = peeker  # kept: closing it would not matter, but dropping it closes the dup
         try:
             while True:
-                self._dispatch(self._recv_frame(self._control))
+                if not peeker.recv(1, _socket.MSG_PEEK):  # not polling: untimed, until data
+                    raise EOFError
+                with self._read_lock:
+                    self._dispatch(self._recv_frame(self._control))
         except (EOFError, OSError):
             self._host_gone()
         except BaseException as exc:
@@ -487,7 +500,7 @@ class Agent:
         elif kind == "heartbeat":
             names = [k for k in list(self._namespace) if isinstance(k, str)]
             self.send({"type": "heartbeat", "in_reply_to": msg_id, "memory_usage": self._rss(),
-                       "cpu_time": sum(os.times()[:2]),
+                       "cpu_time": sum(os.times()[:2]) + self._cpu_before,
                        "namespace_size": sum(_user_global(k) for k in names)})
         elif kind == "namespace":
             self.send(self._namespace_reply(msg_id))
@@ -496,6 +509,8 @@ class Agent:
                        "status": self._completeness(msg["code"]), "indent": ""})
         elif kind == "shutdown":
             self._flush_output()
+            if self._transactions is not None:
+                self._transactions.abandon()  # the session ends: no snapshot takes over
             os._exit(0)
         else:
             self._protocol_error("unknown message: %.200r" % (msg,))

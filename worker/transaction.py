@@ -16,7 +16,8 @@ host sees the session's process end as before.
 """
 
 _SNAPSHOT_SLOT = 128  # offset in the signal-target file: pid of the live snapshot (8 bytes)
-_HAND_OVER_LIMIT = (1 << 20) - 4096  # bytes of a handed-over frame: fits the pipe's buffer
+_HAND_OVER_AT = 4096  # offset in the signal-target file where a handed-over frame is put
+_SIGNAL_FILE_LEN = 136
 
 
 def _start_supervision(signal_fd, channels, reaper):
@@ -43,17 +44,20 @@ def _supervise(worker, signal_fd, promote_w):
     for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
                    _signal.SIGUSR1, _signal.SIGUSR2):
         _signal.signal(signum, _signal.SIG_IGN)  # the group's signals are for user code
+    cpu_before = 0.0  # CPU seconds of the workers that have ended (their successors go on)
     while True:
         try:
-            pid, status = os.wait()  # not polling: untimed, returns when a child has ended
+            # not polling: untimed, returns when a child has ended
+            pid, status, usage = os.wait4(-1, 0)
         except ChildProcessError:
             os._exit(0)
         if pid != worker:
             continue  # an orphan of user code, adopted and now reaped
+        cpu_before += usage.ru_utime + usage.ru_stime
         snapshot = int.from_bytes(os.pread(signal_fd, 8, _SNAPSHOT_SLOT), "little")
         if snapshot and _own_live_child(snapshot):
             os.pwrite(signal_fd, bytes(8), _SNAPSHOT_SLOT)
-            _write_all(promote_w, b"P %d %d\n" % (snapshot, status))
+            _write_all(promote_w, b"P %d %d %r\n" % (snapshot, status, cpu_before))
             worker = snapshot
             continue
         _end_like(status)
@@ -95,6 +99,7 @@ class _Transactions:
         self._signal_fd = signal_fd
         self._promote_r, self._promote_w = promote_r, promote_w
         self._snapshot = 0         # pid of the live snapshot (the worker's child), 0: none
+        self._random_state = None  # the random module's state when the snapshot was taken
         self._discarded = []       # committed snapshots, killed, not yet reaped (bounded:
                                    # each is reaped as soon as it has died)
 
@@ -107,7 +112,12 @@ class _Transactions:
             self.commit()
         self.reap_discarded()
         agent._flush_output()
-        locks = (agent._state_lock, agent._ordered_lock, agent._send_lock, _flusher.lock)
+        # The random module reseeds itself in a forked child: its state is put back at a
+        # takeover, so a seeded session stays reproducible.
+        rnd = sys.modules.get("random")
+        self._random_state = _guarded(rnd.getstate, None) if rnd is not None else None
+        locks = (agent._read_lock, agent._state_lock, agent._ordered_lock, agent._send_lock,
+                 _flusher.lock)
         for lock in locks:  # no other thread may hold one in the copy (it could never let go)
             lock.acquire()
         try:
@@ -153,6 +163,11 @@ class _Transactions:
                 pass
         gc.unfreeze()
 
+    def abandon(self):
+        """The worker ends (shutdown, the host gone): the snapshot must not take over."""
+        if self._snapshot:
+            self.commit()
+
     def reap_discarded(self):
         """Reaps the killed snapshots that have died (never waits for one)."""
         waiting = []
@@ -166,19 +181,18 @@ class _Transactions:
 
     def roll_back(self, agent, frame):
         """Hands `frame` to the snapshot and ends this process: the snapshot, told by the
-        supervisor once this process is gone, sends it and carries on as the worker."""
+        supervisor once this process is gone, sends it and carries on as the worker. The
+        frame goes in the signal-target file (shared with the snapshot; any size a frame can
+        have), its length through the pipe. The reader thread is stopped between frames and
+        no other thread is mid-send: nothing is left half read or half written."""
         agent._flush_output()
         data = _encode(frame).encode("utf-8", "replace")
-        if len(data) > _HAND_OVER_LIMIT:
-            frame = {k: _clip(v, 1 << 15) if isinstance(v, str) else v for k, v in frame.items()}
-            frame["value"] = None
-            data = _encode(frame).encode("utf-8", "replace")
-        try:
-            import fcntl
-            fcntl.fcntl(self._promote_w, 1031, 1 << 20)  # F_SETPIPE_SZ: the frame fits at once
-        except OSError:
-            pass  # the default 64 KiB: a larger frame waits for the snapshot to read
-        _write_all(self._promote_w, b"F %d %s\n" % (self._snapshot, data))
+        agent._read_lock.acquire()  # never released: this process ends holding it
+        agent._send_lock.acquire()
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self._signal_fd, data[written:], _HAND_OVER_AT + written)
+        _write_all(self._promote_w, b"F %d %d\n" % (self._snapshot, len(data)))
         os._exit(0)
 
     def _wait_for_promotion(self, agent, execution_id):
@@ -202,15 +216,20 @@ class _Transactions:
                 if int(pid) != me:
                     continue
                 if kind == b"F":
-                    handed = rest
+                    handed = _read_at(self._signal_fd, int(rest), _HAND_OVER_AT)
+                    os.ftruncate(self._signal_fd, _SIGNAL_FILE_LEN)
                 elif kind == b"P":
-                    return self._take_over(agent, execution_id, handed, int(rest))
+                    status, cpu_before = rest.split(b" ")
+                    agent._cpu_before = float(cpu_before)
+                    return self._take_over(agent, execution_id, handed, int(status))
 
     def _take_over(self, agent, execution_id, handed, status):
         """The snapshot becomes the worker: the threads the fork left behind start again."""
         global _flusher
         import gc
         gc.unfreeze()  # frozen by the worker just before the fork, for the execution's length
+        if self._random_state is not None:
+            _guarded(lambda: sys.modules["random"].setstate(self._random_state), None)
         agent._pid = os.getpid()
         _flusher = _Flusher()
         _flusher.streams = agent._streams[:2]
@@ -224,6 +243,7 @@ class _Transactions:
                 frame = None
             if isinstance(frame, dict):
                 frame["worker_pid"] = agent._pid
+                frame["cpu_time_before"] = agent._cpu_before
                 return frame
         frame = {"type": "error", "execution_id": execution_id,
                  "exception_type": "ExecutionKilled", "traceback": "",
@@ -232,7 +252,18 @@ class _Transactions:
         frame["traceback"] = "ExecutionKilled: %s\n" % frame["exception_message"]
         frame["transaction"] = "rolled_back"
         frame["worker_pid"] = agent._pid
+        frame["cpu_time_before"] = agent._cpu_before
         return frame
+
+
+def _read_at(fd, size, offset):
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.pread(fd, size - len(data), offset + len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def _describe_status(status):

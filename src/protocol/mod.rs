@@ -163,6 +163,11 @@ pub struct ResultMsg {
     /// took over): its pid, as the worker sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_pid: Option<u32>,
+    /// With `worker_pid`: the CPU seconds the session's earlier worker processes used (a
+    /// process's CPU-time limit counts from its own start; the host lowers the new one's by
+    /// this much).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_before: Option<f64>,
     #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }
@@ -184,6 +189,11 @@ pub struct ErrorMsg {
     /// took over): its pid, as the worker sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_pid: Option<u32>,
+    /// With `worker_pid`: the CPU seconds the session's earlier worker processes used (a
+    /// process's CPU-time limit counts from its own start; the host lowers the new one's by
+    /// this much).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_before: Option<f64>,
     #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }

@@ -376,8 +376,9 @@ struct ExecuteBody {
     #[serde(default)]
     stdin: Vec<String>,
     execution_id: Option<String>,
+    /// `null` or absent: the default (`commit_always`).
     #[serde(default)]
-    transaction_policy: crate::protocol::TransactionPolicy,
+    transaction_policy: Option<crate::protocol::TransactionPolicy>,
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -401,7 +402,7 @@ async fn execute(
         code: body.code,
         timeout: body.timeout,
         execution_id: body.execution_id,
-        transaction_policy: body.transaction_policy,
+        transaction_policy: body.transaction_policy.unwrap_or_default(),
     })?;
     let stdin: VecDeque<String> = body.stdin.into();
     if wants_sse(&headers) {

@@ -481,19 +481,28 @@ impl Actor {
 
     fn on_frame(&mut self, i: usize, frame: Option<Result<Message, ProtocolError>>, now: Instant) {
         match ChannelRead::from(frame) {
-            ChannelRead::Frame(msg) => {
-                let worker_pid = match &msg {
-                    Message::Ready(ready) => Some(ready.pid),
-                    Message::Result(r) => r.worker_pid,
-                    Message::Error(e) => e.worker_pid,
-                    _ => None,
+            ChannelRead::Frame(mut msg) => {
+                let (worker_pid, cpu_before) = match &msg {
+                    Message::Ready(ready) => (Some(ready.pid), None),
+                    Message::Result(r) => (r.worker_pid, r.cpu_time_before),
+                    Message::Error(e) => (e.worker_pid, e.cpu_time_before),
+                    _ => (None, None),
                 };
+                let mut budget_spent = None;
                 if let (Some(worker_pid), Some(w)) = (worker_pid, &mut self.worker) {
                     // The Python process is known on the host only now; a snapshot that
-                    // took over is a new process, which gets the session's current limits.
+                    // took over is a new process, which gets the session's current limits,
+                    // its CPU time less what the session's earlier processes used (a
+                    // process's CPU time counts from its own start).
                     w.on_worker_pid(worker_pid);
                     if !matches!(msg, Message::Ready(_)) {
-                        let limits = self.spec.limits;
+                        let cpu_before = cpu_before.unwrap_or(0.0);
+                        if let Some(secs) = self.spec.limits.cpu_time_secs {
+                            if cpu_before >= secs as f64 {
+                                budget_spent = Some(secs);
+                            }
+                        }
+                        let limits = self.spec.limits.less_cpu_time(cpu_before);
                         if let Err(e) = w.process.each_process_parents_first(|pid| {
                             limits.apply_and_read(pid).map(|_| ())
                         }) {
@@ -502,7 +511,13 @@ impl Actor {
                     }
                     self.core.set_worker_pid(w.process.pid());
                 }
-                self.core.handle(Input::Frame(msg), now)
+                if worker_pid.is_some() {
+                    self.name_limit_kill(&mut msg);
+                }
+                self.core.handle(Input::Frame(msg), now);
+                if let Some(secs) = budget_spent {
+                    self.core.handle(Input::CpuBudgetSpent(secs), now);
+                }
             }
             ChannelRead::End => {
                 if let Some(w) = &mut self.worker {
@@ -517,6 +532,45 @@ impl Actor {
                 self.core.handle(Input::ProtocolError(e), now);
             }
         }
+    }
+
+    /// A snapshot reports that the worker running a transaction was killed: when a limit of
+    /// the session did it (the memory cgroup's OOM killer, the CPU-time limit's SIGXCPU), the
+    /// error says so, as it does without a transaction.
+    fn name_limit_kill(&mut self, msg: &mut Message) {
+        let Message::Error(e) = msg else { return };
+        if e.exception_type != "ExecutionKilled" {
+            return;
+        }
+        let oom_kills = self.cgroup.as_ref().map_or(0, |c| c.oom_kills());
+        let oom_killed = oom_kills > self.oom_kills_seen && e.exception_message.contains("SIGKILL");
+        self.oom_kills_seen = oom_kills;
+        let limits = self.spec.limits;
+        let (kind, what) = if oom_killed {
+            let limit = limits
+                .session_memory_bytes
+                .map_or(String::new(), |b| format!(" of {b} bytes"));
+            (
+                "MemoryLimitExceeded",
+                format!("the session went over its memory limit{limit} and the kernel ended the worker running this execution"),
+            )
+        } else if let (Some(secs), true) = (
+            limits.cpu_time_secs,
+            e.exception_message.contains("SIGXCPU"),
+        ) {
+            (
+                "CpuLimitExceeded",
+                format!(
+                    "the worker used up its CPU-time limit of {secs} s and the kernel ended it"
+                ),
+            )
+        } else {
+            return;
+        };
+        e.exception_type = kind.to_string();
+        e.exception_message =
+            format!("{what}; the session was rolled back to its state before the execution");
+        e.traceback = format!("{kind}: {}\n", e.exception_message);
     }
 
     fn on_pipe_readable(&mut self, i: usize, now: Instant) {

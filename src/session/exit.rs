@@ -22,6 +22,9 @@ pub(crate) enum ExitCause {
     Overran,
     Restart,
     Shutdown,
+    /// A transaction's snapshot took over a worker, and the session's worker processes had
+    /// used up its CPU-time limit of this many seconds between them (docs/transactions.md).
+    CpuBudgetSpent(u64),
 }
 
 /// After the worker exited for `cause`: whether a fresh worker replaces it, and the error
@@ -81,6 +84,13 @@ pub(crate) fn exit_consequence(
             Event::error(
                 "SessionRestarted",
                 "the session was restarted while this code ran; the namespace is lost",
+            ),
+        ),
+        ExitCause::CpuBudgetSpent(secs) => (
+            true,
+            Event::error(
+                "CpuLimitExceeded",
+                format!("the session's worker processes used up its CPU-time limit of {secs} s between them (a rolled-back transaction's snapshot took over, with no CPU time left); a fresh worker was started, the namespace is lost"),
             ),
         ),
         ExitCause::StartTimeout | ExitCause::Shutdown => (

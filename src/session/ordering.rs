@@ -215,6 +215,7 @@ mod tests {
             marked,
             transaction: None,
             worker_pid: None,
+            cpu_time_before: None,
         })
     }
 

@@ -31,6 +31,22 @@ pub struct ResourceLimits {
 }
 
 impl ResourceLimits {
+    /// The same limits with `used` seconds of CPU time already spent: a process's CPU-time
+    /// limit counts from its own start, so a process that takes over a session (a
+    /// transaction's snapshot, docs/transactions.md) gets what is left. At least one second
+    /// (the kernel's smallest), so a session over its budget is ended within a second.
+    pub fn less_cpu_time(mut self, used: f64) -> ResourceLimits {
+        if let Some(limit) = self.cpu_time_secs {
+            let used = if used.is_finite() && used > 0.0 {
+                used as u64
+            } else {
+                0
+            };
+            self.cpu_time_secs = Some(limit.saturating_sub(used).max(1));
+        }
+        self
+    }
+
     /// (resource, soft, hard) of each limit set. The CPU limit's hard value is one second
     /// above the soft one, so that the kernel sends SIGXCPU (which says why) before SIGKILL,
     /// and with it no core dump. Open files: at least [`MIN_OPEN_FILES`], which the worker's

@@ -60,6 +60,9 @@ pub(crate) enum Input<'a> {
     Deadline,
     /// The kernel's view of the worker, asked for by [`Effect::ProbeIdle`].
     IdleProbe(IdleProbe),
+    /// A snapshot took over, but the session's processes had used up its CPU-time limit
+    /// (this many seconds): the worker is replaced as when the limit ends it.
+    CpuBudgetSpent(u64),
 }
 
 /// Something for the actor to do.
@@ -257,6 +260,7 @@ impl Core {
                 }
             }
             Input::Reaped { status, oom_killed } => self.on_reaped(status, oom_killed),
+            Input::CpuBudgetSpent(secs) => self.kill_worker(ExitCause::CpuBudgetSpent(secs)),
             Input::ConsumerReady => {
                 if let Some(run) = &mut self.current {
                     run.sink.flush();

@@ -115,6 +115,7 @@ impl Harness {
             marked: true,
             transaction: None,
             worker_pid: None,
+            cpu_time_before: None,
         })))
     }
 
@@ -128,6 +129,7 @@ impl Harness {
             marked: true,
             transaction: None,
             worker_pid: None,
+            cpu_time_before: None,
         })))
     }
 
