@@ -382,3 +382,88 @@ async fn rollbacks_do_not_stretch_the_cpu_time_limit() {
     assert_eq!(s.info().await.unwrap().restarts, 1);
     s.shutdown().await.unwrap();
 }
+
+/// A thread that writes output all the time may be inside stdout's buffer when the snapshot
+/// is taken; the snapshot must still be able to write once it takes over.
+#[tokio::test]
+async fn a_rollback_while_a_thread_prints_does_not_hang() {
+    let s = start().await;
+    eval(
+        &s,
+        "import threading, sys\nstop = False\ndef chatter():\n    while not stop:\n        sys.stdout.write('.' * 512)\nthreading.Thread(target=chatter, daemon=True).start()",
+    )
+    .await;
+    for _ in 0..20 {
+        let options = ExecuteOptions {
+            timeout: Some(Duration::from_secs(20)),
+            transaction_policy: TransactionPolicy::RollbackAlways,
+            ..Default::default()
+        };
+        let out = guard(s.execute("x = 1\n'done'", options).outcome()).await;
+        assert_eq!(out.repr(), Some("'done'"), "{:?}", out.terminal);
+    }
+    assert_eq!(s.info().await.unwrap().restarts, 0);
+    s.shutdown().await.unwrap();
+}
+
+/// A signal to the process group (here with a handler that raises) never wakes the blocked
+/// snapshot into running agent code next to the worker.
+#[tokio::test]
+async fn a_group_signal_does_not_wake_the_snapshot() {
+    let s = start().await;
+    eval(
+        &s,
+        "import os, signal\ndef boom(*a):\n    raise RuntimeError('usr1 in %d' % os.getpid())\nsignal.signal(signal.SIGUSR1, boom)\ndata = [1]",
+    )
+    .await;
+    let worker = s.info().await.unwrap().pid.unwrap();
+    let out = run_in(
+        &s,
+        "data.append(2)\nos.killpg(0, signal.SIGUSR1)",
+        TransactionPolicy::RollbackOnFailure,
+    )
+    .await;
+    let Event::Error {
+        exception_message, ..
+    } = &out.terminal
+    else {
+        panic!("{out:?}")
+    };
+    // The worker's own handler raised, in the worker (not in the snapshot).
+    assert_eq!(exception_message, &format!("usr1 in {worker}"), "{out:?}");
+    assert_eq!(
+        transaction(&out.terminal),
+        Some(TransactionOutcome::RolledBack)
+    );
+    assert_eq!(eval(&s, "data").await.as_deref(), Some("[1]"));
+    // The snapshot that took over is the worker now, and the only one.
+    let now = s.info().await.unwrap().pid.unwrap();
+    assert_eq!(eval(&s, "os.getpid()").await, Some(now.to_string()));
+    s.shutdown().await.unwrap();
+}
+
+/// If the snapshot is gone when a transaction's code must be killed, the session is
+/// restarted as it is without a transaction (not left dead).
+#[tokio::test]
+async fn a_kill_with_no_snapshot_left_restarts_the_session() {
+    let config = pyrepl3::SessionConfig {
+        timeout_grace: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    let options = ExecuteOptions {
+        timeout: Some(Duration::from_millis(300)),
+        transaction_policy: TransactionPolicy::RollbackOnFailure,
+        ..Default::default()
+    };
+    // Kills its own snapshot (its only child), then ignores interrupts.
+    let code = "import os, signal, time\n\
+                me = os.getpid()\n\
+                for c in open(f'/proc/{me}/task/{me}/children').read().split():\n    os.kill(int(c), 9)\n\
+                signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)";
+    let out = guard(s.execute(code, options).outcome()).await;
+    assert_eq!(out.error_type(), Some("ExecutionTimeout"), "{out:?}");
+    assert_eq!(eval(&s, "'usable'").await.as_deref(), Some("'usable'"));
+    assert_eq!(s.info().await.unwrap().restarts, 1);
+    s.shutdown().await.unwrap();
+}

@@ -232,12 +232,20 @@ class _Flusher:
 
 class _LiveBuffer(io.BufferedWriter):
     """The binary layer of stdout/stderr: bytes written here (sys.stdout.buffer) arm the
-    flusher too."""
+    flusher too. Writes and flushes hold the flusher's lock, which a transaction's fork takes
+    (transaction.py): no thread is inside the buffer (holding its own internal lock, which
+    the copy could never release) when the snapshot is taken. The text layer above calls in
+    here once per ~8 KiB, not per print."""
 
     def write(self, data, _write=io.BufferedWriter.write):
-        n = _write(self, data)
+        with _flusher.lock:
+            n = _write(self, data)
         _flusher.arm()
         return n
+
+    def flush(self, _flush=io.BufferedWriter.flush):
+        with _flusher.lock:
+            return _flush(self)
 
 
 class _LiveText(io.TextIOWrapper):
@@ -439,8 +447,11 @@ class Agent:
         size = int.from_bytes(self._recv_exact(sock, 4), "big")
         if size > MAX_FRAME:
             self._protocol_error("frame of %d bytes exceeds the limit" % size)
+        return self._parse_frame(self._recv_exact(sock, size))
+
+    def _parse_frame(self, body):
         try:
-            msg = _decode(self._recv_exact(sock, size).decode("utf-8"))
+            msg = _decode(body.decode("utf-8"))
         except ValueError as exc:
             self._protocol_error("bad JSON: %s" % exc)
         if not isinstance(msg, dict) or not isinstance(msg.get("id"), str):
@@ -464,19 +475,34 @@ class Agent:
         so it never leaves half a frame read for its successor."""
         import _socket  # in this thread, after `ready`'s way: a C module, no imports of its own
         peeker = _socket.socket(fileno=os.dup(self._control))
-        self._peeker = peeker  # kept: closing it would not matter, but dropping it closes the dup
+        self._peeker = peeker  # kept: dropping it would close the dup
         try:
             while True:
-                if not peeker.recv(1, _socket.MSG_PEEK):  # not polling: untimed, until data
+                head = peeker.recv(4, _socket.MSG_PEEK)  # not polling: untimed, until data
+                if not head:
                     raise EOFError
                 with self._read_lock:
-                    self._dispatch(self._recv_frame(self._control))
+                    if len(head) < 4:  # a header still on its way: the plain two reads
+                        msg = self._recv_frame(self._control)
+                    else:
+                        # The whole frame in one call, so that a worker killed meanwhile
+                        # (a transaction's snapshot then takes over) leaves none of it read.
+                        size = int.from_bytes(head, "big")
+                        if size > MAX_FRAME:
+                            self._protocol_error("frame of %d bytes exceeds the limit" % size)
+                        data = peeker.recv(4 + size, _socket.MSG_WAITALL)
+                        if len(data) < 4 + size:
+                            data += self._recv_exact(self._control, 4 + size - len(data))
+                        msg = self._parse_frame(data[4:])
+                    self._dispatch(msg)
         except (EOFError, OSError):
             self._host_gone()
         except BaseException as exc:
             self._protocol_error("reader failed: %r" % (exc,))
 
     def _protocol_error(self, why):
+        if self._transactions is not None:
+            self._transactions.abandon()  # the worker is ending: nothing to take over for
         try:
             _write_all(self._marker_fds[1], ("pyrepl3 agent: protocol error: %s\n" % why).encode())
         finally:
@@ -664,6 +690,8 @@ class Agent:
 
     def _salvage(self, exc):
         """Send the terminal frame an execution is still owed after an agent failure."""
+        if self._transactions is not None:
+            self._transactions.abandon()  # its changes stay: the execution was not settled
         try:
             if self._unfinished is not None:
                 execution_id, self._unfinished = self._unfinished, None
@@ -679,6 +707,8 @@ class Agent:
         self._unfinished = execution_id
         internal = msg.get("internal")
         policy = msg.get("transaction_policy")
+        if self._transactions is not None:
+            self._transactions.abandon()  # a snapshot an unsettled execution left behind
         transaction = (not isinstance(internal, dict)
                        and policy in ("rollback_on_failure", "rollback_always"))
         if transaction:
@@ -721,8 +751,6 @@ class Agent:
             # Wanted but not done: the kernel killed the snapshot (for memory).
             frame["transaction"] = "rollback_failed" if wanted else "committed"
         self.send(frame, ordered=True)
-        if transaction:
-            self._transactions.reap_discarded()
         self._unfinished = None
         self._finished_seq = max(self._finished_seq, self._accepted_seq)
 

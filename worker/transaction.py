@@ -100,8 +100,6 @@ class _Transactions:
         self._promote_r, self._promote_w = promote_r, promote_w
         self._snapshot = 0         # pid of the live snapshot (the worker's child), 0: none
         self._random_state = None  # the random module's state when the snapshot was taken
-        self._discarded = []       # committed snapshots, killed, not yet reaped (bounded:
-                                   # each is reaped as soon as it has died)
 
     def begin(self, agent, execution_id):
         """Takes the snapshot. Returns None in the worker; in the snapshot, returns only if it
@@ -110,7 +108,6 @@ class _Transactions:
         import gc, warnings
         if self._snapshot:  # left by an execution the agent failed to finish: discarded
             self.commit()
-        self.reap_discarded()
         agent._flush_output()
         # The random module reseeds itself in a forked child: its state is put back at a
         # takeover, so a seeded session stays reproducible.
@@ -120,6 +117,10 @@ class _Transactions:
                  _flusher.lock)
         for lock in locks:  # no other thread may hold one in the copy (it could never let go)
             lock.acquire()
+        # Signals are blocked across the fork: the snapshot starts with them blocked (no
+        # handler, user code's or ours, may run in it while it waits), the worker gets what
+        # arrived meanwhile once they are unblocked.
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
         try:
             # Objects that exist now are left out of collections until the commit: a
             # collection writes to each object it scans, which would copy its page.
@@ -128,6 +129,7 @@ class _Transactions:
                 warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
                 pid = os.fork()
         except OSError as exc:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             gc.unfreeze()
             raise _TransactionUnavailable("cannot take a snapshot of the session: %s" % exc)
         finally:
@@ -136,8 +138,12 @@ class _Transactions:
         if pid:
             self._snapshot = pid
             os.pwrite(self._signal_fd, pid.to_bytes(8, "little"), _SNAPSHOT_SLOT)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             return None
-        return self._wait_for_promotion(agent, execution_id)
+        try:
+            return self._wait_for_promotion(agent, execution_id, mask)
+        except BaseException:
+            os._exit(1)  # it cannot take over: its worker commits or reports the loss
 
     def alive(self):
         """Whether the snapshot still exists (the kernel may have killed it for memory). One
@@ -158,7 +164,9 @@ class _Transactions:
         if pid > 0:  # 0: found dead by `alive` (and reaped): nothing to kill
             try:
                 os.kill(pid, _signal.SIGKILL)
-                self._discarded.append(pid)
+                # Reaped as soon as it has died, by a thread that only waits for that (no
+                # zombie left for user code's os.wait() to find).
+                _thread.start_new_thread(_reap, (pid,))
             except OSError:
                 pass
         gc.unfreeze()
@@ -167,17 +175,6 @@ class _Transactions:
         """The worker ends (shutdown, the host gone): the snapshot must not take over."""
         if self._snapshot:
             self.commit()
-
-    def reap_discarded(self):
-        """Reaps the killed snapshots that have died (never waits for one)."""
-        waiting = []
-        for pid in self._discarded:
-            try:
-                if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    waiting.append(pid)
-            except ChildProcessError:
-                pass  # reaped by user code's os.wait()
-        self._discarded = waiting
 
     def roll_back(self, agent, frame):
         """Hands `frame` to the snapshot and ends this process: the snapshot, told by the
@@ -195,11 +192,9 @@ class _Transactions:
         _write_all(self._promote_w, b"F %d %d\n" % (self._snapshot, len(data)))
         os._exit(0)
 
-    def _wait_for_promotion(self, agent, execution_id):
+    def _wait_for_promotion(self, agent, execution_id, mask):
         """In the snapshot: blocks until the supervisor promotes it (then returns the frame to
         send) or it is killed (a commit)."""
-        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # a group SIGINT is not for us
-        self._discarded = []  # the worker's children, not ours
         me, handed, buf = os.getpid(), None, bytearray()
         while True:
             chunk = os.read(self._promote_r, 1 << 16)  # not polling: untimed, until promoted
@@ -221,9 +216,9 @@ class _Transactions:
                 elif kind == b"P":
                     status, cpu_before = rest.split(b" ")
                     agent._cpu_before = float(cpu_before)
-                    return self._take_over(agent, execution_id, handed, int(status))
+                    return self._take_over(agent, execution_id, handed, int(status), mask)
 
-    def _take_over(self, agent, execution_id, handed, status):
+    def _take_over(self, agent, execution_id, handed, status, mask):
         """The snapshot becomes the worker: the threads the fork left behind start again."""
         global _flusher
         import gc
@@ -233,7 +228,18 @@ class _Transactions:
         agent._pid = os.getpid()
         _flusher = _Flusher()
         _flusher.streams = agent._streams[:2]
+        # The interpreter's own stdout/stderr objects are not the agent's to flush here: a
+        # thread may have been inside one at the fork (their buffers were flushed before it).
+        agent._streams = agent._streams[:2]
         _signal.signal(_signal.SIGINT, agent._sigint_handler)
+        # Signals that came while it waited were sent during the execution, to the worker's
+        # group (the worker had its own copy): dropped, not delivered now.
+        for _ in range(len(_signal.valid_signals())):
+            pending = _signal.sigpending()
+            if not pending:
+                break
+            _signal.sigtimedwait(pending, 0)  # not polling: takes one already pending
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         _refresh_event_loop(agent._loop)
         _thread.start_new_thread(agent.read_loop, ())
         if handed is not None:
@@ -254,6 +260,13 @@ class _Transactions:
         frame["worker_pid"] = agent._pid
         frame["cpu_time_before"] = agent._cpu_before
         return frame
+
+
+def _reap(pid):
+    try:
+        os.waitpid(pid, 0)  # not polling: untimed, it was SIGKILLed a moment ago
+    except OSError:
+        pass  # reaped already (user code's os.wait())
 
 
 def _read_at(fd, size, offset):

@@ -496,7 +496,13 @@ impl Actor {
                     // process's CPU time counts from its own start).
                     w.on_worker_pid(worker_pid);
                     if !matches!(msg, Message::Ready(_)) {
-                        let cpu_before = cpu_before.unwrap_or(0.0);
+                        // The kernel's account, not the worker's word (`cpu_before`, which user
+                        // code could forge): the larger of the two.
+                        let cpu_before = w
+                            .process
+                            .reaped_cpu_secs()
+                            .unwrap_or(0.0)
+                            .max(cpu_before.unwrap_or(0.0));
                         if let Some(secs) = self.spec.limits.cpu_time_secs {
                             if cpu_before >= secs as f64 {
                                 budget_spent = Some(secs);

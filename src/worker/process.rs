@@ -93,12 +93,22 @@ impl WorkerProcess {
     /// that process runs (it just spoke), so the pid found is its own; it is checked again
     /// once the pidfd is held. False if it could not be found.
     pub fn relocate(&self, worker_pid: u32) -> bool {
-        let found = descendants(self.pid, LOCATE_DEPTH)
+        let root = self.pid;
+        let found = descendants(root, LOCATE_DEPTH)
             .into_iter()
             .find(|&pid| innermost_pid(pid) == Some(worker_pid))
             .and_then(|pid| {
-                let exit = pidfd(pid).ok();
-                (innermost_pid(pid) == Some(worker_pid)).then_some(Located { pid, exit })
+                // Checked again once the pidfd is held, which names one process for good:
+                // the pid it was taken for is still the one reported, still a descendant of
+                // ours, and still running (not a pid reused meanwhile).
+                let located = Located {
+                    pid,
+                    exit: pidfd(pid).ok(),
+                };
+                (innermost_pid(pid) == Some(worker_pid)
+                    && descends_from(pid, root, LOCATE_DEPTH)
+                    && located.alive())
+                .then_some(located)
             });
         let Ok(mut python) = self.python.lock() else {
             return false;
@@ -163,6 +173,18 @@ impl WorkerProcess {
             Some(python) => f(python),
             None => Ok(()),
         }
+    }
+
+    /// CPU seconds of the children the session's supervisor has reaped: the worker processes
+    /// that ended (a transaction's snapshot took over from them) and what they left behind.
+    /// Read from the kernel (`cutime` + `cstime`), so nothing the worker says can change it.
+    pub fn reaped_cpu_secs(&self) -> Option<f64> {
+        let supervisor = if self.sandboxed {
+            super::sandbox::first_child(self.pid)?
+        } else {
+            self.pid
+        };
+        super::procfs::reaped_children_cpu_secs(supervisor)
     }
 
     /// The pid of the process we started (in a sandbox, its launcher).
@@ -488,6 +510,25 @@ fn descendants(root: u32, depth: usize) -> Vec<u32> {
         level = next;
     }
     found
+}
+
+/// Whether `root` is among `pid`'s ancestors, at most `depth` generations up.
+fn descends_from(pid: u32, root: u32, depth: usize) -> bool {
+    let mut current = pid;
+    for _ in 0..depth {
+        match parent_of(current) {
+            Some(parent) if parent == root => return true,
+            Some(parent) if parent > 1 => current = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("PPid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `pid`'s pid in its innermost pid namespace (the last `NSpid` field of its status): what

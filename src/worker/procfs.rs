@@ -27,6 +27,20 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// CPU seconds (user + system) of the children `pid` has waited for (`cutime` + `cstime` of
+/// `/proc/<pid>/stat`, in clock ticks).
+pub fn reaped_children_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state is field 3; cutime and cstime are fields 16 and 17.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
+    Some((ticks(16)? + ticks(17)?) as f64 / per_second as f64)
+}
+
 /// "exited with status 3" / "killed by signal 9 (SIGKILL)".
 pub fn describe_exit(status: ExitStatus) -> String {
     if let Some(code) = status.code() {

@@ -314,6 +314,7 @@ impl Core {
         }
         let grace = self.config.timeout_grace;
         let mut send_cancel = false;
+        let mut worker_killed = None;
         if let Some(run) = &mut self.current {
             match &mut run.cancel {
                 // In a transaction, the worker process alone is killed first: its snapshot
@@ -325,6 +326,7 @@ impl Core {
                     run.worker_killed = true;
                     // not polling: a deadline, raced in the one sleep_until of the actor.
                     cancel.deadline = crate::time::deadline(now, grace);
+                    worker_killed = Some(cancel.timed_out);
                     self.effects.push(Effect::KillWorkerProcess);
                 }
                 Some(cancel) if cancel.deadline <= now => {
@@ -347,6 +349,12 @@ impl Core {
         }
         if send_cancel {
             self.interrupt_worker();
+        }
+        // Should no snapshot take over (it was gone), the exit is this kill's, and the
+        // session is restarted as without a transaction; a snapshot's frame clears it.
+        if let (Some(timed_out), Some(w)) = (worker_killed, &mut self.worker) {
+            w.exit_cause
+                .get_or_insert(ExitCause::CancelGraceExpired { timed_out });
         }
         if let Some(cause) = kill {
             self.kill_worker(cause);

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use super::{Core, Running, WorkerSlot};
-use crate::protocol::Message;
+use crate::protocol::{self, Message};
+use crate::session::exit::ExitCause;
 use crate::session::ordering::Text;
 use crate::session::{CancelOutcome, Event, SessionState};
 
@@ -25,6 +26,22 @@ impl Core {
         match msg {
             Message::Ready(ready) => self.on_ready(ready, now),
             Message::Input(_) | Message::Result(_) | Message::Error(_) => {
+                let took_over = matches!(
+                    &msg,
+                    Message::Result(protocol::ResultMsg {
+                        worker_pid: Some(_),
+                        ..
+                    }) | Message::Error(protocol::ErrorMsg {
+                        worker_pid: Some(_),
+                        ..
+                    })
+                );
+                if took_over
+                    && self.current.as_ref().is_some_and(|r| r.worker_killed)
+                    && matches!(w.exit_cause, Some(ExitCause::CancelGraceExpired { .. }))
+                {
+                    w.exit_cause = None; // the snapshot took over: the session goes on
+                }
                 if let Some(run) = &mut self.current {
                     // The code stopped: a cancel in progress has succeeded, whenever the
                     // terminal message gets delivered.
