@@ -1,5 +1,4 @@
-"""pyrepl3 worker agent, part 2 of 4 (the host joins the parts into one program, in order:
-agent.py, state.py, transaction.py, main.py): the session's state as data. Source tracking of
+"""pyrepl3 worker agent, part 3 of 5 (see agent.py): the session's state as data. Source tracking of
 the functions and classes cells define, namespace inspection, checkpoints (save) and restore,
 and the JSON form of a result's value. Uses the names agent.py defines."""
 

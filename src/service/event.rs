@@ -74,8 +74,8 @@ impl TransactionReport {
                  not undone",
             ),
             TransactionOutcome::RollbackFailed => Some(
-                "a rollback was due but the snapshot was gone (the kernel ended it for want of \
-                 memory): the execution's changes were kept",
+                "a rollback was due but the snapshot was gone (ended from outside: the kernel's \
+                 OOM killer, or a signal): the execution's changes were kept",
             ),
         };
         Some(TransactionReport {

@@ -100,6 +100,16 @@ pub(crate) fn exit_consequence(
     }
 }
 
+/// A transaction's execution past its timeout that ignored the interrupt: its worker process
+/// was killed and the snapshot took over (docs/transactions.md).
+pub(crate) fn killed_timeout_event(timeout: Option<Duration>) -> Event {
+    let limit = timeout.map_or(String::new(), |t| format!(" of {t:?}"));
+    Event::error(
+        "ExecutionTimeout",
+        format!("the execution exceeded its timeout{limit}, did not stop when interrupted and was killed; the session was rolled back to its state before the execution"),
+    )
+}
+
 pub(crate) fn timeout_event(timeout: Option<Duration>, traceback: Option<String>) -> Event {
     let message = match timeout {
         Some(t) => format!("the execution exceeded its timeout of {t:?} and was interrupted"),

@@ -151,6 +151,10 @@ impl Core {
             Message::Error(e) => {
                 Self::hold_to_time_limit(run, w, now);
                 let event = match &run.cancel {
+                    Some(cancel) if cancel.timed_out && run.worker_killed => {
+                        crate::session::exit::killed_timeout_event(run.timeout)
+                            .with_transaction(e.transaction)
+                    }
                     Some(cancel) if cancel.timed_out => {
                         crate::session::exit::timeout_event(run.timeout, Some(e.traceback))
                             .with_transaction(e.transaction)

@@ -1,0 +1,164 @@
+"""pyrepl3 worker agent, part 2 of 5 (the host joins agent.py, streams.py, state.py,
+transaction.py and main.py into one program, in that order): what user code reads and writes.
+`input()`, `getpass()` and `sys.stdin` as protocol requests; stdout and stderr block-buffered
+with a flusher thread that sends a burst of output within milliseconds; and the wrappers that
+keep output in the order it was produced when code writes to fd 1/2 or starts processes."""
+
+def input(prompt=""):
+    """Read a line from the client (a protocol `input` request); EOFError at end-of-file."""
+    data = _agent.request_input(prompt, False)
+    if data is None:
+        raise EOFError("EOF when reading a line")
+    for ending in ("\r\n", "\n"):
+        if data.endswith(ending):
+            return data[:-len(ending)]
+    return data
+
+
+def getpass(prompt="Password: ", stream=None):
+    """Read a password from the client (an `input` request with password=true)."""
+    data = _agent.request_input(prompt, True)
+    if data is None:
+        raise EOFError
+    return data[:-1] if data.endswith("\n") else data
+
+
+class _Stdin(io.TextIOBase):
+    """sys.stdin: a read that needs data becomes one `input` request to the client."""
+
+    encoding, errors, name = "utf-8", "strict", "<stdin>"
+
+    def __init__(self):
+        super().__init__()
+        self._pending = ""  # rest of a multi-line answer, served to the next reads
+
+    def readable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def close(self):
+        pass  # `exit()` closes sys.stdin before raising SystemExit; the session lives on
+
+    def _fill(self, newline):
+        if not self._pending:
+            data = _agent.request_input("", False)
+            if data is None:
+                return False
+            self._pending = data + "\n" if newline and not data.endswith("\n") else data
+        return True
+
+    def readline(self, size=-1):
+        if size == 0 or not self._fill(True):
+            return ""
+        cut = self._pending.find("\n") + 1 or len(self._pending)
+        if size is not None and size > 0:
+            cut = min(cut, size)
+        line, self._pending = self._pending[:cut], self._pending[cut:]
+        return line
+
+    def read(self, size=-1):
+        if size == 0 or not self._fill(False):
+            return ""
+        cut = len(self._pending) if size is None or size < 0 else size
+        chunk, self._pending = self._pending[:cut], self._pending[cut:]
+        return chunk
+
+
+FLUSH_DELAY = 0.002  # seconds from the first unflushed write to the flush that sends it
+STREAM_BUFFER = 1 << 16
+
+
+class _Flusher:
+    """Live output without a write() syscall per line: stdout/stderr are block-buffered, and
+    the first write into a clean buffer arms one flush, FLUSH_DELAY later, from this thread.
+    A burst of prints costs one flush per delay instead of one syscall per line (200k lines:
+    ~0.1 s instead of ~0.4 s), while a print followed by a pause still shows within
+    milliseconds. Nothing runs while nothing is written."""
+
+    def __init__(self):
+        self.dirty = False
+        self.streams = []
+        self.lock = _thread.RLock()  # held while flushing: a transaction's fork waits for it
+        # Held while disarmed: `arm` releases it, the flusher thread's acquire wakes.
+        self._armed = _thread.allocate_lock()
+        self._armed.acquire()
+        _thread.start_new_thread(self._run, ())
+
+    def arm(self):
+        if not self.dirty:
+            self.dirty = True
+            try:
+                self._armed.release()
+            except RuntimeError:
+                pass  # already armed: the flusher has not woken up yet
+
+    def flush_all(self):
+        with self.lock:
+            self.dirty = False
+            for stream in self.streams:
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass  # a closed or broken stream must not break the caller
+
+    def _run(self):
+        while True:
+            self._armed.acquire()  # not polling: untimed, released by the first unflushed write
+            # not polling: one deadline per burst of output, armed by its first write.
+            time.sleep(FLUSH_DELAY)
+            self.flush_all()
+
+
+class _LiveBuffer(io.BufferedWriter):
+    """The binary layer of stdout/stderr: bytes written here (sys.stdout.buffer) arm the
+    flusher too. Writes and flushes hold the flusher's lock, which a transaction's fork takes
+    (transaction.py): no thread is inside the buffer (holding its own internal lock, which
+    the copy could never release) when the snapshot is taken. The text layer above calls in
+    here once per ~8 KiB, not per print."""
+
+    def write(self, data, _write=io.BufferedWriter.write):
+        with _flusher.lock:
+            n = _write(self, data)
+        _flusher.arm()
+        return n
+
+    def flush(self, _flush=io.BufferedWriter.flush):
+        with _flusher.lock:
+            return _flush(self)
+
+
+class _LiveText(io.TextIOWrapper):
+    """The text layer of stdout/stderr: the one place every print() passes through."""
+
+    def write(self, text, _write=io.TextIOWrapper.write):
+        n = _write(self, text)
+        if not _flusher.dirty:
+            _flusher.arm()
+        return n
+
+
+_flusher = None  # the _Flusher, once the agent has set up its streams
+
+
+def _flushing_first(function):
+    """Wraps a way of writing to fd 1/2 (or of starting a process that inherits them) so
+    that what print() buffered goes out first: output stays in the order it was produced."""
+    def wrapper(*args, **kwargs):
+        if _flusher is not None and _flusher.dirty:
+            _flusher.flush_all()
+        return function(*args, **kwargs)
+    wrapper.__wrapped__ = function
+    wrapper.__name__ = getattr(function, "__name__", "wrapper")
+    wrapper.__doc__ = getattr(function, "__doc__", None)
+    return wrapper
+
+
+def _keep_output_order():
+    import _posixsubprocess  # subprocess looks fork_exec up on this module at every call
+    _posixsubprocess.fork_exec = _flushing_first(_posixsubprocess.fork_exec)
+    for name in ("write", "system", "posix_spawn", "posix_spawnp", "writev"):
+        if hasattr(os, name):
+            setattr(os, name, _flushing_first(getattr(os, name)))
+    os.register_at_fork(before=lambda: _flusher is not None and _flusher.flush_all())
