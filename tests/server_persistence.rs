@@ -88,3 +88,43 @@ async fn with_autosave_a_killed_server_brings_sessions_back_as_last_saved() {
     assert_eq!(answer["result"]["repr"], "42", "{answer}");
     drop(server);
 }
+
+/// Sessions brought back at a start stay within their tenant's session limit (it may have
+/// been lowered since); those over it stay recorded and come back when there is room.
+#[tokio::test]
+async fn sessions_come_back_within_their_tenants_session_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.sqlite3");
+    let store = store.to_str().unwrap();
+    let tenant = |max: usize| {
+        format!("[[tenants]]\nname = \"default\"\ntoken = \"{ALICE}\"\nmax_sessions = {max}\n")
+    };
+    let http = Client::new();
+    let listed = |base: String| {
+        let http = http.clone();
+        async move {
+            let listed = json_of(http.get(format!("{base}/v1/sessions"))).await;
+            listed["sessions"].as_array().unwrap().len()
+        }
+    };
+    {
+        let (mut server, base, _config) =
+            spawn_server_with_config(&tenant(3), &["--min-idle", "0", "--store", store]);
+        for _ in 0..3 {
+            create_session_at(&http, &base).await;
+        }
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        assert!(server.wait().success());
+    }
+    {
+        let (mut server, base, _config) =
+            spawn_server_with_config(&tenant(1), &["--min-idle", "0", "--store", store]);
+        assert_eq!(listed(base).await, 1, "the limit holds");
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        assert!(server.wait().success());
+    }
+    let (server, base, _config) =
+        spawn_server_with_config(&tenant(3), &["--min-idle", "0", "--store", store]);
+    assert_eq!(listed(base).await, 3, "the others were kept for later");
+    drop(server);
+}

@@ -32,6 +32,15 @@ impl Inner {
         {
             tracing::warn!(session = %hosted.id, error = %e, "could not record the session in the store");
         }
+        // Deleted while it was being recorded: its forgetting may have run before the record
+        // was written, which would bring it back at the next start.
+        let gone = !crate::sync::lock_unpoisoned(&self.sessions).contains_key(&hosted.id);
+        if gone {
+            let id = hosted.id.clone();
+            if let Err(e) = store::blocking(store, move |s| s.delete_session(&id)).await {
+                tracing::warn!(session = %hosted.id, error = %e, "could not forget the session in the store");
+            }
+        }
     }
 
     /// Forgets a deleted or culled session (in the background).
@@ -174,6 +183,17 @@ impl Service {
         tenant: &Arc<super::Tenant>,
         record: store::StoredSession,
     ) -> Result<(), super::ServiceError> {
+        // Within the tenant's session limit (it may have been lowered since): one over it
+        // stays recorded, and comes back at a later start with room for it.
+        let Some(_reservation) = self
+            .inner
+            .reserve_session(&tenant.config.name, tenant.config.max_sessions)
+        else {
+            return Err(super::ServiceError::SessionLimit {
+                tenant: tenant.config.name.clone(),
+                limit: tenant.config.max_sessions,
+            });
+        };
         // Held so that, should this fail or be dropped (the start deadline), the session is
         // discarded: it holds this tenant's limits and state, and must never go back to the
         // pool for another tenant.

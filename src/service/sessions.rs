@@ -260,7 +260,11 @@ impl SessionHandle {
 impl Inner {
     /// A place for one more session of `tenant`, if it is under `max`; held until the
     /// session is added (or the request fails or is dropped).
-    fn reserve_session(self: &Arc<Self>, tenant: &str, max: usize) -> Option<Reservation> {
+    pub(super) fn reserve_session(
+        self: &Arc<Self>,
+        tenant: &str,
+        max: usize,
+    ) -> Option<Reservation> {
         let sessions = lock(&self.sessions);
         let held = sessions
             .values()
@@ -367,7 +371,7 @@ impl Inner {
 }
 
 /// A tenant's place for a session being created (see `Inner::reserve_session`).
-struct Reservation {
+pub(super) struct Reservation {
     inner: Arc<Inner>,
     tenant: String,
 }
