@@ -100,6 +100,7 @@ class _Transactions:
         self._promote_r, self._promote_w = promote_r, promote_w
         self._snapshot = 0         # pid of the live snapshot (the worker's child), 0: none
         self._random_state = None  # the random module's state when the snapshot was taken
+        self._froze = False        # whether begin() froze the collector (see there)
 
     def begin(self, agent, execution_id):
         """Takes the snapshot. Returns None in the worker; in the snapshot, returns only if it
@@ -123,14 +124,18 @@ class _Transactions:
         mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
         try:
             # Objects that exist now are left out of collections until the commit: a
-            # collection writes to each object it scans, which would copy its page.
-            gc.freeze()
+            # collection writes to each object it scans, which would copy its page. Not when
+            # user code froze objects itself: unfreezing would undo that too.
+            self._froze = gc.get_freeze_count() == 0
+            if self._froze:
+                gc.freeze()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
                 pid = os.fork()
         except OSError as exc:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
-            gc.unfreeze()
+            if self._froze:
+                gc.unfreeze()
             raise _TransactionUnavailable("cannot take a snapshot of the session: %s" % exc)
         finally:
             for lock in reversed(locks):
@@ -169,7 +174,8 @@ class _Transactions:
                 _thread.start_new_thread(_reap, (pid,))
             except OSError:
                 pass
-        gc.unfreeze()
+        if self._froze:
+            gc.unfreeze()
 
     def abandon(self):
         """The worker ends (shutdown, the host gone): the snapshot must not take over."""
@@ -222,7 +228,8 @@ class _Transactions:
         """The snapshot becomes the worker: the threads the fork left behind start again."""
         global _flusher
         import gc
-        gc.unfreeze()  # frozen by the worker just before the fork, for the execution's length
+        if self._froze:
+            gc.unfreeze()  # frozen by the worker just before the fork, for the execution's length
         if self._random_state is not None:
             _guarded(lambda: sys.modules["random"].setstate(self._random_state), None)
         agent._pid = os.getpid()

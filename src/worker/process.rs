@@ -4,6 +4,11 @@
 //! The rule that makes it safe: a pid (and the process group named after it) can only be
 //! reused once the process has been reaped, so every signal is sent while the leader is not
 //! reaped yet, and [`WorkerProcess::reap`] consumes the value, leaving nothing to signal with.
+//! The Python process that runs the code is not our child (the session's supervisor is its
+//! parent, and reaps it): it is held by a pidfd, and killed through it; the SIGINT to its
+//! main thread (`tgkill`, which takes a pid) is sent only while that pidfd says it runs,
+//! which leaves the moment between the check and the signal (a pid is reused only after
+//! the whole range has wrapped).
 //! Its exit is learnt from the pidfd (an event), not from `waitpid`, so that the group can be
 //! swept while the dead leader still holds its pid.
 
