@@ -315,6 +315,8 @@ class Agent:
         so it never leaves half a frame read for its successor."""
         import _socket  # in this thread, after `ready`'s way: a C module, no imports of its own
         peeker = _socket.socket(fileno=os.dup(self._control))
+        # A process-wide default timeout set by user code before a takeover must not apply.
+        peeker.settimeout(None)
         self._peeker = peeker  # kept: dropping it would close the dup
         try:
             while True:
@@ -586,7 +588,7 @@ class Agent:
             wanted = policy == "rollback_always" or frame["type"] == "error"
             if wanted and self._transactions.alive():
                 frame["transaction"] = "rolled_back"
-                self._transactions.roll_back(self, frame)  # does not return
+                self._transactions.roll_back(self, frame)  # returns only if it failed
             self._transactions.commit()
             # Wanted but not done: the kernel killed the snapshot (for memory).
             frame["transaction"] = "rollback_failed" if wanted else "committed"

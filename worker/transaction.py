@@ -116,13 +116,17 @@ class _Transactions:
         self._random_state = _guarded(rnd.getstate, None) if rnd is not None else None
         locks = (agent._read_lock, agent._state_lock, agent._ordered_lock, agent._send_lock,
                  _flusher.lock)
-        for lock in locks:  # no other thread may hold one in the copy (it could never let go)
-            lock.acquire()
-        # Signals are blocked across the fork: the snapshot starts with them blocked (no
-        # handler, user code's or ours, may run in it while it waits), the worker gets what
-        # arrived meanwhile once they are unblocked.
+        # Signals are blocked across the fork, first: no handler can break in while the locks
+        # are taken; the snapshot starts with them blocked (no handler, user code's or ours,
+        # may run in it while it waits); the worker gets what arrived meanwhile once they are
+        # unblocked.
         mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
+        held = []
+        self._froze = False
         try:
+            for lock in locks:  # no other thread may hold one in the copy (it could never go)
+                lock.acquire()
+                held.append(lock)
             # Objects that exist now are left out of collections until the commit: a
             # collection writes to each object it scans, which would copy its page. Not when
             # user code froze objects itself: unfreezing would undo that too.
@@ -132,13 +136,15 @@ class _Transactions:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
                 pid = os.fork()
-        except OSError as exc:
+        except BaseException as exc:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             if self._froze:
                 gc.unfreeze()
-            raise _TransactionUnavailable("cannot take a snapshot of the session: %s" % exc)
+            if isinstance(exc, OSError):
+                raise _TransactionUnavailable("cannot take a snapshot of the session: %s" % exc)
+            raise
         finally:
-            for lock in reversed(locks):
+            for lock in reversed(held):
                 lock.release()
         if pid:
             self._snapshot = pid
@@ -190,12 +196,22 @@ class _Transactions:
         no other thread is mid-send: nothing is left half read or half written."""
         agent._flush_output()
         data = _encode(frame).encode("utf-8", "replace")
-        agent._read_lock.acquire()  # never released: this process ends holding it
-        agent._send_lock.acquire()
-        written = 0
-        while written < len(data):
-            written += os.pwrite(self._signal_fd, data[written:], _HAND_OVER_AT + written)
-        _write_all(self._promote_w, b"F %d %d\n" % (self._snapshot, len(data)))
+        # Never released if this works: this process ends holding them. Same order as begin().
+        locks = (agent._read_lock, agent._ordered_lock, agent._send_lock)
+        for lock in locks:
+            lock.acquire()
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(self._signal_fd, data[written:], _HAND_OVER_AT + written)
+            _write_all(self._promote_w, b"F %d %d\n" % (self._snapshot, len(data)))
+        except OSError:
+            # The frame could not be handed over (the file-size limit, no memory): the
+            # execution's changes stay, and the caller reports that.
+            _guarded(lambda: os.ftruncate(self._signal_fd, _SIGNAL_FILE_LEN), None)
+            for lock in reversed(locks):
+                lock.release()
+            return False
         os._exit(0)
 
     def _wait_for_promotion(self, agent, execution_id, mask):

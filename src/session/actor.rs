@@ -520,9 +520,12 @@ impl Actor {
                 if worker_pid.is_some() {
                     self.name_limit_kill(&mut msg);
                 }
-                self.core.handle(Input::Frame(msg), now);
-                if let Some(secs) = budget_spent {
-                    self.core.handle(Input::CpuBudgetSpent(secs), now);
+                // The session's CPU time is spent: the snapshot's word is not passed on (its
+                // state does not stay); the worker is replaced and the execution ends with
+                // CpuLimitExceeded, as the limit does without a transaction.
+                match budget_spent {
+                    Some(secs) => self.core.handle(Input::CpuBudgetSpent(secs), now),
+                    None => self.core.handle(Input::Frame(msg), now),
                 }
             }
             ChannelRead::End => {

@@ -38,7 +38,7 @@ impl ResourceLimits {
     pub fn less_cpu_time(mut self, used: f64) -> ResourceLimits {
         if let Some(limit) = self.cpu_time_secs {
             let used = if used.is_finite() && used > 0.0 {
-                used as u64
+                used.ceil() as u64
             } else {
                 0
             };

@@ -103,6 +103,8 @@ struct WorkerSlot {
     overrun: OverrunWatch,
     /// The worker keeps transaction snapshots (its `ready` said so).
     transactions: bool,
+    /// Its whole group was sent SIGKILL: it is going, whatever a snapshot says.
+    group_killed: bool,
 }
 
 struct CancelState {
@@ -260,7 +262,16 @@ impl Core {
                 }
             }
             Input::Reaped { status, oom_killed } => self.on_reaped(status, oom_killed),
-            Input::CpuBudgetSpent(secs) => self.kill_worker(ExitCause::CpuBudgetSpent(secs)),
+            Input::CpuBudgetSpent(secs) => {
+                // Over any cause set before (a cancel's kill the snapshot answered): this is
+                // why the worker goes now; and set before the snapshot's frame is routed, so
+                // that nothing queued is started on it.
+                if let Some(w) = &mut self.worker {
+                    w.exit_cause = Some(ExitCause::CpuBudgetSpent(secs));
+                    w.group_killed = true;
+                    self.effects.push(Effect::KillGroup);
+                }
+            }
             Input::ConsumerReady => {
                 if let Some(run) = &mut self.current {
                     run.sink.flush();
@@ -366,6 +377,7 @@ impl Core {
             requests: PendingRequests::default(),
             overrun: OverrunWatch::default(),
             transactions: false,
+            group_killed: false,
         });
         self.effects.push(Effect::SpawnWorker { marker_token });
     }
@@ -414,6 +426,7 @@ impl Core {
     fn kill_worker(&mut self, cause: ExitCause) {
         if let Some(w) = &mut self.worker {
             w.exit_cause.get_or_insert(cause);
+            w.group_killed = true;
             self.effects.push(Effect::KillGroup);
         }
     }

@@ -37,6 +37,7 @@ impl Core {
                     })
                 );
                 if took_over
+                    && !w.group_killed
                     && self.current.as_ref().is_some_and(|r| r.worker_killed)
                     && matches!(w.exit_cause, Some(ExitCause::CancelGraceExpired { .. }))
                 {
