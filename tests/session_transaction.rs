@@ -467,3 +467,53 @@ async fn a_kill_with_no_snapshot_left_restarts_the_session() {
     assert_eq!(s.info().await.unwrap().restarts, 1);
     s.shutdown().await.unwrap();
 }
+
+/// What user code set for the whole process before a rollback (a default socket timeout)
+/// does not reach the agent's own channels in the process that takes over.
+#[tokio::test]
+async fn a_default_socket_timeout_does_not_break_the_process_that_takes_over() {
+    let s = start().await;
+    eval(&s, "import socket, time\nsocket.setdefaulttimeout(0.2)").await;
+    let out = run_in(&s, "1/0", TransactionPolicy::RollbackOnFailure).await;
+    assert_eq!(
+        transaction(&out.terminal),
+        Some(TransactionOutcome::RolledBack)
+    );
+    // Longer than the timeout, with the control channel idle meanwhile.
+    assert_eq!(
+        eval(&s, "time.sleep(0.6)\n'alive'").await.as_deref(),
+        Some("'alive'")
+    );
+    assert_eq!(s.info().await.unwrap().restarts, 0);
+    s.shutdown().await.unwrap();
+}
+
+/// A frame that cannot be handed over (here: past the session's file-size limit) leaves the
+/// execution's changes and says so, rather than hanging the worker.
+#[tokio::test]
+async fn a_hand_over_that_fails_reports_rollback_failed() {
+    let config = pyrepl3::SessionConfig {
+        limits: pyrepl3::ResourceLimits {
+            file_size_bytes: Some(8192),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let s = start_with(config).await;
+    eval(&s, "data = [1]").await;
+    let out = run_in(
+        &s,
+        "data.append(2)\n'x' * 100000",
+        TransactionPolicy::RollbackAlways,
+    )
+    .await;
+    assert_eq!(
+        transaction(&out.terminal),
+        Some(TransactionOutcome::RollbackFailed),
+        "{:?}",
+        out.terminal
+    );
+    assert_eq!(out.repr().map(str::len), Some(100_002));
+    assert_eq!(eval(&s, "data").await.as_deref(), Some("[1, 2]"));
+    s.shutdown().await.unwrap();
+}

@@ -55,8 +55,8 @@ pub enum TransactionOutcome {
     Committed,
     /// The session is back at its state before the execution.
     RolledBack,
-    /// A rollback was due but the snapshot was gone (the kernel killed it for memory): the
-    /// changes were kept.
+    /// A rollback was due but could not be done (the snapshot was gone, or the terminal frame
+    /// could not be handed to it): the changes were kept.
     RollbackFailed,
 }
 

@@ -74,8 +74,9 @@ impl TransactionReport {
                  not undone",
             ),
             TransactionOutcome::RollbackFailed => Some(
-                "a rollback was due but the snapshot was gone (ended from outside: the kernel's \
-                 OOM killer, or a signal): the execution's changes were kept",
+                "a rollback was due but could not be done (the snapshot was gone, ended from \
+                 outside by the kernel's OOM killer or a signal; or the result could not be \
+                 handed to it): the execution's changes were kept",
             ),
         };
         Some(TransactionReport {
