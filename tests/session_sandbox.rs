@@ -493,3 +493,34 @@ async fn a_killed_transaction_rolls_back_in_the_sandbox_and_the_host_follows_the
     );
     s.shutdown().await.unwrap();
 }
+
+/// In the sandbox too, the CPU time of the processes a transaction's snapshot took over from
+/// is carried over (read from the supervisor, the namespace's pid 1): rollbacks cannot
+/// stretch the limit.
+#[tokio::test]
+async fn rollbacks_in_the_sandbox_do_not_stretch_the_cpu_time_limit() {
+    use pyrepl3::{ExecuteOptions, ResourceLimits, TransactionPolicy};
+    let config = SessionConfig {
+        limits: ResourceLimits {
+            cpu_time_secs: Some(2),
+            ..Default::default()
+        },
+        ..sandboxed()
+    };
+    let s = start_with(config).await;
+    eval(&s, "data = 1").await;
+    let burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.3: pass";
+    let options = || ExecuteOptions {
+        transaction_policy: TransactionPolicy::RollbackAlways,
+        ..Default::default()
+    };
+    let first = guard(s.execute(burn, options()).outcome()).await;
+    assert_eq!(first.error_type(), None, "{first:?}");
+    let second = guard(s.execute(burn, options()).outcome()).await;
+    assert_eq!(second.error_type(), Some("CpuLimitExceeded"), "{second:?}");
+    assert_eq!(
+        eval(&s, "'data' in globals()").await.as_deref(),
+        Some("False")
+    );
+    s.shutdown().await.unwrap();
+}
