@@ -214,3 +214,65 @@ async fn a_cancel_right_after_execute_stops_the_code_without_killing_the_worker(
     assert_eq!(s.info().await.unwrap().restarts, 0);
     s.shutdown().await.unwrap();
 }
+
+/// The KeyboardInterrupt says what happened: a client's cancel, or the execution's timeout;
+/// user code interrupting itself gets a plain one, as in Python.
+#[tokio::test]
+async fn the_keyboard_interrupt_says_who_stopped_the_code() {
+    let s = start().await;
+    let mut ex = s.execute(
+        "import time\nprint('go', flush=True)\ntime.sleep(60)",
+        ExecuteOptions::default(),
+    );
+    wait_for_stdout(&mut ex, "go").await;
+    guard(s.cancel(ex.id(), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let Event::Error {
+        exception_type,
+        exception_message,
+        traceback,
+        ..
+    } = terminal(&mut ex).await
+    else {
+        panic!("expected an error")
+    };
+    assert_eq!(exception_type, "KeyboardInterrupt");
+    assert_eq!(exception_message, "execution cancelled by the client");
+    assert!(
+        traceback.ends_with("KeyboardInterrupt: execution cancelled by the client\n"),
+        "{traceback}"
+    );
+
+    let timed = guard(
+        s.execute(
+            "import time\ntime.sleep(60)",
+            ExecuteOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
+        )
+        .outcome(),
+    )
+    .await;
+    let Event::Error { traceback, .. } = &timed.terminal else {
+        panic!("{timed:?}")
+    };
+    assert!(
+        traceback.contains("KeyboardInterrupt: execution interrupted at its time limit"),
+        "{traceback}"
+    );
+
+    let own = run(&s, "import os, signal\nos.kill(os.getpid(), signal.SIGINT)").await;
+    let Event::Error {
+        exception_message, ..
+    } = &own.terminal
+    else {
+        panic!("{own:?}")
+    };
+    assert_eq!(
+        exception_message, "",
+        "user code's own SIGINT is Python's plain one"
+    );
+    s.shutdown().await.unwrap();
+}

@@ -28,6 +28,12 @@ MAX_FRAME = 16 << 20        # largest frame either side may send (protocol.md)
 # Set in a signal target: "interrupt code older than this execution" (an overrun, see the
 # host's session/core/overrun.rs), as opposed to "interrupt this execution".
 _OVERRUN_FLAG = 1 << 63
+# Set in a signal target: the interrupt is the execution's timeout, not a client's cancel.
+_TIMEOUT_FLAG = 1 << 62
+# What a KeyboardInterrupt the host asked for says (user code's own SIGINT says nothing).
+_CANCELLED = "execution cancelled by the client"
+_TIMED_OUT = "execution interrupted at its time limit"
+_OVERRAN = "interrupted: code reported finished ran past its time limit"
 TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
 VALUE_LIMIT = 1 << 20       # a result `value` whose JSON is larger is sent as null
 HISTORY_LIMIT = 1000        # results kept in Out / _n (IPython's default cache size)
@@ -174,6 +180,7 @@ class Agent:
         self._running_seq = 0            # the execution whose user code runs now
         self._finished_seq = 0           # the last execution whose end was sent
         self._pending_seq = 0            # interrupted before it started: stop it at once
+        self._pending_reason = _CANCELLED  # what stopping it says
         self._main_sending = False       # main thread is mid-send: defer KeyboardInterrupt
         self._interrupt_deferred = False
         self._waiters = {}               # input id -> [lock held until answered, answer]
@@ -256,9 +263,9 @@ class Agent:
             if on_main:
                 self._main_sending = False
         if on_main and self._interrupt_deferred:
-            self._interrupt_deferred = False
+            reason, self._interrupt_deferred = self._interrupt_deferred, False
             if self._running_id is not None:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt(reason) if isinstance(reason, str) else KeyboardInterrupt
 
     def _pipes_drained(self):
         if _ioctl is None:
@@ -459,9 +466,11 @@ class Agent:
         # A cancel message's SIGINT (reader thread) names its execution; each run consumes
         # it, so one sent for an execution that has since ended is absorbed.
         message_target, self._interrupt_target = self._interrupt_target, None
+        reason = None
         if message_target is not None:
             if running is None or message_target != running:
                 return
+            reason = _CANCELLED
         else:
             target = self._signal_target()
             if target & _OVERRUN_FLAG:
@@ -469,17 +478,21 @@ class Agent:
                 # older than the given execution (never that one, nor a later one).
                 if running is None or self._running_seq >= target & ~_OVERRUN_FLAG:
                     return
+                reason = _OVERRAN
             elif target:
+                reason = _TIMED_OUT if target & _TIMEOUT_FLAG else _CANCELLED
+                target &= ~_TIMEOUT_FLAG
                 if running is None or target != self._running_seq:
                     if target > self._finished_seq and target != self._running_seq:
                         self._pending_seq = target  # for code not started yet: kept
+                        self._pending_reason = reason
                     return  # else for code that finished: absorbed
             elif running is None:
                 return  # no user code to interrupt
         if self._main_sending:
-            self._interrupt_deferred = True
+            self._interrupt_deferred = reason or True
             return
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(reason) if reason else KeyboardInterrupt
 
     def request_input(self, prompt, password):
         """Ask the client for a line; returns the answer, or None at end-of-file."""
@@ -610,13 +623,15 @@ class Agent:
                 if cancelled:
                     self._cancelled_early.remove(execution_id)
                 seq = self._accepted_seq
+                reason = _CANCELLED
                 if seq and self._pending_seq == seq:  # SIGINT came before the code started
                     cancelled, self._pending_seq = True, 0
+                    reason = self._pending_reason
                 self._interrupt_deferred = False
                 self._running_seq = seq
                 self._running_id = execution_id
             if cancelled:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt(reason)
             if internal is not None:
                 compiling = False
                 report = self._internal_call(internal)

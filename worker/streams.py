@@ -161,4 +161,24 @@ def _keep_output_order():
     for name in ("write", "system", "posix_spawn", "posix_spawnp", "writev"):
         if hasattr(os, name):
             setattr(os, name, _flushing_first(getattr(os, name)))
-    os.register_at_fork(before=lambda: _flusher is not None and _flusher.flush_all())
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
+def _before_fork():
+    """Any fork (user code's too): what print() buffered goes out first, and the flusher's
+    lock is held across the fork, so that no thread is inside stdout's buffer in the copy
+    (the flusher thread, which does not exist there, could never let go of it)."""
+    if _flusher is not None:
+        _flusher.lock.acquire()
+        _flusher.flush_all()
+
+
+def _after_fork_in_parent():
+    if _flusher is not None:
+        _flusher.lock.release()
+
+
+def _after_fork_in_child():
+    if _flusher is not None:
+        _flusher.lock.release()

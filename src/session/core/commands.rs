@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::overrun::{IdleProbe, Verdict, OVERRUN_FLAG};
+use super::overrun::{IdleProbe, Verdict, OVERRUN_FLAG, TIMEOUT_FLAG};
 use super::{new_id, CancelState, Core, Effect, ExitCause, Queued, Running};
 use crate::error::Error;
 use crate::protocol::{self, Message};
@@ -170,7 +170,7 @@ impl Core {
                     timed_out: false,
                     replies: vec![reply],
                 });
-                self.interrupt_worker();
+                self.interrupt_worker(false);
             }
         }
     }
@@ -186,16 +186,20 @@ impl Core {
             self.kill_worker(ExitCause::ForcedInterrupt);
             return InterruptOutcome::Restarted;
         }
-        self.interrupt_worker();
+        self.interrupt_worker(false);
         InterruptOutcome::Interrupted
     }
 
     /// KeyboardInterrupt for the running code: SIGINT straight to the worker's main thread.
     /// Sent only while the host's current execution runs; one that lands after the code
-    /// returned is absorbed by the agent (protocol.md).
-    fn interrupt_worker(&mut self) {
+    /// returned is absorbed by the agent (protocol.md). `timed_out`: for its timeout (the
+    /// KeyboardInterrupt says so), not a client's cancel.
+    fn interrupt_worker(&mut self, timed_out: bool) {
         if let (Some(_), Some(run)) = (&self.worker, &self.current) {
-            self.effects.push(Effect::Interrupt { seq: run.seq });
+            let flag = if timed_out { TIMEOUT_FLAG } else { 0 };
+            self.effects.push(Effect::Interrupt {
+                seq: run.seq | flag,
+            });
         }
     }
 
@@ -348,7 +352,7 @@ impl Core {
             }
         }
         if send_cancel {
-            self.interrupt_worker();
+            self.interrupt_worker(true);
         }
         // Should no snapshot take over (it was gone), the exit is this kill's, and the
         // session is restarted as without a transaction; a snapshot's frame clears it.

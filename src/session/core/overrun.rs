@@ -49,6 +49,9 @@ impl IdleProbe {
 /// `seq`", never that execution or a later one, so that a probe that caught an honest agent
 /// between two executions cannot interrupt the next one (the agent's `_on_sigint`).
 pub(crate) const OVERRUN_FLAG: u64 = 1 << 63;
+/// Set in a signal target: the SIGINT is the execution's timeout, not a client's cancel (the
+/// KeyboardInterrupt says which; docs/protocol.md, "Interrupting").
+pub(crate) const TIMEOUT_FLAG: u64 = 1 << 62;
 
 /// What the core does after a probe.
 #[derive(Debug, PartialEq, Eq)]
