@@ -86,3 +86,20 @@ async fn input_eof_getpass_and_stdin_readline() {
     }
     s.shutdown().await.unwrap();
 }
+
+/// Shutting a session down while its code waits in `input()` gives that code end-of-file:
+/// its `except EOFError` runs, and what it prints arrives, before the session ends.
+#[tokio::test]
+async fn shutdown_during_input_raises_eof_error_in_the_code_first() {
+    let s = start().await;
+    let mut ex = s.execute(
+        "try:\n    input('name? ')\nexcept EOFError:\n    print('cleaned up', flush=True)\n    'eof'",
+        ExecuteOptions::default(),
+    );
+    let Some(Event::Input { .. }) = guard(ex.next_event()).await else {
+        panic!("expected an input request")
+    };
+    guard(s.shutdown()).await.unwrap();
+    let out = guard(ex.outcome()).await;
+    assert_eq!(out.stdout, "cleaned up\n", "{out:?}");
+}

@@ -184,6 +184,7 @@ class Agent:
         self._main_sending = False       # main thread is mid-send: defer KeyboardInterrupt
         self._interrupt_deferred = False
         self._waiters = {}               # input id -> [lock held until answered, answer]
+        self._shutting_down = False      # shut down while code waited for input: end after it
 
         self._unfinished = None          # execution still owed a terminal frame
         self._cell_count = 0
@@ -383,10 +384,17 @@ class Agent:
             self.send({"type": "is_complete_reply", "in_reply_to": msg_id,
                        "status": self._completeness(msg["code"]), "indent": ""})
         elif kind == "shutdown":
-            self._flush_output()
-            if self._transactions is not None:
-                self._transactions.abandon()  # the session ends: no snapshot takes over
-            os._exit(0)
+            with self._state_lock:
+                # Code waiting in input() gets end-of-file, so that its `except EOFError`
+                # runs before the session ends (within the host's shutdown grace); the main
+                # thread exits once that execution has ended.
+                waiting = list(self._waiters.values())
+                self._shutting_down = bool(waiting)
+                for waiter in waiting:
+                    waiter[1] = None
+                    waiter[0].release()
+            if not waiting:
+                self._end()
         else:
             self._protocol_error("unknown message: %.200r" % (msg,))
 
@@ -494,13 +502,23 @@ class Agent:
             return
         raise KeyboardInterrupt(reason) if reason else KeyboardInterrupt
 
+    def _end(self):
+        """The session is shut down: exit at once (no snapshot takes over)."""
+        self._flush_output()
+        if self._transactions is not None:
+            self._transactions.abandon()
+        os._exit(0)
+
     def request_input(self, prompt, password):
         """Ask the client for a line; returns the answer, or None at end-of-file."""
         input_id = self._new_id()
         waiter = [_thread.allocate_lock(), None]
         waiter[0].acquire()
         try:
-            self._waiters[input_id] = waiter
+            with self._state_lock:
+                if self._shutting_down:
+                    return None  # the session is ending: end-of-file, at once
+                self._waiters[input_id] = waiter
             # Ordered: the marker puts this request after everything printed before it.
             self.send({"type": "input", "id": input_id, "execution_id": self._running_id,
                        "prompt": _clip(_safe_str(prompt)), "password": password,
@@ -529,6 +547,8 @@ class Agent:
         _track_cell_classes()
         getpass_module.getpass = getpass
         while True:
+            if self._shutting_down:  # the execution that waited for input has ended
+                self._end()
             try:
                 try:
                     msg = self._recv_frame(self._exec)
