@@ -71,6 +71,25 @@ fn exception_gives_status_1_and_traceback_on_stderr() {
     assert!(r.stderr.starts_with("Traceback"), "{}", r.stderr);
 }
 
+/// `sys.exit` ends `exec` as it ends `python`: its status, no traceback; a message instead
+/// of a number is printed on stderr and the status is 1.
+#[test]
+fn sys_exit_gives_its_status_without_a_traceback() {
+    for (code, status, stderr) in [
+        ("import sys\nprint('out')\nsys.exit(3)", 3, ""),
+        ("import sys\nsys.exit()", 0, ""),
+        ("exit(0)", 0, ""),
+        ("import sys\nsys.exit(1)", 1, ""),
+        ("import sys\nsys.exit('bye now')", 1, "bye now\n"),
+        ("raise SystemExit(258)", 2, ""),
+    ] {
+        let r = exec(&[code], "");
+        assert_eq!((r.status, r.stderr.as_str()), (status, stderr), "{code}");
+    }
+    let r = exec(&["import sys\nprint('out')\nsys.exit(3)"], "");
+    assert_eq!(r.stdout, "out\n");
+}
+
 #[test]
 fn input_is_answered_from_stdin_and_eof_raises_eoferror() {
     let r = exec(&["a = input('name? ')\nprint('hi', a)\ninput()"], "bob\n");

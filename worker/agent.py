@@ -771,9 +771,19 @@ class Agent:
                 sys.last_traceback = exc.__traceback__
         except BaseException:
             text = "%s: %s\n" % (type(exc).__name__, _safe_str(exc))
-        return {"type": "error", "execution_id": execution_id,
-                "exception_type": type(exc).__name__,
-                "exception_message": _clip(_safe_str(exc)), "traceback": _clip(text)}
+        frame = {"type": "error", "execution_id": execution_id,
+                 "exception_type": type(exc).__name__,
+                 "exception_message": _clip(_safe_str(exc)), "traceback": _clip(text)}
+        if isinstance(exc, SystemExit):
+            # As the interpreter would exit: None is 0, an int is itself (its low byte as a
+            # process status), anything else is printed and the status is 1.
+            code = exc.code
+            if code is None or (isinstance(code, int) and not isinstance(code, bool)):
+                frame["exit_code"] = 0 if code is None else code & 0xFF
+            else:
+                frame["exit_code"] = 1
+                frame["exception_message"] = _clip(_safe_str(code))
+        return frame
 
 
 def _trim_traceback_chain(exc):

@@ -124,6 +124,21 @@ async fn drive(
                         }
                         status = EXIT_OK;
                     }
+                    // `sys.exit()`: the status `python` would exit with, no traceback; a
+                    // message instead of a number is printed, as `python` prints it.
+                    Event::Error { exit_code: Some(code), exception_message, .. } => {
+                        // The message of `sys.exit(code)` is the code itself unless it was
+                        // text (then the status is 1).
+                        let text = code == 1
+                            && !["", "1", "None"].contains(&exception_message.as_str());
+                        if text && !json {
+                            super::write_flushed(
+                                StreamName::Stderr,
+                                format!("{exception_message}\n").as_bytes(),
+                            );
+                        }
+                        status = i32::from(code);
+                    }
                     Event::Error { exception_type, traceback, .. } => {
                         if !json {
                             super::write_flushed(StreamName::Stderr, traceback.as_bytes());

@@ -26,7 +26,7 @@ pub enum Command {
     /// Run CODE (or standard input with `-`) in a fresh session and exit.
     ///
     /// Exit status: 0 success, 1 Python exception, 124 timeout, 130 interrupted (Ctrl-C),
-    /// 2 bad usage or the worker could not be started.
+    /// 2 bad usage or the worker could not be started; `sys.exit(n)`: n, as `python` exits.
     Exec(ExecArgs),
     /// An interactive Python prompt whose code runs in an isolated worker session.
     ///

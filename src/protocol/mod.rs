@@ -194,6 +194,10 @@ pub struct ErrorMsg {
     /// this much).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_time_before: Option<f64>,
+    /// For `SystemExit`: the status the interpreter would exit with (`sys.exit(3)`: 3, no
+    /// argument: 0, a message: 1, the message then in `exception_message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
     #[serde(default = "marked_default", skip_serializing_if = "is_true")]
     pub marked: bool,
 }

@@ -52,6 +52,9 @@ pub enum ClientEvent {
         /// Present when the execution ran in a transaction.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         transaction: Option<TransactionReport>,
+        /// For `SystemExit`: the status `python` would exit with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<u8>,
     },
 }
 
@@ -127,6 +130,7 @@ impl ClientEvent {
                 exception_message,
                 traceback,
                 transaction,
+                exit_code,
             } => ClientEvent::Error {
                 id,
                 execution_id,
@@ -134,6 +138,7 @@ impl ClientEvent {
                 exception_message,
                 traceback,
                 transaction: TransactionReport::of(transaction),
+                exit_code,
             },
         }
     }

@@ -122,5 +122,6 @@ pub(crate) fn timeout_event(timeout: Option<Duration>, traceback: Option<String>
         exception_message: message,
         traceback,
         transaction: None,
+        exit_code: None,
     }
 }

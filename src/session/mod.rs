@@ -157,6 +157,8 @@ pub enum Event {
         traceback: String,
         /// What became of the execution's changes, when it ran in a transaction.
         transaction: Option<TransactionOutcome>,
+        /// For `SystemExit`: the status `python` would exit with (see `protocol::ErrorMsg`).
+        exit_code: Option<u8>,
     },
 }
 
@@ -172,6 +174,7 @@ impl Event {
             traceback: format!("{exception_type}: {message}\n"),
             exception_message: message,
             transaction: None,
+            exit_code: None,
         }
     }
 

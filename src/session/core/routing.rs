@@ -165,6 +165,7 @@ impl Core {
                         exception_message: e.exception_message,
                         traceback: e.traceback,
                         transaction: e.transaction,
+                        exit_code: e.exit_code,
                     },
                 };
                 self.finish_current(event, now);

@@ -130,6 +130,7 @@ impl Harness {
             transaction: None,
             worker_pid: None,
             cpu_time_before: None,
+            exit_code: None,
         })))
     }
 
