@@ -175,11 +175,16 @@ class _Transactions:
         if pid > 0:  # 0: found dead by `alive` (and reaped): nothing to kill
             try:
                 os.kill(pid, _signal.SIGKILL)
-                # Reaped as soon as it has died, by a thread that only waits for that (no
-                # zombie left for user code's os.wait() to find).
-                _thread.start_new_thread(_reap, (pid,))
             except OSError:
-                pass
+                pid = 0
+            if pid:
+                # Reaped as soon as it has died, by a thread that only waits for that (no
+                # zombie left for user code's os.wait() to find); with no thread to spare
+                # (the session's process limit), here.
+                try:
+                    _thread.start_new_thread(_reap, (pid,))
+                except RuntimeError:
+                    _reap(pid)
         if self._froze:
             gc.unfreeze()
 
