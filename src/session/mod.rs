@@ -1,7 +1,8 @@
 //! Sessions: the public handle ([`Session`]) and the value types of its API. Each session is
 //! served by one actor task that the handle only sends commands to:
 //!
-//! - `actor.rs`: the task; owns the I/O (process, channels, pipes) and its `select!` loop;
+//! - `actor/`: the task; owns the I/O (process, channels, pipes) and its `select!` loop
+//!   (`actor/processes.rs`: the processes' limits, and which process runs the session);
 //! - `core/`: the state machine without I/O (queue, running execution, cancel escalation,
 //!   exit policy, pending worker requests), fed by the actor;
 //! - `ordering.rs`: output-before-result bookkeeping (markers, stray text, held messages);

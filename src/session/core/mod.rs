@@ -4,7 +4,7 @@
 //! queue, the running execution, cancel escalation, the exit policy (restart or dead), the
 //! pending worker requests and the counters. Events reach consumers through their bounded
 //! channels ([`Sink`]); the session's state is published on its watch channel. The actor
-//! (`actor.rs`) owns the process, the sockets and the pipes, and feeds this.
+//! (`actor/`) owns the process, the sockets and the pipes, and feeds this.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;

@@ -28,6 +28,8 @@ use crate::worker::{self, Stragglers, WorkerProcess, WorkerSpec};
 
 use super::live_worker::{ChannelRead, LiveWorker, CONTROL, EXEC};
 
+mod processes;
+
 const READ_CHUNK: usize = 64 * 1024;
 /// How long the processes left in a closed session's group may take to die after SIGKILL.
 const GROUP_EXIT_DEADLINE: Duration = Duration::from_secs(2);
@@ -260,41 +262,7 @@ impl Actor {
             let now = Instant::now();
             match wake {
                 Wake::Command(Some(Command::SetLimits { limits, reply })) => {
-                    // The actor owns the process (and the spec for its successors). What is
-                    // reported is what the kernel has in force (a limit above the host's own
-                    // is lowered to it); nothing changes if they could not be set.
-                    let applied = match &self.worker {
-                        Some(w) => {
-                            // The deepest process's reading: the Python process's, once it
-                            // runs.
-                            let mut in_force = limits;
-                            w.process
-                                .each_process_parents_first(|pid| {
-                                    in_force = limits.apply_and_read(pid)?;
-                                    Ok(())
-                                })
-                                .map(|()| in_force)
-                                .map_err(Error::io("setting the worker's resource limits"))
-                        }
-                        None => Ok(limits),
-                    };
-                    let cgroup = self.cgroup.as_ref();
-                    let applied = applied.and_then(|mut in_force| {
-                        if let Some(cgroup) = cgroup {
-                            cgroup
-                                .set_max_processes(limits.processes)
-                                .and_then(|()| cgroup.set_max_memory(limits.session_memory_bytes))
-                                .map_err(Error::io("setting the session's cgroup limits"))?;
-                            in_force.processes = cgroup.max_processes();
-                            in_force.session_memory_bytes = cgroup.max_memory();
-                        }
-                        Ok(in_force)
-                    });
-                    let answer = applied.map(|in_force| {
-                        self.spec.limits = limits;
-                        self.core.set_limits(in_force);
-                    });
-                    let _ = reply.send(answer);
+                    let _ = reply.send(self.set_limits(limits));
                 }
                 Wake::Command(Some(cmd)) => self.core.handle(Input::Command(cmd), now),
                 Wake::OwnerShutdown => self.core.handle(Input::Shutdown, now),
@@ -482,44 +450,7 @@ impl Actor {
     fn on_frame(&mut self, i: usize, frame: Option<Result<Message, ProtocolError>>, now: Instant) {
         match ChannelRead::from(frame) {
             ChannelRead::Frame(mut msg) => {
-                let (worker_pid, cpu_before) = match &msg {
-                    Message::Ready(ready) => (Some(ready.pid), None),
-                    Message::Result(r) => (r.worker_pid, r.cpu_time_before),
-                    Message::Error(e) => (e.worker_pid, e.cpu_time_before),
-                    _ => (None, None),
-                };
-                let mut budget_spent = None;
-                if let (Some(worker_pid), Some(w)) = (worker_pid, &mut self.worker) {
-                    // The Python process is known on the host only now; a snapshot that
-                    // took over is a new process, which gets the session's current limits,
-                    // its CPU time less what the session's earlier processes used (a
-                    // process's CPU time counts from its own start).
-                    w.on_worker_pid(worker_pid);
-                    if !matches!(msg, Message::Ready(_)) {
-                        // The kernel's account, not the worker's word (`cpu_before`, which user
-                        // code could forge): the larger of the two.
-                        let cpu_before = w
-                            .process
-                            .reaped_cpu_secs()
-                            .unwrap_or(0.0)
-                            .max(cpu_before.unwrap_or(0.0));
-                        if let Some(secs) = self.spec.limits.cpu_time_secs {
-                            if cpu_before >= secs as f64 {
-                                budget_spent = Some(secs);
-                            }
-                        }
-                        let limits = self.spec.limits.less_cpu_time(cpu_before);
-                        if let Err(e) = w.process.each_process_parents_first(|pid| {
-                            limits.apply_and_read(pid).map(|_| ())
-                        }) {
-                            tracing::warn!(error = %e, "could not apply the session's limits to the snapshot that took over");
-                        }
-                    }
-                    self.core.set_worker_pid(w.process.pid());
-                }
-                if worker_pid.is_some() {
-                    self.name_limit_kill(&mut msg);
-                }
+                let budget_spent = self.on_worker_pid(&mut msg);
                 // The session's CPU time is spent: the snapshot's word is not passed on (its
                 // state does not stay); the worker is replaced and the execution ends with
                 // CpuLimitExceeded, as the limit does without a transaction.
@@ -541,45 +472,6 @@ impl Actor {
                 self.core.handle(Input::ProtocolError(e), now);
             }
         }
-    }
-
-    /// A snapshot reports that the worker running a transaction was killed: when a limit of
-    /// the session did it (the memory cgroup's OOM killer, the CPU-time limit's SIGXCPU), the
-    /// error says so, as it does without a transaction.
-    fn name_limit_kill(&mut self, msg: &mut Message) {
-        let Message::Error(e) = msg else { return };
-        if e.exception_type != "ExecutionKilled" {
-            return;
-        }
-        let oom_kills = self.cgroup.as_ref().map_or(0, |c| c.oom_kills());
-        let oom_killed = oom_kills > self.oom_kills_seen && e.exception_message.contains("SIGKILL");
-        self.oom_kills_seen = oom_kills;
-        let limits = self.spec.limits;
-        let (kind, what) = if oom_killed {
-            let limit = limits
-                .session_memory_bytes
-                .map_or(String::new(), |b| format!(" of {b} bytes"));
-            (
-                "MemoryLimitExceeded",
-                format!("the session went over its memory limit{limit} and the kernel ended the worker running this execution"),
-            )
-        } else if let (Some(secs), true) = (
-            limits.cpu_time_secs,
-            e.exception_message.contains("SIGXCPU"),
-        ) {
-            (
-                "CpuLimitExceeded",
-                format!(
-                    "the worker used up its CPU-time limit of {secs} s and the kernel ended it"
-                ),
-            )
-        } else {
-            return;
-        };
-        e.exception_type = kind.to_string();
-        e.exception_message =
-            format!("{what}; the session was rolled back to its state before the execution");
-        e.traceback = format!("{kind}: {}\n", e.exception_message);
     }
 
     fn on_pipe_readable(&mut self, i: usize, now: Instant) {
