@@ -18,6 +18,7 @@ host sees the session's process end as before.
 _SNAPSHOT_SLOT = 128  # offset in the signal-target file: pid of the live snapshot (8 bytes)
 _HAND_OVER_AT = 4096  # offset in the signal-target file where a handed-over frame is put
 _SIGNAL_FILE_LEN = 136
+_PROMOTE_LINE_LIMIT = 256  # bytes of one line on the promote pipe ("F|P <pid> ..."), at most
 
 
 def _start_supervision(signal_fd, channels, reaper):
@@ -230,6 +231,8 @@ class _Transactions:
             buf += chunk
             while True:
                 end = buf.find(b"\n")
+                if end < 0 and len(buf) > _PROMOTE_LINE_LIMIT:
+                    raise ValueError("not a promotion message")  # garbage: not ours to act on
                 if end < 0:
                     break
                 line = bytes(buf[:end])
@@ -327,7 +330,6 @@ def _refresh_event_loop(loop):
     if selector is None:
         return
     try:
-        import selectors
         fresh = type(selector)()
         for key in list(selector.get_map().values()):
             fresh.register(key.fileobj, key.events, key.data)
