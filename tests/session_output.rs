@@ -1,4 +1,5 @@
-//! Output of a session: stdout and stderr arrive once, in order, before the result; stream
+//! Output of a session: stdout and stderr arrive once, in order, before the result, and in the
+//! order Python wrote them across the two streams; stream
 //! while the code runs (buffered layers too); keep their order against fd writes and child
 //! processes; invalid UTF-8 is replaced; the output rate limit slows the worker, loses nothing.
 
@@ -38,6 +39,56 @@ print("last")
     // The terminal event is the last one.
     assert!(out.events.last().is_some_and(Event::is_terminal));
     assert_eq!(out.events.iter().filter(|e| e.is_terminal()).count(), 1);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_arrive_in_the_order_python_wrote_them() {
+    let s = start().await;
+    // As a terminal shows it: a, b, c. Then text and binary layers of both streams, from a
+    // thread too, and runs long enough that the flusher thread sends some of it meanwhile.
+    let code = r#"
+import sys, threading
+print("a"); print("b", file=sys.stderr); print("c")
+sys.stderr.buffer.write(b"d\n"); print("e"); sys.stderr.write("f\n")
+def chat():
+    for i in range(300):
+        print("out", i); print("err", i, file=sys.stderr)
+        if i % 7 == 0:
+            sys.stdout.buffer.write(b"bin %d\n" % i)
+t = threading.Thread(target=chat); t.start(); t.join()
+print("last")
+"#;
+    for _ in 0..3 {
+        let out = run(&s, code).await;
+        assert!(
+            matches!(out.terminal, Event::Result { .. }),
+            "{:?}",
+            out.terminal
+        );
+        let mut got = String::new();
+        for event in &out.events {
+            if let Event::Output { stream, data } = event {
+                let tag = if *stream == pyrepl3::protocol::StreamName::Stdout {
+                    ""
+                } else {
+                    "E:"
+                };
+                for line in data.lines() {
+                    got.push_str(&format!("{tag}{line}\n"));
+                }
+            }
+        }
+        let mut want = String::from("a\nE:b\nc\nE:d\ne\nE:f\n");
+        for i in 0..300 {
+            want.push_str(&format!("out {i}\nE:err {i}\n"));
+            if i % 7 == 0 {
+                want.push_str(&format!("bin {i}\n"));
+            }
+        }
+        want.push_str("last\n");
+        assert_eq!(got, want);
+    }
     s.shutdown().await.unwrap();
 }
 

@@ -158,6 +158,9 @@ class Agent:
         self._streams = [self._text_stream(1), self._text_stream(2),
                          sys.__stdout__, sys.__stderr__]
         _flusher.streams = self._streams[:2]
+        if marker:
+            _flusher.barrier = self._marker[:-1] + b"\x1d"  # the marker, ending in GS
+            _flusher.barrier_fds = self._marker_fds
         sys.stdout, sys.stderr = self._streams[:2]
         sys.stdin = _Stdin()
         builtins.input = input
@@ -219,8 +222,10 @@ class Agent:
         except OSError:
             pass
         raw = io.FileIO(fd, "wb", closefd=False)
-        return _LiveText(_LiveBuffer(raw, STREAM_BUFFER), encoding="utf-8",
-                         errors="backslashreplace", line_buffering=False)
+        buffer = _LiveBuffer(raw, STREAM_BUFFER)
+        buffer.text = _LiveText(buffer, encoding="utf-8", errors="backslashreplace",
+                                line_buffering=False)
+        return buffer.text
 
     # ---- channel -------------------------------------------------------------------------
     def _new_id(self):

@@ -1,8 +1,9 @@
 """pyrepl3 worker agent, part 2 of 5 (the host joins agent.py, streams.py, state.py,
 transaction.py and main.py into one program, in that order): what user code reads and writes.
 `input()`, `getpass()` and `sys.stdin` as protocol requests; stdout and stderr block-buffered
-with a flusher thread that sends a burst of output within milliseconds; and the wrappers that
-keep output in the order it was produced when code writes to fd 1/2 or starts processes."""
+with a flusher thread that sends a burst of output within milliseconds, and a barrier between
+them at each switch so they arrive in the order written; and the wrappers that keep output in
+the order it was produced when code writes to fd 1/2 or starts processes."""
 
 def input(prompt=""):
     """Read a line from the client (a protocol `input` request); EOFError at end-of-file."""
@@ -80,6 +81,11 @@ class _Flusher:
     def __init__(self):
         self.dirty = False
         self.streams = []
+        # Stream order (protocol.md, "Output ordering"): the stream Python wrote to last, and
+        # the barrier written to both pipes (through `barrier_fds`) when writes switch stream.
+        self.last = None
+        self.barrier = None
+        self.barrier_fds = ()
         self.lock = _thread.RLock()  # held while flushing: a transaction's fork waits for it
         # Held while disarmed: `arm` releases it, the flusher thread's acquire wakes.
         self._armed = _thread.allocate_lock()
@@ -103,6 +109,27 @@ class _Flusher:
                 except BaseException:
                     pass  # a closed or broken stream must not break the caller
 
+    def switch(self, stream):
+        """`stream` (stdout's or stderr's text layer) is written to after the other one: what
+        the other holds goes out first, then a barrier on both pipes, so that the host hands on
+        the two in the order they were written. Called only on a switch: a run of writes to
+        one stream costs one comparison each."""
+        with self.lock:
+            previous = self.last
+            if previous is None or previous is stream or self.barrier is None:
+                self.last = stream
+                return
+            try:
+                previous.flush()  # while still `last`: its text layer's flush writes below
+            except BaseException:
+                pass  # a broken stream must not stop the other
+            self.last = stream
+            for fd in self.barrier_fds:
+                try:
+                    _write_all(fd, self.barrier)  # one write under PIPE_BUF: all or nothing
+                except OSError:
+                    pass  # the host stopped reading that pipe
+
     def _run(self):
         while True:
             self._armed.acquire()  # not polling: untimed, released by the first unflushed write
@@ -118,7 +145,11 @@ class _LiveBuffer(io.BufferedWriter):
     the copy could never release) when the snapshot is taken. The text layer above calls in
     here once per ~8 KiB, not per print."""
 
+    text = None  # the text layer above (stdout's or stderr's), set by the agent
+
     def write(self, data, _write=io.BufferedWriter.write):
+        if _flusher.last is not self.text:
+            _flusher.switch(self.text)
         with _flusher.lock:
             n = _write(self, data)
         _flusher.arm()
@@ -133,6 +164,8 @@ class _LiveText(io.TextIOWrapper):
     """The text layer of stdout/stderr: the one place every print() passes through."""
 
     def write(self, text, _write=io.TextIOWrapper.write):
+        if _flusher.last is not self:
+            _flusher.switch(self)
         n = _write(self, text)
         if not _flusher.dirty:
             _flusher.arm()

@@ -7,13 +7,18 @@
 //! numbered by the *segment* it was read in (markers passed on its pipe); the caller says
 //! which segment belongs to the execution that runs (its *owner* segment), and text of other
 //! segments waits as *stray* until its execution is known (see `docs/protocol.md`).
+//!
+//! Stream barriers keep stdout and stderr in the order Python wrote them: the worker writes
+//! one to both pipes each time its writes switch stream, so text read on one pipe past a
+//! barrier the other pipe has not reached yet waits (*ahead*) until it does.
 
 use std::collections::VecDeque;
 
 use super::output::{PipeDecoder, PipeItem};
 use crate::protocol::{Message, StreamName};
 
-/// Stray text held per pipe before that pipe stops being read (the worker then blocks).
+/// Stray and ahead text held per pipe before that pipe stops being read (the worker then
+/// blocks).
 pub(crate) const STRAY_LIMIT: usize = 1024 * 1024;
 
 /// A piece of output for the execution that owns it.
@@ -28,9 +33,16 @@ struct Pipe {
     stream: StreamName,
     decoder: PipeDecoder,
     eof: bool,
-    /// Text whose owner is not known yet, with the segment it was read in.
-    stray: VecDeque<(u64, String)>,
+    /// Text whose owner is not known yet, with the segment it was read in and its place in
+    /// the order of arrival (so both pipes' stray text is handed on in the order it came).
+    stray: VecDeque<(u64, u64, String)>,
     stray_bytes: usize,
+    /// Stream barriers passed.
+    barriers: u64,
+    /// Text read past a barrier the other pipe has not passed yet: its barrier count and
+    /// segment.
+    ahead: VecDeque<(u64, u64, String)>,
+    ahead_bytes: usize,
 }
 
 /// The ordering state of one worker's stdout and stderr and its ordered messages.
@@ -42,6 +54,8 @@ pub(crate) struct OutputOrdering {
     /// Ordered messages received but not yet released, with the marker count both pipes
     /// must reach first (an unmarked message waits only for those before it).
     held: VecDeque<(u64, Message)>,
+    /// Numbers stray text in the order it is routed.
+    arrivals: u64,
 }
 
 impl OutputOrdering {
@@ -52,11 +66,15 @@ impl OutputOrdering {
             eof: false,
             stray: VecDeque::new(),
             stray_bytes: 0,
+            barriers: 0,
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
         };
         OutputOrdering {
             pipes: [pipe(StreamName::Stdout), pipe(StreamName::Stderr)],
             markers_expected: 0,
             held: VecDeque::new(),
+            arrivals: 0,
         }
     }
 
@@ -66,9 +84,12 @@ impl OutputOrdering {
         self.markers_expected
     }
 
-    /// Whether pipe `i` may be read: not ended, and its stray text under the limit.
+    /// Whether pipe `i` may be read: not ended, and its stray and ahead text under the limit.
+    /// (Ahead text waits for a barrier the worker wrote to the other pipe together with this
+    /// one's, so reading the other pipe, which goes on, releases it.)
     pub fn wants_input(&self, i: usize) -> bool {
-        !self.pipes[i].eof && self.pipes[i].stray_bytes < STRAY_LIMIT
+        let pipe = &self.pipes[i];
+        !pipe.eof && pipe.stray_bytes + pipe.ahead_bytes < STRAY_LIMIT
     }
 
     /// Bytes read from pipe `i`. Text of the `owner` segment goes to `out`, the rest is kept
@@ -104,22 +125,71 @@ impl OutputOrdering {
         owner: Option<u64>,
         out: &mut Vec<Text>,
     ) -> bool {
-        let pipe = &mut self.pipes[i];
         let mut passed_marker = false;
         for item in items {
             match item {
-                PipeItem::Text { segment, text } if owner == Some(segment) => out.push(Text {
-                    stream: pipe.stream,
-                    text,
-                }),
                 PipeItem::Text { segment, text } => {
-                    pipe.stray_bytes += text.len();
-                    pipe.stray.push_back((segment, text));
+                    let other = &self.pipes[1 - i];
+                    let pipe = &self.pipes[i];
+                    let behind = !other.eof && other.barriers < pipe.barriers;
+                    if behind || !pipe.ahead.is_empty() {
+                        let pipe = &mut self.pipes[i];
+                        pipe.ahead_bytes += text.len();
+                        pipe.ahead.push_back((pipe.barriers, segment, text));
+                    } else {
+                        self.deliver(i, segment, text, owner, out);
+                    }
+                }
+                PipeItem::Barrier => {
+                    self.pipes[i].barriers += 1;
+                    self.release_ahead(1 - i, owner, out);
                 }
                 PipeItem::Marker => passed_marker = true,
             }
         }
+        if self.pipes[i].eof {
+            self.release_ahead(1 - i, owner, out);
+        }
         passed_marker
+    }
+
+    /// Text of pipe `j` that waited for the other pipe to pass its barrier, now that it has
+    /// (or has ended).
+    fn release_ahead(&mut self, j: usize, owner: Option<u64>, out: &mut Vec<Text>) {
+        let other = &self.pipes[1 - j];
+        let reached = if other.eof { u64::MAX } else { other.barriers };
+        while let Some((barrier, _, _)) = self.pipes[j].ahead.front() {
+            if *barrier > reached {
+                break;
+            }
+            let Some((_, segment, text)) = self.pipes[j].ahead.pop_front() else {
+                break;
+            };
+            self.pipes[j].ahead_bytes -= text.len();
+            self.deliver(j, segment, text, owner, out);
+        }
+    }
+
+    /// Text in its order: to `out` when the running execution owns it, else kept as stray.
+    fn deliver(
+        &mut self,
+        i: usize,
+        segment: u64,
+        text: String,
+        owner: Option<u64>,
+        out: &mut Vec<Text>,
+    ) {
+        let pipe = &mut self.pipes[i];
+        if owner == Some(segment) {
+            out.push(Text {
+                stream: pipe.stream,
+                text,
+            });
+        } else {
+            self.arrivals += 1;
+            pipe.stray_bytes += text.len();
+            pipe.stray.push_back((segment, self.arrivals, text));
+        }
     }
 
     /// An ordered message from the worker; it waits in [`Self::release_next`] for its markers.
@@ -156,27 +226,31 @@ impl OutputOrdering {
         Some((seq, msg))
     }
 
-    /// Stray text of segments up to and including `segment`, stdout's first: output written
-    /// before the execution that now owns it was known (between executions, or before an
-    /// `input()` whose answer continues the code).
+    /// Stray text of segments up to and including `segment`, in the order it was read:
+    /// output written before the execution that now owns it was known (between executions,
+    /// or before an `input()` whose answer continues the code).
     pub fn take_stray_through(&mut self, segment: u64, out: &mut Vec<Text>) {
-        for pipe in &mut self.pipes {
-            while let Some((seg, _)) = pipe.stray.front() {
-                if *seg > segment {
-                    break;
-                }
-                if let Some((_, text)) = pipe.stray.pop_front() {
-                    pipe.stray_bytes -= text.len();
-                    out.push(Text {
-                        stream: pipe.stream,
-                        text,
-                    });
-                }
+        loop {
+            // The earlier arrival of the two pipes' first eligible entries.
+            let next = (0..2)
+                .filter_map(|i| match self.pipes[i].stray.front() {
+                    Some((seg, arrival, _)) if *seg <= segment => Some((*arrival, i)),
+                    _ => None,
+                })
+                .min();
+            let Some((_, i)) = next else { break };
+            let pipe = &mut self.pipes[i];
+            if let Some((_, _, text)) = pipe.stray.pop_front() {
+                pipe.stray_bytes -= text.len();
+                out.push(Text {
+                    stream: pipe.stream,
+                    text,
+                });
             }
         }
     }
 
-    /// All stray text, stdout's first.
+    /// All stray text, in the order it was read.
     pub fn take_all_stray(&mut self) -> Vec<Text> {
         let mut out = Vec::new();
         self.take_stray_through(u64::MAX, &mut out);
@@ -203,6 +277,10 @@ mod tests {
 
     fn marker() -> Vec<u8> {
         MarkerScanner::new(TOKEN).marker().to_vec()
+    }
+
+    fn barrier() -> Vec<u8> {
+        MarkerScanner::new(TOKEN).barrier().to_vec()
     }
 
     fn result(marked: bool) -> Message {
@@ -292,6 +370,71 @@ mod tests {
         o.end(1, Some(0), &mut out);
         assert!(o.release_next(Some(0), &mut out).is_some());
         assert!(!o.wants_input(0) && !o.wants_input(1));
+    }
+
+    #[test]
+    fn text_past_a_barrier_waits_for_the_other_pipe_to_reach_it() {
+        // Python wrote: out "a", err "b", out "c" (a barrier at each switch), then a result.
+        let mut o = OutputOrdering::new(TOKEN);
+        let owner = Some(o.next_segment());
+        let mut out = Vec::new();
+        let err = [barrier(), b"b\n".to_vec(), barrier(), marker()].concat();
+        o.feed(1, &err, owner, &mut out);
+        assert!(
+            out.is_empty(),
+            "stderr's text waits for stdout's first barrier"
+        );
+        o.hold(result(true));
+        let stdout = [
+            b"a\n".to_vec(),
+            barrier(),
+            barrier(),
+            b"c\n".to_vec(),
+            marker(),
+        ];
+        o.feed(0, &stdout.concat(), owner, &mut out);
+        assert!(o.release_next(owner, &mut out).is_some());
+        assert_eq!(
+            texts(&out),
+            [
+                (StreamName::Stdout, "a\n"),
+                (StreamName::Stderr, "b\n"),
+                (StreamName::Stdout, "c\n")
+            ]
+        );
+    }
+
+    #[test]
+    fn ahead_text_is_released_when_the_other_pipe_ends_and_counts_to_the_limit() {
+        let mut o = OutputOrdering::new(TOKEN);
+        let mut out = Vec::new();
+        o.feed(1, &barrier(), Some(0), &mut out);
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..(STRAY_LIMIT / chunk.len()) {
+            assert!(o.wants_input(1));
+            o.feed(1, &chunk, Some(0), &mut out);
+        }
+        assert!(out.is_empty() && !o.wants_input(1) && o.wants_input(0));
+        o.end(0, Some(0), &mut out);
+        assert_eq!(out.len(), STRAY_LIMIT / chunk.len());
+        assert!(o.wants_input(1));
+    }
+
+    #[test]
+    fn stray_text_of_both_pipes_is_handed_on_in_the_order_it_was_read() {
+        let mut o = OutputOrdering::new(TOKEN);
+        let mut out = Vec::new();
+        o.feed(1, b"1", None, &mut out);
+        o.feed(0, b"2", None, &mut out);
+        o.feed(1, b"3", None, &mut out);
+        assert_eq!(
+            texts(&o.take_all_stray()),
+            [
+                (StreamName::Stderr, "1"),
+                (StreamName::Stdout, "2"),
+                (StreamName::Stderr, "3")
+            ]
+        );
     }
 
     #[test]

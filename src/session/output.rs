@@ -11,6 +11,8 @@ pub(crate) enum PipeItem {
     Text { segment: u64, text: String },
     /// The pipe passed a marker (its count is in `PipeDecoder::markers`).
     Marker,
+    /// The pipe passed a stream barrier (counted by `ordering.rs`).
+    Barrier,
 }
 
 #[derive(Debug)]
@@ -41,6 +43,10 @@ impl PipeDecoder {
                 push_text(tail, *markers, &[], true, items);
                 *markers += 1;
                 items.push(PipeItem::Marker);
+            }
+            Piece::Barrier => {
+                push_text(tail, *markers, &[], true, items);
+                items.push(PipeItem::Barrier);
             }
         });
     }
