@@ -195,7 +195,13 @@ class Agent:
         # the __future__ flags seen so far. Set before `ready`: the reader thread answers
         # is_complete with these flags from then on.
         self._compile_flags = 0x2000
+        # The session's event loop (created when a cell first uses asyncio), and the task of
+        # the cell running in it, as in `python -m asyncio`: whole cells run in the loop, and
+        # tasks they start keep running between cells while the worker waits for the next.
         self._loop = None
+        self._cell_task = None
+        self._cell_stop = None           # why the cell's task was cancelled: its KeyboardInterrupt
+        self._script = False             # a script (`pyrepl3 run`) ran: plain code as `python` runs it
         main_module = types.ModuleType("__main__")
         main_module.__builtins__ = builtins
         self._namespace = main_module.__dict__
@@ -505,6 +511,13 @@ class Agent:
         if self._main_sending:
             self._interrupt_deferred = reason or True
             return
+        task = self._cell_task
+        if task is not None and _current_task(self._loop) is not task:
+            # The loop waits, or runs a background task: a KeyboardInterrupt here would end
+            # that task instead. The cell's task is cancelled, and reports the interrupt.
+            self._cell_stop = reason or ""
+            self._loop.call_soon_threadsafe(task.cancel)
+            return
         raise KeyboardInterrupt(reason) if reason else KeyboardInterrupt
 
     def _end(self):
@@ -556,7 +569,7 @@ class Agent:
                 self._end()
             try:
                 try:
-                    msg = self._recv_frame(self._exec)
+                    msg = self._next_execute()
                 except (EOFError, OSError):
                     self._host_gone()
                 if msg.get("type") != "execute" or not isinstance(msg.get("code"), str):
@@ -567,6 +580,20 @@ class Agent:
             except BaseException as exc:  # nothing user code does may end this loop
                 self._running_id = None
                 self._salvage(exc)
+
+    def _next_execute(self):
+        """The next frame on the exec channel. With an event loop, the loop runs until one
+        arrives, so that the tasks cells started go on in between (not polling: the loop
+        sleeps in epoll, woken by the channel or by the tasks' own events)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            arrived = loop.create_future()
+            loop.add_reader(self._exec, lambda: arrived.done() or arrived.set_result(None))
+            try:
+                loop.run_until_complete(arrived)
+            finally:
+                loop.remove_reader(self._exec)
+        return self._recv_frame(self._exec)
 
     def _salvage(self, exc):
         """Send the terminal frame an execution is still owed after an agent failure."""
@@ -662,11 +689,17 @@ class Agent:
                 report = self._internal_call(internal)
                 self._running_id = None
                 return ("result", None, report)
+            if not self._script and "asyncio" in source:
+                self._asyncio_for(source)
             body, last = self._compile(source, filename)
             compiling = False
-            if body is not None:
-                self._run_code(body)
-            value = None if last is None else self._run_code(last)
+            awaits = any(c is not None and c.co_flags & CO_COROUTINE for c in (body, last))
+            if awaits or (not self._script and "asyncio" in sys.modules):
+                value = self._run_in_loop(body, last)
+            else:
+                if body is not None:
+                    eval(body, self._namespace)
+                value = None if last is None else eval(last, self._namespace)
             text = shown = None
             if value is not None:  # repr and value are computed here so a cancel ends them
                 text, shown = _clip(repr(value)), _plain_json(value)
@@ -685,11 +718,15 @@ class Agent:
         if kind == "run" and isinstance(call.get("code"), str):
             # Code of the host's (the pool's warm-up): run in the namespace, not in the history.
             body, last = self._compile(call["code"], "<warm-up>")
-            if body is not None:
-                self._run_code(body)
-            if last is not None:
-                self._run_code(last)
+            for code in (body, last):
+                if code is not None and code.co_flags & CO_COROUTINE:
+                    self._run_in_loop(code, None)
+                elif code is not None:
+                    eval(code, self._namespace)
             return None
+        if (kind == "script" and isinstance(call.get("path"), str)
+                and isinstance(call.get("source"), str) and isinstance(call.get("argv"), list)):
+            return self._run_script(call["path"], call["source"], call["argv"])
         if kind == "restore" and isinstance(call.get("checkpoint"), str):
             return _restore(self._namespace, call["checkpoint"],
                             bool(call.get("clear_existing")))
@@ -726,30 +763,76 @@ class Agent:
             last = compile(last, filename, "eval", flags, dont_inherit=True)
         return body, last
 
-    def _run_code(self, code):
-        result = eval(code, self._namespace)
-        if code.co_flags & CO_COROUTINE:  # top-level await: eval returned a coroutine
-            result = self._run_coroutine(result)
-        return result
+    def _asyncio_for(self, source):
+        """A cell that mentions asyncio finds it imported and in the namespace, as in
+        `python -m asyncio` (imported only then: it costs ~25 ms, most sessions never use it),
+        and so runs in the event loop, as every later cell does."""
+        import asyncio
+        self._namespace.setdefault("asyncio", asyncio)
 
-    def _run_coroutine(self, coro):
+    def _event_loop(self):
         if self._loop is None:
-            import asyncio  # costly; only sessions that use top-level await pay for it
+            global _current_task
+            import asyncio
+            _current_task = asyncio.current_task
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
-        task = self._loop.create_task(coro)
+            _run_beside_the_session_loop(asyncio, self._loop)
+        return self._loop
+
+    def _run_in_loop(self, body, last):
+        """Runs a whole cell as a task of the session's loop: awaiting or not, its code sees a
+        running loop, and the tasks it starts outlive it. Returns the last expression's value.
+        A cancel ends the cell's task only (see _on_sigint), never the tasks it started."""
+        loop, namespace = self._event_loop(), self._namespace
+
+        async def cell():
+            if body is not None:
+                done = eval(body, namespace)
+                if body.co_flags & CO_COROUTINE:
+                    await done
+            if last is None:
+                return None
+            value = eval(last, namespace)
+            return (await value) if last.co_flags & CO_COROUTINE else value
+
+        self._cell_stop = None
+        task = self._cell_task = loop.create_task(cell())
         try:
-            return self._loop.run_until_complete(task)
-        except BaseException:
+            return loop.run_until_complete(task)
+        except BaseException as exc:
             if not task.done():
-                # Interrupted while the loop waited: cancel the cell's task so its finally
+                # Interrupted while a step of the cell ran: cancel its task so its finally
                 # blocks run now, inside this execution, rather than in a later one.
                 task.cancel()
                 try:
-                    self._loop.run_until_complete(task)
+                    loop.run_until_complete(task)
                 except BaseException:
                     pass
+            stop = self._cell_stop
+            if stop is not None and type(exc).__name__ == "CancelledError":
+                raise (KeyboardInterrupt(stop) if stop else KeyboardInterrupt()) from None
             raise
+        finally:
+            self._cell_task = None
+            self._cell_stop = None
+
+    def _run_script(self, path, source, argv):
+        """Runs a file as `python FILE ARGS` does: sys.argv, __file__, the script's directory
+        first on sys.path, compiled on its own (no top-level await), and no event loop."""
+        import linecache
+        self._script = True
+        sys.argv[:] = [str(arg) for arg in argv]
+        directory = os.path.dirname(os.path.realpath(path))
+        if sys.path and sys.path[0] == "":
+            sys.path[0] = directory
+        else:
+            sys.path.insert(0, directory)
+        self._namespace["__file__"] = path
+        self._namespace["__cached__"] = None
+        linecache.cache[path] = (len(source), None, source.splitlines(True), path)
+        eval(compile(source, path, "exec", dont_inherit=True), self._namespace)
+        return None
 
     def _flush_output(self):
         _flusher.dirty = False
@@ -789,6 +872,39 @@ class Agent:
                 frame["exit_code"] = 1
                 frame["exception_message"] = _clip(_safe_str(code))
         return frame
+
+
+_current_task = None  # asyncio.current_task, once the session has an event loop
+
+
+def _run_beside_the_session_loop(asyncio, session_loop):
+    """Cells run in the session's loop (Agent._run_in_loop), where `asyncio.run()` and a new
+    loop's `run_until_complete()` would refuse to start ("cannot be called from a running event
+    loop"). Code written as a script calls them, so they run as in a script: beside the
+    session's loop, which waits meanwhile. Everything else is asyncio's own."""
+    events = asyncio.events
+
+    def beside(function, loop_of=None):
+        def wrapper(*args, **kwargs):
+            if (events._get_running_loop() is not session_loop
+                    or (loop_of is not None and loop_of(args) is session_loop)):
+                return function(*args, **kwargs)
+            events._set_running_loop(None)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                events._set_running_loop(session_loop)
+                events.set_event_loop(session_loop)  # asyncio.run() unset it when done
+        wrapper.__wrapped__ = function
+        for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(wrapper, name, getattr(function, name, None))
+        return wrapper
+
+    asyncio.run = asyncio.runners.run = beside(asyncio.runners.run)
+    base = asyncio.base_events.BaseEventLoop
+    first = lambda args: args[0] if args else None  # noqa: E731  (the loop: `self`)
+    base.run_until_complete = beside(base.run_until_complete, first)
+    base.run_forever = beside(base.run_forever, first)
 
 
 def _trim_traceback_chain(exc):
