@@ -1,4 +1,5 @@
-//! Black-box tests of `pyrepl3 exec`: the real binary, real stdio, real signals.
+//! Black-box tests of `pyrepl3 exec` and `pyrepl3 run`: the real binary, real stdio, real
+//! signals, a real terminal for passwords.
 
 mod common;
 
@@ -6,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{process_exists, wait_pid_exit, Watched, GUARD};
+use common::{process_exists, wait_pid_exit, Pty, Watched, GUARD};
 
 fn pyrepl3() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
@@ -18,10 +19,20 @@ struct Ran {
     stderr: String,
 }
 
+/// `pyrepl3 exec ARGS` in a fresh directory (it runs in the caller's).
 fn exec(args: &[&str], stdin: &str) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = std::iter::once("exec")
+        .chain(args.iter().copied())
+        .collect();
+    pyrepl3_in(dir.path(), &args, stdin)
+}
+
+/// `pyrepl3 ARGS` in `dir`, with `stdin` as its input.
+fn pyrepl3_in(dir: &std::path::Path, args: &[&str], stdin: &str) -> Ran {
     let mut child = Watched::spawn(
         pyrepl3()
-            .arg("exec")
+            .current_dir(dir)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -46,6 +57,113 @@ fn prints_output_and_the_value_of_a_trailing_expression() {
     assert_eq!(r.stdout, "hello\n2\n");
     let r = exec(&["x = None\nx"], "");
     assert_eq!(r.stdout, "", "None is not printed, as in a REPL");
+}
+
+#[test]
+fn exec_runs_in_the_callers_directory_as_python_c_does_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.txt"), "some data").unwrap();
+    std::fs::write(dir.path().join("mymod.py"), "X = 'from mymod'").unwrap();
+    let code = "import os, sys, mymod\nprint(open('data.txt').read(), mymod.X, repr(sys.path[0]))\nopen('written.txt', 'w').write('kept')\nos.getcwd()";
+    let r = pyrepl3_in(dir.path(), &["exec", code], "");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let cwd = std::fs::canonicalize(dir.path()).unwrap();
+    assert_eq!(
+        r.stdout,
+        format!("some data from mymod ''\n'{}'\n", cwd.display())
+    );
+    let written = std::fs::read_to_string(dir.path().join("written.txt")).unwrap();
+    assert_eq!(written, "kept");
+    // --temp-dir: a directory of its own, gone afterwards.
+    let code = "import os\nopen('x.txt', 'w').write('gone')\nprint(os.getcwd())";
+    let r = pyrepl3_in(dir.path(), &["exec", "--temp-dir", code], "");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let temp = r.stdout.trim();
+    assert_ne!(std::path::Path::new(temp), cwd);
+    assert!(
+        !std::path::Path::new(temp).exists(),
+        "{temp} was left behind"
+    );
+    assert!(!dir.path().join("x.txt").exists());
+}
+
+#[test]
+fn run_runs_a_script_as_python_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("helper.py"), "X = 'helper'").unwrap();
+    let script = r#"# -*- coding: latin-1 -*-
+import os, sys
+import helper
+print(sys.argv, __name__, __file__ == os.path.abspath("sub/s.py"), sys.path[0] == os.path.dirname(__file__), helper.X, "é")
+if "--fail" in sys.argv:
+    raise ValueError("failed")
+sys.exit(int(sys.argv[1]))
+1 + 1
+"#;
+    // Latin-1 bytes, as the coding declaration says.
+    let bytes: Vec<u8> = script.chars().map(|c| c as u32 as u8).collect();
+    std::fs::write(sub.join("s.py"), bytes).unwrap();
+    let r = pyrepl3_in(dir.path(), &["run", "sub/s.py", "7", "-x", "--flag"], "");
+    assert_eq!(r.status, 7, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "['sub/s.py', '7', '-x', '--flag'] __main__ True True helper é\n"
+    );
+    assert_eq!(r.stderr, "");
+    let r = pyrepl3_in(dir.path(), &["run", "sub/s.py", "0", "--fail"], "");
+    assert_eq!(r.status, 1);
+    let path = std::fs::canonicalize(&sub).unwrap().join("s.py");
+    let frame = format!(
+        "File \"{}\", line 6, in <module>\n    raise ValueError(\"failed\")",
+        path.display()
+    );
+    assert!(
+        r.stderr.contains(&frame) && r.stderr.ends_with("ValueError: failed\n"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(dir.path().join("bad.py"), "x = (\n").unwrap();
+    let r = pyrepl3_in(dir.path(), &["run", "bad.py"], "");
+    assert_eq!(r.status, 1);
+    assert!(
+        r.stderr.contains("bad.py\", line 1") && r.stderr.contains("SyntaxError"),
+        "{}",
+        r.stderr
+    );
+    let r = pyrepl3_in(dir.path(), &["run", "missing.py"], "");
+    assert_eq!(r.status, 2);
+    assert!(
+        r.stderr.contains("can't open file 'missing.py'"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn getpass_does_not_echo_at_a_terminal_and_input_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = "import getpass\nname = input('name? ')\npw = getpass.getpass('pw? ')\nprint('got', name, len(pw))";
+    let mut t = Pty::spawn(&["exec", code], Some(dir.path()));
+    t.expect("name? ");
+    t.line("bob");
+    t.expect("bob");
+    t.expect("pw? ");
+    t.line("hunter22");
+    let shown = t.expect("got bob 8");
+    assert!(
+        !shown.contains("hunter22"),
+        "the password was echoed: {shown:?}"
+    );
+    assert_eq!(t.wait_exit(), 0);
+    // Ctrl-C while the password is typed: the terminal's echo comes back at exit.
+    let code = "import getpass\npw = getpass.getpass('pw? ')";
+    let mut t = Pty::spawn(&["exec", code], Some(dir.path()));
+    t.expect("pw? ");
+    t.send("\x03");
+    assert_eq!(t.wait_exit(), 130);
+    assert!(t.echo_is_on());
 }
 
 #[test]

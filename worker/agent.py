@@ -817,11 +817,14 @@ class Agent:
             self._cell_task = None
             self._cell_stop = None
 
-    def _run_script(self, path, source, argv):
+    def _run_script(self, path, encoded, argv):
         """Runs a file as `python FILE ARGS` does: sys.argv, __file__, the script's directory
-        first on sys.path, compiled on its own (no top-level await), and no event loop."""
-        import linecache
+        first on sys.path (in place of the '' of `-c`), compiled from its bytes (so a coding
+        declaration counts) without top-level await, and no event loop for plain code."""
+        import base64, linecache, tokenize
         self._script = True
+        source = base64.b64decode(encoded)
+        path = os.path.normpath(path)
         sys.argv[:] = [str(arg) for arg in argv]
         directory = os.path.dirname(os.path.realpath(path))
         if sys.path and sys.path[0] == "":
@@ -830,8 +833,15 @@ class Agent:
             sys.path.insert(0, directory)
         self._namespace["__file__"] = path
         self._namespace["__cached__"] = None
-        linecache.cache[path] = (len(source), None, source.splitlines(True), path)
-        eval(compile(source, path, "exec", dont_inherit=True), self._namespace)
+        try:  # tracebacks show the lines as run, even where the file is not visible (sandbox)
+            encoding = tokenize.detect_encoding(io.BytesIO(source).readline)[0]
+            lines = source.decode(encoding, "replace").splitlines(True)
+            linecache.cache[path] = (len(source), None, lines, path)
+        except (SyntaxError, LookupError):
+            pass  # compile() reports it
+        code = compile(source, path, "exec", dont_inherit=True)
+        source = None
+        eval(code, self._namespace)
         return None
 
     def _flush_output(self):

@@ -1,6 +1,7 @@
-//! `pyrepl3 exec`: one execution in a fresh session, wired to this process's stdio and
-//! signals. Output is written as it arrives; `input()` prompts are answered from stdin;
-//! Ctrl-C cancels the code (a second Ctrl-C restarts the worker at once).
+//! `pyrepl3 exec` and `pyrepl3 run`: one execution (code, or a script file) in a fresh session,
+//! wired to this process's stdio and signals, in its working directory. Output is written as it
+//! arrives; `input()` prompts are answered from stdin (a password without echo); Ctrl-C cancels
+//! the code (a second Ctrl-C restarts the worker at once).
 
 use std::io::{BufRead, Read};
 use std::time::Duration;
@@ -8,10 +9,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::ExecArgs;
+use super::{ExecArgs, RunArgs, RunOptions};
 use crate::protocol::StreamName;
 use crate::service::ClientEvent;
-use crate::{Event, ExecuteOptions, Session, SessionConfig};
+use crate::{Event, ExecuteOptions, Execution, Session, SessionConfig};
 
 const EXIT_OK: i32 = 0;
 const EXIT_EXCEPTION: i32 = 1;
@@ -21,26 +22,22 @@ const EXIT_INTERRUPTED: i32 = 130;
 /// How long cancelled code may take to stop before its worker is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
+/// What runs: code (`exec`) or a script (`run`).
+enum Work {
+    Code(String),
+    Script {
+        /// The script's absolute path (its `__file__`).
+        path: String,
+        source: Vec<u8>,
+        /// `sys.argv`: the path as given, then the arguments.
+        argv: Vec<String>,
+    },
+}
+
+/// A script larger than this is refused (it travels in one protocol frame, base64-encoded).
+const MAX_SCRIPT_BYTES: usize = 8 << 20;
+
 pub async fn run(args: ExecArgs) -> i32 {
-    let timeout = match args.timeout {
-        None => None,
-        Some(secs) if secs > 0.0 && crate::time::duration_from_secs(secs).is_some() => {
-            crate::time::duration_from_secs(secs)
-        }
-        Some(secs) => {
-            eprintln!("pyrepl3: --timeout must be a positive number of seconds, not {secs}");
-            return EXIT_USAGE;
-        }
-    };
-    let Some(start_timeout) =
-        crate::time::duration_from_secs(args.start_timeout).filter(|_| args.start_timeout > 0.0)
-    else {
-        eprintln!(
-            "pyrepl3: --start-timeout must be a positive number of seconds, not {}",
-            args.start_timeout
-        );
-        return EXIT_USAGE;
-    };
     let code = if args.code == "-" {
         let mut code = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut code) {
@@ -51,6 +48,57 @@ pub async fn run(args: ExecArgs) -> i32 {
     } else {
         args.code.clone()
     };
+    execute(&args.options, Work::Code(code)).await
+}
+
+pub async fn run_file(args: RunArgs) -> i32 {
+    let shown = args.file.display();
+    let source = match std::fs::read(&args.file) {
+        Ok(source) if source.len() > MAX_SCRIPT_BYTES => {
+            eprintln!("pyrepl3: {shown} is over {MAX_SCRIPT_BYTES} bytes: too large to run");
+            return EXIT_USAGE;
+        }
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("pyrepl3: can't open file '{shown}': {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let path = match std::path::absolute(&args.file) {
+        Ok(path) => path.to_string_lossy().into_owned(),
+        Err(e) => {
+            eprintln!("pyrepl3: can't resolve '{shown}': {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let argv = std::iter::once(args.file.as_os_str())
+        .chain(args.args.iter().map(|a| a.as_os_str()))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let work = Work::Script { path, source, argv };
+    execute(&args.options, work).await
+}
+
+async fn execute(options: &RunOptions, work: Work) -> i32 {
+    let timeout = match options.timeout {
+        None => None,
+        Some(secs) if secs > 0.0 && crate::time::duration_from_secs(secs).is_some() => {
+            crate::time::duration_from_secs(secs)
+        }
+        Some(secs) => {
+            eprintln!("pyrepl3: --timeout must be a positive number of seconds, not {secs}");
+            return EXIT_USAGE;
+        }
+    };
+    let start_timeout = options.start_timeout;
+    let Some(start_timeout) =
+        crate::time::duration_from_secs(start_timeout).filter(|_| start_timeout > 0.0)
+    else {
+        eprintln!(
+            "pyrepl3: --start-timeout must be a positive number of seconds, not {start_timeout}"
+        );
+        return EXIT_USAGE;
+    };
     let mut interrupts = match signal(SignalKind::interrupt()) {
         Ok(s) => s,
         Err(e) => {
@@ -59,11 +107,22 @@ pub async fn run(args: ExecArgs) -> i32 {
         }
     };
     let mut config = SessionConfig {
-        python: args.python.clone(),
+        python: options.python.clone(),
         start_timeout,
         ..SessionConfig::default()
     };
-    args.sandbox.apply(&mut config);
+    options.sandbox.apply(&mut config);
+    // As `python -c` and `python FILE`: in the caller's directory. A sandbox gets a directory
+    // of its own: it is there to keep the code away from the caller's files.
+    if !options.temp_dir && config.sandbox.is_none() {
+        match std::env::current_dir() {
+            Ok(dir) => config.cwd = Some(dir),
+            Err(e) => {
+                eprintln!("pyrepl3: the current directory is not usable ({e}); --temp-dir runs in a new one");
+                return EXIT_USAGE;
+            }
+        }
+    }
     let session = match Session::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -71,7 +130,18 @@ pub async fn run(args: ExecArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let status = drive(&session, code, timeout, args.json, &mut interrupts).await;
+    let execute_options = ExecuteOptions {
+        timeout,
+        ..ExecuteOptions::default()
+    };
+    let execution = match work {
+        Work::Code(code) => session.execute(code, execute_options),
+        Work::Script { path, source, argv } => {
+            session.run_script(&path, &source, &argv, execute_options)
+        }
+    };
+    let status = drive(&session, execution, options.json, &mut interrupts).await;
+    terminal::restore_echo();
     if let Err(e) = session.shutdown().await {
         eprintln!("pyrepl3: shutting the session down: {e}");
     }
@@ -80,18 +150,10 @@ pub async fn run(args: ExecArgs) -> i32 {
 
 async fn drive(
     session: &Session,
-    code: String,
-    timeout: Option<Duration>,
+    mut execution: Execution,
     json: bool,
     interrupts: &mut tokio::signal::unix::Signal,
 ) -> i32 {
-    let mut execution = session.execute(
-        code,
-        ExecuteOptions {
-            timeout,
-            ..ExecuteOptions::default()
-        },
-    );
     let execution_id = execution.id().to_string();
     let stdin_lines = StdinLines::start();
     let mut interrupted = 0u32;
@@ -111,12 +173,10 @@ async fn drive(
                             super::write_flushed(stream, data.as_bytes());
                         }
                     }
-                    Event::Input { input_id, prompt, .. } => {
-                        if !json {
-                            super::write_flushed(StreamName::Stdout, prompt.as_bytes());
-                        }
+                    Event::Input { input_id, prompt, password } => {
                         pending_input = Some(input_id);
-                        let _ = stdin_lines.requests.send(());
+                        let prompt = if json { String::new() } else { prompt };
+                        let _ = stdin_lines.requests.send(LineRequest { prompt, password });
                     }
                     Event::Result { repr, .. } => {
                         if let (Some(repr), false) = (repr, json) {
@@ -185,22 +245,38 @@ fn print_json(event: &Event, execution_id: &str) {
 }
 
 /// Lines of this process's stdin, read one per request by a thread (reading stdin blocks and
-/// cannot be cancelled; a thread keeps a half-read line safe across `select!` rounds).
+/// cannot be cancelled; a thread keeps a half-read line safe across `select!` rounds). A
+/// request for a password turns the terminal's echo off while its line is typed.
 struct StdinLines {
-    requests: std::sync::mpsc::Sender<()>,
+    requests: std::sync::mpsc::Sender<LineRequest>,
     /// `None` inside: end of file or a read error.
     lines: mpsc::UnboundedReceiver<Option<String>>,
 }
 
+/// One line wanted: the prompt to show first, and whether it is a password.
+struct LineRequest {
+    prompt: String,
+    password: bool,
+}
+
 impl StdinLines {
     fn start() -> Self {
-        let (requests, wanted) = std::sync::mpsc::channel::<()>();
+        let (requests, wanted) = std::sync::mpsc::channel::<LineRequest>();
         let (line_tx, lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
             let stdin = std::io::stdin();
-            while wanted.recv().is_ok() {
+            while let Ok(LineRequest { prompt, password }) = wanted.recv() {
+                // The echo goes off before the prompt shows, so nothing typed after it echoes.
+                let hidden = password && terminal::echo_off();
+                super::write_flushed(StreamName::Stdout, prompt.as_bytes());
                 let mut line = String::new();
-                let answer = match stdin.lock().read_line(&mut line) {
+                let read = stdin.lock().read_line(&mut line);
+                if hidden {
+                    terminal::restore_echo();
+                    // The Enter that ended the line was not echoed either (as getpass does).
+                    super::write_flushed(StreamName::Stdout, b"\n");
+                }
+                let answer = match read {
                     Ok(0) | Err(_) => None,
                     Ok(_) => Some(line),
                 };
@@ -210,5 +286,47 @@ impl StdinLines {
             }
         });
         StdinLines { requests, lines }
+    }
+}
+
+/// The terminal on stdin, for a password typed without echo: its settings are saved before the
+/// echo is turned off and put back after the line, or at exit when the line never came.
+mod terminal {
+    use std::sync::Mutex;
+
+    /// The settings before `echo_off`, while the echo is off.
+    static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+    /// Turns the echo off if stdin is a terminal; whether it did.
+    pub fn echo_off() -> bool {
+        // SAFETY: isatty, tcgetattr and tcsetattr on fd 0 with a termios owned here.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return false;
+            }
+            let mut settings: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut settings) != 0 {
+                return false;
+            }
+            let saved = settings;
+            settings.c_lflag &= !(libc::ECHO | libc::ECHONL);
+            // TCSANOW, not getpass's TCSAFLUSH: what was typed ahead is kept for the line.
+            if libc::tcsetattr(0, libc::TCSANOW, &settings) != 0 {
+                return false;
+            }
+            if let Ok(mut slot) = SAVED.lock() {
+                *slot = Some(saved);
+            }
+            true
+        }
+    }
+
+    /// Puts back the settings `echo_off` saved, if it did.
+    pub fn restore_echo() {
+        let saved = SAVED.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(saved) = saved {
+            // SAFETY: tcsetattr on fd 0 with settings tcgetattr gave.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+        }
     }
 }

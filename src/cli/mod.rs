@@ -23,11 +23,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run CODE (or standard input with `-`) in a fresh session and exit.
+    /// Run CODE (or standard input with `-`) in a fresh session and exit, as `python -c`
+    /// would: in the current directory, with '' first on sys.path.
     ///
     /// Exit status: 0 success, 1 Python exception, 124 timeout, 130 interrupted (Ctrl-C),
     /// 2 bad usage or the worker could not be started; `sys.exit(n)`: n, as `python` exits.
     Exec(ExecArgs),
+    /// Run the script FILE with ARGS in a fresh session, as `python FILE ARGS` would:
+    /// sys.argv, __file__, __name__ == "__main__", the script's directory first on sys.path.
+    ///
+    /// Exit status: as `exec`; 2 also when FILE cannot be read.
+    Run(RunArgs),
     /// An interactive Python prompt whose code runs in an isolated worker session.
     ///
     /// Exit status: 0 on Ctrl-D (or the status passed to exit()), 2 if the worker could not
@@ -160,8 +166,9 @@ impl SandboxArgs {
     }
 }
 
+/// What `exec` and `run` share: how the code's session is made and how its events are shown.
 #[derive(Debug, clap::Args)]
-pub struct ExecArgs {
+pub struct RunOptions {
     /// Stop the code after this many seconds (exit status 124).
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -177,9 +184,35 @@ pub struct ExecArgs {
     pub start_timeout: f64,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Run in a new temporary directory, removed at the end, instead of the current one.
+    /// (With --sandbox this is always so: the sandbox keeps the code away from your files.)
+    #[arg(long)]
+    pub temp_dir: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
     /// The code to run; `-` (the default) reads it from standard input.
     #[arg(value_name = "CODE", default_value = "-")]
     pub code: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// The Python script to run.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Arguments for the script (sys.argv[1:]); everything after FILE is passed on as is.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,6 +245,7 @@ pub(crate) fn write_flushed(stream: crate::protocol::StreamName, bytes: &[u8]) {
 pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Exec(args) => exec::run(args).await,
+        Command::Run(args) => exec::run_file(args).await,
         Command::Repl(args) => repl::run(args).await,
         #[cfg(feature = "server")]
         Command::Serve(args) => serve::run(args).await,

@@ -515,6 +515,28 @@ impl Session {
         self.submit(code.into(), options, None)
     }
 
+    /// Queues a script, run as `python FILE ARGS` runs it (the `pyrepl3 run` command):
+    /// `sys.argv` is `argv` (the path as given, then the arguments), `__file__` is `path`, the
+    /// script's directory is first on `sys.path`, and its code is compiled from `source` as a
+    /// file is (a coding declaration is honoured; no top-level await; the last expression's
+    /// value is not reported). Not part of the session's history.
+    pub fn run_script(
+        &self,
+        path: &str,
+        source: &[u8],
+        argv: &[String],
+        options: ExecuteOptions,
+    ) -> Execution {
+        use base64::Engine as _;
+        let call = serde_json::json!({
+            "call": "script",
+            "path": path,
+            "source": base64::engine::general_purpose::STANDARD.encode(source),
+            "argv": argv,
+        });
+        self.submit(String::new(), options, Some(call))
+    }
+
     pub(crate) fn submit(
         &self,
         code: String,

@@ -4,6 +4,7 @@
 //! - `session`: start sessions, run code, read events.
 //! - `process`: what /proc and pidfds say about processes (no `pyrepl3::worker` internals).
 //! - `child`: a child process whose output and exit are awaited with a deadline.
+//! - `pty`: an interactive command on a pseudo-terminal.
 //! - `server`: `pyrepl3 serve`, in process or as its own process, and its clients.
 
 // Each test binary uses its own subset of these helpers (and of their re-exports).
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 mod child;
 mod process;
+mod pty;
 pub mod server;
 mod session;
 
@@ -21,6 +23,7 @@ pub use process::{
     group_alive, group_gone_within, group_members, pgid_of, process_exists, processes_running,
     rss_bytes, wait_child_until, wait_pid_exit, RemovalWatch,
 };
+pub use pty::Pty;
 pub use session::{error_type, eval, guard, run, start, start_with, terminal, wait_for_stdout};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, not a pass.
