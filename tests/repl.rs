@@ -1,5 +1,7 @@
 //! Black-box tests of `pyrepl3 repl`: the real binary on a real pseudo-terminal
-//! (`common::Pty`), driven as a person would drive it (keys in, screen text out).
+//! (`common::Pty`), driven as a person would drive it (keys in, screen text out): statements
+//! over several lines, expression values shown as Python shows them, Tab completion from the
+//! namespace, history, streaming output, input(), Ctrl-C and Ctrl-D, a dead worker.
 
 mod common;
 
@@ -164,4 +166,91 @@ fn commands_info_reset_and_help() {
     r.expect(">>> ");
     r.line(":nope");
     r.expect("unknown command");
+}
+
+#[test]
+fn expression_statements_show_their_values_as_in_python() {
+    let mut r = Pty::repl();
+    r.line("for i in range(3): i");
+    r.expect("... ");
+    r.line("");
+    r.expect("\n0\n1\n2\n");
+    r.expect(">>> ");
+    r.line("1; 2");
+    r.expect("1; 2\n1\n2\n");
+    r.expect(">>> ");
+    // None is not shown; the last value is `_`; values inside a function are not shown.
+    r.line("None; 'x' * 2");
+    r.expect("\n'xx'\n");
+    r.expect(">>> ");
+    r.line("_");
+    r.expect("_\n'xx'\n");
+    r.expect(">>> ");
+    r.line("def f(): 40 + 2");
+    r.line("");
+    r.expect(">>> ");
+    r.line("f(); 'after'");
+    r.expect("\n'after'\n");
+}
+
+#[test]
+fn tab_completes_names_attributes_and_keys_from_the_namespace() {
+    let mut r = Pty::repl();
+    r.line("import collections; settings = {'alpha_key': 1, 'beta': 2}; my_long_variable = 7");
+    r.expect(">>> ");
+    // A name defined in the session.
+    r.send("my_lo\t");
+    r.expect("my_long_variable");
+    r.send("\r");
+    r.expect("\n7\n");
+    r.expect(">>> ");
+    // An attribute of a module.
+    r.send("collections.Ord\t");
+    r.expect("collections.OrderedDict");
+    r.send("\x03");
+    r.expect(">>> ");
+    // A key of a dict.
+    r.send("settings['al\t");
+    r.expect("settings['alpha_key']");
+    r.send("\r");
+    r.expect("\n1\n");
+    r.expect(">>> ");
+    // Two matches: a second Tab lists them.
+    r.line("value_one = value_two = 0");
+    r.expect(">>> ");
+    r.send("value_\t\t");
+    r.expect("value_one");
+    r.expect("value_two");
+}
+
+#[test]
+fn a_multi_line_statement_is_one_history_entry_recalled_whole() {
+    let mut r = Pty::repl();
+    r.line("def twice(x):");
+    r.line("    return x * 2");
+    r.line("");
+    r.expect(">>> ");
+    r.line("twice = None");
+    r.expect(">>> ");
+    // Up twice: past `twice = None` to the whole definition, which runs as it is.
+    r.send("\x1b[A\x1b[A");
+    r.expect("return x * 2");
+    r.send("\r");
+    r.expect(">>> ");
+    r.line("twice(21)");
+    r.expect("twice(21)\n42\n");
+    r.expect(">>> ");
+    r.send("\x04");
+    assert_eq!(r.wait_exit(), 0);
+    let history = r.home.path().join("data/pyrepl3/history");
+    let saved = std::fs::read_to_string(&history).unwrap();
+    // One entry per statement (the file escapes the newline within one), the recalled
+    // definition again as it ran.
+    let definition = "def twice(x):\\n    return x * 2";
+    let entries: Vec<&str> = saved.lines().filter(|l| l.contains("twice")).collect();
+    assert_eq!(
+        entries,
+        [definition, "twice = None", definition, "twice(21)"],
+        "{saved:?}"
+    );
 }

@@ -391,6 +391,10 @@ class Agent:
                        "namespace_size": sum(_user_global(k) for k in names)})
         elif kind == "namespace":
             self.send(self._namespace_reply(msg_id))
+        elif kind == "complete" and isinstance(msg.get("code"), str):
+            token, matches = _completions(self._namespace, msg["code"][-4096:])
+            self.send({"type": "complete_reply", "in_reply_to": msg_id, "token": token,
+                       "matches": [_clip(m, 1000) for m in matches]})
         elif kind == "is_complete" and isinstance(msg.get("code"), str):
             self.send({"type": "is_complete_reply", "in_reply_to": msg_id,
                        "status": self._completeness(msg["code"]), "indent": ""})
@@ -563,6 +567,7 @@ class Agent:
         from termios import FIONREAD as _FIONREAD
         _keep_output_order()
         _track_cell_classes()
+        sys.displayhook = self._displayhook
         getpass_module.getpass = getpass
         while True:
             if self._shutting_down:  # the execution that waited for input has ended
@@ -639,7 +644,8 @@ class Agent:
         else:
             self._cell_count += 1
             self._inputs.append(source)
-            outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count)
+            outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count,
+                                     interactive=msg.get("interactive") is True)
         elapsed = time.perf_counter() - started
         if _signal.getsignal(_signal.SIGINT) is not self._sigint_handler:
             _signal.signal(_signal.SIGINT, self._sigint_handler)  # user code replaced it
@@ -661,7 +667,7 @@ class Agent:
         self._unfinished = None
         self._finished_seq = max(self._finished_seq, self._accepted_seq)
 
-    def _run_cell(self, execution_id, source, filename, internal=None):
+    def _run_cell(self, execution_id, source, filename, internal=None, interactive=False):
         """Compile and run one cell with SIGINT armed. Returns ("result", repr, value) or
         ("error", exception, raised_while_compiling).
 
@@ -691,7 +697,7 @@ class Agent:
                 return ("result", None, report)
             if not self._script and "asyncio" in source:
                 self._asyncio_for(source)
-            body, last = self._compile(source, filename)
+            body, last = self._compile(source, filename, interactive)
             compiling = False
             awaits = any(c is not None and c.co_flags & CO_COROUTINE for c in (body, last))
             if awaits or (not self._script and "asyncio" in sys.modules):
@@ -732,6 +738,15 @@ class Agent:
                             bool(call.get("clear_existing")))
         raise ValueError("unknown internal call: %.200r" % (call,))
 
+    def _displayhook(self, value):
+        """sys.displayhook: what an interactive execution (the REPL) shows of each expression
+        statement, as Python's own does (repr on stdout), kept as the session's last result."""
+        if value is None:
+            return
+        builtins._ = None  # as the default hook: a repr that reads `_` sees no stale value
+        sys.stdout.write(repr(value) + "\n")
+        self._remember_result(value)
+
     def _remember_result(self, value):
         """Out[n], _n, _, __, ___ as IPython keeps them (and builtins._, as the Python REPL
         does). At most HISTORY_LIMIT results are kept alive: older ones are dropped."""
@@ -744,18 +759,25 @@ class Agent:
             del self._outputs[oldest]
             ns.pop("_%d" % oldest, None)
 
-    def _compile(self, source, filename):
+    def _compile(self, source, filename, interactive=False):
+        """The cell's body, and its last expression on its own (its value is the result).
+        Interactive (the REPL): the whole cell in "single" mode, where every expression
+        statement's value goes to sys.displayhook as it is computed, and no last expression."""
         import __future__, ast, linecache
         # Registered first, so tracebacks show source lines.
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         flags = self._compile_flags
         tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not interactive:
             last = ast.Expression(tree.body.pop().value)
         body = None
-        if tree.body:
+        if tree.body and interactive:
+            body = compile(ast.Interactive(tree.body), filename, "single", flags,
+                           dont_inherit=True)
+        elif tree.body:
             body = compile(tree, filename, "exec", flags, dont_inherit=True)
+        if body is not None:
             for name in __future__.all_feature_names:  # they last for the session, as in a REPL
                 flags |= body.co_flags & getattr(__future__, name).compiler_flag
             self._compile_flags = flags

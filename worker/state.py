@@ -331,3 +331,62 @@ def _plain_json(value):
     except (ValueError, TypeError, RecursionError):
         pass
     return None
+
+
+COMPLETION_LIMIT = 200   # matches in one answer at most
+
+
+def _completions(namespace, text):
+    """How the end of `text` (what is before the REPL's cursor) could go on: a string key of
+    a mapping after `name[` + quote, else names and attributes as `rlcompleter` finds them
+    (which evaluates the dotted name before the last dot, as Python's own REPL does). Returns
+    (the token the matches replace, sorted matches). Runs on the reader thread: anything user
+    code does here (a property, __getattr__, keys()) is guarded."""
+    import re
+    key = re.search(r"([A-Za-z_][\w.]*)\[\s*(['\"])([^'\"\\]*)$", text)
+    if key is not None:
+        target = _dotted_value(namespace, key.group(1))
+        quote, prefix = key.group(2), key.group(3)
+        keys = _guarded(lambda: [k for k in list(target.keys()) if isinstance(k, str)], [])
+        matches = sorted({quote + k + quote + "]" for k in keys if k.startswith(prefix)})
+        return quote + prefix, matches[:COMPLETION_LIMIT]
+    token = re.search(r"[A-Za-z_][\w.]*$", text)
+    if token is None:
+        return "", []
+    token = token.group(0)
+    completer = _rl_completer(namespace)
+    if completer is None:
+        return token, []
+    matches = set()
+    for state in range(COMPLETION_LIMIT * 5):  # rlcompleter repeats nothing: this is a bound
+        found = _guarded(lambda: completer.complete(token, state), None)
+        if not isinstance(found, str):
+            break
+        matches.add(found)
+    return token, sorted(matches)[:COMPLETION_LIMIT]
+
+
+def _dotted_value(namespace, dotted):
+    """The value of `a.b.c` in the namespace (or builtins), by lookups only; None if any
+    step fails."""
+    first, *rest = dotted.split(".")
+    value = namespace.get(first, getattr(builtins, first, None))
+    for name in rest:
+        value = _guarded(lambda: getattr(value, name), None)
+    return value
+
+
+def _rl_completer(namespace):
+    """An rlcompleter over the namespace, imported without readline: importing it would set
+    up a terminal library in a process that has none (and may write escape codes to stdout)."""
+    saved = sys.modules.get("readline", _rl_completer)
+    try:
+        if saved is _rl_completer:
+            sys.modules["readline"] = None  # makes `import readline` fail inside rlcompleter
+        import rlcompleter
+        return rlcompleter.Completer(namespace)
+    except Exception:
+        return None
+    finally:
+        if saved is _rl_completer and sys.modules.get("readline", 0) is None:
+            del sys.modules["readline"]

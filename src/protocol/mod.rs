@@ -80,6 +80,8 @@ pub enum Message {
     IsCompleteReply(IsCompleteReply),
     Namespace(NamespaceRequest),
     NamespaceReply(NamespaceReply),
+    Complete(CompleteRequest),
+    CompleteReply(CompleteReply),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +104,11 @@ pub struct Execute {
     /// `value` is the operation's report; it is not part of the session's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal: Option<serde_json::Value>,
+    /// Run as the interactive interpreter runs a statement (`repl`): the value of every
+    /// expression statement is shown as it is computed (`sys.displayhook`), as output; the
+    /// result then carries no value of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interactive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,6 +295,27 @@ pub struct IsCompleteReply {
     pub indent: String,
 }
 
+/// Asks how the text before a cursor could go on (Tab in the REPL): names, attributes and
+/// mapping keys from the live namespace; answered by the worker's reader thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub id: String,
+    /// The text before the cursor.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteReply {
+    pub id: String,
+    pub in_reply_to: String,
+    /// The end of `code` that each match replaces.
+    #[serde(default)]
+    pub token: String,
+    /// At most 200, sorted.
+    #[serde(default)]
+    pub matches: Vec<String>,
+}
+
 /// Asks what the session's namespace holds; answered by the worker's reader thread.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamespaceRequest {
@@ -332,6 +360,7 @@ impl Message {
             Message::Heartbeat(beat) => beat.in_reply_to.as_deref(),
             Message::IsCompleteReply(reply) => Some(&reply.in_reply_to),
             Message::NamespaceReply(reply) => Some(&reply.in_reply_to),
+            Message::CompleteReply(reply) => Some(&reply.in_reply_to),
             _ => None,
         }
     }
@@ -354,6 +383,8 @@ impl Message {
             Message::IsCompleteReply(_) => "is_complete_reply",
             Message::Namespace(_) => "namespace",
             Message::NamespaceReply(_) => "namespace_reply",
+            Message::Complete(_) => "complete",
+            Message::CompleteReply(_) => "complete_reply",
         }
     }
 }
@@ -372,6 +403,7 @@ mod tests {
             transaction_policy: TransactionPolicy::CommitAlways,
             capture_source: false,
             internal: None,
+            interactive: false,
         });
         let json = serde_json::to_value(&msg).unwrap();
         assert_eq!(json["type"], "execute");

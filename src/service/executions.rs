@@ -120,6 +120,7 @@ impl SessionHandle {
                     timeout,
                     execution_id: request.execution_id,
                     transaction_policy: request.transaction_policy,
+                    ..ExecuteOptions::default()
                 },
             );
             let log = ExecLog::new(execution.id(), self.inner.finished.clone());

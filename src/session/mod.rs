@@ -126,6 +126,10 @@ pub struct ExecuteOptions {
     /// Whether the session's state is put back afterwards (docs/transactions.md): a rollback
     /// policy takes a copy-on-write snapshot of the worker before the code runs.
     pub transaction_policy: TransactionPolicy,
+    /// Run as the interactive interpreter runs a statement (`pyrepl3 repl`): the value of
+    /// every expression statement (`for i in range(3): i`, `1; 2`) is shown as output when it
+    /// is computed, and the `Result` carries no value.
+    pub interactive: bool,
 }
 
 /// What an execution reports, in order. Exactly one terminal event (`Result` or `Error`)
@@ -490,6 +494,32 @@ impl Session {
         }
     }
 
+    /// How the text before a cursor could go on, from the live namespace (Tab in the REPL):
+    /// names, attributes (as `rlcompleter` finds them) and string keys of mappings. Returns the
+    /// end of `code` the matches replace, and the matches (at most 200, sorted). Answered by
+    /// the worker's reader thread.
+    pub async fn complete(&self, code: &str) -> Result<(String, Vec<String>), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Ask(WorkerRequest::Complete {
+                code: code.to_string(),
+                reply,
+            }))
+            .map_err(|_| Error::SessionClosed)?;
+        // not polling: one deadline for one answer.
+        match tokio::time::timeout(IS_COMPLETE_DEADLINE, answer).await {
+            Ok(Ok(answer)) => Ok((answer.token, answer.matches)),
+            Ok(Err(_)) => Err(Error::SessionDead(
+                "no answer to complete: the worker is not ready".into(),
+            )),
+            Err(_) => Err(Error::ReplyTimeout {
+                request: "complete",
+                deadline: IS_COMPLETE_DEADLINE,
+            }),
+        }
+    }
+
     /// Cancels whatever runs (with `grace`, as [`Session::cancel`]) and removes everything
     /// queued.
     pub async fn cancel_all(&self, grace: Duration) -> Result<CancelOutcome, Error> {
@@ -555,6 +585,7 @@ impl Session {
             events: events_tx,
             internal,
             policy: options.transaction_policy,
+            interactive: options.interactive,
         };
         if let Err(mpsc::error::SendError(Command::Execute { events, .. })) =
             self.inner.commands.send(command)

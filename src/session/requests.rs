@@ -26,6 +26,8 @@ pub(crate) enum Command {
         /// An operation of the agent's own in place of `code` (see `protocol::Execute`).
         internal: Option<serde_json::Value>,
         policy: crate::protocol::TransactionPolicy,
+        /// See `protocol::Execute::interactive`.
+        interactive: bool,
     },
     InputResponse {
         input_id: String,
@@ -81,6 +83,11 @@ pub(crate) enum WorkerRequest {
     Namespace {
         reply: oneshot::Sender<protocol::NamespaceReply>,
     },
+    /// How the text before a cursor could go on.
+    Complete {
+        code: String,
+        reply: oneshot::Sender<protocol::CompleteReply>,
+    },
 }
 
 impl WorkerRequest {
@@ -98,6 +105,10 @@ impl WorkerRequest {
             WorkerRequest::Namespace { .. } => {
                 Message::Namespace(protocol::NamespaceRequest { id })
             }
+            WorkerRequest::Complete { code, .. } => Message::Complete(protocol::CompleteRequest {
+                id,
+                code: code.clone(),
+            }),
         }
     }
 
@@ -107,6 +118,7 @@ impl WorkerRequest {
             WorkerRequest::Heartbeat { reply } => reply.is_closed(),
             WorkerRequest::IsComplete { reply, .. } => reply.is_closed(),
             WorkerRequest::Namespace { reply } => reply.is_closed(),
+            WorkerRequest::Complete { reply, .. } => reply.is_closed(),
         }
     }
 
@@ -121,6 +133,9 @@ impl WorkerRequest {
                 let _ = reply.send(answer);
             }
             (WorkerRequest::Namespace { reply }, Message::NamespaceReply(answer)) => {
+                let _ = reply.send(answer);
+            }
+            (WorkerRequest::Complete { reply, .. }, Message::CompleteReply(answer)) => {
                 let _ = reply.send(answer);
             }
             (_, answer) => {

@@ -50,6 +50,9 @@ pub trait ReplBackend: Send + Sync {
     /// Whether `code` is a complete statement, as the interactive interpreter decides it.
     fn is_complete(&self, code: String) -> BoxFuture<'_, Result<Completeness, Error>>;
     fn info(&self) -> BoxFuture<'_, Result<SessionInfo, Error>>;
+    /// How the text before the cursor could go on: the end of it the matches replace, and
+    /// the matches (names, attributes, mapping keys from the live namespace).
+    fn complete(&self, text: String) -> BoxFuture<'_, Result<(String, Vec<String>), Error>>;
     /// `Some(why)` when the worker is dead and must be restarted before it can run code.
     fn dead_reason(&self) -> BoxFuture<'_, Option<String>>;
     /// Ends the session; returns when nothing of it is left.
@@ -72,7 +75,11 @@ impl LocalBackend {
 
 impl ReplBackend for LocalBackend {
     fn execute(&self, code: String) -> BoxFuture<'_, Result<Running, Error>> {
-        let execution = self.session.execute(code, ExecuteOptions::default());
+        let options = ExecuteOptions {
+            interactive: true, // every expression statement shows its value, as in Python
+            ..ExecuteOptions::default()
+        };
+        let execution = self.session.execute(code, options);
         let running = Running {
             execution_id: execution.id().to_string(),
             events: Box::pin(execution),
@@ -114,6 +121,10 @@ impl ReplBackend for LocalBackend {
 
     fn info(&self) -> BoxFuture<'_, Result<SessionInfo, Error>> {
         self.session.info().boxed()
+    }
+
+    fn complete(&self, text: String) -> BoxFuture<'_, Result<(String, Vec<String>), Error>> {
+        async move { self.session.complete(&text).await }.boxed()
     }
 
     fn dead_reason(&self) -> BoxFuture<'_, Option<String>> {

@@ -97,17 +97,26 @@ impl Console {
                 }
                 // No Python statement starts with `:`, so commands cannot shadow code.
                 if let Some(command) = trimmed.strip_prefix(':') {
+                    self.term.add_history(trimmed);
                     self.command(command.trim()).await;
                     continue;
                 }
             }
+            // A statement of several lines recalled from the history (or pasted) comes as one
+            // line with newlines in it: it ended with the blank line that ran it before.
+            let block = line.contains('\n');
             lines.push(line);
             let source = lines.join("\n");
             if !self.revive().await {
                 lines.clear();
                 continue;
             }
-            match self.backend.is_complete(source.clone()).await {
+            let asked = if block {
+                format!("{source}\n")
+            } else {
+                source.clone()
+            };
+            match self.backend.is_complete(asked).await {
                 Ok(Completeness::Incomplete { .. }) => continue,
                 // Invalid runs too: the worker reports the SyntaxError with its caret.
                 Ok(Completeness::Complete | Completeness::Invalid) => {}
@@ -116,6 +125,8 @@ impl Console {
                 )),
             }
             lines.clear();
+            // One history entry per statement, however many lines it took.
+            self.term.add_history(source.trim_end());
             if let Some(status) = self.run_code(source).await {
                 return status;
             }

@@ -45,7 +45,12 @@ pub async fn run(args: ReplArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let term = match terminal::Terminal::start(terminal::history_path()) {
+    // Tab asks the session, from the editor's thread (outside the runtime: it may block).
+    let runtime = tokio::runtime::Handle::current();
+    let asked = backend.clone();
+    let complete: terminal::CompleteFn =
+        Box::new(move |text: &str| runtime.block_on(asked.complete(text.to_string())).ok());
+    let term = match terminal::Terminal::start(terminal::history_path(), complete) {
         Ok(term) => term,
         Err(e) => {
             eprintln!("pyrepl3: {e}");

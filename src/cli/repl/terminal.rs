@@ -6,7 +6,8 @@
 //! signals meanwhile. Replies carry the request's sequence number, so a reply nobody waits for
 //! any more is dropped instead of being taken as the answer to a later question. This module
 //! also owns the history file and remembers what is on the terminal's current line, so that
-//! prompts start where the user expects them.
+//! prompts start where the user expects them. Tab completes from the session's namespace
+//! (through a [`CompleteFn`]); a statement of several lines is one history entry.
 
 use std::borrow::Cow;
 use std::io::IsTerminal;
@@ -19,7 +20,7 @@ use rustyline::highlight::{CmdKind, Highlighter};
 use rustyline::hint::Hinter;
 use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
-use rustyline::{ColorMode, Config, Editor, Helper};
+use rustyline::{ColorMode, CompletionType, Config, Editor, Helper};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::StreamName;
@@ -63,7 +64,14 @@ enum Request {
     SaveHistory {
         done: oneshot::Sender<()>,
     },
+    /// A whole statement (all its lines) or command, as one entry.
+    AddHistory(String),
 }
+
+/// Asks the session how the text before the cursor could go on: the end of the text the
+/// matches replace, and the matches; `None` when it cannot be asked. Called on the editor's
+/// thread, so it may block.
+pub type CompleteFn = Box<dyn Fn(&str) -> Option<(String, Vec<String>)> + Send>;
 
 /// The async side's handle on the terminal.
 pub struct Terminal {
@@ -81,16 +89,21 @@ pub struct Terminal {
 impl Terminal {
     /// Creates the line editor, loads the history (a failure is a warning) and starts the
     /// editor's thread.
-    pub fn start(history: Option<PathBuf>) -> Result<Terminal, String> {
+    pub fn start(history: Option<PathBuf>, complete: CompleteFn) -> Result<Terminal, String> {
         let config = Config::builder()
             .max_history_size(HISTORY_SIZE)
             .map_err(|e| e.to_string())?
             .auto_add_history(false)
+            // As Python's REPL: Tab completes what all matches share, a second Tab lists them.
+            .completion_type(CompletionType::List)
             .build();
         let mut editor: Editor<LineHelper, FileHistory> =
             keeping_sigint(|| Editor::with_config(config))
                 .map_err(|e| format!("cannot use the terminal: {e}"))?;
-        editor.set_helper(Some(LineHelper::default()));
+        editor.set_helper(Some(LineHelper {
+            kind: ReadKind::Code,
+            complete,
+        }));
         if let Some(path) = &history {
             match editor.load_history(path) {
                 Ok(()) => {}
@@ -153,6 +166,12 @@ impl Terminal {
         self.outstanding = Some(seq);
         // A send error means the thread is gone; `reply` reports it.
         let _ = self.requests.send(Request::Read { seq, prompt, kind });
+    }
+
+    /// Keeps `entry` (a whole statement, its lines joined) in the history.
+    pub fn add_history(&mut self, entry: &str) {
+        // A send error means the thread is gone; the next read reports it.
+        let _ = self.requests.send(Request::AddHistory(entry.to_string()));
     }
 
     /// Whether a line has been asked for and not answered yet.
@@ -290,7 +309,7 @@ fn serve(
             Request::Read { seq, prompt, kind } => {
                 let password = kind == ReadKind::Password;
                 if let Some(helper) = editor.helper_mut() {
-                    helper.masking = password;
+                    helper.kind = kind;
                 }
                 // Masking works through highlighting, which must then be on whatever the
                 // terminal claims to support.
@@ -303,13 +322,7 @@ fn serve(
                     crate::cli::write_flushed(StreamName::Stdout, prompt.as_bytes());
                 }
                 let reply = match editor.readline(&prompt) {
-                    Ok(line) => {
-                        if kind == ReadKind::Code && !line.trim().is_empty() {
-                            // Refused entries (duplicates of the last one) are fine.
-                            let _ = editor.add_history_entry(line.as_str());
-                        }
-                        LineReply::Line(line)
-                    }
+                    Ok(line) => LineReply::Line(line),
                     Err(ReadlineError::Interrupted) => LineReply::Interrupted,
                     Err(ReadlineError::Eof) => LineReply::Eof,
                     Err(e) => LineReply::Failed(e.to_string()),
@@ -317,6 +330,10 @@ fn serve(
                 if replies.send((seq, reply)).is_err() {
                     return;
                 }
+            }
+            Request::AddHistory(entry) => {
+                // Refused entries (duplicates of the last one) are fine.
+                let _ = editor.add_history_entry(entry);
             }
             Request::SaveHistory { done } => {
                 if let Some(path) = &history {
@@ -330,11 +347,18 @@ fn serve(
     }
 }
 
-/// Tab indents at the start of a line (there is no name completion), and a password is
-/// drawn as blanks.
-#[derive(Default)]
+/// Tab indents at the start of a line and completes from the namespace elsewhere in code;
+/// a password is drawn as blanks.
 struct LineHelper {
-    masking: bool,
+    /// What the line being read is for.
+    kind: ReadKind,
+    complete: CompleteFn,
+}
+
+impl LineHelper {
+    fn masking(&self) -> bool {
+        self.kind == ReadKind::Password
+    }
 }
 
 const INDENT: &str = "    ";
@@ -348,13 +372,20 @@ impl Completer for LineHelper {
         pos: usize,
         _ctx: &rustyline::Context<'_>,
     ) -> rustyline::Result<(usize, Vec<String>)> {
-        let at_indent = line
-            .get(..pos)
-            .is_some_and(|before| before.trim().is_empty());
-        if at_indent && !self.masking {
-            Ok((pos, vec![INDENT.to_string()]))
-        } else {
-            Ok((pos, Vec::new()))
+        let Some(before) = line.get(..pos) else {
+            return Ok((pos, Vec::new()));
+        };
+        if self.kind != ReadKind::Code {
+            return Ok((pos, Vec::new())); // an answer to input(): nothing to complete from
+        }
+        if before.trim().is_empty() {
+            return Ok((pos, vec![INDENT.to_string()]));
+        }
+        match (self.complete)(before) {
+            Some((token, matches)) if before.ends_with(token.as_str()) => {
+                Ok((pos - token.len(), matches))
+            }
+            _ => Ok((pos, Vec::new())),
         }
     }
 }
@@ -367,7 +398,7 @@ impl Validator for LineHelper {}
 
 impl Highlighter for LineHelper {
     fn highlight<'l>(&self, line: &'l str, _pos: usize) -> Cow<'l, str> {
-        if self.masking {
+        if self.masking() {
             // Same width, so the editor's cursor arithmetic still holds.
             Cow::Owned(" ".repeat(line.chars().count()))
         } else {
@@ -378,7 +409,7 @@ impl Highlighter for LineHelper {
     fn highlight_char(&self, _line: &str, _pos: usize, kind: CmdKind) -> bool {
         // While masking, every edit redraws through `highlight`: no typed character is
         // ever echoed as it is.
-        self.masking && kind != CmdKind::MoveCursor
+        self.masking() && kind != CmdKind::MoveCursor
     }
 }
 

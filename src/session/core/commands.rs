@@ -26,6 +26,7 @@ impl Core {
                 events,
                 internal,
                 policy,
+                interactive,
             } => {
                 let mut sink = Sink::new(events);
                 if self.closing {
@@ -48,6 +49,7 @@ impl Core {
                     sink,
                     internal,
                     policy,
+                    interactive,
                 });
                 self.pump(now);
             }
@@ -295,6 +297,7 @@ impl Core {
             transaction_policy: queued.policy,
             capture_source: false,
             internal: queued.internal,
+            interactive: queued.interactive,
         }));
     }
 

@@ -139,6 +139,8 @@ struct Queued {
     /// See `protocol::Execute::internal`.
     internal: Option<serde_json::Value>,
     policy: protocol::TransactionPolicy,
+    /// See `protocol::Execute::interactive`.
+    interactive: bool,
 }
 
 pub(crate) struct Core {

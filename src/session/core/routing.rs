@@ -62,7 +62,10 @@ impl Core {
                 w.ordering.hold(msg);
                 self.release_held(now);
             }
-            Message::Heartbeat(_) | Message::IsCompleteReply(_) | Message::NamespaceReply(_) => {
+            Message::Heartbeat(_)
+            | Message::IsCompleteReply(_)
+            | Message::NamespaceReply(_)
+            | Message::CompleteReply(_) => {
                 let kind = msg.type_name();
                 if !w.requests.answer(msg) {
                     tracing::debug!(session = %self.id, kind, "a reply to no pending request (its caller gave up), dropped");

@@ -97,6 +97,7 @@ impl Harness {
             events,
             internal: None,
             policy: Default::default(),
+            interactive: false,
         }));
         (rx, effects)
     }
