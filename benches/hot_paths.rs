@@ -42,7 +42,7 @@ fn encode_execute(bencher: divan::Bencher) {
         transaction_policy: TransactionPolicy::CommitAlways,
         capture_source: false,
         internal: None,
-        interactive: false,
+        mode: Default::default(),
     });
     let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME_LEN);
     let mut buf = BytesMut::with_capacity(256);

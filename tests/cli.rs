@@ -142,6 +142,61 @@ sys.exit(int(sys.argv[1]))
 }
 
 #[test]
+fn exec_and_run_end_as_python_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // Everything after FILE is the script's, flags too.
+    std::fs::write(
+        dir.path().join("argv.py"),
+        "import sys; print(sys.argv[1:])",
+    )
+    .unwrap();
+    let r = pyrepl3_in(
+        dir.path(),
+        &["run", "argv.py", "--help", "--timeout", "5"],
+        "",
+    );
+    assert_eq!(r.stdout, "['--help', '--timeout', '5']\n", "{}", r.stderr);
+    // Non-daemon threads are waited for, then atexit handlers run; stdin reads to its end.
+    let script = "import atexit, sys, threading, time\natexit.register(print, 'atexit ran')\nthreading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\nprint(repr(sys.stdin.read()))";
+    std::fs::write(dir.path().join("end.py"), script).unwrap();
+    let r = pyrepl3_in(dir.path(), &["run", "end.py"], "a\nb\nc");
+    assert_eq!(
+        r.stdout, "'a\\nb\\nc'\nthread done\natexit ran\n",
+        "{}",
+        r.stderr
+    );
+    let r = pyrepl3_in(
+        dir.path(),
+        &[
+            "exec",
+            "import atexit, sys\natexit.register(print, 'bye')\nprint(sys.argv)",
+        ],
+        "",
+    );
+    assert_eq!(r.stdout, "['-c']\nbye\n");
+    // An uncaught KeyboardInterrupt is 130; sys.exit(True) is a silent 1.
+    assert_eq!(
+        pyrepl3_in(dir.path(), &["exec", "raise KeyboardInterrupt"], "").status,
+        130
+    );
+    let r = pyrepl3_in(dir.path(), &["exec", "import sys; sys.exit(True)"], "");
+    assert_eq!((r.status, r.stderr.as_str()), (1, ""));
+    // A forked child that raises ends itself, not the run.
+    let fork = "import os, sys\npid = os.fork()\nif pid == 0:\n    sys.exit(3)\n_, status = os.waitpid(pid, 0)\nprint('child exited', os.waitstatus_to_exitcode(status))";
+    let r = pyrepl3_in(dir.path(), &["exec", fork], "");
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (0, "child exited 3\n"),
+        "{}",
+        r.stderr
+    );
+    // asyncio as in a script: the loop's own run_until_complete, and asyncio.Runner.
+    let code = "import asyncio\nasync def m(): return 1\nprint(asyncio.get_event_loop().run_until_complete(m()), asyncio.Runner().run(m()))";
+    let r = pyrepl3_in(dir.path(), &["exec", code], "");
+    assert_eq!(r.stdout, "1 1\n", "{}", r.stderr);
+}
+
+#[test]
 fn getpass_does_not_echo_at_a_terminal_and_input_does() {
     let dir = tempfile::tempdir().unwrap();
     let code = "import getpass\nname = input('name? ')\npw = getpass.getpass('pw? ')\nprint('got', name, len(pw))";

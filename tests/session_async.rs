@@ -119,3 +119,58 @@ loop = asyncio.new_event_loop()
     );
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cancel_stops_busy_code_in_a_task_the_cell_started() {
+    let s = start().await;
+    eval(&s, "import asyncio\nkept = 'still here'").await;
+    // The busy loop runs in a child task of the cell (gather), not in the cell's own task.
+    let mut ex = s.execute(
+        "async def spin():\n    print('spinning', flush=True)\n    while True:\n        pass\nawait asyncio.gather(spin())",
+        ExecuteOptions::default(),
+    );
+    wait_for_stdout(&mut ex, "spinning").await;
+    let outcome = guard(s.cancel(ex.id(), Duration::from_secs(5))).await;
+    assert_eq!(outcome.unwrap(), CancelOutcome::Cancelled);
+    assert!(
+        matches!(terminal(&mut ex).await, Event::Error { exception_type, .. } if exception_type == "KeyboardInterrupt")
+    );
+    assert_eq!(eval(&s, "kept").await.as_deref(), Some("'still here'"));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn context_variables_set_in_one_cell_are_seen_in_the_next() {
+    let s = start().await;
+    let code = "import asyncio, contextvars, decimal\nvar = contextvars.ContextVar('var', default='unset')\nvar.set('first')\ndecimal.getcontext().prec = 5";
+    eval(&s, code).await;
+    eval(
+        &s,
+        "var.set('second')\ndecimal.setcontext(decimal.Context(prec=7))",
+    )
+    .await;
+    assert_eq!(
+        eval(&s, "var.get(), decimal.getcontext().prec")
+            .await
+            .as_deref(),
+        Some("('second', 7)")
+    );
+    assert_eq!(
+        eval(&s, "await asyncio.sleep(0)\nvar.get()")
+            .await
+            .as_deref(),
+        Some("'second'")
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn input_from_a_task_between_executions_is_end_of_file_not_a_dead_session() {
+    let s = start().await;
+    let code = "import asyncio\nasync def ask():\n    await asyncio.sleep(0)\n    try:\n        return input('anyone? ')\n    except EOFError:\n        return 'EOF'\nbg = asyncio.create_task(ask())";
+    eval(&s, code).await;
+    // The task asks while no execution runs (the loop runs between executions).
+    assert_eq!(eval(&s, "await bg").await.as_deref(), Some("'EOF'"));
+    assert_eq!(eval(&s, "1 + 1").await.as_deref(), Some("2"));
+    s.shutdown().await.unwrap();
+}

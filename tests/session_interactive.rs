@@ -4,13 +4,13 @@
 mod common;
 
 use common::*;
-use pyrepl3::{Event, ExecuteOptions};
+use pyrepl3::{CodeMode, Event, ExecuteOptions};
 
 #[tokio::test]
 async fn an_interactive_execution_shows_every_expression_statement() {
     let s = start().await;
     let interactive = ExecuteOptions {
-        interactive: true,
+        mode: CodeMode::Interactive,
         ..ExecuteOptions::default()
     };
     let out = guard(

@@ -93,6 +93,26 @@ print("last")
 }
 
 #[tokio::test]
+async fn a_cancel_stops_code_switching_between_stdout_and_stderr() {
+    // The interrupt can land while the worker passes from one stream to the other: it must
+    // stop the code, not be swallowed there (the worker would then be killed at the grace).
+    let s = start().await;
+    eval(&s, "kept = 1").await;
+    for _ in 0..8 {
+        let mut ex = s.execute(
+            "import sys\nprint('go', flush=True)\nwhile True:\n    print(1)\n    print(2, file=sys.stderr)",
+            ExecuteOptions::default(),
+        );
+        wait_for_stdout(&mut ex, "go").await;
+        let outcome = guard(s.cancel(ex.id(), Duration::from_secs(5))).await;
+        assert_eq!(outcome.unwrap(), CancelOutcome::Cancelled);
+        terminal(&mut ex).await;
+    }
+    assert_eq!(eval(&s, "kept").await.as_deref(), Some("1"));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn output_is_streamed_while_the_code_runs() {
     let s = start().await;
     // The code waits for an answer after printing: the line must arrive before the code ends.

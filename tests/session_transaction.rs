@@ -517,3 +517,25 @@ async fn a_hand_over_that_fails_reports_rollback_failed() {
     assert_eq!(eval(&s, "data").await.as_deref(), Some("[1, 2]"));
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn stdout_and_stderr_keep_their_order_after_a_rollback() {
+    let s = start().await;
+    let code = "import sys\nprint('a'); print('b', file=sys.stderr); print('c')";
+    let order = |out: &ExecutionOutcome| -> Vec<String> {
+        out.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Output { data, .. } => Some(data.trim().to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    run_in(&s, "1/0", TransactionPolicy::RollbackOnFailure).await;
+    // The process that took over orders the streams as the first one did.
+    for _ in 0..3 {
+        let out = run_in(&s, code, TransactionPolicy::CommitAlways).await;
+        assert_eq!(order(&out), ["a", "b", "c"]);
+    }
+    s.shutdown().await.unwrap();
+}

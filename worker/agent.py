@@ -157,10 +157,7 @@ class Agent:
         _flusher = _Flusher()
         self._streams = [self._text_stream(1), self._text_stream(2),
                          sys.__stdout__, sys.__stderr__]
-        _flusher.streams = self._streams[:2]
-        if marker:
-            _flusher.barrier = self._marker[:-1] + b"\x1d"  # the marker, ending in GS
-            _flusher.barrier_fds = self._marker_fds
+        self._configure_flusher()
         sys.stdout, sys.stderr = self._streams[:2]
         sys.stdin = _Stdin()
         builtins.input = input
@@ -201,7 +198,9 @@ class Agent:
         self._loop = None
         self._cell_task = None
         self._cell_stop = None           # why the cell's task was cancelled: its KeyboardInterrupt
-        self._script = False             # a script (`pyrepl3 run`) ran: plain code as `python` runs it
+        self._script = False             # exec/run: plain code as `python` runs it, not in the loop
+        self._background = ()            # the loop's tasks from before the running cell
+        self._context = None             # the contextvars context cells in the loop share
         main_module = types.ModuleType("__main__")
         main_module.__builtins__ = builtins
         self._namespace = main_module.__dict__
@@ -214,6 +213,14 @@ class Agent:
         sys.modules["__main__"] = main_module  # so pickle finds classes defined in cells
         self._sigint_handler = self._on_sigint
         _signal.signal(_signal.SIGINT, self._sigint_handler)
+
+    def _configure_flusher(self):
+        """The flusher's streams and stream barrier (streams.py); again in a transaction's
+        snapshot when it takes over."""
+        _flusher.streams = self._streams[:2]
+        if len(self._marker) > len(b"\x1bPYREPL3:\x1b"):  # a token: the host orders streams
+            _flusher.barrier = self._marker[:-1] + b"\x1d"  # the marker, ending in GS
+            _flusher.barrier_fds = self._marker_fds
 
     @staticmethod
     def _channel(fd):
@@ -516,12 +523,15 @@ class Agent:
             self._interrupt_deferred = reason or True
             return
         task = self._cell_task
-        if task is not None and _current_task(self._loop) is not task:
-            # The loop waits, or runs a background task: a KeyboardInterrupt here would end
-            # that task instead. The cell's task is cancelled, and reports the interrupt.
-            self._cell_stop = reason or ""
-            self._loop.call_soon_threadsafe(task.cancel)
-            return
+        if task is not None:
+            current = _current_task(self._loop)
+            if current is None or current in self._background:
+                # The loop waits, or steps a task an earlier cell started: a KeyboardInterrupt
+                # here would end that task instead. The cell's task is cancelled, and reports
+                # the interrupt. (In the cell's own task, or one it started, it is raised.)
+                self._cell_stop = reason or ""
+                self._loop.call_soon_threadsafe(task.cancel)
+                return
         raise KeyboardInterrupt(reason) if reason else KeyboardInterrupt
 
     def _end(self):
@@ -538,8 +548,11 @@ class Agent:
         waiter[0].acquire()
         try:
             with self._state_lock:
-                if self._shutting_down:
-                    return None  # the session is ending: end-of-file, at once
+                if self._shutting_down or self._running_id is None:
+                    # The session is ending, or no execution runs (a thread or a task asking
+                    # between executions): nobody could answer, so end-of-file, as python
+                    # gives without a terminal.
+                    return None
                 self._waiters[input_id] = waiter
             # Ordered: the marker puts this request after everything printed before it.
             self.send({"type": "input", "id": input_id, "execution_id": self._running_id,
@@ -644,9 +657,15 @@ class Agent:
         else:
             self._cell_count += 1
             self._inputs.append(source)
+            mode = msg.get("mode")
+            if mode == "script" and not self._script:
+                self._script = True  # the session runs code as `python -c` from now on
+                sys.argv[:] = ["-c"]
             outcome = self._run_cell(execution_id, source, "<cell-%d>" % self._cell_count,
-                                     interactive=msg.get("interactive") is True)
+                                     mode=mode)
         elapsed = time.perf_counter() - started
+        if os.getpid() != self._pid:
+            _forked_child_ends(outcome)  # user code forked and the child's code came back here
         if _signal.getsignal(_signal.SIGINT) is not self._sigint_handler:
             _signal.signal(_signal.SIGINT, self._sigint_handler)  # user code replaced it
         if outcome[0] == "result":
@@ -667,7 +686,7 @@ class Agent:
         self._unfinished = None
         self._finished_seq = max(self._finished_seq, self._accepted_seq)
 
-    def _run_cell(self, execution_id, source, filename, internal=None, interactive=False):
+    def _run_cell(self, execution_id, source, filename, internal=None, mode=None):
         """Compile and run one cell with SIGINT armed. Returns ("result", repr, value) or
         ("error", exception, raised_while_compiling).
 
@@ -697,19 +716,23 @@ class Agent:
                 return ("result", None, report)
             if not self._script and "asyncio" in source:
                 self._asyncio_for(source)
-            body, last = self._compile(source, filename, interactive)
+            body, last = self._compile(source, filename, mode == "interactive")
             compiling = False
-            awaits = any(c is not None and c.co_flags & CO_COROUTINE for c in (body, last))
-            if awaits or (not self._script and "asyncio" in sys.modules):
-                value = self._run_in_loop(body, last)
-            else:
-                if body is not None:
-                    eval(body, self._namespace)
-                value = None if last is None else eval(last, self._namespace)
-            text = shown = None
-            if value is not None:  # repr and value are computed here so a cancel ends them
-                text, shown = _clip(repr(value)), _plain_json(value)
-                self._remember_result(value)
+            try:
+                awaits = any(c is not None and c.co_flags & CO_COROUTINE for c in (body, last))
+                if awaits or (not self._script and "asyncio" in sys.modules):
+                    value = self._run_in_loop(body, last)
+                else:
+                    if body is not None:
+                        eval(body, self._namespace)
+                    value = None if last is None else eval(last, self._namespace)
+                text = shown = None
+                if value is not None:  # repr and value computed here so a cancel ends them
+                    text, shown = _clip(repr(value)), _plain_json(value)
+                    self._remember_result(value)
+            finally:
+                if mode == "script":  # the end of `python -c`: threads joined, atexit run
+                    _end_of_script()
             self._running_id = None
             return ("result", text, shown)
         except BaseException as exc:
@@ -794,12 +817,16 @@ class Agent:
 
     def _event_loop(self):
         if self._loop is None:
-            global _current_task
+            global _current_task, _all_tasks
             import asyncio
-            _current_task = asyncio.current_task
+            _current_task, _all_tasks = asyncio.current_task, asyncio.all_tasks
+            import contextvars
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             _run_beside_the_session_loop(asyncio, self._loop)
+            # One context for every cell, as the values a plain cell sets (contextvars,
+            # decimal's context) last: a task would otherwise run each cell in a copy.
+            self._context = contextvars.copy_context()
         return self._loop
 
     def _run_in_loop(self, body, last):
@@ -819,7 +846,12 @@ class Agent:
             return (await value) if last.co_flags & CO_COROUTINE else value
 
         self._cell_stop = None
-        task = self._cell_task = loop.create_task(cell())
+        self._background = _all_tasks(loop)
+        if sys.version_info >= (3, 11):
+            task = loop.create_task(cell(), context=self._context)
+        else:
+            task = loop.create_task(cell())
+        self._cell_task = task
         try:
             return loop.run_until_complete(task)
         except BaseException as exc:
@@ -838,6 +870,7 @@ class Agent:
         finally:
             self._cell_task = None
             self._cell_stop = None
+            self._background = ()
 
     def _run_script(self, path, encoded, argv):
         """Runs a file as `python FILE ARGS` does: sys.argv, __file__, the script's directory
@@ -863,7 +896,10 @@ class Agent:
             pass  # compile() reports it
         code = compile(source, path, "exec", dont_inherit=True)
         source = None
-        eval(code, self._namespace)
+        try:
+            eval(code, self._namespace)
+        finally:
+            _end_of_script()
         return None
 
     def _flush_output(self):
@@ -898,7 +934,7 @@ class Agent:
             # As the interpreter would exit: None is 0, an int is itself (its low byte as a
             # process status), anything else is printed and the status is 1.
             code = exc.code
-            if code is None or (isinstance(code, int) and not isinstance(code, bool)):
+            if code is None or isinstance(code, int):  # True is 1, as python exits
                 frame["exit_code"] = 0 if code is None else code & 0xFF
             else:
                 frame["exit_code"] = 1
@@ -906,7 +942,41 @@ class Agent:
         return frame
 
 
-_current_task = None  # asyncio.current_task, once the session has an event loop
+_current_task = _all_tasks = None  # asyncio's, once the session has an event loop
+
+
+def _forked_child_ends(outcome):
+    """A child that user code forked returned (or raised) out of the cell into the agent: it
+    ends as a forked python process would, never speaking for the worker on its channels."""
+    status = 0
+    if outcome[0] == "error":
+        exc = outcome[1]
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            status = 0 if code is None else code & 0xFF if isinstance(code, int) else 1
+            if not isinstance(code, (int, type(None))):
+                sys.stderr.write("%s\n" % _safe_str(code))
+        else:
+            import traceback
+            _trim_traceback_chain(exc)
+            _guarded(lambda: traceback.print_exception(type(exc), exc, exc.__traceback__), None)
+            status = 1
+    _guarded(_end_of_script, None)
+    for stream in (sys.stdout, sys.stderr):
+        _guarded(stream.flush, None)
+    os._exit(status)
+
+
+def _end_of_script():
+    """What the interpreter does when a script's main code ends (even by an exception):
+    wait for the threads that are not daemons, then run the atexit handlers."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()  # not polling: an untimed join; a cancel interrupts it
+    import atexit
+    atexit._run_exitfuncs()
 
 
 def _run_beside_the_session_loop(asyncio, session_loop):
@@ -933,6 +1003,8 @@ def _run_beside_the_session_loop(asyncio, session_loop):
         return wrapper
 
     asyncio.run = asyncio.runners.run = beside(asyncio.runners.run)
+    if hasattr(asyncio.runners, "Runner"):  # 3.11+
+        asyncio.runners.Runner.run = beside(asyncio.runners.Runner.run)
     base = asyncio.base_events.BaseEventLoop
     first = lambda args: args[0] if args else None  # noqa: E731  (the loop: `self`)
     base.run_until_complete = beside(base.run_until_complete, first)

@@ -334,6 +334,7 @@ def _plain_json(value):
 
 
 COMPLETION_LIMIT = 200   # matches in one answer at most
+COMPLETION_SCAN = 100_000  # keys of a mapping looked at, at most (the reader thread holds the GIL)
 
 
 def _completions(namespace, text):
@@ -347,9 +348,13 @@ def _completions(namespace, text):
     if key is not None:
         target = _dotted_value(namespace, key.group(1))
         quote, prefix = key.group(2), key.group(3)
-        keys = _guarded(lambda: [k for k in list(target.keys()) if isinstance(k, str)], [])
-        matches = sorted({quote + k + quote + "]" for k in keys if k.startswith(prefix)})
-        return quote + prefix, matches[:COMPLETION_LIMIT]
+        if not isinstance(target, (dict, type(os.environ), types.MappingProxyType)):
+            return quote + prefix, []  # keys() of anything else may do anything (a database)
+        import heapq, itertools
+        keys = _guarded(lambda: list(itertools.islice(target.keys(), COMPLETION_SCAN)), [])
+        found = {quote + k + quote + "]" for k in keys
+                 if isinstance(k, str) and k.startswith(prefix)}
+        return quote + prefix, heapq.nsmallest(COMPLETION_LIMIT, found)
     token = re.search(r"[A-Za-z_][\w.]*$", text)
     if token is None:
         return "", []
@@ -363,7 +368,7 @@ def _completions(namespace, text):
         if not isinstance(found, str):
             break
         matches.add(found)
-    return token, sorted(matches)[:COMPLETION_LIMIT]
+    return token, sorted(matches)[:COMPLETION_LIMIT]  # at most 5 * COMPLETION_LIMIT sorted
 
 
 def _dotted_value(namespace, dotted):

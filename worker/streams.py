@@ -42,12 +42,14 @@ class _Stdin(io.TextIOBase):
     def close(self):
         pass  # `exit()` closes sys.stdin before raising SystemExit; the session lives on
 
-    def _fill(self, newline):
-        if not self._pending:
+    def _fill(self, newline, more=False):
+        """Makes sure something is pending (with `more`: asks for more even so); False at
+        end-of-file."""
+        if more or not self._pending:
             data = _agent.request_input("", False)
             if data is None:
                 return False
-            self._pending = data + "\n" if newline and not data.endswith("\n") else data
+            self._pending += data + "\n" if newline and not data.endswith("\n") else data
         return True
 
     def readline(self, size=-1):
@@ -60,9 +62,12 @@ class _Stdin(io.TextIOBase):
         return line
 
     def read(self, size=-1):
-        if size == 0 or not self._fill(False):
-            return ""
-        cut = len(self._pending) if size is None or size < 0 else size
+        """Up to `size` characters, or everything to end-of-file (as a file's read: one
+        `input` request per answer until the client answers end-of-file)."""
+        whole = size is None or size < 0
+        while (whole or len(self._pending) < size) and self._fill(False, more=True):
+            pass
+        cut = len(self._pending) if whole else size
         chunk, self._pending = self._pending[:cut], self._pending[cut:]
         return chunk
 
@@ -106,8 +111,9 @@ class _Flusher:
             for stream in self.streams:
                 try:
                     stream.flush()
-                except BaseException:
-                    pass  # a closed or broken stream must not break the caller
+                except Exception:
+                    pass  # a closed or broken stream must not break the caller (a
+                    # KeyboardInterrupt raised meanwhile is the code's: it goes on)
 
     def switch(self, stream):
         """`stream` (stdout's or stderr's text layer) is written to after the other one: what
@@ -121,12 +127,15 @@ class _Flusher:
                 return
             try:
                 previous.flush()  # while still `last`: its text layer's flush writes below
-            except BaseException:
-                pass  # a broken stream must not stop the other
+            except Exception:
+                pass  # a broken stream must not stop the other (KeyboardInterrupt goes on)
             self.last = stream
+            # Each is one write under PIPE_BUF: all or nothing. A signal handler that raises
+            # between the two leaves one pipe a barrier short: the host's ordering copes (it
+            # matches barriers within an execution only, and gives up holding text past 1 MiB).
             for fd in self.barrier_fds:
                 try:
-                    _write_all(fd, self.barrier)  # one write under PIPE_BUF: all or nothing
+                    _write_all(fd, self.barrier)
                 except OSError:
                     pass  # the host stopped reading that pipe
 
@@ -215,3 +224,7 @@ def _after_fork_in_parent():
 def _after_fork_in_child():
     if _flusher is not None:
         _flusher.lock.release()
+        # A child's barriers would interleave with the worker's (and a child killed between
+        # the two writes would leave one pipe a barrier short). A transaction's snapshot gets
+        # them back when it takes over.
+        _flusher.barrier = None

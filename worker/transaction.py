@@ -258,10 +258,10 @@ class _Transactions:
             _guarded(lambda: sys.modules["random"].setstate(self._random_state), None)
         agent._pid = os.getpid()
         _flusher = _Flusher()
-        _flusher.streams = agent._streams[:2]
         # The interpreter's own stdout/stderr objects are not the agent's to flush here: a
         # thread may have been inside one at the fork (their buffers were flushed before it).
         agent._streams = agent._streams[:2]
+        agent._configure_flusher()
         _signal.signal(_signal.SIGINT, agent._sigint_handler)
         # Signals that came while it waited were sent during the execution, to the worker's
         # group (the worker had its own copy): dropped, not delivered now.

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{ExecArgs, RunArgs, RunOptions};
 use crate::protocol::StreamName;
 use crate::service::ClientEvent;
-use crate::{Event, ExecuteOptions, Execution, Session, SessionConfig};
+use crate::{CodeMode, Event, ExecuteOptions, Execution, Session, SessionConfig};
 
 const EXIT_OK: i32 = 0;
 const EXIT_EXCEPTION: i32 = 1;
@@ -52,8 +52,13 @@ pub async fn run(args: ExecArgs) -> i32 {
 }
 
 pub async fn run_file(args: RunArgs) -> i32 {
-    let shown = args.file.display();
-    let source = match std::fs::read(&args.file) {
+    let Some((file, script_args)) = args.script.split_first() else {
+        eprintln!("pyrepl3: run needs a FILE");
+        return EXIT_USAGE;
+    };
+    let file = std::path::Path::new(file);
+    let shown = file.display();
+    let source = match std::fs::read(file) {
         Ok(source) if source.len() > MAX_SCRIPT_BYTES => {
             eprintln!("pyrepl3: {shown} is over {MAX_SCRIPT_BYTES} bytes: too large to run");
             return EXIT_USAGE;
@@ -64,15 +69,15 @@ pub async fn run_file(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let path = match std::path::absolute(&args.file) {
+    let path = match std::path::absolute(file) {
         Ok(path) => path.to_string_lossy().into_owned(),
         Err(e) => {
             eprintln!("pyrepl3: can't resolve '{shown}': {e}");
             return EXIT_USAGE;
         }
     };
-    let argv = std::iter::once(args.file.as_os_str())
-        .chain(args.args.iter().map(|a| a.as_os_str()))
+    let argv = std::iter::once(file.as_os_str())
+        .chain(script_args.iter().map(|a| a.as_os_str()))
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let work = Work::Script { path, source, argv };
@@ -132,6 +137,7 @@ async fn execute(options: &RunOptions, work: Work) -> i32 {
     };
     let execute_options = ExecuteOptions {
         timeout,
+        mode: CodeMode::Script, // as `python -c` runs it
         ..ExecuteOptions::default()
     };
     let execution = match work {
@@ -190,7 +196,7 @@ async fn drive(
                         // The message of `sys.exit(code)` is the code itself unless it was
                         // text (then the status is 1).
                         let text = code == 1
-                            && !["", "1", "None"].contains(&exception_message.as_str());
+                            && !["", "1", "None", "True"].contains(&exception_message.as_str());
                         if text && !json {
                             super::write_flushed(
                                 StreamName::Stderr,
@@ -203,10 +209,11 @@ async fn drive(
                         if !json {
                             super::write_flushed(StreamName::Stderr, traceback.as_bytes());
                         }
-                        status = if exception_type == "ExecutionTimeout" {
-                            EXIT_TIMEOUT
-                        } else {
-                            EXIT_EXCEPTION
+                        status = match exception_type.as_str() {
+                            "ExecutionTimeout" => EXIT_TIMEOUT,
+                            // As python exits on an uncaught KeyboardInterrupt.
+                            "KeyboardInterrupt" => EXIT_INTERRUPTED,
+                            _ => EXIT_EXCEPTION,
                         };
                     }
                 }
@@ -229,7 +236,8 @@ async fn drive(
             }
         }
     }
-    if interrupted > 0 {
+    // Ctrl-C that the code caught, and then it ended well: its status, as with python.
+    if interrupted > 0 && status == EXIT_EXCEPTION {
         EXIT_INTERRUPTED
     } else {
         status

@@ -203,16 +203,16 @@ pub struct ExecArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub options: RunOptions,
-    /// The Python script to run.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Arguments for the script (sys.argv[1:]); everything after FILE is passed on as is.
+    /// The Python script to run, then its arguments (sys.argv[1:]): everything after FILE
+    /// is the script's, `--help` and `--timeout` too.
     #[arg(
-        value_name = "ARGS",
+        value_name = "FILE [ARGS]",
+        required = true,
+        num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    pub args: Vec<std::ffi::OsString>,
+    pub script: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -104,11 +104,34 @@ pub struct Execute {
     /// `value` is the operation's report; it is not part of the session's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal: Option<serde_json::Value>,
-    /// Run as the interactive interpreter runs a statement (`repl`): the value of every
+    /// How the code is run (see [`CodeMode`]).
+    #[serde(default, skip_serializing_if = "CodeMode::is_cell")]
+    pub mode: CodeMode,
+}
+
+/// How an execution's code is run: as a cell of a notebook-like session, as a statement typed
+/// at the Python REPL, or as `python -c` runs code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeMode {
+    /// A trailing expression's value is the result; once asyncio is in use every cell runs
+    /// in the session's event loop, as in `python -m asyncio`.
+    #[default]
+    Cell,
+    /// As the interactive interpreter runs a statement (`pyrepl3 repl`): the value of every
     /// expression statement is shown as it is computed (`sys.displayhook`), as output; the
-    /// result then carries no value of its own.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub interactive: bool,
+    /// result then carries no value of its own. The event loop as for `Cell`.
+    Interactive,
+    /// As `python -c` runs code (`pyrepl3 exec`): code that does not await runs outside the
+    /// event loop, so `asyncio.run()` and `loop.run_until_complete()` work as in a script.
+    /// The trailing expression's value is still the result.
+    Script,
+}
+
+impl CodeMode {
+    pub fn is_cell(&self) -> bool {
+        *self == CodeMode::Cell
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,7 +426,7 @@ mod tests {
             transaction_policy: TransactionPolicy::CommitAlways,
             capture_source: false,
             internal: None,
-            interactive: false,
+            mode: CodeMode::Cell,
         });
         let json = serde_json::to_value(&msg).unwrap();
         assert_eq!(json["type"], "execute");

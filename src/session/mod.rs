@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
+pub use crate::protocol::CodeMode;
 use crate::protocol::{self, CompletenessStatus, Heartbeat, StreamName};
 pub use crate::protocol::{TransactionOutcome, TransactionPolicy};
 use requests::{Command, WorkerRequest};
@@ -126,10 +127,11 @@ pub struct ExecuteOptions {
     /// Whether the session's state is put back afterwards (docs/transactions.md): a rollback
     /// policy takes a copy-on-write snapshot of the worker before the code runs.
     pub transaction_policy: TransactionPolicy,
-    /// Run as the interactive interpreter runs a statement (`pyrepl3 repl`): the value of
-    /// every expression statement (`for i in range(3): i`, `1; 2`) is shown as output when it
-    /// is computed, and the `Result` carries no value.
-    pub interactive: bool,
+    /// How the code is run: as a cell (the default), as the Python REPL runs a statement
+    /// (`CodeMode::Interactive`: the value of every expression statement, as in
+    /// `for i in range(3): i` or `1; 2`, is shown as output when it is computed, and the
+    /// `Result` carries no value), or as `python -c` does (`CodeMode::Script`).
+    pub mode: CodeMode,
 }
 
 /// What an execution reports, in order. Exactly one terminal event (`Result` or `Error`)
@@ -585,7 +587,7 @@ impl Session {
             events: events_tx,
             internal,
             policy: options.transaction_policy,
-            interactive: options.interactive,
+            mode: options.mode,
         };
         if let Err(mpsc::error::SendError(Command::Execute { events, .. })) =
             self.inner.commands.send(command)

@@ -17,8 +17,8 @@ use std::collections::VecDeque;
 use super::output::{PipeDecoder, PipeItem};
 use crate::protocol::{Message, StreamName};
 
-/// Stray and ahead text held per pipe before that pipe stops being read (the worker then
-/// blocks).
+/// Stray text held per pipe before that pipe stops being read (the worker then blocks); also
+/// the most text held per pipe for the other pipe to reach a barrier.
 pub(crate) const STRAY_LIMIT: usize = 1024 * 1024;
 
 /// A piece of output for the execution that owns it.
@@ -37,10 +37,12 @@ struct Pipe {
     /// the order of arrival (so both pipes' stray text is handed on in the order it came).
     stray: VecDeque<(u64, u64, String)>,
     stray_bytes: usize,
-    /// Stream barriers passed.
+    /// Markers passed (as routed: the decoder's count runs ahead within a read).
+    segment: u64,
+    /// Stream barriers passed since the last marker.
     barriers: u64,
-    /// Text read past a barrier the other pipe has not passed yet: its barrier count and
-    /// segment.
+    /// Text read past a point the other pipe has not reached yet: its segment and barrier
+    /// count.
     ahead: VecDeque<(u64, u64, String)>,
     ahead_bytes: usize,
 }
@@ -66,6 +68,7 @@ impl OutputOrdering {
             eof: false,
             stray: VecDeque::new(),
             stray_bytes: 0,
+            segment: 0,
             barriers: 0,
             ahead: VecDeque::new(),
             ahead_bytes: 0,
@@ -84,12 +87,11 @@ impl OutputOrdering {
         self.markers_expected
     }
 
-    /// Whether pipe `i` may be read: not ended, and its stray and ahead text under the limit.
-    /// (Ahead text waits for a barrier the worker wrote to the other pipe together with this
-    /// one's, so reading the other pipe, which goes on, releases it.)
+    /// Whether pipe `i` may be read: not ended, and its stray text under the limit. (Ahead
+    /// text never stops it: past the limit it is handed on, see `give_up_waiting`.)
     pub fn wants_input(&self, i: usize) -> bool {
         let pipe = &self.pipes[i];
-        !pipe.eof && pipe.stray_bytes + pipe.ahead_bytes < STRAY_LIMIT
+        !pipe.eof && pipe.stray_bytes < STRAY_LIMIT
     }
 
     /// Bytes read from pipe `i`. Text of the `owner` segment goes to `out`, the rest is kept
@@ -129,45 +131,75 @@ impl OutputOrdering {
         for item in items {
             match item {
                 PipeItem::Text { segment, text } => {
-                    let other = &self.pipes[1 - i];
-                    let pipe = &self.pipes[i];
-                    let behind = !other.eof && other.barriers < pipe.barriers;
-                    if behind || !pipe.ahead.is_empty() {
+                    let barriers = self.pipes[i].barriers;
+                    let waits =
+                        !self.pipes[i].ahead.is_empty() || !self.reached(1 - i, segment, barriers);
+                    if waits {
                         let pipe = &mut self.pipes[i];
                         pipe.ahead_bytes += text.len();
-                        pipe.ahead.push_back((pipe.barriers, segment, text));
+                        pipe.ahead.push_back((segment, barriers, text));
+                        if pipe.ahead_bytes >= STRAY_LIMIT {
+                            self.give_up_waiting(i, owner, out);
+                        }
                     } else {
                         self.deliver(i, segment, text, owner, out);
                     }
                 }
                 PipeItem::Barrier => {
                     self.pipes[i].barriers += 1;
-                    self.release_ahead(1 - i, owner, out);
+                    self.release_ahead(1 - i, owner, out, false);
                 }
-                PipeItem::Marker => passed_marker = true,
+                PipeItem::Marker => {
+                    passed_marker = true;
+                    let pipe = &mut self.pipes[i];
+                    pipe.segment += 1;
+                    pipe.barriers = 0;
+                    // Everything written to this pipe before the marker is passed, whatever
+                    // barriers it did not get.
+                    self.release_ahead(1 - i, owner, out, false);
+                }
             }
         }
         if self.pipes[i].eof {
-            self.release_ahead(1 - i, owner, out);
+            self.release_ahead(1 - i, owner, out, true);
         }
         passed_marker
     }
 
-    /// Text of pipe `j` that waited for the other pipe to pass its barrier, now that it has
-    /// (or has ended).
-    fn release_ahead(&mut self, j: usize, owner: Option<u64>, out: &mut Vec<Text>) {
-        let other = &self.pipes[1 - j];
-        let reached = if other.eof { u64::MAX } else { other.barriers };
-        while let Some((barrier, _, _)) = self.pipes[j].ahead.front() {
-            if *barrier > reached {
+    /// Whether pipe `j` has passed the point `(segment, barriers)`: ended, past a later
+    /// marker, or past as many barriers within that segment. (Barriers are counted from the
+    /// last marker, so one that reached only one pipe, when a signal handler raised between
+    /// the two writes, disorders at most the rest of that execution's output.)
+    fn reached(&self, j: usize, segment: u64, barriers: u64) -> bool {
+        let pipe = &self.pipes[j];
+        pipe.eof || pipe.segment > segment || (pipe.segment == segment && pipe.barriers >= barriers)
+    }
+
+    /// Text of pipe `j` that waited for the other pipe to reach its place, now that it has
+    /// (`all`: the other pipe ended).
+    fn release_ahead(&mut self, j: usize, owner: Option<u64>, out: &mut Vec<Text>, all: bool) {
+        while let Some((segment, barriers, _)) = self.pipes[j].ahead.front() {
+            if !all && !self.reached(1 - j, *segment, *barriers) {
                 break;
             }
-            let Some((_, segment, text)) = self.pipes[j].ahead.pop_front() else {
+            let Some((segment, _, text)) = self.pipes[j].ahead.pop_front() else {
                 break;
             };
             self.pipes[j].ahead_bytes -= text.len();
             self.deliver(j, segment, text, owner, out);
         }
+    }
+
+    /// Pipe `i` holds STRAY_LIMIT of text for a barrier the other pipe has not passed: it
+    /// never got it (see `reached`), or lags that far behind. Its text goes on unordered
+    /// rather than blocking the worker, and a missing barrier is counted as passed.
+    fn give_up_waiting(&mut self, i: usize, owner: Option<u64>, out: &mut Vec<Text>) {
+        let (segment, barriers) = (self.pipes[i].segment, self.pipes[i].barriers);
+        let other = &mut self.pipes[1 - i];
+        if other.segment == segment {
+            other.barriers = other.barriers.max(barriers);
+        }
+        self.release_ahead(i, owner, out, true);
     }
 
     /// Text in its order: to `out` when the running execution owns it, else kept as stray.
@@ -405,19 +437,60 @@ mod tests {
     }
 
     #[test]
-    fn ahead_text_is_released_when_the_other_pipe_ends_and_counts_to_the_limit() {
+    fn a_barrier_missing_on_one_pipe_holds_text_only_to_the_next_marker() {
+        // A signal handler raised between the two barrier writes: stderr never got it.
+        let mut o = OutputOrdering::new(TOKEN);
+        let mut out = Vec::new();
+        o.feed(
+            0,
+            &[barrier(), b"after\n".to_vec()].concat(),
+            Some(0),
+            &mut out,
+        );
+        o.feed(1, b"err\n", Some(0), &mut out);
+        assert_eq!(texts(&out), [(StreamName::Stderr, "err\n")]);
+        o.hold(result(true));
+        o.feed(0, &marker(), Some(0), &mut out);
+        o.feed(1, &marker(), Some(0), &mut out);
+        assert_eq!(out.len(), 2, "stderr's marker releases it: {out:?}");
+        assert!(o.release_next(Some(0), &mut out).is_some());
+        // The next execution is not affected.
+        out.clear();
+        o.feed(0, b"next\n", Some(1), &mut out);
+        assert_eq!(texts(&out), [(StreamName::Stdout, "next\n")]);
+    }
+
+    #[test]
+    fn held_text_past_the_limit_goes_on_and_the_pipe_is_still_read() {
         let mut o = OutputOrdering::new(TOKEN);
         let mut out = Vec::new();
         o.feed(1, &barrier(), Some(0), &mut out);
         let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..(STRAY_LIMIT / chunk.len()) {
-            assert!(o.wants_input(1));
+        for _ in 0..(STRAY_LIMIT / chunk.len()) - 1 {
             o.feed(1, &chunk, Some(0), &mut out);
         }
-        assert!(out.is_empty() && !o.wants_input(1) && o.wants_input(0));
+        assert!(out.is_empty() && o.wants_input(1));
+        o.feed(1, &chunk, Some(0), &mut out);
+        assert_eq!(
+            out.len(),
+            STRAY_LIMIT / chunk.len(),
+            "handed on at the limit"
+        );
+        // The missing barrier counts as passed: later text flows at once.
+        o.feed(1, b"later", Some(0), &mut out);
+        assert_eq!(out.len(), STRAY_LIMIT / chunk.len() + 1);
+        // And a pipe that ends releases what the other held.
+        let mut o = OutputOrdering::new(TOKEN);
+        out.clear();
+        o.feed(
+            1,
+            &[barrier(), b"held".to_vec()].concat(),
+            Some(0),
+            &mut out,
+        );
+        assert!(out.is_empty());
         o.end(0, Some(0), &mut out);
-        assert_eq!(out.len(), STRAY_LIMIT / chunk.len());
-        assert!(o.wants_input(1));
+        assert_eq!(texts(&out), [(StreamName::Stderr, "held")]);
     }
 
     #[test]

@@ -26,8 +26,7 @@ pub(crate) enum Command {
         /// An operation of the agent's own in place of `code` (see `protocol::Execute`).
         internal: Option<serde_json::Value>,
         policy: crate::protocol::TransactionPolicy,
-        /// See `protocol::Execute::interactive`.
-        interactive: bool,
+        mode: crate::protocol::CodeMode,
     },
     InputResponse {
         input_id: String,

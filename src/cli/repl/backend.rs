@@ -11,8 +11,8 @@ use futures::FutureExt;
 
 use crate::error::Error;
 use crate::session::{
-    CancelOutcome, Completeness, Event, ExecuteOptions, InterruptOutcome, Session, SessionConfig,
-    SessionInfo, SessionState,
+    CancelOutcome, CodeMode, Completeness, Event, ExecuteOptions, InterruptOutcome, Session,
+    SessionConfig, SessionInfo, SessionState,
 };
 
 /// One submitted statement: its id (for cancel and interrupt) and its events, which end after
@@ -76,7 +76,7 @@ impl LocalBackend {
 impl ReplBackend for LocalBackend {
     fn execute(&self, code: String) -> BoxFuture<'_, Result<Running, Error>> {
         let options = ExecuteOptions {
-            interactive: true, // every expression statement shows its value, as in Python
+            mode: CodeMode::Interactive, // every expression statement shows its value
             ..ExecuteOptions::default()
         };
         let execution = self.session.execute(code, options);

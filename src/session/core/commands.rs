@@ -26,7 +26,7 @@ impl Core {
                 events,
                 internal,
                 policy,
-                interactive,
+                mode,
             } => {
                 let mut sink = Sink::new(events);
                 if self.closing {
@@ -49,7 +49,7 @@ impl Core {
                     sink,
                     internal,
                     policy,
-                    interactive,
+                    mode,
                 });
                 self.pump(now);
             }
@@ -297,7 +297,7 @@ impl Core {
             transaction_policy: queued.policy,
             capture_source: false,
             internal: queued.internal,
-            interactive: queued.interactive,
+            mode: queued.mode,
         }));
     }
 

@@ -139,8 +139,7 @@ struct Queued {
     /// See `protocol::Execute::internal`.
     internal: Option<serde_json::Value>,
     policy: protocol::TransactionPolicy,
-    /// See `protocol::Execute::interactive`.
-    interactive: bool,
+    mode: protocol::CodeMode,
 }
 
 pub(crate) struct Core {

@@ -97,7 +97,7 @@ impl Harness {
             events,
             internal: None,
             policy: Default::default(),
-            interactive: false,
+            mode: Default::default(),
         }));
         (rx, effects)
     }
