@@ -197,6 +197,28 @@ fn exec_and_run_end_as_python_does() {
 }
 
 #[test]
+fn a_reader_that_goes_away_stops_the_code() {
+    // As `pyrepl3 exec ... | head -1`: without it the endless loop would run to the guard.
+    let script = format!(
+        "'{}' exec 'import itertools\nfor i in itertools.count(): print(i)' | head -1; echo \"status ${{PIPESTATUS[0]}}\"",
+        env!("CARGO_BIN_EXE_pyrepl3")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Watched::spawn(
+        Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        GUARD,
+    );
+    child.finish();
+    assert_eq!(child.stdout(), "0\nstatus 1\n", "{}", child.stderr());
+    assert!(child.stderr().contains("broken pipe"), "{}", child.stderr());
+}
+
+#[test]
 fn getpass_does_not_echo_at_a_terminal_and_input_does() {
     let dir = tempfile::tempdir().unwrap();
     let code = "import getpass\nname = input('name? ')\npw = getpass.getpass('pw? ')\nprint('got', name, len(pw))";

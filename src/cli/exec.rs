@@ -163,6 +163,7 @@ async fn drive(
     let execution_id = execution.id().to_string();
     let stdin_lines = StdinLines::start();
     let mut interrupted = 0u32;
+    let mut reader_gone = false;
     let mut status = EXIT_EXCEPTION;
     let mut pending_input: Option<String> = None;
     let mut lines = stdin_lines.lines;
@@ -175,8 +176,13 @@ async fn drive(
                 }
                 match event {
                     Event::Output { stream, data } => {
-                        if !json {
-                            super::write_flushed(stream, data.as_bytes());
+                        if !json && !super::write_checked(stream, data.as_bytes()) && !reader_gone {
+                            // As python's print raises BrokenPipeError: the code is stopped
+                            // (in the background, so events keep being read meanwhile).
+                            reader_gone = true;
+                            let session = session.clone();
+                            let id = execution_id.clone();
+                            tokio::spawn(async move { session.cancel(&id, CANCEL_GRACE).await });
                         }
                     }
                     Event::Input { input_id, prompt, password } => {
@@ -206,7 +212,7 @@ async fn drive(
                         status = i32::from(code);
                     }
                     Event::Error { exception_type, traceback, .. } => {
-                        if !json {
+                        if !json && !reader_gone {
                             super::write_flushed(StreamName::Stderr, traceback.as_bytes());
                         }
                         status = match exception_type.as_str() {
@@ -235,6 +241,12 @@ async fn drive(
                 }
             }
         }
+    }
+    if reader_gone {
+        eprintln!(
+            "pyrepl3: the reader of the output went away (a broken pipe); the code was stopped"
+        );
+        return EXIT_EXCEPTION;
     }
     // Ctrl-C that the code caught, and then it ended well: its status, as with python.
     if interrupted > 0 && status == EXIT_EXCEPTION {

@@ -228,8 +228,14 @@ pub struct ReplArgs {
 /// terminal that went away (e.g. piped into `head`) is not worth failing for: the code keeps
 /// running to its end.
 pub(crate) fn write_flushed(stream: crate::protocol::StreamName, bytes: &[u8]) {
+    let _ = write_checked(stream, bytes);
+}
+
+/// As [`write_flushed`], and says whether the reader is still there: false once it went away
+/// (a broken pipe, as `pyrepl3 exec ... | head`).
+pub(crate) fn write_checked(stream: crate::protocol::StreamName, bytes: &[u8]) -> bool {
     use std::io::Write;
-    let _ = match stream {
+    let written = match stream {
         crate::protocol::StreamName::Stdout => {
             let mut out = std::io::stdout().lock();
             out.write_all(bytes).and_then(|_| out.flush())
@@ -239,6 +245,7 @@ pub(crate) fn write_flushed(stream: crate::protocol::StreamName, bytes: &[u8]) {
             err.write_all(bytes).and_then(|_| err.flush())
         }
     };
+    !matches!(written, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Runs the parsed command line and returns the exit status.
