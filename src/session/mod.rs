@@ -469,31 +469,20 @@ impl Session {
     /// blank line). Answered by the worker's reader thread, so it does not wait for a running
     /// execution.
     pub async fn is_complete(&self, code: &str) -> Result<Completeness, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Ask(WorkerRequest::IsComplete {
-                code: code.to_string(),
+        let code = code.to_string();
+        let answer = self
+            .ask_reader("is_complete", |reply| WorkerRequest::IsComplete {
+                code,
                 reply,
-            }))
-            .map_err(|_| Error::SessionClosed)?;
-        // not polling: one deadline for one answer.
-        match tokio::time::timeout(IS_COMPLETE_DEADLINE, answer).await {
-            Ok(Ok(answer)) => Ok(match answer.status {
-                CompletenessStatus::Complete => Completeness::Complete,
-                CompletenessStatus::Incomplete => Completeness::Incomplete {
-                    indent: answer.indent,
-                },
-                CompletenessStatus::Invalid => Completeness::Invalid,
-            }),
-            Ok(Err(_)) => Err(Error::SessionDead(
-                "no answer to is_complete: the worker is not ready".into(),
-            )),
-            Err(_) => Err(Error::ReplyTimeout {
-                request: "is_complete",
-                deadline: IS_COMPLETE_DEADLINE,
-            }),
-        }
+            })
+            .await?;
+        Ok(match answer.status {
+            CompletenessStatus::Complete => Completeness::Complete,
+            CompletenessStatus::Incomplete => Completeness::Incomplete {
+                indent: answer.indent,
+            },
+            CompletenessStatus::Invalid => Completeness::Invalid,
+        })
     }
 
     /// How the text before a cursor could go on, from the live namespace (Tab in the REPL):
@@ -501,22 +490,33 @@ impl Session {
     /// end of `code` the matches replace, and the matches (at most 200, sorted). Answered by
     /// the worker's reader thread.
     pub async fn complete(&self, code: &str) -> Result<(String, Vec<String>), Error> {
+        let code = code.to_string();
+        let answer = self
+            .ask_reader("complete", |reply| WorkerRequest::Complete { code, reply })
+            .await?;
+        Ok((answer.token, answer.matches))
+    }
+
+    /// One question answered by the worker's reader thread (`is_complete`, `complete`),
+    /// within IS_COMPLETE_DEADLINE.
+    async fn ask_reader<T>(
+        &self,
+        request: &'static str,
+        make: impl FnOnce(oneshot::Sender<T>) -> WorkerRequest,
+    ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .commands
-            .send(Command::Ask(WorkerRequest::Complete {
-                code: code.to_string(),
-                reply,
-            }))
+            .send(Command::Ask(make(reply)))
             .map_err(|_| Error::SessionClosed)?;
         // not polling: one deadline for one answer.
         match tokio::time::timeout(IS_COMPLETE_DEADLINE, answer).await {
-            Ok(Ok(answer)) => Ok((answer.token, answer.matches)),
-            Ok(Err(_)) => Err(Error::SessionDead(
-                "no answer to complete: the worker is not ready".into(),
-            )),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(Error::SessionDead(format!(
+                "no answer to {request}: the worker is not ready"
+            ))),
             Err(_) => Err(Error::ReplyTimeout {
-                request: "complete",
+                request,
                 deadline: IS_COMPLETE_DEADLINE,
             }),
         }
