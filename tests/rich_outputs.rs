@@ -253,3 +253,99 @@ fn exec_prints_a_plots_text_and_saves_its_image() {
     assert_eq!(kinds, ["output", "display", "output", "result"]);
     png_size(events[1]["data"]["image/png"].as_str().unwrap());
 }
+
+#[tokio::test]
+async fn figures_after_a_switch_of_backend_or_a_timeout_and_ipythons_display() {
+    let api = rich_server().await;
+    let id = api.new_session(ALICE).await;
+    // The inline backend in use first, then the user switches away: figures stay theirs.
+    let out = api
+        .execute(
+            ALICE,
+            &id,
+            json!({ "code": "import matplotlib.pyplot as plt\nplt.plot([1])" }),
+        )
+        .await;
+    assert_eq!(out["displays"].as_array().map(Vec::len), Some(1), "{out}");
+    let out = api
+        .execute(
+            ALICE,
+            &id,
+            json!({ "code": "plt.switch_backend('agg')\nplt.figure()\nplt.plot([1, 2])\nlen(plt.get_fignums())" }),
+        )
+        .await;
+    assert_eq!(out["displays"], json!([]), "{out}");
+    assert_eq!(out["result"]["value"], 1);
+    let out = api
+        .execute(ALICE, &id, json!({ "code": "len(plt.get_fignums())" }))
+        .await;
+    assert_eq!(out["result"]["value"], 1, "kept open: {out}");
+
+    // A timeout while a slow-to-draw figure is open: the figure is closed, not drawn, so the
+    // code stops within the grace and the session keeps its namespace.
+    let id = api.new_session(ALICE).await;
+    let out = api
+        .execute(
+            ALICE,
+            &id,
+            json!({ "code": "import matplotlib.pyplot as plt\nimport numpy as np\nkept = 'yes'\n\
+                              fig, ax = plt.subplots()\nax.scatter(np.random.rand(300000), np.random.rand(300000))\n\
+                              while True: pass",
+                    "timeout": 2 }),
+        )
+        .await;
+    assert_eq!(out["error"]["exception_type"], "ExecutionTimeout", "{out}");
+    assert!(
+        !out["error"]["exception_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("killed"),
+        "{out}"
+    );
+    let out = api
+        .execute(ALICE, &id, json!({ "code": "kept, plt.get_fignums()" }))
+        .await;
+    assert_eq!(out["result"]["value"], json!(["yes", []]), "{out}");
+
+    // Notebook code: IPython's display and its HTML/Markdown objects, without an IPython
+    // shell, give display events (IPython alone would print their repr).
+    let out = api
+        .execute(
+            ALICE,
+            &id,
+            json!({ "code": "from IPython.display import display, HTML, Markdown\n\
+                              display(HTML('<b>bold</b>'))\ndisplay(Markdown('*it*'))" }),
+        )
+        .await;
+    let displays = out["displays"].as_array().cloned().unwrap_or_default();
+    assert_eq!(displays.len(), 2, "{out}");
+    assert_eq!(displays[0]["data"]["text/html"], "<b>bold</b>");
+    assert_eq!(displays[1]["data"]["text/markdown"], "*it*");
+}
+
+#[tokio::test]
+async fn the_repl_mode_shows_a_figure_value_once() {
+    let session = common::start_with(pyrepl3::SessionConfig {
+        python: common::rich_python(),
+        ..pyrepl3::SessionConfig::default()
+    })
+    .await;
+    let options = pyrepl3::ExecuteOptions {
+        mode: pyrepl3::CodeMode::Interactive,
+        ..pyrepl3::ExecuteOptions::default()
+    };
+    let out = common::guard(
+        session
+            .execute(
+                "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(); ax.plot([1, 2]); fig",
+                options,
+            )
+            .outcome(),
+    )
+    .await;
+    let pngs = out
+        .displays()
+        .filter(|d| d.data.contains_key("image/png"))
+        .count();
+    assert_eq!(pngs, 1, "{:?}", out.events.len());
+}

@@ -240,3 +240,114 @@ async fn the_interactive_mode_shows_a_rich_value_as_a_display() {
         out.events
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn displays_from_a_thread_keep_their_order_and_stay_with_their_execution() {
+    let session = start().await;
+    // The main thread and a thread display and print in turn, numbered under a lock, as fast
+    // as they can: every display in order, each followed by its own line, all before the
+    // result. (Frames a thread sent on another channel than the main thread's were read out
+    // of order, and some after the result: lost, their lines given to the next execution.)
+    let out = run(
+        &session,
+        "import threading, itertools\nlock = threading.Lock()\ncount = itertools.count()\n\
+         def shown():\n    with lock:\n        n = next(count)\n        display(n)\n        print('p%d' % n)\n\
+         stop = False\ndef work():\n    while not stop:\n        shown()\n\
+         t = threading.Thread(target=work)\nt.start()\nfor _ in range(3000):\n    shown()\n\
+         stop = True\nt.join()\nnext(count)",
+    )
+    .await;
+    let Some(total) = out.repr().and_then(|r| r.parse::<usize>().ok()) else {
+        panic!("{:?}", out.terminal)
+    };
+    let mut expected = 0;
+    let mut awaiting_print = false;
+    for event in &out.events {
+        match event {
+            Event::Display(d) => {
+                assert!(
+                    !awaiting_print,
+                    "display {expected} came before the line of the last"
+                );
+                assert_eq!(text(d, "text/plain"), expected.to_string());
+                awaiting_print = true;
+            }
+            Event::Output { data, .. } => {
+                for line in data.lines() {
+                    assert!(awaiting_print, "line {line:?} before its display");
+                    assert_eq!(line, format!("p{expected}"));
+                    expected += 1;
+                    awaiting_print = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(expected, total, "every display and line arrived");
+    // Nothing of it is left for the next execution.
+    let next = run(&session, "print('next')").await;
+    assert_eq!(next.stdout, "next\n");
+    assert_eq!(next.displays().count(), 0);
+}
+
+#[tokio::test]
+async fn rich_formats_json_cannot_carry_or_too_large_for_a_frame_are_left_out_not_fatal() {
+    let session = start().await;
+    // A _repr_json_ with NaN: that format is left out (said), the result stands.
+    let out = run(
+        &session,
+        "class J:\n    def __repr__(self): return 'J()'\n    def _repr_json_(self): return {'a': float('nan')}\n\
+         \x20   def _repr_html_(self): return '<i>j</i>'\nJ()",
+    )
+    .await;
+    let Event::Result {
+        bundle: Some(bundle),
+        ..
+    } = &out.terminal
+    else {
+        panic!("{:?}", out.terminal)
+    };
+    assert!(!bundle.data.contains_key("application/json"), "{bundle:?}");
+    assert_eq!(bundle.data["text/html"], "<i>j</i>");
+    assert!(out.stderr.contains("application/json"), "{}", out.stderr);
+    // A result bundle over a frame: left out, the repr stays, the session lives on.
+    let out = run(
+        &session,
+        "class A:\n    def __repr__(self): return 'A()'\n    def _repr_html_(self): return 'x' * (20 << 20)\nA()",
+    )
+    .await;
+    assert!(
+        matches!(&out.terminal, Event::Result { bundle: None, repr: Some(r), .. } if r == "A()"),
+        "{:?}",
+        out.terminal
+    );
+    // Text whose UTF-8 is over a frame though its characters are not.
+    let out = run(
+        &session,
+        "class U:\n    def _repr_html_(self): return '\u{e9}' * (10 << 20)\ndisplay(U())\n'alive'",
+    )
+    .await;
+    assert_eq!(out.repr(), Some("'alive'"), "{:?}", out.terminal);
+    let [display] = out.displays().collect::<Vec<_>>()[..] else {
+        panic!("{:?}", out.events)
+    };
+    assert!(
+        text(display, "text/plain").contains("left out"),
+        "{display:?}"
+    );
+    // The repr of a rich result is computed once.
+    let out = run(
+        &session,
+        "calls = []\nclass R:\n    def __repr__(self):\n        calls.append(1)\n        return 'R()'\n\
+         \x20   def _repr_html_(self): return '<b>r</b>'\nR()",
+    )
+    .await;
+    assert!(matches!(
+        &out.terminal,
+        Event::Result {
+            bundle: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(run(&session, "len(calls)").await.repr(), Some("1"));
+}

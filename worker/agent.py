@@ -245,9 +245,12 @@ class Agent:
         return "w%d-%d" % (self._pid, next(self._ids))
 
     def send(self, msg, ordered=False):
-        """Send one frame. An ordered one (input, result, error) is preceded by the marker on
-        both pipes (protocol.md); the host pairs the k-th marker with the k-th ordered frame,
-        so a marker and its frame go out as one unit: never one without the other."""
+        """Send one frame. An ordered one (input, display, result, error) is preceded by the
+        marker on both pipes (protocol.md); the host pairs the k-th marker with the k-th
+        ordered frame, so a marker and its frame go out as one unit: never one without the
+        other, and always on the exec channel, whichever thread sends (frames of two channels
+        could be read in another order than written). Returns False for a display whose
+        execution ended before it could go out (the caller prints its text instead)."""
         msg.setdefault("id", self._new_id())
         if ordered:
             self._flush_output()  # still interruptible: nothing is on the wire yet
@@ -261,22 +264,30 @@ class Agent:
             msg = {k: _clip(v, 1 << 16) if isinstance(v, str) else v for k, v in msg.items()}
             if "value" in msg:
                 msg["value"] = None
+            msg.pop("metadata", None)  # a bundle is never cut: it is left out
+            if msg.pop("data", None) is not None and msg["type"] == "display":
+                msg["data"] = {"text/plain": "[pyrepl3: a display too large for a frame was "
+                                             "left out]"}
             data = _encode(msg).encode("utf-8", "replace")
         frame = len(data).to_bytes(4, "big") + data
+        sent = True
         on_main = _thread.get_ident() == self._main_ident
-        sock = self._exec if on_main else self._control
+        sock = self._exec if on_main or ordered else self._control
         if on_main:  # defer KeyboardInterrupt: no half frame, no marker without its frame
             self._main_sending = True
         try:
             if ordered:
                 with self._ordered_lock:  # pairs markers and frames across threads
-                    for fd in self._marker_fds if marked else ():
+                    # A display from another thread whose execution ended meanwhile.
+                    sent = msg["type"] != "display" or msg["execution_id"] == self._running_id
+                    for fd in self._marker_fds if marked and sent else ():
                         try:
                             _write_all(fd, self._marker)
                         except OSError:
                             pass  # the host stopped reading that pipe; it notices by itself
-                    with self._send_lock:
-                        _write_all(sock, frame)
+                    if sent:
+                        with self._send_lock:
+                            _write_all(sock, frame)
             else:
                 with self._send_lock:
                     _write_all(sock, frame)
@@ -287,6 +298,7 @@ class Agent:
             reason, self._interrupt_deferred = self._interrupt_deferred, False
             if self._running_id is not None:
                 raise KeyboardInterrupt(reason) if isinstance(reason, str) else KeyboardInterrupt
+        return sent
 
     def _pipes_drained(self):
         if _ioctl is None:
@@ -735,7 +747,7 @@ class Agent:
                 text = shown = bundle = None
                 if value is not None:  # repr and value computed here so a cancel ends them
                     text, shown = _clip(repr(value)), _plain_json(value)
-                    bundle = _result_bundle(value, figures)
+                    bundle = _result_bundle(value, figures, text)
                     self._remember_result(value)
             finally:
                 if mode == "script":  # the end of `python -c`: threads joined, atexit run
@@ -743,9 +755,10 @@ class Agent:
             self._running_id = None
             return ("result", text, shown, bundle)
         except BaseException as exc:
-            if not compiling and _inline_backend_loaded:
-                try:  # what the cell drew before it failed is shown, as in Jupyter
-                    _figures_at_the_end()
+            if not compiling:
+                try:  # what the cell drew before it failed is shown, as in Jupyter; after
+                    # a cancel or timeout only closed: rendering could outlast the grace
+                    _figures_at_the_end(render=not isinstance(exc, KeyboardInterrupt))
                 except BaseException:
                     pass  # the cell's own error is the one to report
             self._running_id = None
@@ -784,6 +797,7 @@ class Agent:
             sys.stdout.write(repr(value) + "\n")
         else:  # a rich value (a DataFrame, a figure): a display, whose text a terminal shows
             _send_display(*bundle)
+            _close_figure(value)  # shown: not again at the end of the execution
         self._remember_result(value)
 
     def _remember_result(self, value):

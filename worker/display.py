@@ -76,10 +76,11 @@ def _figure_png(fig):
     return buffer.getvalue()
 
 
-def _mime_bundle(obj, include=None, exclude=None):
-    """(data, metadata) of `obj`: `text/plain` (its repr) always, plus every format its
-    `_repr_mimebundle_` and `_repr_*_` methods give (a method that fails or returns None is
-    left out); a matplotlib figure as `image/png`."""
+def _mime_bundle(obj, include=None, exclude=None, text=None):
+    """(data, metadata) of `obj`: `text/plain` (its repr, or `text` when the caller has it)
+    always, plus every format its `_repr_mimebundle_` and `_repr_*_` methods give (a method
+    that fails or returns None, or a value JSON cannot carry, is left out); a matplotlib
+    figure as `image/png`."""
     data, metadata = {}, {}
     method = _repr_method(obj, "_repr_mimebundle_")
     if method is not None:
@@ -121,21 +122,50 @@ def _mime_bundle(obj, include=None, exclude=None):
         except Exception as exc:
             _format_failed(obj, "rendering", exc)
     if "text/plain" not in data:
-        data["text/plain"] = _clip(repr(obj))
+        data["text/plain"] = _clip(repr(obj)) if text is None else text
     if include is not None:
         data = {mime: value for mime, value in data.items() if mime in include}
     if exclude is not None:
         data = {mime: value for mime, value in data.items() if mime not in exclude}
+    return _json_safe(obj, data, metadata)
+
+
+def _json_safe(obj, data, metadata):
+    """The bundle without what the channel's JSON cannot carry (NaN, a set, an object in a
+    `_repr_json_`): that format is left out and said, as IPython does with a failing one."""
+    for mime in list(data):
+        try:
+            _encode(data[mime])
+        except (TypeError, ValueError) as exc:
+            _format_failed(obj, "the %s format" % mime, exc)
+            del data[mime]
+    try:
+        _encode(metadata)
+    except (TypeError, ValueError) as exc:
+        _format_failed(obj, "the metadata", exc)
+        metadata = {}
     return data, metadata
 
 
-def _result_bundle(value, shown):
+def _bundle_bytes(data, metadata):
+    """Bytes of the bundle in a frame (UTF-8: text may hold any character)."""
+    return (len(_encode(data).encode("utf-8", "replace"))
+            + len(_encode(metadata).encode("utf-8", "replace")))
+
+
+def _result_bundle(value, shown, text=None):
     """The bundle a result carries: None when the value has nothing beyond its repr (most
-    values: no lookup at all for builtin types), or when it is a figure already displayed."""
+    values: no lookup at all for builtin types), when it is a figure already displayed, or
+    when it is too large for a frame (the result keeps its repr; said on stderr)."""
     if type(value) in _PLAIN_TYPES or id(value) in shown:
         return None
-    data, metadata = _mime_bundle(value)
+    data, metadata = _mime_bundle(value, text=text)
     if len(data) == 1 and "text/plain" in data and not metadata:
+        return None
+    size = _bundle_bytes(data, metadata)
+    if size > DISPLAY_LIMIT:
+        sys.stderr.write("pyrepl3: the rich formats of the result (%d bytes) were left out: the "
+                         "limit is %d bytes\n" % (size, DISPLAY_LIMIT))
         return None
     return data, metadata
 
@@ -146,22 +176,19 @@ def _send_display(data, metadata, display_id=None, update=False):
     there is no execution to attach it to, or no channel of its own."""
     agent = _agent
     execution_id = agent._running_id if agent is not None else None
+    text = "%s\n" % data.get("text/plain", "")
     if execution_id is None or os.getpid() != agent._pid:
-        sys.stdout.write("%s\n" % data.get("text/plain", ""))
+        sys.stdout.write(text)
         return
     msg = {"type": "display", "execution_id": execution_id, "data": data,
            "metadata": metadata, "display_id": display_id, "update": update}
-    try:
-        size = len(_encode(data)) + len(_encode(metadata))
-    except (TypeError, ValueError) as exc:  # a _repr_json_ or metadata JSON cannot carry
-        msg["data"], msg["metadata"] = {"text/plain": data.get("text/plain", "")}, {}
-        _format_failed(data, "JSON encoding", exc)
-        size = 0
+    size = _bundle_bytes(data, metadata)
     if size > DISPLAY_LIMIT:
         msg["data"] = {"text/plain": "[pyrepl3: a display of %d bytes was left out: the limit "
                                      "is %d bytes]" % (size, DISPLAY_LIMIT)}
         msg["metadata"] = {}
-    agent.send(msg, ordered=True)
+    if not agent.send(msg, ordered=True):
+        sys.stdout.write(text)  # its execution ended meanwhile: shown with the next one
 
 
 class DisplayHandle:
@@ -196,11 +223,12 @@ def display(*objs, include=None, exclude=None, metadata=None, transient=None,
     for obj in objs:
         if raw:
             data = {str(k): _mime_value(str(k), v) for k, v in dict(obj).items()}
-            more = {}
+            data.setdefault("text/plain", "")
+            data, more = _json_safe(obj, data, {})
         else:
             data, more = _mime_bundle(obj, include, exclude)
         if metadata:
-            more = dict(more, **metadata)
+            more = _json_safe(obj, {}, dict(more, **metadata))[1]
         _send_display(data, more, display_id, update)
     if display_id is not None and not update:
         return DisplayHandle(display_id)
@@ -235,24 +263,55 @@ def _show_figures(*args, **kwargs):
     return shown
 
 
-def _figures_at_the_end():
-    """At the end of an execution: the figures left open, shown and closed (when the inline
-    backend is in use: a backend the user chose keeps its figures)."""
+def _inline_backend_in_use():
+    """Whether pyplot draws with the inline backend now (the user may have switched away)."""
     if not _inline_backend_loaded:
+        return False
+    matplotlib = sys.modules.get("matplotlib")
+    try:
+        return matplotlib.rcParams._get_backend_or_none() == "module://" + _INLINE_BACKEND
+    except Exception:
+        return False
+
+
+def _figures_at_the_end(render=True):
+    """At the end of an execution: the figures left open, shown and closed (when the inline
+    backend is in use: a backend the user chose keeps its figures). `render=False` (after a
+    cancel or timeout): only closed, as rendering could take longer than the grace."""
+    if not _inline_backend_in_use():
         return ()
-    return _show_figures()
+    if render:
+        return _show_figures()
+    helpers = sys.modules.get("matplotlib._pylab_helpers")
+    if helpers is not None:
+        helpers.Gcf.destroy_all()
+    return ()
 
 
-class _MatplotlibFinder:
-    """An entry of sys.meta_path that costs nothing until matplotlib is imported: then it
-    makes the agent's backend matplotlib's default (unless the user chose one with
-    MPLBACKEND, a matplotlibrc or `matplotlib.use`), and provides that backend's module."""
+def _close_figure(value):
+    """A figure shown as a value (the REPL): closed, so the end of the execution does not
+    show it again."""
+    helpers = sys.modules.get("matplotlib._pylab_helpers")
+    if helpers is not None and _is_figure(value) and _inline_backend_in_use():
+        try:
+            helpers.Gcf.destroy_fig(value)
+        except Exception:
+            pass
+
+
+class _AfterImport:
+    """An entry of sys.meta_path that costs one dict lookup per new import: after matplotlib
+    is imported it makes the agent's backend matplotlib's default (unless the user chose one
+    with MPLBACKEND, a matplotlibrc or `matplotlib.use`), and provides that backend's
+    module; after IPython's display functions are, it puts the agent's `display` in their
+    place (without an IPython shell they would print the object's repr)."""
 
     def find_spec(self, name, path=None, target=None):
         if name == _INLINE_BACKEND:
             import importlib.util
             return importlib.util.spec_from_loader(name, self)
-        if name != "matplotlib":
+        hook = _HOOKS.get(name)
+        if hook is None:
             return None
         for finder in sys.meta_path:  # the finder that would have found it, and its spec
             if finder is self or not hasattr(finder, "find_spec"):
@@ -269,7 +328,7 @@ class _MatplotlibFinder:
 
         def exec_module(module):
             run(module)
-            _matplotlib_imported(module)
+            hook(module)
         try:
             loader.exec_module = exec_module  # this spec's loader only
         except AttributeError:
@@ -298,8 +357,15 @@ def _matplotlib_imported(matplotlib):
         return  # the user's choice
     try:
         chosen = matplotlib.rcParams._get_backend_or_none()  # None: "auto", nobody chose
+    except AttributeError:  # matplotlib before 3.6
+        try:
+            from matplotlib import rcsetup
+            auto = dict.__getitem__(matplotlib.rcParams, "backend")
+            chosen = None if auto is rcsetup._auto_backend_sentinel else auto
+        except Exception:
+            return  # leave it as it is
     except Exception:
-        return  # an older matplotlib: leave it as it is
+        return
     if chosen is None:
         try:
             matplotlib.rcParams["backend"] = "module://" + _INLINE_BACKEND
@@ -307,10 +373,21 @@ def _matplotlib_imported(matplotlib):
             _format_failed(matplotlib, "choosing the inline backend", exc)
 
 
+def _ipython_display_imported(module):
+    for name, ours in (("display", display), ("update_display", update_display)):
+        if hasattr(module, name):
+            setattr(module, name, ours)
+
+
+_HOOKS = {"matplotlib": _matplotlib_imported,
+          "IPython.core.display_functions": _ipython_display_imported,  # IPython >= 7.23
+          "IPython.core.display": _ipython_display_imported}
+
+
 def _install_display():
     """`display` and `update_display` in builtins (as IPython makes them available without an
-    import), and the matplotlib hook."""
+    import), and the hooks on matplotlib's and IPython's imports."""
     builtins.display = display
     builtins.update_display = update_display
-    if not any(isinstance(f, _MatplotlibFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _MatplotlibFinder())
+    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())

@@ -67,10 +67,25 @@ impl DisplayFiles {
                 .map_err(|e| format!("not base64: {e}"))?
         };
         let dir = self.dir()?;
-        self.saved += 1;
-        let path = dir.join(format!("display-{}.{extension}", self.saved));
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(path)
+        // The next free number: a directory used before keeps its files.
+        loop {
+            self.saved += 1;
+            let path = dir.join(format!("display-{}.{extension}", self.saved));
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            match file {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    file.write_all(&bytes)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    return Ok(path);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
     }
 
     fn dir(&mut self) -> Result<PathBuf, String> {
@@ -120,6 +135,11 @@ mod tests {
         );
         assert_eq!(std::fs::read(&png).unwrap(), b"\x89PNG\r\n\x1a\n");
         assert_eq!(files.saved_in(), Some(tmp.path().join("out").as_path()));
+        // A directory used before: the files there are kept, the next number is taken.
+        let mut again = DisplayFiles::new(Some(tmp.path().join("out")));
+        let shown = again.render(&data, true);
+        assert!(shown.contains("display-2.png"), "{shown}");
+        assert_eq!(std::fs::read(&png).unwrap(), b"\x89PNG\r\n\x1a\n");
         // Bad base64 is said, not a panic; the text is left to the caller.
         data.insert("image/png".into(), "%%%".into());
         let shown = files.render(&data, true);
