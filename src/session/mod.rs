@@ -9,13 +9,16 @@
 //! - `output.rs`: decoding of pipe bytes (markers, UTF-8);
 //! - `sink.rs`: one execution's bounded way to its consumer;
 //! - `requests.rs`: the commands and the worker-request table;
-//! - `exit.rs`: what a worker's exit means for the running execution.
+//! - `exit.rs`: what a worker's exit means for the running execution;
+//! - `files/`: [`SessionFiles`], the session's working directory read and written from the
+//!   host.
 
 mod actor;
 mod checkpoint;
 mod core;
 mod display;
 mod exit;
+pub mod files;
 mod live_worker;
 mod ordering;
 mod output;
@@ -47,6 +50,7 @@ pub use checkpoint::{
     Checkpoint, NotSaved, RestoreReport, DEFAULT_CHECKPOINT_TIMEOUT, MAX_CHECKPOINT_BYTES,
 };
 pub use display::{Bundle, Display, MimeBundle, DEFAULT_MAX_DISPLAY_BYTES};
+pub use files::{FileLimits, FilesError, SessionFiles};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
 
@@ -410,6 +414,7 @@ struct Handle {
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<SessionState>,
     executions: Arc<AtomicU64>,
+    files: SessionFiles,
 }
 
 /// Where a session lives in the shutdown tree: cancelling `token` makes the session shut down
@@ -435,7 +440,7 @@ impl Session {
 
     /// Like [`Session::start`], inside an owner's shutdown tree (see [`Scope`]).
     pub async fn start_in(config: SessionConfig, scope: Scope) -> Result<Session, Error> {
-        let (commands, state, executions, ready) = actor::spawn(config, scope).await?;
+        let (commands, state, executions, ready, cwd) = actor::spawn(config, scope).await?;
         let id = ready.await.map_err(|_| Error::SessionClosed)??;
         Ok(Session {
             inner: Arc::new(Handle {
@@ -443,8 +448,16 @@ impl Session {
                 commands,
                 state,
                 executions,
+                files: SessionFiles::new(cwd),
             }),
         })
+    }
+
+    /// The files of the session's working directory (the same across restarts of its
+    /// worker; a directory the session made is removed when it ends), with the default
+    /// [`FileLimits`]: see [`SessionFiles`].
+    pub fn files(&self) -> &SessionFiles {
+        &self.inner.files
     }
 
     /// Executions that have ended so far (a cheap read, no round trip).
