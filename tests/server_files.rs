@@ -218,6 +218,15 @@ async fn code_sees_uploads_and_its_own_files_can_be_downloaded_listed_and_delete
         get_bytes(&api, &id, "out/result.txt").await,
         (StatusCode::OK, b"done".to_vec())
     );
+    // A restart of the session's worker keeps its directory.
+    let (status, _) = api
+        .post(&format!("/v1/sessions/{id}/restart"), ALICE, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        run(&api, &id, "open('out/result.txt').read()").await,
+        "done"
+    );
     // Replacing answers 200.
     let (status, _) = put(&api, ALICE, &id, "out/result.txt", "again").await;
     assert_eq!(status, StatusCode::OK);
@@ -295,7 +304,10 @@ async fn code_sees_uploads_and_its_own_files_can_be_downloaded_listed_and_delete
     );
     let (status, _) = delete("out?recursive=true").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(run(&api, &id, "sorted(os.listdir('.'))").await, json!([]));
+    assert_eq!(
+        run(&api, &id, "import os\nsorted(os.listdir('.'))").await,
+        json!([])
+    );
     api.handle.shutdown().await.unwrap();
 }
 
@@ -556,6 +568,14 @@ async fn another_tenants_session_files_are_not_found() {
         run(&api, &id, "import os\nos.listdir('.')").await,
         json!(["mine.txt"])
     );
+    // The OpenAPI document describes the routes.
+    let (_, openapi) = api.get("/openapi.json", ALICE).await;
+    let routes = &openapi["paths"]["/v1/sessions/{id}/files/{path}"];
+    for method in ["put", "get", "delete"] {
+        assert!(routes[method].is_object(), "{method}: {routes}");
+    }
+    assert!(openapi["paths"]["/v1/sessions/{id}/files"]["get"].is_object());
+    assert!(openapi["components"]["schemas"]["FileListing"].is_object());
     api.handle.shutdown().await.unwrap();
 }
 
