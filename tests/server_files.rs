@@ -650,3 +650,37 @@ async fn under_the_sandbox_uploads_belong_to_the_session_and_planted_symlinks_le
     );
     stop_server(server).await;
 }
+
+#[test]
+fn the_files_section_of_the_config_file_sets_the_limits_and_is_checked() {
+    use pyrepl3::server::{Overrides, ServerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.toml");
+    let load = |toml: &str| {
+        std::fs::write(&path, toml).unwrap();
+        ServerConfig::load(Some(&path), &Overrides::default()).map(|(config, _)| config)
+    };
+    let config = load("[files]\nmax_file_bytes = 1000\nmax_list_entries = 5\n").unwrap();
+    let files = config.service_config().bounds.files;
+    assert_eq!(
+        (
+            files.max_file_bytes,
+            files.max_session_bytes,
+            files.max_list_entries
+        ),
+        (1000, 1 << 30, 5),
+        "unset keys keep their defaults"
+    );
+    let defaults = load("").unwrap().files;
+    assert_eq!(
+        (defaults.max_file_bytes, defaults.max_session_bytes),
+        (256 << 20, 1 << 30)
+    );
+    for bad in [
+        "[files]\nmax_file_bytes = 0\n",
+        "[files]\nmax_list_entries = 0\n",
+        "[files]\nmax_files = 3\n",
+    ] {
+        assert!(load(bad).is_err(), "{bad}");
+    }
+}
