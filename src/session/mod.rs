@@ -10,8 +10,7 @@
 //! - `sink.rs`: one execution's bounded way to its consumer;
 //! - `requests.rs`: the commands and the worker-request table;
 //! - `exit.rs`: what a worker's exit means for the running execution;
-//! - `files/`: [`SessionFiles`], the session's working directory read and written from the
-//!   host.
+//! - `files/`: [`SessionFiles`] (`Session::files`), the session's directory from the host.
 
 mod actor;
 mod checkpoint;
@@ -451,13 +450,6 @@ impl Session {
                 files: SessionFiles::new(cwd),
             }),
         })
-    }
-
-    /// The files of the session's working directory (the same across restarts of its
-    /// worker; a directory the session made is removed when it ends), with the default
-    /// [`FileLimits`]: see [`SessionFiles`].
-    pub fn files(&self) -> &SessionFiles {
-        &self.inner.files
     }
 
     /// Executions that have ended so far (a cheap read, no round trip).

@@ -437,6 +437,15 @@ impl SessionFiles {
     }
 }
 
+impl super::Session {
+    /// The files of the session's working directory (the same across restarts of its
+    /// worker; a directory the session made is removed when it ends), with the default
+    /// [`FileLimits`]: see [`SessionFiles`].
+    pub fn files(&self) -> &SessionFiles {
+        &self.inner.files
+    }
+}
+
 /// Runs `f` on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FilesError> + Send + 'static,
