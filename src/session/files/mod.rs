@@ -202,13 +202,6 @@ impl SessionFiles {
             done: false,
             inline: false,
         };
-        let session_used = |written_extra: u64| {
-            self.inner
-                .ledger
-                .used_since(prepared.measure)
-                .saturating_sub(prepared.old_size)
-                .saturating_add(written_extra)
-        };
         let full = |used: u64| FilesError::SessionFull {
             path: rel.to_string(),
             limit: limits.max_session_bytes,
@@ -217,7 +210,11 @@ impl SessionFiles {
         let mut file = tokio::fs::File::from_std(prepared.file);
         let streamed = async {
             if let Some(hint) = size_hint {
-                let used = session_used(hint);
+                let used = self
+                    .inner
+                    .ledger
+                    .used_since(prepared.measure, prepared.old_size)
+                    .saturating_add(hint);
                 if used > limits.max_session_bytes {
                     return Err(full(used));
                 }
@@ -241,11 +238,16 @@ impl SessionFiles {
                         size: None,
                     });
                 }
-                upload.add(n as u64);
-                let used = session_used(0);
-                if used > limits.max_session_bytes {
-                    return Err(full(used));
-                }
+                self.inner
+                    .ledger
+                    .try_add_in_flight(
+                        n as u64,
+                        prepared.measure,
+                        prepared.old_size,
+                        limits.max_session_bytes,
+                    )
+                    .map_err(full)?;
+                upload.written += n as u64;
                 file.write_all(&buf[..n])
                     .await
                     .map_err(io_error(&rel, "writing the file"))?;
@@ -603,11 +605,6 @@ impl Upload {
     /// Removes the temporary file now. Blocking.
     fn discard(mut self) {
         self.inline = true;
-    }
-
-    fn add(&mut self, n: u64) {
-        self.written += n;
-        self.inner.ledger.add_in_flight(n);
     }
 
     /// Renames the temporary file over `name` (`shown` in errors); whether something was

@@ -222,3 +222,45 @@ async fn listing_is_sorted_typed_and_bounded_and_removal_follows_the_kind() {
         FilesError::NotFound { .. }
     ));
 }
+
+#[tokio::test]
+async fn writes_under_way_count_together_against_the_session_limit() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let files = files_in(&dir).with_limits(FileLimits {
+        max_file_bytes: 1000,
+        max_session_bytes: 1000,
+        max_list_entries: 10,
+    });
+    // The first write takes 600 bytes and waits for more: once the duplex has room for the
+    // next byte, the writer (on this same thread) has read and counted them.
+    let (mut feed, source) = tokio::io::duplex(600);
+    let first = tokio::spawn({
+        let files = files.clone();
+        async move { files.write("first", source, None).await }
+    });
+    feed.write_all(&[1; 600]).await.unwrap();
+    feed.write_all(&[1]).await.unwrap();
+    let refused = files
+        .write("second", &[2u8; 600][..], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, FilesError::SessionFull { .. }),
+        "{refused:?}"
+    );
+    drop(feed);
+    let written = first.await.unwrap().unwrap();
+    assert_eq!(written.size, 601);
+    // Finished, it counts as a file of the directory: 399 more fit, 400 do not.
+    files.write("third", &[3u8; 399][..], None).await.unwrap();
+    let refused = files
+        .write("fourth", &[4u8; 1][..], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, FilesError::SessionFull { used: 1001, .. }),
+        "{refused:?}"
+    );
+    assert_eq!(names(dir.path()), ["first", "third"]);
+}

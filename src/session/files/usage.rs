@@ -47,8 +47,45 @@ impl Ledger {
     }
 
     /// The directory's bytes now, as far as writes through this ledger tell: the walk, the
-    /// writes finished since, and those under way.
-    pub(super) fn used_since(&self, measure: Measure) -> u64 {
+    /// writes finished since, and those under way; less `credit` (the bytes of a file being
+    /// replaced, which stop counting).
+    pub(super) fn used_since(&self, measure: Measure, credit: u64) -> u64 {
+        self.total(measure, self.in_flight.load(Ordering::SeqCst))
+            .saturating_sub(credit)
+    }
+
+    /// Counts `n` more bytes under way if the directory stays within `limit` with them (as
+    /// in [`Ledger::used_since`]); else what it would have come to, and nothing is counted,
+    /// so a refused write never makes another one fail. One atomic step: two writes cannot
+    /// both pass on the same room.
+    pub(super) fn try_add_in_flight(
+        &self,
+        n: u64,
+        measure: Measure,
+        credit: u64,
+        limit: u64,
+    ) -> Result<(), u64> {
+        let mut refused = 0;
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |in_flight| {
+                let used = self
+                    .total(measure, in_flight.saturating_add(n))
+                    .saturating_sub(credit);
+                if used <= limit {
+                    Some(in_flight + n)
+                } else {
+                    refused = used;
+                    None
+                }
+            })
+            .map(|_| ())
+            .map_err(|_| refused)
+    }
+
+    /// The walk, the writes finished since, and `in_flight`. `finished` is read after
+    /// `in_flight` was, and a write that finishes adds to `finished` before it leaves
+    /// `in_flight`: a write finishing meanwhile is counted once or twice, never missed.
+    fn total(&self, measure: Measure, in_flight: u64) -> u64 {
         let finished = self
             .finished
             .load(Ordering::SeqCst)
@@ -56,11 +93,7 @@ impl Ledger {
         measure
             .bytes
             .saturating_add(finished)
-            .saturating_add(self.in_flight.load(Ordering::SeqCst))
-    }
-
-    pub(super) fn add_in_flight(&self, n: u64) {
-        self.in_flight.fetch_add(n, Ordering::SeqCst);
+            .saturating_add(in_flight)
     }
 
     pub(super) fn remove_in_flight(&self, n: u64) {
