@@ -18,7 +18,9 @@
 //!   by clients, executions and their event logs, culling, shutdown; [`service::ClientEvent`].
 //! - [`pool`]: [`SessionPool`], warm sessions with demand-driven warmup and health.
 //! - [`session`]: [`Session`], its actor (all of a session's I/O) and core (its state
-//!   machine, without I/O).
+//!   machine, without I/O); [`SessionFiles`] (`Session::files`): the session's working
+//!   directory read, written, listed and cleaned from the host, every path resolved beneath
+//!   it by the kernel.
 //! - [`protocol`]: the host⇄worker messages and their framing.
 //! - `worker` (private): worker processes — spawn, pidfd, signals, reaping, /proc.
 //! - [`ratelimit`]: token buckets with computed wake-ups.
@@ -48,7 +50,8 @@ pub use error::Error;
 pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
     Bundle, CancelOutcome, Checkpoint, CodeMode, Completeness, Display, Event, ExecuteOptions,
-    Execution, ExecutionOutcome, MimeBundle, NotSaved, RestoreReport, Session, SessionConfig,
-    SessionInfo, SessionState, TransactionOutcome, TransactionPolicy,
+    Execution, ExecutionOutcome, FileLimits, FilesError, MimeBundle, NotSaved, RestoreReport,
+    Session, SessionConfig, SessionFiles, SessionInfo, SessionState, TransactionOutcome,
+    TransactionPolicy,
 };
 pub use worker::{Network, ResourceLimits, SandboxConfig};

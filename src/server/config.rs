@@ -136,6 +136,9 @@ pub struct ServerConfig {
     /// the timeout.
     pub ws_ping_interval_secs: f64,
     pub ws_pong_timeout_secs: f64,
+    /// `[files]`: the size of files uploaded to a session (per file, and all of a
+    /// session's directory) and of a listing (docs/api.md, "Files").
+    pub files: crate::session::FileLimits,
 }
 
 impl Default for ServerConfig {
@@ -162,6 +165,7 @@ impl Default for ServerConfig {
             ws_send_queue: Bounds::default().ws_send_queue,
             ws_ping_interval_secs: Bounds::default().ws_ping_interval.as_secs_f64(),
             ws_pong_timeout_secs: Bounds::default().ws_pong_timeout.as_secs_f64(),
+            files: crate::session::FileLimits::default(),
         }
     }
 }
@@ -324,6 +328,14 @@ impl ServerConfig {
                     .into(),
             ));
         }
+        let files = &self.files;
+        if files.max_file_bytes == 0 || files.max_session_bytes == 0 || files.max_list_entries == 0
+        {
+            return Err(Error::InvalidConfig(
+                "files.max_file_bytes, files.max_session_bytes and files.max_list_entries must be above 0"
+                    .into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut names = std::collections::HashSet::new();
         for t in &self.tenants {
@@ -416,6 +428,7 @@ impl ServerConfig {
                 ws_send_queue: self.ws_send_queue,
                 ws_ping_interval: secs(self.ws_ping_interval_secs),
                 ws_pong_timeout: secs(self.ws_pong_timeout_secs),
+                files: self.files,
             },
         }
     }

@@ -83,6 +83,7 @@ pub(crate) fn status_and_code(e: &ServiceError) -> (StatusCode, &'static str) {
         E::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         E::NoSessionAvailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_session_available"),
+        E::Files { source, .. } => super::files::status_and_code(source),
         E::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
@@ -179,6 +180,7 @@ pub(crate) fn router(service: Service, max_body: usize) -> Router {
         )
         .route("/v1/sessions/{id}/ws", get(super::ws::upgrade))
         .merge(super::checkpoints::routes())
+        .merge(super::files::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

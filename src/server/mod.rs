@@ -3,12 +3,14 @@
 //! public handle. Routes, extractors and the translation between HTTP and the service are in
 //! `http.rs`; the WebSocket loop and its frames in `ws/`; the accept loop, socket options
 //! and connection limits in `listener.rs`; the access log and request ids in
-//! `access_log.rs`.
+//! `access_log.rs`; the checkpoint routes in `checkpoints.rs`, the files routes in
+//! `files.rs`.
 
 mod access_log;
 mod checkpoints;
 mod collect;
 pub mod config;
+mod files;
 mod http;
 mod listener;
 mod ws;

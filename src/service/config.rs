@@ -147,6 +147,8 @@ pub struct Bounds {
     pub ws_ping_interval: Duration,
     /// ... and is disconnected (a dead peer) if no pong (or any frame) comes this soon.
     pub ws_pong_timeout: Duration,
+    /// The size of files uploaded to a session, and of a listing of its files.
+    pub files: crate::session::FileLimits,
 }
 
 impl Default for Bounds {
@@ -159,6 +161,7 @@ impl Default for Bounds {
             ws_send_queue: 256,
             ws_ping_interval: Duration::from_secs(15),
             ws_pong_timeout: Duration::from_secs(10),
+            files: crate::session::FileLimits::default(),
         }
     }
 }

@@ -96,6 +96,13 @@ pub enum ServiceError {
     /// The pool had no session to give in time, or is closed.
     #[error("{source}")]
     NoSessionAvailable { source: Error },
+    /// A file operation in the session's directory was refused or failed (docs/api.md,
+    /// "Files"): the path, the size limits, the kind of entry.
+    #[error("{source}")]
+    Files {
+        session_id: String,
+        source: crate::session::FilesError,
+    },
     /// Anything else (e.g. a worker that could not be started).
     #[error("{source}")]
     Internal {

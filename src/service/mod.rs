@@ -11,7 +11,8 @@
 //! Sessions and their registry are in `sessions.rs`, executions (execute, input, cancel,
 //! interrupt, readers) in `executions.rs`, the per-execution event log in `execlog.rs`, the
 //! client event type in `event.rs`, errors in `error.rs`, counters in `metrics.rs`, the
-//! retention budget of finished logs in `retention.rs`.
+//! retention budget of finished logs in `retention.rs`, the session's files (upload,
+//! download, list, delete) in `files.rs`.
 
 mod checkpoints;
 mod config;
@@ -19,6 +20,7 @@ mod error;
 mod event;
 mod execlog;
 mod executions;
+mod files;
 pub use checkpoints::MAX_CHECKPOINT_BYTES;
 mod metrics;
 mod persistence;

@@ -9,13 +9,15 @@
 //! - `output.rs`: decoding of pipe bytes (markers, UTF-8);
 //! - `sink.rs`: one execution's bounded way to its consumer;
 //! - `requests.rs`: the commands and the worker-request table;
-//! - `exit.rs`: what a worker's exit means for the running execution.
+//! - `exit.rs`: what a worker's exit means for the running execution;
+//! - `files/`: [`SessionFiles`] (`Session::files`), the session's directory from the host.
 
 mod actor;
 mod checkpoint;
 mod core;
 mod display;
 mod exit;
+pub mod files;
 mod live_worker;
 mod ordering;
 mod output;
@@ -47,6 +49,7 @@ pub use checkpoint::{
     Checkpoint, NotSaved, RestoreReport, DEFAULT_CHECKPOINT_TIMEOUT, MAX_CHECKPOINT_BYTES,
 };
 pub use display::{Bundle, Display, MimeBundle, DEFAULT_MAX_DISPLAY_BYTES};
+pub use files::{FileLimits, FilesError, SessionFiles};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
 
@@ -410,6 +413,7 @@ struct Handle {
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<SessionState>,
     executions: Arc<AtomicU64>,
+    files: SessionFiles,
 }
 
 /// Where a session lives in the shutdown tree: cancelling `token` makes the session shut down
@@ -435,7 +439,7 @@ impl Session {
 
     /// Like [`Session::start`], inside an owner's shutdown tree (see [`Scope`]).
     pub async fn start_in(config: SessionConfig, scope: Scope) -> Result<Session, Error> {
-        let (commands, state, executions, ready) = actor::spawn(config, scope).await?;
+        let (commands, state, executions, ready, cwd) = actor::spawn(config, scope).await?;
         let id = ready.await.map_err(|_| Error::SessionClosed)??;
         Ok(Session {
             inner: Arc::new(Handle {
@@ -443,6 +447,7 @@ impl Session {
                 commands,
                 state,
                 executions,
+                files: SessionFiles::new(cwd),
             }),
         })
     }

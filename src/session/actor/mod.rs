@@ -47,6 +47,7 @@ pub(crate) async fn spawn(
         watch::Receiver<SessionState>,
         Arc<AtomicU64>,
         ReadyReply,
+        std::path::PathBuf,
     ),
     Error,
 > {
@@ -123,6 +124,7 @@ pub(crate) async fn spawn(
         marker_token: String::new(),
     };
     let max_frame_len = config.max_frame_len;
+    let workdir_path = cwd.clone();
     let core = Core::new(
         id.clone(),
         config,
@@ -162,7 +164,7 @@ pub(crate) async fn spawn(
     // The first worker starts now, so that a spawn error is the caller's error.
     actor.apply_effects().await;
     scope.tracker.spawn(actor.run());
-    Ok((commands_tx, state_rx, executions, ready_rx))
+    Ok((commands_tx, state_rx, executions, ready_rx, workdir_path))
 }
 
 /// What woke the actor.
