@@ -48,7 +48,7 @@ pub use error::Error;
 pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
     CancelOutcome, Checkpoint, CodeMode, Completeness, Event, ExecuteOptions, Execution,
-    ExecutionOutcome, NotSaved, RestoreReport, Session, SessionConfig, SessionInfo, SessionState,
-    TransactionOutcome, TransactionPolicy,
+    ExecutionOutcome, NotSaved, RestoreReport, Session, SessionConfig, SessionEnvironment,
+    SessionInfo, SessionState, TransactionOutcome, TransactionPolicy,
 };
 pub use worker::{Network, ResourceLimits, SandboxConfig};

@@ -202,9 +202,10 @@ impl Service {
         &self,
         caller: &Caller,
         cid: &str,
+        environment: crate::session::SessionEnvironment,
     ) -> Result<(super::SessionSummary, RestoreReport), ServiceError> {
         let (_, data) = self.checkpoint(caller, cid).await?;
-        let summary = self.create_session(caller).await?;
+        let summary = self.create_session_with(caller, environment).await?;
         let restored = match self.session(caller, &summary.id) {
             Ok(handle) => restore_into(&handle, caller, &data, true).await,
             Err(e) => Err(e),

@@ -14,6 +14,7 @@
 mod actor;
 mod checkpoint;
 mod core;
+mod environment;
 mod exit;
 mod live_worker;
 mod ordering;
@@ -45,6 +46,7 @@ use requests::{Command, WorkerRequest};
 pub use checkpoint::{
     Checkpoint, NotSaved, RestoreReport, DEFAULT_CHECKPOINT_TIMEOUT, MAX_CHECKPOINT_BYTES,
 };
+pub use environment::{SessionEnvironment, PACKAGES_SUBDIR, REFUSED_NAMES};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
 
@@ -390,6 +392,8 @@ struct Handle {
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<SessionState>,
     executions: Arc<AtomicU64>,
+    /// The session's own directory: its configured `cwd`, or the one made for it.
+    directory: PathBuf,
 }
 
 /// Where a session lives in the shutdown tree: cancelling `token` makes the session shut down
@@ -415,7 +419,8 @@ impl Session {
 
     /// Like [`Session::start`], inside an owner's shutdown tree (see [`Scope`]).
     pub async fn start_in(config: SessionConfig, scope: Scope) -> Result<Session, Error> {
-        let (commands, state, executions, ready) = actor::spawn(config, scope).await?;
+        environment::check_config_env(&config.env)?;
+        let (commands, state, executions, ready, directory) = actor::spawn(config, scope).await?;
         let id = ready.await.map_err(|_| Error::SessionClosed)??;
         Ok(Session {
             inner: Arc::new(Handle {
@@ -423,6 +428,7 @@ impl Session {
                 commands,
                 state,
                 executions,
+                directory,
             }),
         })
     }
@@ -531,6 +537,12 @@ impl Session {
 
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The session's own directory: its configured `cwd`, or the one made for it (removed
+    /// with the session). A `cwd` given to [`Session::set_environment`] is inside it.
+    pub fn directory(&self) -> &std::path::Path {
+        &self.inner.directory
     }
 
     pub fn state(&self) -> SessionState {
