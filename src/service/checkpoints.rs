@@ -43,6 +43,7 @@ impl Service {
             size: checkpoint.data.len() as u64,
             saved: checkpoint.saved,
             skipped: checkpoint.skipped,
+            packages: checkpoint.packages,
         };
         self.put(caller, &store, record, checkpoint.data).await
     }
@@ -74,6 +75,7 @@ impl Service {
             size: data.len() as u64,
             saved: Vec::new(),
             skipped: Vec::new(),
+            packages: Vec::new(),
         };
         self.put(caller, &store, record, data).await
     }
