@@ -37,7 +37,8 @@ def _magics_transform(source):
     if lines and lines[0].lstrip().startswith("%%"):
         head = lines[0].strip()[2:]
         body = "".join(lines[1:])
-        call = "%s(%r, %r, %r)\n" % (_MAGIC_CALL, "%%", head, body)
+        call = "%s(%r, %r, %r)" % (_MAGIC_CALL, "%%", head, body)
+        _install_magic_call()
         return call + "\n" * (len(lines) - 1)
     out, changed = [], False
     depth, quote, continued = 0, None, False
@@ -55,8 +56,10 @@ def _magics_transform(source):
                 kind, text = "!", text[2:] if text.startswith("!!") else text[1:]
             else:
                 kind, text = "%", text[1:]
-            out.append("%s%s(%r, %r)\n" % (indent, _MAGIC_CALL, kind, text))
-            out.extend("\n" for _ in range(extra))
+            out.append("%s%s(%r, %r)" % (indent, _MAGIC_CALL, kind, text))
+            out.extend("\n" for _ in range(extra))  # line numbers stay
+            last = lines[i + extra]
+            out.append(last[len(last.rstrip("\r\n")):])  # as it ended: codeop cares
             i += extra + 1
             changed = True
             continue

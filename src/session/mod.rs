@@ -46,7 +46,10 @@ use requests::{Command, WorkerRequest};
 pub use checkpoint::{
     Checkpoint, NotSaved, RestoreReport, DEFAULT_CHECKPOINT_TIMEOUT, MAX_CHECKPOINT_BYTES,
 };
-pub use environment::{SessionEnvironment, PACKAGES_SUBDIR, REFUSED_NAMES};
+pub use environment::{
+    SessionEnvironment, MAX_CWD_BYTES, MAX_NAME_BYTES, MAX_TOTAL_BYTES, MAX_VALUE_BYTES, MAX_VARS,
+    PACKAGES_SUBDIR, REFUSED_NAMES,
+};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
 
