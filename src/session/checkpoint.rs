@@ -162,12 +162,12 @@ pub struct RestoreReport {
     /// Names that could not be restored, each with the reason.
     pub failed: Vec<NotSaved>,
     /// The distributions the checkpoint's session had installed (`name==version`): listed,
-    /// not installed by the restore.
-    #[serde(default)]
+    /// not installed by the restore. Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<String>,
     /// Those of `packages` this session does not have at that version (install them with
-    /// `%pip install`).
-    #[serde(default)]
+    /// `%pip install`). Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages_missing: Vec<String>,
 }
 
