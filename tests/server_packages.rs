@@ -16,15 +16,20 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// Python that writes `NAME-VERSION-py3-none-any.whl` into the working directory: a package
-/// `NAME` whose `VALUE` is `VERSION`.
-fn wheel(name: &str, version: &str) -> String {
+/// `NAME` whose `VALUE` is `VERSION`, depending on `requires` (a distribution name or "").
+fn wheel(name: &str, version: &str, requires: &str) -> String {
+    let requires = if requires.is_empty() {
+        String::new()
+    } else {
+        format!("Requires-Dist: {requires}\\n")
+    };
     format!(
         r#"import base64, hashlib, zipfile
 def _record(path, data):
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
     return '%s,sha256=%s,%d' % (path, digest, len(data))
 _files = {{'{name}/__init__.py': b"VALUE = '{version}'\n",
-          '{name}-{version}.dist-info/METADATA': b'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+          '{name}-{version}.dist-info/METADATA': b'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires}',
           '{name}-{version}.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n'}}
 _record_path = '{name}-{version}.dist-info/RECORD'
 _files[_record_path] = ('\n'.join([_record(p, d) for p, d in _files.items()] + [_record_path + ',,']) + '\n').encode()
@@ -64,8 +69,13 @@ async fn pip_installs_into_the_session_only(sandbox: bool) {
     let b = api.new_session(ALICE).await;
     let (_, info) = api.get(&format!("/v1/sessions/{a}"), ALICE).await;
     let dir = std::path::PathBuf::from(info["cwd"].as_str().unwrap());
-    for (name, version) in [("pkga", "1.0"), ("pkgb", "2.0"), ("pkgc", "3.0")] {
-        ok(&api, &a, &wheel(name, version)).await;
+    // pkga needs pip, which the interpreter has: satisfied, not installed again.
+    for (name, version, requires) in [
+        ("pkga", "1.0", "pip"),
+        ("pkgb", "2.0", ""),
+        ("pkgc", "3.0", ""),
+    ] {
+        ok(&api, &a, &wheel(name, version, requires)).await;
     }
 
     // `!pip` (the pip on PATH, in a shell): importable in the next execution.

@@ -221,45 +221,54 @@ fn check_relative(cwd: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// `relative` inside `home` (the session's directory), made if missing (each directory made
-/// is given to `home`'s owner: as root, the session's sandbox uid), refused if it resolves
-/// outside `home` (a symbolic link out of it) or is not a directory. Blocking.
+/// `relative` inside `home` (the session's directory), as an absolute path: each component
+/// that exists is resolved (a symbolic link may lead elsewhere inside `home`, never out of it)
+/// and must be a directory; the first missing one and those after it are taken as they are
+/// (they are plain names), and made by the worker itself, as the session's own user, when it
+/// takes the directory (`environ`, `PYREPL3_CWD`). The host makes nothing in a directory the
+/// session's code can change. Blocking (it reads the file system).
 pub(crate) fn resolve_cwd(home: &Path, relative: &Path) -> Result<PathBuf, Error> {
-    use std::os::unix::fs::MetadataExt;
     check_relative(relative)?;
     let home_real =
         std::fs::canonicalize(home).map_err(Error::io("resolving the session's directory"))?;
-    let owner =
-        std::fs::metadata(&home_real).map_err(Error::io("reading the session's directory"))?;
     let mut path = home_real.clone();
+    let mut exists = true;
     for component in relative.components() {
         let Component::Normal(name) = component else {
             continue;
         };
         path.push(name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&path).map_err(Error::io("making the session's cwd"))?;
-                std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid()))
-                    .map_err(Error::io("giving the session's cwd to its owner"))?;
-            }
-            Err(e) => return Err(Error::io("reading the session's cwd")(e)),
+        if !exists {
+            continue;
         }
-        // Each step resolved at once: a link must not lead out, even to come back in later.
-        path = std::fs::canonicalize(&path).map_err(Error::io("resolving the session's cwd"))?;
+        match std::fs::canonicalize(&path) {
+            Ok(real) => path = real,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Missing, or a dangling link: a link is refused (where it points may be made
+                // by the session's code later), a missing name is made by the worker.
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    return Err(invalid(format!(
+                        "cwd {:?} goes through a symbolic link that leads nowhere",
+                        relative.display().to_string()
+                    )));
+                }
+                exists = false;
+                continue;
+            }
+            Err(e) => return Err(Error::io("resolving the session's cwd")(e)),
+        }
         if !path.starts_with(&home_real) {
             return Err(invalid(format!(
                 "cwd {:?} leads outside the session's directory (a symbolic link)",
                 relative.display().to_string()
             )));
         }
-    }
-    if !path.is_dir() {
-        return Err(invalid(format!(
-            "cwd {:?} is not a directory",
-            relative.display().to_string()
-        )));
+        if !path.is_dir() {
+            return Err(invalid(format!(
+                "cwd {:?} is not a directory",
+                relative.display().to_string()
+            )));
+        }
     }
     Ok(path)
 }
@@ -289,7 +298,9 @@ impl Session {
     /// as an execution, queued behind those before it) and kept by the session for every
     /// worker that replaces this one. The variables are merged into those already set.
     /// Refused ([`Error::InvalidEnvironment`]) when [`SessionEnvironment::validate`] fails
-    /// or `cwd` resolves outside the session's directory.
+    /// or `cwd` resolves outside the session's directory. A pooled session given an
+    /// environment is the caller's: discard it rather than give it back to the pool (the
+    /// service does).
     pub async fn set_environment(&self, environment: SessionEnvironment) -> Result<(), Error> {
         environment.validate()?;
         let cwd = match environment.cwd.clone() {
@@ -396,11 +407,23 @@ mod tests {
     }
 
     #[test]
-    fn cwd_is_made_inside_and_a_link_out_is_refused() {
+    fn cwd_resolves_inside_and_a_link_out_is_refused() {
         let home = tempfile::tempdir().unwrap();
-        let made = resolve_cwd(home.path(), Path::new("a/b")).unwrap();
-        assert!(made.is_dir());
-        assert!(made.starts_with(std::fs::canonicalize(home.path()).unwrap()));
+        let real = std::fs::canonicalize(home.path()).unwrap();
+        // Missing: taken as it is, made later by the worker.
+        assert_eq!(
+            resolve_cwd(home.path(), Path::new("a/b")).unwrap(),
+            real.join("a/b")
+        );
+        assert!(!real.join("a").exists(), "the host makes nothing");
+        std::fs::create_dir_all(real.join("x/y")).unwrap();
+        std::os::unix::fs::symlink("x", home.path().join("in")).unwrap();
+        assert_eq!(
+            resolve_cwd(home.path(), Path::new("in/y/z")).unwrap(),
+            real.join("x/y/z")
+        );
+        std::os::unix::fs::symlink("/nowhere-at-all", home.path().join("dangling")).unwrap();
+        assert!(resolve_cwd(home.path(), Path::new("dangling/a")).is_err());
         std::os::unix::fs::symlink("/tmp", home.path().join("out")).unwrap();
         let e = resolve_cwd(home.path(), Path::new("out/x")).unwrap_err();
         assert!(e.to_string().contains("outside"), "{e}");
