@@ -24,6 +24,8 @@ fn result_frame() -> BytesMut {
         transaction: None,
         worker_pid: None,
         cpu_time_before: None,
+        data: None,
+        metadata: None,
     });
     let mut buf = BytesMut::new();
     MessageCodec::new(DEFAULT_MAX_FRAME_LEN)

@@ -47,8 +47,8 @@ pub(crate) mod worker;
 pub use error::Error;
 pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
-    CancelOutcome, Checkpoint, CodeMode, Completeness, Event, ExecuteOptions, Execution,
-    ExecutionOutcome, NotSaved, RestoreReport, Session, SessionConfig, SessionEnvironment,
-    SessionInfo, SessionState, TransactionOutcome, TransactionPolicy,
+    Bundle, CancelOutcome, Checkpoint, CodeMode, Completeness, Display, Event, ExecuteOptions,
+    Execution, ExecutionOutcome, MimeBundle, NotSaved, RestoreReport, Session, SessionConfig,
+    SessionEnvironment, SessionInfo, SessionState, TransactionOutcome, TransactionPolicy,
 };
 pub use worker::{Network, ResourceLimits, SandboxConfig};

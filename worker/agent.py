@@ -253,7 +253,9 @@ class Agent:
             self._flush_output()  # still interruptible: nothing is on the wire yet
             # Nothing unread in either pipe means the host has read (and, as it reads and
             # routes in one step, routed) every byte written so far: no marker is needed.
-            msg["marked"] = marked = not self._pipes_drained()
+            # Except before a display: the code goes on printing after it, and the host could
+            # read that text before this frame; the marker puts the text after it.
+            msg["marked"] = marked = msg["type"] == "display" or not self._pipes_drained()
         data = _encode(msg).encode("utf-8", "replace")  # lone surrogates would break the host
         if len(data) > MAX_FRAME:  # never emit a frame the host must reject
             msg = {k: _clip(v, 1 << 16) if isinstance(v, str) else v for k, v in msg.items()}
@@ -571,7 +573,7 @@ class Agent:
                    "python_version": "%d.%d.%d" % tuple(sys.version_info[:3]),
                    "capabilities": ["execute", "input", "cancel", "interrupt", "heartbeat",
                                     "shutdown", "top_level_await", "output_marker",
-                                    "is_complete"]
+                                    "is_complete", "display"]
                    + (["transactions"] if self._transactions is not None else [])})
         # Finish start-up while the first execute is in flight rather than before `ready`.
         global _ioctl, _FIONREAD
@@ -581,6 +583,7 @@ class Agent:
         _keep_output_order()
         _track_cell_classes()
         sys.displayhook = self._displayhook
+        _install_display()
         getpass_module.getpass = getpass
         while True:
             if self._shutting_down:  # the execution that waited for input has ended
@@ -671,6 +674,8 @@ class Agent:
         if outcome[0] == "result":
             frame = {"type": "result", "execution_id": execution_id, "value": outcome[2],
                      "repr": outcome[1], "execution_time": elapsed}
+            if outcome[3] is not None:  # a MIME bundle: the value has rich representations
+                frame["data"], frame["metadata"] = outcome[3]
         else:
             frame = self._error_frame(execution_id, outcome[1], outcome[2], source)
         outcome = None  # drop the exception (and the frames it holds) before waiting again
@@ -713,7 +718,7 @@ class Agent:
                 compiling = False
                 report = self._internal_call(internal)
                 self._running_id = None
-                return ("result", None, report)
+                return ("result", None, report, None)
             if not self._script and "asyncio" in source:
                 self._asyncio_for(source)
             body, last = self._compile(source, filename, mode == "interactive")
@@ -726,16 +731,23 @@ class Agent:
                     if body is not None:
                         eval(body, self._namespace)
                     value = None if last is None else eval(last, self._namespace)
-                text = shown = None
+                figures = _figures_at_the_end()  # displayed before the result, as output
+                text = shown = bundle = None
                 if value is not None:  # repr and value computed here so a cancel ends them
                     text, shown = _clip(repr(value)), _plain_json(value)
+                    bundle = _result_bundle(value, figures)
                     self._remember_result(value)
             finally:
                 if mode == "script":  # the end of `python -c`: threads joined, atexit run
                     _end_of_script()
             self._running_id = None
-            return ("result", text, shown)
+            return ("result", text, shown, bundle)
         except BaseException as exc:
+            if not compiling and _inline_backend_loaded:
+                try:  # what the cell drew before it failed is shown, as in Jupyter
+                    _figures_at_the_end()
+                except BaseException:
+                    pass  # the cell's own error is the one to report
             self._running_id = None
             return ("error", exc, compiling)
 
@@ -769,7 +781,11 @@ class Agent:
         if value is None:
             return
         builtins._ = None  # as the default hook: a repr that reads `_` sees no stale value
-        sys.stdout.write(repr(value) + "\n")
+        bundle = _result_bundle(value, ())
+        if bundle is None:
+            sys.stdout.write(repr(value) + "\n")
+        else:  # a rich value (a DataFrame, a figure): a display, whose text a terminal shows
+            _send_display(*bundle)
         self._remember_result(value)
 
     def _remember_result(self, value):

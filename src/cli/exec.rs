@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use super::displays::DisplayFiles;
 use super::{ExecArgs, RunArgs, RunOptions};
 use crate::protocol::StreamName;
 use crate::service::ClientEvent;
@@ -147,7 +148,15 @@ async fn execute(options: &RunOptions, work: Work) -> i32 {
             session.run_script(&path, &source, &argv, execute_options)
         }
     };
-    let status = drive(&session, execution, options.json, &mut interrupts).await;
+    let mut displays = DisplayFiles::new(options.display_dir.clone());
+    let status = drive(
+        &session,
+        execution,
+        options.json,
+        &mut displays,
+        &mut interrupts,
+    )
+    .await;
     terminal::restore_echo();
     if let Err(e) = session.shutdown().await {
         eprintln!("pyrepl3: shutting the session down: {e}");
@@ -159,6 +168,7 @@ async fn drive(
     session: &Session,
     mut execution: Execution,
     json: bool,
+    displays: &mut DisplayFiles,
     interrupts: &mut tokio::signal::unix::Signal,
 ) -> i32 {
     let execution_id = execution.id().to_string();
@@ -191,9 +201,19 @@ async fn drive(
                         let prompt = if json { String::new() } else { prompt };
                         let _ = stdin_lines.requests.send(LineRequest { prompt, password });
                     }
-                    Event::Result { repr, .. } => {
+                    Event::Display(display) => {
+                        if !json && !reader_gone {
+                            let shown = displays.render(&display.data, false);
+                            super::write_flushed(StreamName::Stdout, shown.as_bytes());
+                        }
+                    }
+                    Event::Result { repr, bundle, .. } => {
                         if let (Some(repr), false) = (repr, json) {
                             super::write_flushed(StreamName::Stdout, format!("{repr}\n").as_bytes());
+                        }
+                        if let (Some(bundle), false) = (bundle, json) {
+                            let shown = displays.render(&bundle.data, true);
+                            super::write_flushed(StreamName::Stdout, shown.as_bytes());
                         }
                         status = EXIT_OK;
                     }

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and dispatch to one module per subcommand. Each
 //! subcommand returns the process exit status; nothing here outlives `main`.
 
+mod displays;
 mod exec;
 pub mod repl;
 #[cfg(feature = "server")]
@@ -192,6 +193,11 @@ pub struct RunOptions {
     /// (With --sandbox this is always so: the sandbox keeps the code away from your files.)
     #[arg(long)]
     pub temp_dir: bool,
+    /// Where images the code displays (plots: `plt.show()`, `display(img)`) are saved, each
+    /// path printed after the display's text. Default: a new directory in the system's
+    /// temporary directory, made at the first image and kept.
+    #[arg(long, value_name = "DIR")]
+    pub display_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,6 +230,9 @@ pub struct ReplArgs {
     /// Python interpreter to run the worker with.
     #[arg(long, value_name = "PATH", default_value = "python3")]
     pub python: PathBuf,
+    /// Where displayed images (plots) are saved, each path printed (as for `exec`).
+    #[arg(long, value_name = "DIR")]
+    pub display_dir: Option<PathBuf>,
     /// Set an environment variable for the session (repeatable), as for `exec`.
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
     pub env: Vec<(String, String)>,

@@ -69,6 +69,7 @@ pub enum Message {
     Output(Output),
     Input(InputRequest),
     InputResponse(InputResponse),
+    Display(DisplayMsg),
     Result(ResultMsg),
     Error(ErrorMsg),
     Cancel(Cancel),
@@ -167,6 +168,29 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+/// A MIME bundle, as Jupyter's messages carry one: MIME type → content (text, base64 text for
+/// binary types such as `image/png`, JSON for `application/json`).
+pub type MimeBundle = serde_json::Map<String, serde_json::Value>;
+
+/// A rich output of an execution (`display()`, a figure, a rich value in the REPL), ordered
+/// with its output like an input request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DisplayMsg {
+    pub id: String,
+    pub execution_id: String,
+    /// Always has `text/plain`.
+    pub data: MimeBundle,
+    #[serde(default)]
+    pub metadata: MimeBundle,
+    /// Set by `display(..., display_id=...)`: later displays with `update` replace it.
+    #[serde(default)]
+    pub display_id: Option<String>,
+    #[serde(default)]
+    pub update: bool,
+    #[serde(default = "marked_default", skip_serializing_if = "is_true")]
+    pub marked: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputResponse {
     pub id: String,
@@ -189,6 +213,12 @@ pub struct ResultMsg {
     /// Set when the execution ran in a transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<TransactionOutcome>,
+    /// The value's MIME bundle, when it has representations beyond its repr (a DataFrame's
+    /// `text/html`, a figure's `image/png`); `text/plain` is then the repr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<MimeBundle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MimeBundle>,
     /// Set when another process now runs the session (a rolled-back transaction's snapshot
     /// took over): its pid, as the worker sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -395,6 +425,7 @@ impl Message {
             Message::Output(_) => "output",
             Message::Input(_) => "input",
             Message::InputResponse(_) => "input_response",
+            Message::Display(_) => "display",
             Message::Result(_) => "result",
             Message::Error(_) => "error",
             Message::Cancel(_) => "cancel",

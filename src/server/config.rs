@@ -123,6 +123,9 @@ pub struct ServerConfig {
     pub max_queued_executions: usize,
     /// Output bytes a collected (non-streaming) execute answer keeps (then `truncated`).
     pub max_output_bytes: usize,
+    /// Largest rich output (one display, one result's MIME bundle), in bytes; a larger
+    /// display is replaced by a note saying so.
+    pub max_display_bytes: usize,
     /// Bytes of finished execution logs kept per session, and in the whole server.
     pub retained_log_bytes_per_session: usize,
     pub retained_log_bytes_total: usize,
@@ -153,6 +156,7 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 30.0,
             max_queued_executions: Bounds::default().max_queued_executions,
             max_output_bytes: Bounds::default().max_output_bytes,
+            max_display_bytes: crate::session::DEFAULT_MAX_DISPLAY_BYTES,
             retained_log_bytes_per_session: Bounds::default().retained_log_bytes_per_session,
             retained_log_bytes_total: Bounds::default().retained_log_bytes_total,
             ws_send_queue: Bounds::default().ws_send_queue,
@@ -299,6 +303,11 @@ impl ServerConfig {
                 "header_read_timeout_secs must be above 0".to_string(),
             ));
         }
+        if self.max_display_bytes < 1024 {
+            return Err(Error::InvalidConfig(
+                "max_display_bytes must be at least 1024".to_string(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(Error::InvalidConfig(
                 "max_connections must be at least 1".to_string(),
@@ -363,6 +372,7 @@ impl ServerConfig {
             session.python = python.clone();
         }
         session.start_timeout = secs(self.pool.start_timeout_secs);
+        session.max_display_bytes = self.max_display_bytes;
         session.inherit_env = self.pool.inherit_env;
         session.env = self.pool.env.clone().into_iter().collect();
         session.sandbox = self.sandbox.config().map(|mut sandbox| {

@@ -19,9 +19,8 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::protocol::StreamName;
 use crate::service::{
-    AfterStdin, Caller, ClientEvent, ExecuteRequest, Reader, Service, ServiceError, SessionSummary,
+    AfterStdin, Caller, ExecuteRequest, Reader, Service, ServiceError, SessionSummary,
 };
 
 /// An error answer: `{"error": {"code": ..., "message": ...}}` with its status.
@@ -422,142 +421,7 @@ async fn execute(
     }
     let reader = execution.follow_answering(0, stdin, AfterStdin::Eof);
     let limit = service.bounds().max_output_bytes;
-    Ok(Json(collect(reader, limit).await).into_response())
-}
-
-/// Bytes an entry of `outputs` costs in the answer beyond its data's JSON:
-/// `{"data":"","stream":"stdout"},`.
-const OUTPUT_ENTRY_BYTES: usize = 32;
-
-/// Output kept for a collected answer: the first output, up to `limit` bytes of the JSON it
-/// makes in the answer (each entry's overhead and the data as escaped, so the answer's size
-/// is bounded whatever the output is like); the rest only counted (the reader still reads it,
-/// so the worker is not held back). Consecutive chunks of one stream make one entry, so a
-/// loop of tiny flushed prints does not make an entry (and a JSON object) per chunk.
-struct CollectedOutput {
-    outputs: Vec<(StreamName, String)>,
-    /// Bytes of the answer's JSON that `outputs` takes.
-    used: usize,
-    limit: usize,
-    /// Bytes of output left out.
-    dropped: usize,
-}
-
-impl CollectedOutput {
-    fn push(&mut self, stream: StreamName, data: &str) {
-        if self.dropped > 0 {
-            // The answer keeps the first output only: once some was left out, all that
-            // follows is too.
-            self.dropped += data.len();
-            return;
-        }
-        let merge = self.outputs.last().is_some_and(|(s, _)| *s == stream);
-        let overhead = if merge { 0 } else { OUTPUT_ENTRY_BYTES };
-        let mut room = self.limit.saturating_sub(self.used);
-        let mut take = 0;
-        if room > overhead {
-            room -= overhead;
-            for (i, c) in data.char_indices() {
-                let cost = json_escaped_len(c);
-                if cost > room {
-                    break;
-                }
-                room -= cost;
-                take = i + c.len_utf8();
-            }
-        }
-        if take > 0 {
-            self.used = self.limit - room;
-            match self.outputs.last_mut() {
-                Some((_, kept)) if merge => kept.push_str(&data[..take]),
-                _ => self.outputs.push((stream, data[..take].to_string())),
-            }
-        }
-        self.dropped += data.len() - take;
-    }
-
-    fn into_json(self) -> Vec<Value> {
-        self.outputs
-            .into_iter()
-            .map(|(stream, data)| json!({"stream": stream, "data": data}))
-            .collect()
-    }
-}
-
-/// Bytes `c` takes in a JSON string as serde_json writes it.
-fn json_escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if u32::from(c) < 0x20 => 6,
-        c => c.len_utf8(),
-    }
-}
-
-/// Reads an execution to its end (the reader answers its `input()` calls) and gathers the
-/// JSON answer, with at most `max_output_bytes` of output (`truncated` says whether some
-/// was left out, `output_truncated_bytes` how much).
-async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
-    let mut output = CollectedOutput {
-        outputs: Vec::new(),
-        used: 0,
-        limit: max_output_bytes,
-        dropped: 0,
-    };
-    let (mut result, mut error, mut execution_time) = (Value::Null, Value::Null, 0.0);
-    while let Some(batch) = reader.next_batch().await {
-        for logged in batch {
-            if logged.kind == "input" {
-                continue; // answered by the reader; not part of the answer
-            }
-            match logged.event() {
-                Some(ClientEvent::Output { stream, data, .. }) => output.push(stream, &data),
-                Some(ClientEvent::Result {
-                    value,
-                    repr,
-                    execution_time: t,
-                    transaction,
-                    ..
-                }) => {
-                    result = json!({"value": value, "repr": repr});
-                    with_transaction(&mut result, transaction);
-                    execution_time = t;
-                }
-                Some(ClientEvent::Error {
-                    exception_type,
-                    exception_message,
-                    traceback,
-                    transaction,
-                    ..
-                }) => {
-                    error = json!({
-                        "exception_type": exception_type,
-                        "exception_message": exception_message,
-                        "traceback": traceback,
-                    });
-                    with_transaction(&mut error, transaction);
-                }
-                Some(ClientEvent::Input { .. }) | None => {}
-            }
-        }
-    }
-    let dropped = output.dropped;
-    json!({
-        "execution_id": reader.id(),
-        "outputs": output.into_json(),
-        "truncated": dropped > 0,
-        "output_truncated_bytes": dropped,
-        "result": result,
-        "error": error,
-        "execution_time": execution_time,
-    })
-}
-
-/// Adds what became of the execution's transaction to its `result` or `error`, if it ran in
-/// one.
-fn with_transaction(object: &mut Value, transaction: Option<crate::service::TransactionReport>) {
-    if let (Some(transaction), Some(map)) = (transaction, object.as_object_mut()) {
-        map.insert("transaction".into(), json!(transaction));
-    }
+    Ok(Json(super::collect::collect(reader, limit).await).into_response())
 }
 
 /// The reader's events as server-sent events, live, until the terminal one.

@@ -7,6 +7,7 @@
 
 mod access_log;
 mod checkpoints;
+mod collect;
 pub mod config;
 mod http;
 mod listener;

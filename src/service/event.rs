@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::protocol::{StreamName, TransactionOutcome};
-use crate::session::Event;
+use crate::session::{Event, MimeBundle};
 
 /// One event of an execution, as sent to clients. The fields are declared in the order
 /// `exec --json` has always printed them; `id` is a fresh UUID per event, except for
@@ -31,12 +31,29 @@ pub enum ClientEvent {
         /// Always `null`: an input request waits as long as the execution may run.
         timeout: Option<f64>,
     },
+    /// A rich output: `display()`, a matplotlib figure (docs/api.md, "Rich outputs").
+    Display {
+        id: String,
+        execution_id: String,
+        /// MIME type → content (base64 for binary types); always has `text/plain`.
+        data: MimeBundle,
+        metadata: MimeBundle,
+        /// Set by `display(..., display_id=...)`: a display with the same id and `update`
+        /// replaces it.
+        display_id: Option<String>,
+        update: bool,
+    },
     Result {
         id: String,
         execution_id: String,
         /// The trailing expression's value when JSON-serialisable, else `null`.
         value: Value,
         repr: Option<String>,
+        /// The value's MIME bundle, when it has representations beyond its repr.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<MimeBundle>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<MimeBundle>,
         /// Seconds.
         execution_time: f64,
         /// Present when the execution ran in a transaction.
@@ -112,19 +129,36 @@ impl ClientEvent {
                 password,
                 timeout: None,
             },
+            Event::Display(display) => ClientEvent::Display {
+                id,
+                execution_id,
+                data: display.data,
+                metadata: display.metadata,
+                display_id: display.display_id,
+                update: display.update,
+            },
             Event::Result {
                 value,
                 repr,
+                bundle,
                 execution_time,
                 transaction,
-            } => ClientEvent::Result {
-                id,
-                execution_id,
-                value,
-                repr,
-                execution_time: execution_time.as_secs_f64(),
-                transaction: TransactionReport::of(transaction),
-            },
+            } => {
+                let (data, metadata) = match bundle {
+                    Some(bundle) => (Some(bundle.data), Some(bundle.metadata)),
+                    None => (None, None),
+                };
+                ClientEvent::Result {
+                    id,
+                    execution_id,
+                    value,
+                    repr,
+                    data,
+                    metadata,
+                    execution_time: execution_time.as_secs_f64(),
+                    transaction: TransactionReport::of(transaction),
+                }
+            }
             Event::Error {
                 exception_type,
                 exception_message,
@@ -143,11 +177,12 @@ impl ClientEvent {
         }
     }
 
-    /// The `type` tag: `output`, `input`, `result` or `error`.
+    /// The `type` tag: `output`, `input`, `display`, `result` or `error`.
     pub fn kind(&self) -> &'static str {
         match self {
             ClientEvent::Output { .. } => "output",
             ClientEvent::Input { .. } => "input",
+            ClientEvent::Display { .. } => "display",
             ClientEvent::Result { .. } => "result",
             ClientEvent::Error { .. } => "error",
         }
@@ -217,6 +252,7 @@ mod tests {
             &Event::Result {
                 value: serde_json::json!(42),
                 repr: Some("42".into()),
+                bundle: None,
                 execution_time: Duration::from_millis(1500),
                 transaction: None,
             },

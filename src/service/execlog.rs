@@ -499,6 +499,8 @@ mod tests {
             execution_id: "e".into(),
             value: serde_json::Value::Null,
             repr: None,
+            data: None,
+            metadata: None,
             execution_time: 0.0,
             transaction: None,
         }

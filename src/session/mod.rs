@@ -14,6 +14,7 @@
 mod actor;
 mod checkpoint;
 mod core;
+mod display;
 mod environment;
 mod exit;
 mod live_worker;
@@ -46,6 +47,7 @@ use requests::{Command, WorkerRequest};
 pub use checkpoint::{
     Checkpoint, NotSaved, RestoreReport, DEFAULT_CHECKPOINT_TIMEOUT, MAX_CHECKPOINT_BYTES,
 };
+pub use display::{Bundle, Display, MimeBundle, DEFAULT_MAX_DISPLAY_BYTES};
 pub use environment::{
     SessionEnvironment, MAX_CWD_BYTES, MAX_NAME_BYTES, MAX_TOTAL_BYTES, MAX_VALUE_BYTES, MAX_VARS,
     PACKAGES_SUBDIR, REFUSED_NAMES,
@@ -82,6 +84,10 @@ pub struct SessionConfig {
     pub shutdown_grace: Duration,
     /// Largest protocol frame accepted from the worker.
     pub max_frame_len: usize,
+    /// Largest rich output (a display, a result's MIME bundle) passed on, in bytes of its
+    /// content; a larger display is replaced by a note saying so, a larger result bundle is
+    /// left out (the repr stays). The worker's own ceiling is a frame (16 MiB).
+    pub max_display_bytes: usize,
     /// Session id; `None` generates one.
     pub session_id: Option<String>,
     /// Limits how fast the worker's output is read; a worker that writes faster is slowed
@@ -114,6 +120,7 @@ impl Default for SessionConfig {
             timeout_grace: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(2),
             max_frame_len: protocol::DEFAULT_MAX_FRAME_LEN,
+            max_display_bytes: DEFAULT_MAX_DISPLAY_BYTES,
             session_id: None,
             output_rate: None,
             sandbox: None,
@@ -153,12 +160,17 @@ pub enum Event {
         prompt: String,
         password: bool,
     },
+    /// A rich output (`display()`, a matplotlib figure), in order with the output.
+    Display(Display),
     Result {
         /// The trailing expression's value when JSON-serialisable, else `null`.
         value: serde_json::Value,
         /// `repr()` of the trailing expression's value; `None` when there was none or it
         /// was `None`.
         repr: Option<String>,
+        /// The value's MIME bundle when it has representations beyond its repr (a
+        /// DataFrame's `text/html`; `text/plain` is the repr).
+        bundle: Option<Box<Bundle>>,
         execution_time: Duration,
         /// What became of the execution's changes, when it ran in a transaction.
         transaction: Option<TransactionOutcome>,
@@ -271,6 +283,14 @@ impl ExecutionOutcome {
             Event::Result { repr, .. } => repr.as_deref(),
             _ => None,
         }
+    }
+
+    /// The rich outputs (`display()`, figures), in order.
+    pub fn displays(&self) -> impl Iterator<Item = &Display> {
+        self.events.iter().filter_map(|event| match event {
+            Event::Display(display) => Some(display),
+            _ => None,
+        })
     }
 
     /// The exception type, if the execution ended with an error.

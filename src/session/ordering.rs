@@ -294,6 +294,7 @@ impl OutputOrdering {
 fn is_marked(msg: &Message) -> bool {
     match msg {
         Message::Input(m) => m.marked,
+        Message::Display(m) => m.marked,
         Message::Result(m) => m.marked,
         Message::Error(m) => m.marked,
         _ => true,
@@ -326,6 +327,8 @@ mod tests {
             transaction: None,
             worker_pid: None,
             cpu_time_before: None,
+            data: None,
+            metadata: None,
         })
     }
 

@@ -26,5 +26,29 @@ pub use process::{
 pub use pty::Pty;
 pub use session::{error_type, eval, guard, run, start, start_with, terminal, wait_for_stdout};
 
+/// The Python of the rich-output tests' virtualenv (matplotlib, pandas), made by
+/// `scripts/test-venv` in the target's temporary directory the first time a test asks (once
+/// per process; the script's lock makes concurrent test processes wait for one maker).
+pub fn rich_python() -> std::path::PathBuf {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rich-venv");
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-venv");
+            let out = std::process::Command::new(script)
+                .arg(&dir)
+                .output()
+                .expect("scripts/test-venv runs");
+            assert!(
+                out.status.success(),
+                "scripts/test-venv could not make the virtualenv with matplotlib and pandas \
+                 (it needs PyPI): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
 /// Upper bound for anything a test waits on; reaching it is a failure, not a pass.
 pub const GUARD: Duration = Duration::from_secs(60);

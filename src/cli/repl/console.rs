@@ -3,6 +3,7 @@
 //! Ctrl-C while code runs, and bringing a dead session back. It knows the session only
 //! through [`ReplBackend`] and the terminal only through [`Terminal`].
 
+use crate::cli::displays::DisplayFiles;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,14 +36,22 @@ pub struct Console {
     /// SIGINT. The editor holds the terminal in raw mode while it reads, so Ctrl-C is a key
     /// there (`LineReply::Interrupted`); this sees Ctrl-C only while code runs.
     interrupts: Signal,
+    /// Where displayed images are saved (`--display-dir`).
+    displays: DisplayFiles,
 }
 
 impl Console {
-    pub fn new(backend: Arc<dyn ReplBackend>, term: Terminal, interrupts: Signal) -> Console {
+    pub fn new(
+        backend: Arc<dyn ReplBackend>,
+        term: Terminal,
+        interrupts: Signal,
+        displays: DisplayFiles,
+    ) -> Console {
         Console {
             backend,
             term,
             interrupts,
+            displays,
         }
     }
 
@@ -204,9 +213,17 @@ impl Console {
                             pending_input = Some(input_id);
                             self.term.request_input(&prompt, password);
                         }
-                        Event::Result { repr, .. } => {
+                        Event::Display(display) => {
+                            let shown = self.displays.render(&display.data, false);
+                            self.term.write(StreamName::Stdout, &shown);
+                        }
+                        Event::Result { repr, bundle, .. } => {
                             if let Some(repr) = repr {
                                 self.term.write(StreamName::Stdout, &format!("{repr}\n"));
+                            }
+                            if let Some(bundle) = bundle {
+                                let shown = self.displays.render(&bundle.data, true);
+                                self.term.write(StreamName::Stdout, &shown);
                             }
                         }
                         Event::Error { exception_type, exception_message, traceback, .. } => {

@@ -59,5 +59,8 @@ pub async fn run(args: ReplArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    console::Console::new(backend, term, interrupts).run().await
+    let displays = crate::cli::displays::DisplayFiles::new(args.display_dir.clone());
+    console::Console::new(backend, term, interrupts, displays)
+        .run()
+        .await
 }

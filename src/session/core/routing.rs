@@ -10,7 +10,7 @@ use super::{Core, Running, WorkerSlot};
 use crate::protocol::{self, Message};
 use crate::session::exit::ExitCause;
 use crate::session::ordering::Text;
-use crate::session::{CancelOutcome, Event, SessionState};
+use crate::session::{Bundle, CancelOutcome, Display, Event, SessionState};
 
 impl Core {
     pub(super) fn on_frame(&mut self, msg: Message, now: Instant) {
@@ -19,13 +19,17 @@ impl Core {
         };
         if matches!(
             msg,
-            Message::Ready(_) | Message::Input(_) | Message::Result(_) | Message::Error(_)
+            Message::Ready(_)
+                | Message::Input(_)
+                | Message::Display(_)
+                | Message::Result(_)
+                | Message::Error(_)
         ) {
             w.overrun.heard();
         }
         match msg {
             Message::Ready(ready) => self.on_ready(ready, now),
-            Message::Input(_) | Message::Result(_) | Message::Error(_) => {
+            Message::Input(_) | Message::Display(_) | Message::Result(_) | Message::Error(_) => {
                 let took_over = matches!(
                     &msg,
                     Message::Result(protocol::ResultMsg {
@@ -136,6 +140,32 @@ impl Core {
                     password: req.password,
                 });
             }
+            Message::Display(d) => {
+                // Stray text written before the display's marker, the display, then the text
+                // after it (read before the display was released), which is the code's own as
+                // it goes on.
+                let mut before = Vec::new();
+                w.ordering
+                    .take_stray_through(seq.saturating_sub(1), &mut before);
+                for Text { stream, text } in before {
+                    run.sink.push(Event::Output { stream, data: text });
+                }
+                let display = Display {
+                    data: d.data,
+                    metadata: d.metadata,
+                    display_id: d.display_id,
+                    update: d.update,
+                };
+                run.sink.push(Event::Display(
+                    display.within(self.config.max_display_bytes),
+                ));
+                run.owned_segment = seq;
+                let mut after = Vec::new();
+                w.ordering.take_stray_through(seq, &mut after);
+                for Text { stream, text } in after {
+                    run.sink.push(Event::Output { stream, data: text });
+                }
+            }
             Message::Result(r) => {
                 Self::hold_to_time_limit(run, w, now);
                 let event = match &run.cancel {
@@ -146,6 +176,12 @@ impl Core {
                     _ => Event::Result {
                         value: r.value,
                         repr: r.repr,
+                        bundle: r.data.and_then(|data| {
+                            let metadata = r.metadata.unwrap_or_default();
+                            Bundle { data, metadata }
+                                .within(self.config.max_display_bytes)
+                                .map(Box::new)
+                        }),
                         execution_time: crate::time::clamped_duration(r.execution_time),
                         transaction: r.transaction,
                     },
@@ -220,6 +256,7 @@ fn terminal_execution_id(msg: &Message) -> Option<&str> {
 fn terminal_or_input_execution(msg: &Message) -> Option<&str> {
     match msg {
         Message::Input(i) => Some(&i.execution_id),
+        Message::Display(d) => Some(&d.execution_id),
         other => terminal_execution_id(other),
     }
 }

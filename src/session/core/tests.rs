@@ -117,6 +117,8 @@ impl Harness {
             transaction: None,
             worker_pid: None,
             cpu_time_before: None,
+            data: None,
+            metadata: None,
         })))
     }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::error::Error;
 
 /// Files of `/etc` a Python program commonly reads (the dynamic linker, names and
-/// addresses, users, time zone, certificates for HTTPS, MIME types, pip's settings), shown
+/// addresses, users, time zone, certificates for HTTPS, MIME types, pip's settings, the
+/// font configuration that matplotlib's and Pillow's font libraries read), shown
 /// read-only when present. Nothing else of `/etc`: the server's own configuration may live
 /// there.
 const ETC_FILES: &[&str] = &[
@@ -17,6 +18,7 @@ const ETC_FILES: &[&str] = &[
     "ca-certificates",
     "ca-certificates.conf",
     "debian_version",
+    "fonts",
     "gai.conf",
     "group",
     "host.conf",
