@@ -9,7 +9,9 @@
 //! - `output.rs`: decoding of pipe bytes (markers, UTF-8);
 //! - `sink.rs`: one execution's bounded way to its consumer;
 //! - `requests.rs`: the commands and the worker-request table;
-//! - `exit.rs`: what a worker's exit means for the running execution.
+//! - `exit.rs`: what a worker's exit means for the running execution;
+//! - `environment.rs`: a session's own variables and cwd (validated, applied, kept by the
+//!   core for every worker that replaces one) and its package directory's variable.
 
 mod actor;
 mod checkpoint;
