@@ -40,6 +40,10 @@ pub enum Error {
     UnknownInput(String),
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A session environment that is refused (`Session::set_environment`): a bad or reserved
+    /// name, a value or size out of bounds, a `cwd` outside the session's directory.
+    #[error("{0}")]
+    InvalidEnvironment(String),
     /// The sandbox cannot be built (see `src/worker/sandbox.rs`).
     #[error("sandbox: {0}")]
     Sandbox(String),

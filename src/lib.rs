@@ -51,7 +51,7 @@ pub use pool::{PoolConfig, PoolInfo, PooledSession, SessionPool};
 pub use session::{
     Bundle, CancelOutcome, Checkpoint, CodeMode, Completeness, Display, Event, ExecuteOptions,
     Execution, ExecutionOutcome, FileLimits, FilesError, MimeBundle, NotSaved, RestoreReport,
-    Session, SessionConfig, SessionFiles, SessionInfo, SessionState, TransactionOutcome,
-    TransactionPolicy,
+    Session, SessionConfig, SessionEnvironment, SessionFiles, SessionInfo, SessionState,
+    TransactionOutcome, TransactionPolicy,
 };
 pub use worker::{Network, ResourceLimits, SandboxConfig};

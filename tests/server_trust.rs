@@ -79,7 +79,9 @@ async fn workers_of_serve_get_none_of_the_servers_environment() {
     )
     .await;
     assert_eq!(
-        answer["result"]["repr"], "(False, False, ['HOME', 'LANG', 'PATH', 'PWD'], '', False)",
+        // PIP_PREFIX and PYTHONPATH: the session's package directory (docs/api.md).
+        answer["result"]["repr"],
+        "(False, False, ['HOME', 'LANG', 'PATH', 'PIP_PREFIX', 'PWD', 'PYTHONPATH'], '', False)",
         "{answer}"
     );
     drop(server);

@@ -479,7 +479,7 @@ class Agent:
                 warnings.simplefilter("ignore")
                 code = compiler(source, "<input>", "single")
         except (SyntaxError, OverflowError, ValueError):
-            return "invalid"  # run anyway, so the user sees the error and its caret
+            return _magics_completeness(compiler, source)  # !cmd / %pip lines (magics.py)
         except Exception:  # e.g. RecursionError on deep nesting: must not end the reader
             return "invalid"
         return "incomplete" if code is None else "complete"
@@ -781,6 +781,8 @@ class Agent:
         if (kind == "script" and isinstance(call.get("path"), str)
                 and isinstance(call.get("source"), str) and isinstance(call.get("argv"), list)):
             return self._run_script(call["path"], call["source"], call["argv"])
+        if kind == "environ":  # the session's variables and cwd (magics.py)
+            return _apply_environ(call)
         if kind == "restore" and isinstance(call.get("checkpoint"), str):
             return _restore(self._namespace, call["checkpoint"],
                             bool(call.get("clear_existing")))
@@ -820,7 +822,13 @@ class Agent:
         # Registered first, so tracebacks show source lines.
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         flags = self._compile_flags
-        tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+        try:
+            tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+        except SyntaxError:  # maybe !cmd / %pip lines (magics.py): never valid Python altered
+            source = _magics_transform(source)
+            if source is None:
+                raise
+            tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr) and not interactive:
             last = ast.Expression(tree.body.pop().value)

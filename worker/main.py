@@ -31,8 +31,14 @@ def main():
         except (OSError, UnicodeDecodeError) as exc:
             sys.stderr.write("pyrepl3 agent: cannot read the marker token: %s\n" % exc)
             os._exit(1)  # the host could never pair this worker's output with its messages
+    packages = os.environ.get("PYREPL3_PACKAGES")  # the session's package prefix (magics.py)
+    cwd = os.environ.get("PYREPL3_CWD")  # the session's own cwd, inside its directory
     for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
         del os.environ[key]  # user code and its children must not see them
+    if cwd:
+        _start_in(cwd)
+    if packages:
+        _setup_packages(packages)
     transactions = _start_supervision(signal_fd, (exec_fd, control_fd), reaper)  # now: the worker
     _agent = Agent(exec_fd, control_fd, signal_fd, session_id, marker)
     _agent._transactions = transactions

@@ -112,14 +112,16 @@ def _checkpoint(namespace):
             continue
         entries.append(entry)
         saved.append(name)
+    packages = _session_distributions()  # what the session installed (magics.py): listed
     document = _encode({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                        "python": "%d.%d" % sys.version_info[:2], "entries": entries})
+                        "python": "%d.%d" % sys.version_info[:2], "entries": entries,
+                        "packages": packages})
     blob = zlib.compress(document.encode("utf-8"), 1)
     if len(blob) > CHECKPOINT_LIMIT:
         raise MemoryError("the checkpoint is %d bytes compressed, over the limit of %d"
                           % (len(blob), CHECKPOINT_LIMIT))
     report = {"checkpoint": base64.b64encode(blob).decode("ascii"), "saved": saved,
-              "skipped": skipped, "size": len(blob)}
+              "skipped": skipped, "size": len(blob), "packages": packages}
     if len(_encode(report)) > MAX_FRAME - 4096:  # the lists too must fit the frame
         raise MemoryError("the checkpoint and its report are over the %d-byte frame limit"
                           % MAX_FRAME)
@@ -227,8 +229,10 @@ def _restore(namespace, encoded, clear_existing):
         pending = [entry for entry, _ in failed]
         if not progress:
             break
+    packages = [p for p in document.get("packages") or () if isinstance(p, str)]
     return {"restored": restored,
-            "failed": [{"name": e["name"], "reason": reason} for e, reason in failed]}
+            "failed": [{"name": e["name"], "reason": reason} for e, reason in failed],
+            "packages": packages, "packages_missing": _missing_distributions(packages)}
 
 
 def _restore_entry(namespace, entry, pickle, base64):

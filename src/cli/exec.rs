@@ -115,6 +115,7 @@ async fn execute(options: &RunOptions, work: Work) -> i32 {
     let mut config = SessionConfig {
         python: options.python.clone(),
         start_timeout,
+        env: options.env.clone(),
         ..SessionConfig::default()
     };
     options.sandbox.apply(&mut config);

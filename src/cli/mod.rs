@@ -185,6 +185,10 @@ pub struct RunOptions {
     pub start_timeout: f64,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Set an environment variable for the code and the processes it starts (repeatable),
+    /// as `env NAME=VALUE python` would; PYREPL3_* names are refused.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
+    pub env: Vec<(String, String)>,
     /// Run in a new temporary directory, removed at the end, instead of the current one.
     /// (With --sandbox this is always so: the sandbox keeps the code away from your files.)
     #[arg(long)]
@@ -229,8 +233,20 @@ pub struct ReplArgs {
     /// Where displayed images (plots) are saved, each path printed (as for `exec`).
     #[arg(long, value_name = "DIR")]
     pub display_dir: Option<PathBuf>,
+    /// Set an environment variable for the session (repeatable), as for `exec`.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
+    pub env: Vec<(String, String)>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+/// `NAME=VALUE` of `--env`: the name is everything before the first `=` (checked further
+/// when the session starts: `SessionConfig::env`).
+fn parse_env_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, not {text:?}")),
+    }
 }
 
 /// Writes and flushes at once, so output appears as it is produced. A closed stdout or a

@@ -69,7 +69,9 @@ pub(crate) fn status_and_code(e: &ServiceError) -> (StatusCode, &'static str) {
         }
         E::SessionLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "session_limit"),
         E::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "code_too_large"),
-        E::InvalidTimeout { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        E::InvalidTimeout { .. } | E::InvalidEnvironment { .. } => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
         E::DuplicateExecutionId { .. } => (StatusCode::CONFLICT, "duplicate_execution_id"),
         E::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
         E::ExecutionExpired { .. } => (StatusCode::NOT_FOUND, "execution_expired"),
@@ -290,6 +292,11 @@ pub(crate) fn json_of<T: Serialize>(value: &T) -> Json<Value> {
 struct CreateBody {
     /// A checkpoint of the caller's to start from (its namespace, replacing the new one's).
     from_checkpoint: Option<String>,
+    /// The session's own environment variables (docs/api.md, "Per-session environment").
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    /// Its working directory, relative to the session's directory.
+    cwd: Option<std::path::PathBuf>,
 }
 
 async fn create_session(
@@ -309,14 +316,18 @@ async fn create_session(
             )
         })?
     };
+    let environment = crate::session::SessionEnvironment {
+        vars: body.env.into_iter().collect(),
+        cwd: body.cwd,
+    };
     match body.from_checkpoint {
         None => {
-            let summary = service.create_session(&caller).await?;
+            let summary = service.create_session_with(&caller, environment).await?;
             Ok((StatusCode::CREATED, json_of(&summary)).into_response())
         }
         Some(cid) => {
             let (summary, report) = service
-                .create_session_from_checkpoint(&caller, &cid)
+                .create_session_from_checkpoint(&caller, &cid, environment)
                 .await?;
             let mut answer = serde_json::to_value(&summary).unwrap_or(Value::Null);
             answer["restored"] = serde_json::to_value(&report).unwrap_or(Value::Null);

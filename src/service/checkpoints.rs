@@ -43,6 +43,7 @@ impl Service {
             size: checkpoint.data.len() as u64,
             saved: checkpoint.saved,
             skipped: checkpoint.skipped,
+            packages: checkpoint.packages,
         };
         self.put(caller, &store, record, checkpoint.data).await
     }
@@ -74,6 +75,7 @@ impl Service {
             size: data.len() as u64,
             saved: Vec::new(),
             skipped: Vec::new(),
+            packages: Vec::new(),
         };
         self.put(caller, &store, record, data).await
     }
@@ -202,9 +204,10 @@ impl Service {
         &self,
         caller: &Caller,
         cid: &str,
+        environment: crate::session::SessionEnvironment,
     ) -> Result<(super::SessionSummary, RestoreReport), ServiceError> {
         let (_, data) = self.checkpoint(caller, cid).await?;
-        let summary = self.create_session(caller).await?;
+        let summary = self.create_session_with(caller, environment).await?;
         let restored = match self.session(caller, &summary.id) {
             Ok(handle) => restore_into(&handle, caller, &data, true).await,
             Err(e) => Err(e),

@@ -93,6 +93,10 @@ pub enum ServiceError {
     /// The store failed.
     #[error("{0}")]
     Store(String),
+    /// A session environment (`env`, `cwd`) that is refused: a bad or reserved name, a
+    /// value or size out of bounds, a `cwd` outside the session's directory.
+    #[error("{reason}")]
+    InvalidEnvironment { reason: String },
     /// The pool had no session to give in time, or is closed.
     #[error("{source}")]
     NoSessionAvailable { source: Error },
@@ -139,6 +143,7 @@ impl ServiceError {
                     source,
                 }
             }
+            Error::InvalidEnvironment(reason) => ServiceError::InvalidEnvironment { reason },
             Error::AcquireTimeout(_) | Error::PoolClosed => {
                 ServiceError::NoSessionAvailable { source }
             }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::execlog::ExecLog;
 use super::{Caller, Inner, Service, ServiceError, Tenant};
 use crate::pool::PooledSession;
-use crate::session::{Session, SessionInfo, SessionState};
+use crate::session::{Session, SessionEnvironment, SessionInfo, SessionState};
 use crate::sync::lock_unpoisoned as lock;
 
 /// Completed executions kept per session for replay and resuming.
@@ -115,6 +115,22 @@ impl Service {
     /// Takes a warm session from the pool for the caller, within its tenant's session
     /// limit.
     pub async fn create_session(&self, caller: &Caller) -> Result<SessionSummary, ServiceError> {
+        self.create_session_with(caller, SessionEnvironment::default())
+            .await
+    }
+
+    /// [`Service::create_session`], the session given its own variables and working
+    /// directory (`Session::set_environment`; kept across its worker's restarts). A refused
+    /// environment is `InvalidEnvironment`, checked before a session is taken where it can
+    /// be (a `cwd` that leads out of the session's directory is known only after).
+    pub async fn create_session_with(
+        &self,
+        caller: &Caller,
+        environment: SessionEnvironment,
+    ) -> Result<SessionSummary, ServiceError> {
+        environment
+            .validate()
+            .map_err(|e| ServiceError::from_session("create_session", None, e))?;
         let tenant = &caller.tenant.config;
         // Reserved before waiting for the pool, so concurrent requests cannot all pass the check.
         let Some(_reservation) = self
@@ -127,6 +143,21 @@ impl Service {
             });
         };
         let guard = self.acquire_for(tenant).await?;
+        // Never given back to the pool once it may have got the caller's environment.
+        let mut handover = DiscardUnlessKept(Some(guard));
+        if let Some(session) = handover.0.as_ref().filter(|_| !environment.is_empty()) {
+            session
+                .set_environment(environment)
+                .await
+                .map_err(|e| ServiceError::from_session("create_session", None, e))?;
+        }
+        let Some(guard) = handover.0.take() else {
+            return Err(ServiceError::from_session(
+                "create_session",
+                None,
+                crate::error::Error::SessionClosed,
+            ));
+        };
         let hosted = self.inner.add_session(&caller.tenant, guard);
         self.inner.record_session(&hosted).await;
         Ok(hosted.summary())

@@ -142,6 +142,9 @@ pub struct Checkpoint {
     pub saved: Vec<String>,
     /// Names that could not be saved, each with the reason (an open file, a generator...).
     pub skipped: Vec<NotSaved>,
+    /// The distributions installed in the session's package directory, `name==version`
+    /// (recorded, not saved: a restore lists them).
+    pub packages: Vec<String>,
 }
 
 /// A name left out of a checkpoint or of a restore, and why.
@@ -158,6 +161,14 @@ pub struct RestoreReport {
     pub restored: Vec<String>,
     /// Names that could not be restored, each with the reason.
     pub failed: Vec<NotSaved>,
+    /// The distributions the checkpoint's session had installed (`name==version`): listed,
+    /// not installed by the restore. Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Those of `packages` this session does not have at that version (install them with
+    /// `%pip install`). Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages_missing: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +176,8 @@ struct CheckpointReport {
     checkpoint: String,
     saved: Vec<String>,
     skipped: Vec<NotSaved>,
+    #[serde(default)]
+    packages: Vec<String>,
 }
 
 /// The agent's checkpoint report (a result's value) as a [`Checkpoint`].
@@ -178,6 +191,7 @@ fn parse_checkpoint(report: serde_json::Value) -> Result<Checkpoint, Error> {
         data,
         saved: report.saved,
         skipped: report.skipped,
+        packages: report.packages,
     })
 }
 

@@ -11,11 +11,14 @@
 //! - `requests.rs`: the commands and the worker-request table;
 //! - `exit.rs`: what a worker's exit means for the running execution;
 //! - `files/`: [`SessionFiles`] (`Session::files`), the session's directory from the host.
+//! - `environment.rs`: a session's own variables and cwd (validated, applied, kept by the
+//!   core for every worker that replaces one) and its package directory's variable.
 
 mod actor;
 mod checkpoint;
 mod core;
 mod display;
+mod environment;
 mod exit;
 pub mod files;
 mod live_worker;
@@ -49,6 +52,10 @@ pub use checkpoint::{
     Checkpoint, NotSaved, RestoreReport, DEFAULT_CHECKPOINT_TIMEOUT, MAX_CHECKPOINT_BYTES,
 };
 pub use display::{Bundle, Display, MimeBundle, DEFAULT_MAX_DISPLAY_BYTES};
+pub use environment::{
+    SessionEnvironment, MAX_CWD_BYTES, MAX_NAME_BYTES, MAX_TOTAL_BYTES, MAX_VALUE_BYTES, MAX_VARS,
+    PACKAGES_SUBDIR, REFUSED_NAMES,
+};
 pub use files::{FileLimits, FilesError, SessionFiles};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
@@ -414,6 +421,8 @@ struct Handle {
     state: watch::Receiver<SessionState>,
     executions: Arc<AtomicU64>,
     files: SessionFiles,
+    /// The session's own directory: its configured `cwd`, or the one made for it.
+    directory: PathBuf,
 }
 
 /// Where a session lives in the shutdown tree: cancelling `token` makes the session shut down
@@ -439,7 +448,8 @@ impl Session {
 
     /// Like [`Session::start`], inside an owner's shutdown tree (see [`Scope`]).
     pub async fn start_in(config: SessionConfig, scope: Scope) -> Result<Session, Error> {
-        let (commands, state, executions, ready, cwd) = actor::spawn(config, scope).await?;
+        environment::check_config_env(&config.env)?;
+        let (commands, state, executions, ready, directory) = actor::spawn(config, scope).await?;
         let id = ready.await.map_err(|_| Error::SessionClosed)??;
         Ok(Session {
             inner: Arc::new(Handle {
@@ -447,7 +457,8 @@ impl Session {
                 commands,
                 state,
                 executions,
-                files: SessionFiles::new(cwd),
+                files: SessionFiles::new(directory.clone()),
+                directory,
             }),
         })
     }
@@ -556,6 +567,12 @@ impl Session {
 
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The session's own directory: its configured `cwd`, or the one made for it (removed
+    /// with the session). A `cwd` given to [`Session::set_environment`] is inside it.
+    pub fn directory(&self) -> &std::path::Path {
+        &self.inner.directory
     }
 
     pub fn state(&self) -> SessionState {

@@ -64,6 +64,12 @@ pub(crate) enum Command {
         limits: crate::worker::ResourceLimits,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// The session's own variables and cwd, kept by the core for every worker started after
+    /// (`environment.rs`; the live worker gets them by an internal call).
+    SetEnvironment {
+        kept: super::environment::Kept,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A question for the worker whose answer comes back with `in_reply_to` = its id. When the

@@ -29,6 +29,10 @@ pub struct CheckpointRecord {
     /// Names saved, and those that could not be, with the reason (empty for an upload).
     pub saved: Vec<String>,
     pub skipped: Vec<NotSaved>,
+    /// The distributions the session had installed in its package directory
+    /// (`name==version`; empty for an upload).
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 /// A session the store knows of, to bring back after a restart.

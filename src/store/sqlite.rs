@@ -88,6 +88,9 @@ impl SqliteStore {
 struct Meta {
     saved: Vec<String>,
     skipped: Vec<crate::session::NotSaved>,
+    /// Absent from records written before packages were recorded.
+    #[serde(default)]
+    packages: Vec<String>,
 }
 
 fn record_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CheckpointRecord, String)> {
@@ -100,6 +103,7 @@ fn record_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CheckpointRecord, Str
             size: row.get::<_, i64>(4)?.max(0) as u64,
             saved: Vec::new(),
             skipped: Vec::new(),
+            packages: Vec::new(),
         },
         row.get(5)?,
     ))
@@ -112,6 +116,7 @@ fn with_meta(
         serde_json::from_str(&meta).map_err(|e| StoreError::Malformed(e.to_string()))?;
     record.saved = meta.saved;
     record.skipped = meta.skipped;
+    record.packages = meta.packages;
     Ok(record)
 }
 
@@ -120,6 +125,7 @@ impl SqliteStore {
         let meta = serde_json::to_string(&Meta {
             saved: record.saved.clone(),
             skipped: record.skipped.clone(),
+            packages: record.packages.clone(),
         })
         .map_err(|e| StoreError::Malformed(e.to_string()))?;
         conn.execute(
@@ -287,6 +293,7 @@ mod tests {
                 name: "f".into(),
                 reason: "TypeError: no".into(),
             }],
+            packages: vec!["pkg==1.0".into()],
         }
     }
 

@@ -43,6 +43,7 @@ pub const AGENT_SOURCE: &str = concat!(
     include_str!("../../worker/state.py"),
     include_str!("../../worker/transaction.py"),
     include_str!("../../worker/display.py"),
+    include_str!("../../worker/magics.py"),
     include_str!("../../worker/main.py"),
 );
 

@@ -24,6 +24,7 @@ const EXIT_USAGE: i32 = 2;
 pub async fn run(args: ReplArgs) -> i32 {
     let mut config = SessionConfig {
         python: args.python.clone(),
+        env: args.env.clone(),
         ..SessionConfig::default()
     };
     args.sandbox.apply(&mut config);

@@ -109,13 +109,21 @@ pub(crate) async fn spawn(
     let mut config = config;
     config.limits.processes = cgroup.as_ref().and_then(|c| c.max_processes());
     config.limits.session_memory_bytes = cgroup.as_ref().and_then(|c| c.max_memory());
+    let mut env = config.env.clone();
+    // A session with a directory of its own gets a package prefix in it (docs/api.md,
+    // "Packages per session"); one working in a directory of the caller's (`exec`) does not.
+    if workdir.is_some() {
+        let packages = cwd.join(super::environment::PACKAGES_SUBDIR);
+        let packages = packages.to_string_lossy().into_owned();
+        env.push((super::environment::PACKAGES_VAR.to_string(), packages));
+    }
     let spec = WorkerSpec {
         cgroup_procs: cgroup
             .as_ref()
             .map(worker::SessionCgroup::procs_fds)
             .unwrap_or_default(),
         interpreter,
-        env: config.env.clone(),
+        env,
         inherit_env: config.inherit_env,
         limits: config.limits,
         cwd: cwd.clone(),
@@ -124,7 +132,7 @@ pub(crate) async fn spawn(
         marker_token: String::new(),
     };
     let max_frame_len = config.max_frame_len;
-    let workdir_path = cwd.clone();
+    let directory = cwd.clone();
     let core = Core::new(
         id.clone(),
         config,
@@ -164,7 +172,7 @@ pub(crate) async fn spawn(
     // The first worker starts now, so that a spawn error is the caller's error.
     actor.apply_effects().await;
     scope.tracker.spawn(actor.run());
-    Ok((commands_tx, state_rx, executions, ready_rx, workdir_path))
+    Ok((commands_tx, state_rx, executions, ready_rx, directory))
 }
 
 /// What woke the actor.
@@ -411,10 +419,12 @@ impl Actor {
             cgroup.kill_all().await;
             self.oom_kills_seen = cgroup.oom_kills();
         }
-        let spec = WorkerSpec {
+        let mut spec = WorkerSpec {
             marker_token,
             ..self.spec.clone()
         };
+        // The session's own variables and cwd, as the core keeps them (environment.rs).
+        spec.env.extend(self.core.environment().worker_env());
         let spawned = worker::spawn(&spec).await;
         // The start deadline counts from here, once the process exists.
         let now = Instant::now();

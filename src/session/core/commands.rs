@@ -128,6 +128,10 @@ impl Core {
                 self.set_limits(limits);
                 let _ = reply.send(Ok(()));
             }
+            Command::SetEnvironment { kept, reply } => {
+                self.set_environment(kept);
+                let _ = reply.send(());
+            }
         }
     }
 

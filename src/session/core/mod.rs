@@ -167,6 +167,8 @@ pub(crate) struct Core {
     python_version: String,
     /// What contains the session's processes (see `SessionInfo::containment`).
     containment: String,
+    /// The session's own variables and cwd (`environment.rs`): every worker starts with them.
+    environment: crate::session::environment::Kept,
     effects: Vec<Effect>,
 }
 
@@ -205,6 +207,7 @@ impl Core {
             late_messages_dropped: 0,
             python_version: String::new(),
             containment: "process group".to_string(),
+            environment: Default::default(),
             effects: Vec::new(),
         };
         core.start_worker();
@@ -335,6 +338,23 @@ impl Core {
     /// The limits now in force (set by the actor, which applies them to the process).
     pub fn set_limits(&mut self, limits: crate::worker::ResourceLimits) {
         self.config.limits = limits;
+    }
+
+    /// Keeps the session's own variables (merged over those set before) and cwd.
+    pub fn set_environment(&mut self, kept: crate::session::environment::Kept) {
+        for (name, value) in kept.vars {
+            self.environment.vars.retain(|(n, _)| *n != name);
+            self.environment.vars.push((name, value));
+        }
+        if let Some(cwd) = kept.cwd {
+            self.cwd = cwd.clone();
+            self.environment.cwd = Some(cwd);
+        }
+    }
+
+    /// What a worker starts with besides the session's configuration (see `set_environment`).
+    pub fn environment(&self) -> &crate::session::environment::Kept {
+        &self.environment
     }
 
     pub fn closing(&self) -> bool {
