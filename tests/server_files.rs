@@ -119,11 +119,13 @@ async fn cwd_of(api: &Api, id: &str) -> PathBuf {
     PathBuf::from(info["cwd"].as_str().unwrap())
 }
 
-/// Every name in `dir` on the host, hidden ones included.
+/// Every name in `dir` on the host, hidden ones included, but for the session's package
+/// directory (`.pyrepl3`, the service's, made at the worker's start).
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != ".pyrepl3")
         .collect();
     names.sort();
     names
@@ -305,7 +307,12 @@ async fn code_sees_uploads_and_its_own_files_can_be_downloaded_listed_and_delete
     let (status, _) = delete("out?recursive=true").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(
-        run(&api, &id, "import os\nsorted(os.listdir('.'))").await,
+        run(
+            &api,
+            &id,
+            "import os\nsorted(n for n in os.listdir('.') if n != '.pyrepl3')"
+        )
+        .await,
         json!([])
     );
     api.handle.shutdown().await.unwrap();
@@ -565,7 +572,12 @@ async fn another_tenants_session_files_are_not_found() {
         (StatusCode::OK, b"alice's".to_vec())
     );
     assert_eq!(
-        run(&api, &id, "import os\nos.listdir('.')").await,
+        run(
+            &api,
+            &id,
+            "import os\n[n for n in os.listdir('.') if n != '.pyrepl3']"
+        )
+        .await,
         json!(["mine.txt"])
     );
     // The OpenAPI document describes the routes.

@@ -23,6 +23,9 @@ pub(crate) const CWD_VAR: &str = "PYREPL3_CWD";
 pub(crate) const PACKAGES_VAR: &str = "PYREPL3_PACKAGES";
 /// Where the package prefix is, inside a session's own directory.
 pub const PACKAGES_SUBDIR: &str = ".pyrepl3/packages";
+/// The directory of the session's own that holds it, at the top of the session's directory
+/// (left out of file listings: it is the service's, not the user's).
+pub const SERVICE_SUBDIR: &str = ".pyrepl3";
 
 /// Variables a session may get at most.
 pub const MAX_VARS: usize = 128;

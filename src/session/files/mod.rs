@@ -376,7 +376,11 @@ impl SessionFiles {
             {
                 let entry = entry.map_err(io_error(&rel, "reading the directory"))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(UPLOAD_PREFIX) {
+                // Uploads under way, and the service's own directory at the top (the
+                // session's packages): not the user's files.
+                if name.starts_with(UPLOAD_PREFIX)
+                    || (rel.is_top() && name == crate::session::environment::SERVICE_SUBDIR)
+                {
                     continue;
                 }
                 if entries.len() == max {
