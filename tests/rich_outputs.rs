@@ -349,3 +349,74 @@ async fn the_repl_mode_shows_a_figure_value_once() {
         .count();
     assert_eq!(pngs, 1, "{:?}", out.events.len());
 }
+
+#[test]
+fn exec_shows_what_a_failing_script_drew_and_notebook_lines_work() {
+    // A figure drawn before the code failed (or exited) is shown, as in Jupyter: the end of
+    // a script (atexit: pyplot's closes every figure) must not lose it.
+    let dir = tempfile::tempdir().unwrap();
+    for ending in ["1/0", "import sys; sys.exit(0)"] {
+        let images = dir.path().join(ending.len().to_string());
+        let (_, stdout, stderr) = exec(
+            &["--display-dir", images.to_str().unwrap()],
+            &format!("import matplotlib.pyplot as plt\nplt.plot([1, 2])\n{ending}"),
+        );
+        assert!(
+            stdout.contains("[display: image/png saved to"),
+            "{ending}: {stdout} / {stderr}"
+        );
+        assert!(images.join("display-1.png").exists());
+    }
+    // `%matplotlib inline` (notebook code) is accepted; IPython's display functions are the
+    // session's, imported without warnings; publish_display_data gives a display.
+    let (status, stdout, stderr) = exec(
+        &["--json"],
+        "%matplotlib inline\nfrom IPython.display import display, HTML, publish_display_data\n\
+         display(HTML('<b>x</b>'))\npublish_display_data({'text/html': '<i>p</i>', 'text/plain': 'p'})",
+    );
+    assert_eq!(status, 0, "{stderr}");
+    assert!(!stderr.contains("Warning"), "{stderr}");
+    let htmls: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "display")
+        .map(|e| e["data"]["text/html"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(htmls, ["<b>x</b>", "<i>p</i>"], "{stdout}");
+}
+
+#[tokio::test]
+async fn the_repl_mode_draws_a_figure_made_in_an_expression_statement_whole() {
+    let session = common::start_with(pyrepl3::SessionConfig {
+        python: common::rich_python(),
+        ..pyrepl3::SessionConfig::default()
+    })
+    .await;
+    let options = pyrepl3::ExecuteOptions {
+        mode: pyrepl3::CodeMode::Interactive,
+        ..pyrepl3::ExecuteOptions::default()
+    };
+    // As typed at the prompt: the figure's repr is echoed, and the one picture, 10 wide and
+    // with its line, comes at the end (not an empty figure, then the line on a new one).
+    let out = common::guard(
+        session
+            .execute(
+                "import matplotlib.pyplot as plt\nplt.figure(figsize=(10, 2)); plt.plot([1, 3, 2])",
+                options,
+            )
+            .outcome(),
+    )
+    .await;
+    let pngs: Vec<_> = out
+        .displays()
+        .filter_map(|d| d.data.get("image/png").and_then(|p| p.as_str()))
+        .collect();
+    assert_eq!(pngs.len(), 1, "{:?}", out.stdout);
+    let (width, height) = png_size(pngs[0]);
+    assert!(width > 3 * height, "{width}x{height}");
+    assert!(
+        out.stdout.starts_with("<Figure size 1000x200"),
+        "{}",
+        out.stdout
+    );
+}

@@ -351,3 +351,29 @@ async fn rich_formats_json_cannot_carry_or_too_large_for_a_frame_are_left_out_no
     ));
     assert_eq!(run(&session, "len(calls)").await.repr(), Some("1"));
 }
+
+#[tokio::test]
+async fn a_formatter_that_misbehaves_is_said_and_the_display_goes_on() {
+    let session = start().await;
+    let out = run(
+        &session,
+        "class R:\n    def __repr__(self): raise ValueError('no repr')\n    def _repr_html_(self): return 42\n\
+         class M:\n    def _repr_mimebundle_(self, include=None, exclude=None): return 'oops'\n\
+         \x20   def __repr__(self): return 'M()'\n\
+         display(R())\ndisplay(M())\n'after'",
+    )
+    .await;
+    assert_eq!(out.repr(), Some("'after'"), "{:?}", out.terminal);
+    let displays: Vec<_> = out.displays().collect();
+    assert_eq!(displays.len(), 2, "{:?}", out.events);
+    assert_eq!(text(displays[0], "text/plain"), "<R object>");
+    assert!(
+        !displays[0].data.contains_key("text/html"),
+        "{:?}",
+        displays[0]
+    );
+    assert_eq!(text(displays[1], "text/plain"), "M()");
+    for said in ["no repr", "not str", "not a dict"] {
+        assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
+    }
+}

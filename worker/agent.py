@@ -749,18 +749,21 @@ class Agent:
                     text, shown = _clip(repr(value)), _plain_json(value)
                     bundle = _result_bundle(value, figures, text)
                     self._remember_result(value)
+            except BaseException as exc:
+                # What the cell drew before it failed is shown, as in Jupyter (before the end
+                # of a script: its atexit handlers include pyplot's, which closes them all);
+                # after a cancel or timeout only closed: drawing could outlast the grace.
+                try:
+                    _figures_at_the_end(render=not isinstance(exc, KeyboardInterrupt))
+                except BaseException:
+                    pass  # the cell's own error is the one to report
+                raise
             finally:
                 if mode == "script":  # the end of `python -c`: threads joined, atexit run
                     _end_of_script()
             self._running_id = None
             return ("result", text, shown, bundle)
         except BaseException as exc:
-            if not compiling:
-                try:  # what the cell drew before it failed is shown, as in Jupyter; after
-                    # a cancel or timeout only closed: rendering could outlast the grace
-                    _figures_at_the_end(render=not isinstance(exc, KeyboardInterrupt))
-                except BaseException:
-                    pass  # the cell's own error is the one to report
             self._running_id = None
             return ("error", exc, compiling)
 
@@ -794,12 +797,13 @@ class Agent:
         if value is None:
             return
         builtins._ = None  # as the default hook: a repr that reads `_` sees no stale value
-        bundle = _result_bundle(value, ())
+        # An open pyplot figure is shown with the others when the statement ends (so that
+        # `plt.figure(); plt.plot(...)` is one picture, drawn whole): here only its repr.
+        bundle = None if _open_figure(value) else _result_bundle(value, ())
         if bundle is None:
             sys.stdout.write(repr(value) + "\n")
-        else:  # a rich value (a DataFrame, a figure): a display, whose text a terminal shows
+        else:  # a rich value (a DataFrame, an image): a display, whose text a terminal shows
             _send_display(*bundle)
-            _close_figure(value)  # shown: not again at the end of the execution
         self._remember_result(value)
 
     def _remember_result(self, value):

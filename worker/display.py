@@ -93,7 +93,10 @@ def _mime_bundle(obj, include=None, exclude=None, text=None):
             got, more = got
             if isinstance(more, dict):
                 metadata.update(more)
-        if isinstance(got, dict):
+        if got is not None and not isinstance(got, dict):
+            _format_failed(obj, "_repr_mimebundle_", TypeError(
+                "returned %s, not a dict" % type(got).__name__))
+        elif got is not None:
             for mime, value in got.items():
                 if isinstance(mime, str) and value is not None:
                     data[mime] = _mime_value(mime, value)
@@ -114,15 +117,25 @@ def _mime_bundle(obj, include=None, exclude=None, text=None):
             got, more = got
             if more is not None:
                 metadata[mime] = more
-        if got is not None:
-            data[mime] = _mime_value(mime, got)
+        if got is None:
+            continue
+        if mime.startswith("text/") and not isinstance(got, str):
+            _format_failed(obj, name, TypeError("returned %s, not str" % type(got).__name__))
+            continue
+        data[mime] = _mime_value(mime, got)
     if "image/png" not in data and _is_figure(obj):
         try:
             data["image/png"] = _mime_value("image/png", _figure_png(obj))
         except Exception as exc:
             _format_failed(obj, "rendering", exc)
+    if "text/plain" not in data and text is None:
+        try:
+            text = _clip(repr(obj))
+        except Exception as exc:  # shown anyway, as IPython goes on after a formatter error
+            _format_failed(obj, "__repr__", exc)
+            text = "<%s object>" % type(obj).__name__
     if "text/plain" not in data:
-        data["text/plain"] = _clip(repr(obj)) if text is None else text
+        data["text/plain"] = text
     if include is not None:
         data = {mime: value for mime, value in data.items() if mime in include}
     if exclude is not None:
@@ -184,8 +197,8 @@ def _send_display(data, metadata, display_id=None, update=False):
            "metadata": metadata, "display_id": display_id, "update": update}
     size = _bundle_bytes(data, metadata)
     if size > DISPLAY_LIMIT:
-        msg["data"] = {"text/plain": "[pyrepl3: a display of %d bytes was left out: the limit "
-                                     "is %d bytes]" % (size, DISPLAY_LIMIT)}
+        msg["data"] = {"text/plain": "[pyrepl3: a display of %d bytes was left out: one "
+                                     "message carries at most %d bytes]" % (size, DISPLAY_LIMIT)}
         msg["metadata"] = {}
     if not agent.send(msg, ordered=True):
         sys.stdout.write(text)  # its execution ended meanwhile: shown with the next one
@@ -288,15 +301,16 @@ def _figures_at_the_end(render=True):
     return ()
 
 
-def _close_figure(value):
-    """A figure shown as a value (the REPL): closed, so the end of the execution does not
-    show it again."""
+def _open_figure(value):
+    """Whether `value` is a figure pyplot holds open under the inline backend (it will be
+    shown when the execution ends)."""
     helpers = sys.modules.get("matplotlib._pylab_helpers")
-    if helpers is not None and _is_figure(value) and _inline_backend_in_use():
-        try:
-            helpers.Gcf.destroy_fig(value)
-        except Exception:
-            pass
+    if helpers is None or not _is_figure(value) or not _inline_backend_in_use():
+        return False
+    try:
+        return any(m.canvas.figure is value for m in helpers.Gcf.get_all_fig_managers())
+    except Exception:
+        return False
 
 
 class _AfterImport:
@@ -373,9 +387,17 @@ def _matplotlib_imported(matplotlib):
             _format_failed(matplotlib, "choosing the inline backend", exc)
 
 
+def _publish_display_data(data, metadata=None, source=None, *, transient=None, **kwargs):
+    """IPython's `publish_display_data`: a bundle as it is, as a display."""
+    display(data, raw=True, metadata=metadata)
+
+
 def _ipython_display_imported(module):
-    for name, ours in (("display", display), ("update_display", update_display)):
-        if hasattr(module, name):
+    # Only names the module defines: IPython.core.display answers the old ones through a
+    # module __getattr__ that warns of their deprecation.
+    for name, ours in (("display", display), ("update_display", update_display),
+                       ("publish_display_data", _publish_display_data)):
+        if name in vars(module):
             setattr(module, name, ours)
 
 

@@ -154,8 +154,15 @@ def _run_magic(kind, text, body=None):
         return None
     if name == "pwd":
         return os.getcwd()
+    if name == "matplotlib":
+        # Notebook code starts with `%matplotlib inline`: figures are shown inline here
+        # already (docs/api.md, "Rich outputs"); another backend cannot be shown.
+        if args.strip() in ("", "inline"):
+            return None
+        raise UsageError("%%matplotlib %s: this session shows figures inline only (plt.show() "
+                         "sends them as images)" % args.strip())
     raise UsageError("Line magic function `%%%s` not found (this session has %%pip, %%cd, "
-                     "%%pwd; `!command` runs a shell command)" % name)
+                     "%%pwd, %%matplotlib inline; `!command` runs a shell command)" % name)
 
 
 def _shell(argv):

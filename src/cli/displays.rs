@@ -30,13 +30,18 @@ impl DisplayFiles {
         DisplayFiles { dir, saved: 0 }
     }
 
-    /// The lines a terminal shows for a bundle: its `text/plain` (unless `skip_text`: a result
-    /// whose repr is printed anyway), then one `[display: TYPE saved to PATH]` per saved
-    /// file. A file that cannot be written is said so instead.
+    /// The lines a terminal shows for a bundle: its `text/plain` (unless empty, or `skip_text`:
+    /// a result whose repr is printed anyway), then `[display: TYPE saved to PATH]` for its
+    /// picture: the first of the saved types it has (a PIL image comes as PNG and JPEG: one
+    /// file). A file that cannot be written is said so instead.
     pub fn render(&mut self, data: &MimeBundle, skip_text: bool) -> String {
         let mut shown = String::new();
         if !skip_text {
-            if let Some(text) = data.get("text/plain").and_then(|t| t.as_str()) {
+            if let Some(text) = data
+                .get("text/plain")
+                .and_then(|t| t.as_str())
+                .filter(|t| !t.is_empty())
+            {
                 shown.push_str(text);
                 if !text.ends_with('\n') {
                     shown.push('\n');
@@ -53,6 +58,7 @@ impl DisplayFiles {
                 }
                 Err(e) => shown.push_str(&format!("[display: {mime} not saved: {e}]\n")),
             }
+            break;
         }
         shown
     }

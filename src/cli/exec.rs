@@ -116,6 +116,8 @@ async fn execute(options: &RunOptions, work: Work) -> i32 {
         python: options.python.clone(),
         start_timeout,
         env: options.env.clone(),
+        // Images go to local files: any the worker can send (its frame) is kept.
+        max_display_bytes: crate::protocol::DEFAULT_MAX_FRAME_LEN,
         ..SessionConfig::default()
     };
     options.sandbox.apply(&mut config);

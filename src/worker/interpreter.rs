@@ -51,7 +51,7 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
         return Ok(found.clone());
     }
     // Prints its real executable and a NUL; the directories its files live in, each ended
-    // by a NUL, and one more NUL; then the agent (given as the argument) compiled to a .pyc
+    // by a NUL, and one more NUL; then the agent (given on stdin) compiled to a .pyc
     // image: magic, 12 bytes of flags and source stamp (unchecked when run directly), the
     // marshalled code.
     let script = "import os, sys\n\
@@ -65,14 +65,15 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
         out.write(b'\\0')\n\
         try:\n    \
             import importlib.util, marshal\n    \
-            code = compile(sys.argv[1], '<pyrepl3 agent>', 'exec', dont_inherit=True)\n    \
+            code = compile(sys.stdin.buffer.read(), '<pyrepl3 agent>', 'exec', dont_inherit=True)\n    \
             out.write(importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))\n\
         except Exception as e:\n    \
             sys.stderr.write('pyrepl3: could not compile the agent: %s\\n' % e)\n\
         out.flush()";
     let mut cmd = Command::new(python);
-    cmd.args(["-c", script, AGENT_SOURCE]);
-    cmd.stdin(Stdio::null())
+    // The agent's source on stdin: it is over the kernel's limit for one argument (128 KiB).
+    cmd.args(["-c", script]);
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group, so that a hung probe is killed with whatever it started.
@@ -89,7 +90,19 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
     };
     let mut child = spawner::spawn_child(cmd).await.map_err(spawn_error)?;
     // not polling: the one start deadline bounding the whole probe.
-    let answered = tokio::time::timeout(deadline, probe_output(&mut child)).await;
+    let stdin = child.stdin.take();
+    let source = async move {
+        use tokio::io::AsyncWriteExt;
+        if let Some(mut stdin) = stdin {
+            // A probe that fails before reading it says why in its own output and status.
+            let _ = stdin.write_all(AGENT_SOURCE.as_bytes()).await;
+        } // dropped: end of file
+    };
+    let answered = tokio::time::timeout(deadline, async {
+        let ((), out) = tokio::join!(source, probe_output(&mut child));
+        out
+    })
+    .await;
     let out = match answered {
         Ok(out) => out.map_err(spawn_error)?,
         Err(_) => {
@@ -118,15 +131,18 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
     } else {
         PathBuf::from(std::ffi::OsStr::from_bytes(real))
     };
-    let agent_code = if pyc.is_empty() {
-        None
+    // The bytecode, or when the probe could not compile it, the source: either way a sealed
+    // file (the source is too long to pass as an argument).
+    let image = if pyc.is_empty() {
+        AGENT_SOURCE.as_bytes()
     } else {
-        match sealed_file(c"pyrepl3-agent.pyc", pyc) {
-            Ok(fd) => Some(Arc::new(fd)),
-            Err(e) => {
-                tracing::warn!(error = %e, "no sealed file for the agent's bytecode; workers compile it at every start");
-                None
-            }
+        pyc
+    };
+    let agent_code = match sealed_file(c"pyrepl3-agent.pyc", image) {
+        Ok(fd) => Some(Arc::new(fd)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no sealed file for the agent; workers cannot start");
+            None
         }
     };
     let prepared = Interpreter {

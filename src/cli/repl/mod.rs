@@ -25,6 +25,8 @@ pub async fn run(args: ReplArgs) -> i32 {
     let mut config = SessionConfig {
         python: args.python.clone(),
         env: args.env.clone(),
+        // Images go to local files: any the worker can send (its frame) is kept.
+        max_display_bytes: crate::protocol::DEFAULT_MAX_FRAME_LEN,
         ..SessionConfig::default()
     };
     args.sandbox.apply(&mut config);
