@@ -349,6 +349,11 @@ async fn traversal_attempts_and_symlinks_planted_by_code_that_lead_out_are_refus
         ("PUT", format!("{files}/real/parent/pyrepl3-planted")),
         ("DELETE", format!("{files}/etc/hostname")),
         ("DELETE", format!("{files}/up/x")),
+        // A name longer than the file system takes: refused, not an internal error.
+        ("PUT", format!("{files}/{}", "a".repeat(300))),
+        ("GET", format!("{files}/{}", "a".repeat(300))),
+        ("GET", format!("{files}?path={}", "a".repeat(300))),
+        ("DELETE", format!("{files}/{}", "a".repeat(300))),
     ] {
         let (status, body) = raw(&api, method, &path).await;
         assert_eq!(

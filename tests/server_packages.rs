@@ -284,3 +284,35 @@ async fn refused_names_values_and_directories_are_400_naming_the_problem() {
     let (_, list) = api.get("/v1/sessions", ALICE).await;
     assert_eq!(list["sessions"], json!([]), "{list}");
 }
+
+/// A tenant's variables never act on what starts its worker: `bwrap` and `setpriv` run as
+/// root (with the sandbox, when the server is root) and the dynamic linker reads its own
+/// variables in their environment (here: a file written where the tenant says, as root).
+/// And a variable read at interpreter start acts the same before and after a restart.
+#[tokio::test]
+async fn a_sessions_variables_reach_its_code_not_what_starts_its_worker() {
+    let api = server(true).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let planted = out_dir.path().join("planted");
+    let (status, made) = api
+        .post(
+            "/v1/sessions",
+            ALICE,
+            json!({"env": {"LD_DEBUG": "files", "LD_DEBUG_OUTPUT": planted.to_str().unwrap(),
+                           "PYTHONHASHSEED": "bogus", "MINE": "1"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let check = "import os\nos.environ['MINE'], os.environ['PYTHONHASHSEED']";
+    for _ in 0..2 {
+        let out = ok(&api, &id, check).await;
+        assert_eq!(out["result"]["value"], json!(["1", "bogus"]), "{out}");
+        let (status, body) = api
+            .post(&format!("/v1/sessions/{id}/restart"), ALICE, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let written: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+    assert!(written.is_empty(), "the linker wrote {written:?}");
+}

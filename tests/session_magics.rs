@@ -47,7 +47,12 @@ async fn shell_lines_run_at_statement_starts_in_order() {
 #[tokio::test]
 async fn unknown_magics_are_a_usage_error_not_a_syntax_error() {
     let session = start().await;
-    let out = run(&session, "%matplotlib inline").await;
+    let out = run(&session, "%timeit 1 + 1").await;
+    assert_eq!(error_type(&out.terminal), "UsageError", "{out:?}");
+    // `%matplotlib inline` is what figures do here already; another backend is refused.
+    let out = run(&session, "%matplotlib inline\n'ok'").await;
+    assert_eq!(out.repr(), Some("'ok'"), "{out:?}");
+    let out = run(&session, "%matplotlib qt").await;
     assert_eq!(error_type(&out.terminal), "UsageError", "{out:?}");
     let out = run(&session, "%%timeit\n1 + 1").await;
     assert_eq!(error_type(&out.terminal), "UsageError", "{out:?}");

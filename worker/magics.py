@@ -34,12 +34,13 @@ def _magics_transform(source):
     line `%%name` makes the whole cell one call. Lines inside brackets, strings and after a
     backslash continuation are left alone."""
     lines = source.splitlines(True)
-    if lines and lines[0].lstrip().startswith("%%"):
-        head = lines[0].strip()[2:]
-        body = "".join(lines[1:])
+    first = next((n for n, line in enumerate(lines) if line.strip()), None)
+    if first is not None and lines[first].lstrip().startswith("%%"):  # blank lines before
+        head = lines[first].strip()[2:]
+        body = "".join(lines[first + 1:])
         call = "%s(%r, %r, %r)" % (_MAGIC_CALL, "%%", head, body)
         _install_magic_call()
-        return call + "\n" * (len(lines) - 1)
+        return "\n" * first + call + "\n" * (len(lines) - first - 1)
     out, changed = [], False
     depth, quote, continued = 0, None, False
     i = 0
@@ -76,6 +77,7 @@ def _scan_line(line, depth, quote):
     """The lexical state after `line`: bracket depth, the open string's quote (None when
     outside one), and whether the line continues on the next (a trailing backslash)."""
     i, n = 0, len(line)
+    commented = False
     while i < n:
         c = line[i]
         if quote is not None:
@@ -89,6 +91,7 @@ def _scan_line(line, depth, quote):
             i += 1
             continue
         if c == "#":
+            commented = True  # a backslash ending a comment continues nothing
             break
         if c in "([{":
             depth += 1
@@ -100,7 +103,7 @@ def _scan_line(line, depth, quote):
             continue
         i += 1
     body = line.rstrip("\r\n")
-    continued = body.endswith("\\") and (quote is None or len(quote) == 1)
+    continued = not commented and body.endswith("\\") and (quote is None or len(quote) == 1)
     if quote is not None and len(quote) == 1 and not continued:
         quote = None  # an unterminated string: Python says so; the next line starts afresh
     return depth, quote, continued

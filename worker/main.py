@@ -33,8 +33,16 @@ def main():
             os._exit(1)  # the host could never pair this worker's output with its messages
     packages = os.environ.get("PYREPL3_PACKAGES")  # the session's package prefix (magics.py)
     cwd = os.environ.get("PYREPL3_CWD")  # the session's own cwd, inside its directory
+    # The session's own variables, as JSON: never in the start environment itself, where the
+    # dynamic linker of what starts the worker (bwrap, as root) would act on them.
+    session_env = os.environ.get("PYREPL3_SESSION_ENV")
     for key in [k for k in os.environ if k.startswith("PYREPL3_")]:
         del os.environ[key]  # user code and its children must not see them
+    if session_env:
+        try:
+            _apply_environ({"set": _decode(session_env)})
+        except ValueError as exc:
+            sys.stderr.write("pyrepl3 agent: the session's variables are unusable: %s\n" % exc)
     if cwd:
         _start_in(cwd)
     if packages:

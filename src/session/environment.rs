@@ -19,6 +19,16 @@ use crate::error::Error;
 /// making it if it is missing; the process itself is started in the session's directory,
 /// which is what a sandbox binds).
 pub(crate) const CWD_VAR: &str = "PYREPL3_CWD";
+/// The agent's variable carrying the session's own variables (a JSON object), which the agent
+/// puts in `os.environ` at start. Never the variables themselves in the start environment:
+/// that is also the environment of what starts the worker (`bwrap`, `setpriv`, run as root
+/// by a root server), on which the dynamic linker would act (`LD_DEBUG_OUTPUT`,
+/// `GLIBC_TUNABLES`...); and interpreter-start variables (`PYTHONHASHSEED`...) would apply
+/// to a replacing worker but not to the pooled one the session began with.
+pub(crate) const SESSION_ENV_VAR: &str = "PYREPL3_SESSION_ENV";
+/// Bytes of the variables as they travel in [`SESSION_ENV_VAR`] (JSON, escapes included):
+/// one environment string, which the kernel takes up to 128 KiB of.
+pub const MAX_ENCODED_BYTES: usize = 120 * 1024;
 /// The agent's variable naming the session's package prefix (`pip install --prefix`).
 pub(crate) const PACKAGES_VAR: &str = "PYREPL3_PACKAGES";
 /// Where the package prefix is, inside a session's own directory.
@@ -101,6 +111,13 @@ impl SessionEnvironment {
         if total > MAX_TOTAL_BYTES {
             return Err(invalid(format!(
                 "the environment is {total} bytes; at most {MAX_TOTAL_BYTES} are taken"
+            )));
+        }
+        let encoded = encode_vars(self.vars.iter()).len();
+        if encoded > MAX_ENCODED_BYTES {
+            return Err(invalid(format!(
+                "the environment is {encoded} bytes as JSON (control characters take six \
+                 each); at most {MAX_ENCODED_BYTES} are taken"
             )));
         }
         if let Some(cwd) = &self.cwd {
@@ -291,7 +308,9 @@ impl Kept {
             .cwd
             .as_ref()
             .map(|cwd| (CWD_VAR.to_string(), cwd.to_string_lossy().into_owned()));
-        self.vars.iter().cloned().chain(cwd)
+        let vars = (!self.vars.is_empty())
+            .then(|| (SESSION_ENV_VAR.to_string(), encode_vars(self.vars.iter())));
+        vars.into_iter().chain(cwd)
     }
 }
 
@@ -355,6 +374,14 @@ impl Session {
             ))),
         }
     }
+}
+
+/// The variables as one JSON object, for [`SESSION_ENV_VAR`].
+fn encode_vars<'a>(vars: impl Iterator<Item = &'a (String, String)>) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = vars
+        .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }
 
 #[cfg(test)]

@@ -89,7 +89,6 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
         source,
     };
     let mut child = spawner::spawn_child(cmd).await.map_err(spawn_error)?;
-    // not polling: the one start deadline bounding the whole probe.
     let stdin = child.stdin.take();
     let source = async move {
         use tokio::io::AsyncWriteExt;
@@ -98,6 +97,7 @@ pub async fn prepare_interpreter(python: &Path, deadline: Duration) -> Result<In
             let _ = stdin.write_all(AGENT_SOURCE.as_bytes()).await;
         } // dropped: end of file
     };
+    // not polling: the one start deadline bounding the whole probe.
     let answered = tokio::time::timeout(deadline, async {
         let ((), out) = tokio::join!(source, probe_output(&mut child));
         out

@@ -87,6 +87,10 @@ pub(super) fn io_error(rel: &RelPath, context: &'static str) -> impl Fn(io::Erro
                 reason: "it leads outside the session's directory, or through too many symlinks"
                     .into(),
             },
+            Some(libc::ENAMETOOLONG) => FilesError::BadPath {
+                path,
+                reason: "a name in it is too long (255 bytes at most), or the whole path is".into(),
+            },
             Some(libc::ENOENT) => FilesError::NotFound { path },
             Some(libc::ENOTDIR) => FilesError::NotADirectory { path },
             Some(libc::EISDIR) => FilesError::IsADirectory { path },
