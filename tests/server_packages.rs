@@ -215,7 +215,7 @@ async fn env_and_cwd_are_the_sessions_and_kept_across_a_restart(sandbox: bool) {
         !info.to_string().contains("hello world"),
         "the values are not shown: {info}"
     );
-    let check = "import os\nprint(os.environ['GREETING'], repr(os.environ['EMPTY']), os.getcwd())\n!echo \"$GREETING\"; pwd";
+    let check = "import os\nprint(os.environ['GREETING'], repr(os.environ['EMPTY']), os.environ['PWD'])\n!echo \"$GREETING\"; pwd";
     let expected = format!("hello world '' {cwd}\nhello world\n{cwd}\n");
     assert_eq!(stdout(&ok(&api, &id, check).await), expected);
     let (status, _) = api

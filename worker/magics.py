@@ -301,6 +301,7 @@ def _apply_environ(call):
     if isinstance(cwd, str):
         os.makedirs(cwd, exist_ok=True)
         os.chdir(cwd)
+        os.environ["PWD"] = os.getcwd()  # as a shell's cd keeps it, for tools that read it
     return {"cwd": os.getcwd()}
 
 
@@ -309,6 +310,7 @@ def _start_in(cwd):
     try:
         os.makedirs(cwd, exist_ok=True)
         os.chdir(cwd)
+        os.environ["PWD"] = os.getcwd()  # as a shell's cd keeps it, for tools that read it
     except OSError as exc:
         sys.stderr.write("pyrepl3 agent: cannot work in %s (%s); working in %s\n"
                          % (cwd, exc, os.getcwd()))
