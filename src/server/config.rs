@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// At shutdown, after the shutdown grace: how long connections may still take to finish
     /// their answers before they are dropped.
     pub shutdown_drain_secs: f64,
+    /// Origins whose pages may call the API from a browser (CORS): `scheme://host[:port]`
+    /// each, or `["*"]` for any; empty (the default): none.
+    pub cors_origins: Vec<String>,
     /// Open connections at most (WebSockets included); beyond it a connection is answered
     /// `503` and closed.
     pub max_connections: usize,
@@ -155,6 +158,7 @@ impl Default for ServerConfig {
             reconnect_grace_secs: 30.0,
             shutdown_grace_secs: 5.0,
             shutdown_drain_secs: 5.0,
+            cors_origins: Vec::new(),
             max_connections: 1000,
             header_read_timeout_secs: 30.0,
             max_queued_executions: Bounds::default().max_queued_executions,
@@ -307,6 +311,7 @@ impl ServerConfig {
                 "header_read_timeout_secs must be above 0".to_string(),
             ));
         }
+        super::cors::check_origins(&self.cors_origins)?;
         if self.max_display_bytes < 1024 {
             return Err(Error::InvalidConfig(
                 "max_display_bytes must be at least 1024".to_string(),

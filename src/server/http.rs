@@ -121,16 +121,22 @@ impl FromRequestParts<Service> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
+        let caller = Auth::from_headers(&parts.headers, service)?;
+        // For the access log (`access_log.rs`): the tenant's name, never its token.
+        tracing::Span::current().record("tenant", caller.tenant_name());
+        Ok(Auth(caller))
+    }
+}
+
+impl Auth {
+    /// The caller of `Authorization: Bearer <token>` in `headers`.
+    pub(crate) fn from_headers(headers: &HeaderMap, service: &Service) -> Result<Caller, ApiError> {
+        let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let caller = service.authenticate(token)?;
-        // For the access log (`access_log.rs`): the tenant's name, never its token.
-        tracing::Span::current().record("tenant", caller.tenant_name());
-        Ok(Auth(caller))
+        Ok(service.authenticate(token)?)
     }
 }
 
@@ -181,6 +187,7 @@ pub(crate) fn router(service: Service, max_body: usize) -> Router {
             get(get_execution),
         )
         .route("/v1/sessions/{id}/ws", get(super::ws::upgrade))
+        .route("/v1/sessions/{id}/ws-ticket", post(ws_ticket))
         .merge(super::checkpoints::routes())
         .merge(super::files::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -197,6 +204,16 @@ pub(crate) fn router(service: Service, max_body: usize) -> Router {
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(service)
+}
+
+/// A single-use ticket that opens the session's WebSocket from a browser (`?ticket=`).
+async fn ws_ticket(
+    State(service): State<Service>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ticket = service.issue_ws_ticket(&caller, &id)?;
+    Ok((StatusCode::CREATED, Json(ticket)).into_response())
 }
 
 /// Counts error answers, and gives the few that the framework writes itself (a query

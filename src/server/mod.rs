@@ -10,6 +10,7 @@ mod access_log;
 mod checkpoints;
 mod collect;
 pub mod config;
+mod cors;
 mod files;
 mod http;
 mod listener;
@@ -102,8 +103,11 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
         drop_all: shutdown.drop_all.clone(),
         max_message_bytes: config.max_body_bytes,
     };
-    let router = access_log::layer(http::router(service.clone(), config.max_body_bytes))
+    let mut router = access_log::layer(http::router(service.clone(), config.max_body_bytes))
         .layer(axum::Extension(ws_tasks));
+    if let Some(cors) = cors::layer(&config.cors_origins) {
+        router = router.layer(cors); // outermost: preflights are answered before auth
+    }
     let limits = listener::Limits {
         max_connections: listener::connection_cap(config.max_connections, config.pool.max_sessions),
         header_read_timeout: config.header_read_timeout(),

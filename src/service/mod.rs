@@ -26,6 +26,7 @@ mod metrics;
 mod persistence;
 mod retention;
 mod sessions;
+mod tickets;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,11 +49,25 @@ pub use executions::{AfterStdin, ExecuteRequest, ExecutionHandle, ExecutionSumma
 use metrics::Metrics;
 use sessions::Hosted;
 pub use sessions::{SessionHandle, SessionSummary};
+pub use tickets::{WsTicket, TICKETS_PER_TENANT, TICKET_TTL};
 
 /// A tenant: its settings and its request-rate limiter.
 struct Tenant {
     config: TenantConfig,
     limiter: RateLimiter,
+}
+
+#[cfg(test)]
+impl Tenant {
+    fn for_tests(name: &str) -> Tenant {
+        Tenant {
+            config: TenantConfig {
+                name: name.to_string(),
+                ..TenantConfig::default()
+            },
+            limiter: RateLimiter::new(1000.0, 1000),
+        }
+    }
 }
 
 /// Who is calling: the tenant that [`Service::authenticate`] found for a token. Every
@@ -108,6 +123,8 @@ struct Inner {
     stopped: CancellationToken,
     /// Counts finished executions: their order, for the retention budget.
     finished: Arc<AtomicU64>,
+    /// Unused WebSocket tickets (`tickets.rs`).
+    tickets: tickets::Tickets,
 }
 
 impl Service {
@@ -201,6 +218,7 @@ impl Service {
             closing: AtomicBool::new(false),
             stopped: CancellationToken::new(),
             finished: Arc::new(AtomicU64::new(0)),
+            tickets: tickets::Tickets::default(),
         });
         tokio::spawn(culler(
             Arc::downgrade(&inner),

@@ -77,16 +77,28 @@ pub(crate) struct ResumeQuery {
     execution_id: Option<String>,
     #[serde(default)]
     since: u64,
+    /// A WebSocket ticket (`POST .../ws-ticket`), for a browser, which cannot send the
+    /// `Authorization` header on a WebSocket.
+    ticket: Option<String>,
 }
 
 pub(crate) async fn upgrade(
     State(service): State<Service>,
     Extension(tasks): Extension<Tasks>,
-    Auth(caller): Auth,
     Path(id): Path<String>,
     Query(resume): Query<ResumeQuery>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // The token's header, as on every route; else a ticket for this session.
+    let caller = match (
+        &resume.ticket,
+        headers.contains_key(axum::http::header::AUTHORIZATION),
+    ) {
+        (Some(ticket), false) => service.authenticate_ticket(ticket, &id)?,
+        _ => Auth::from_headers(&headers, &service)?,
+    };
+    tracing::Span::current().record("tenant", caller.tenant_name());
     let session = service.session(&caller, &id)?;
     let follow = match &resume.execution_id {
         Some(execution_id) => session.resume(execution_id, resume.since)?,
