@@ -1,0 +1,95 @@
+"""The client against a real server: `PYREPL3_URL` and `PYREPL3_TOKEN` name it (the Rust test
+tests/client_python.rs starts one and runs this file)."""
+
+import asyncio
+import os
+import unittest
+
+from pyrepl3_client import ApiError, AsyncClient, Client, ExecutionError
+
+URL = os.environ["PYREPL3_URL"]
+TOKEN = os.environ["PYREPL3_TOKEN"]
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self):
+        self.client = Client(URL, TOKEN)
+        self.session = self.client.create_session()
+
+    def tearDown(self):
+        self.session.close()
+
+    def test_run_gives_output_result_and_error(self):
+        run = self.session.run("import sys\nprint('out')\nprint('err', file=sys.stderr)\n6 * 7")
+        self.assertEqual((run.stdout, run.stderr), ("out\n", "err\n"))
+        self.assertEqual((run.result.repr, run.result.value), ("42", 42))
+        self.assertTrue(run.ok)
+        failed = self.session.run("1 / 0")
+        self.assertFalse(failed.ok)
+        with self.assertRaises(ExecutionError) as caught:
+            failed.raise_for_error()
+        self.assertEqual(caught.exception.exception_type, "ZeroDivisionError")
+
+    def test_streaming_callbacks_input_and_displays(self):
+        seen, asked = [], []
+        run = self.session.run(
+            "print('first')\nname = input('name? ')\ndisplay({'n': 1})\nprint('hi', name)",
+            on_output=lambda stream, text: seen.append(text),
+            on_input=lambda prompt, password: asked.append(prompt) or "ada")
+        self.assertEqual(asked, ["name? "])
+        self.assertEqual("".join(seen), "first\nhi ada\n")
+        self.assertEqual([d.text for d in run.displays], ["{'n': 1}"])
+        # Without a handler, input gets end of file.
+        run = self.session.run("input()")
+        self.assertEqual(run.error["exception_type"], "EOFError")
+
+    def test_files_round_trip(self):
+        self.session.write_file("data/in.csv", "a,b\n1,2\n")
+        run = self.session.run("open('data/in.csv').read().splitlines()[1]")
+        self.assertEqual(run.result.value, "1,2")
+        self.session.run("open('out.bin', 'wb').write(bytes(range(256)))")
+        self.assertEqual(self.session.read_file("out.bin"), bytes(range(256)))
+        names = [e["name"] for e in self.session.list_files()["entries"]]
+        self.assertEqual(sorted(names), ["data", "out.bin"])
+        self.session.delete_file("out.bin")
+        with self.assertRaises(ApiError) as caught:
+            self.session.read_file("out.bin")
+        self.assertEqual((caught.exception.status, caught.exception.code),
+                         (404, "file_not_found"))
+
+    def test_checkpoint_and_restore(self):
+        self.session.run("kept = [1, 2, 3]")
+        record = self.session.checkpoint()
+        other = self.client.create_session()
+        try:
+            other.restore(record["id"])
+            self.assertEqual(other.run("kept").result.value, [1, 2, 3])
+        finally:
+            other.close()
+
+    def test_typed_errors(self):
+        with self.assertRaises(ApiError) as caught:
+            self.client.session("no-such-session").run("1")
+        self.assertEqual((caught.exception.status, caught.exception.code), (404, "not_found"))
+        with self.assertRaises(ApiError) as caught:
+            Client(URL, "wrong-token-123").create_session()
+        self.assertEqual(caught.exception.status, 401)
+
+
+class AsyncClientTest(unittest.TestCase):
+    def test_the_same_surface_awaited(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session(env={"GREETING": "hello"})
+                try:
+                    runs = await asyncio.gather(
+                        session.run("import os\nos.environ['GREETING']"),
+                        client.list_sessions())
+                    return runs[0].result.value
+                finally:
+                    await session.close()
+        self.assertEqual(asyncio.run(main()), "hello")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,35 @@
+//! The Python client (`clients/python`) against a real `pyrepl3 serve`: its own unittest
+//! suite, run with the package on `PYTHONPATH` (stdlib only: nothing to install).
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::server::{spawn_server, ALICE};
+
+#[test]
+fn the_python_clients_tests_pass_against_a_real_server() {
+    let (mut server, base) = spawn_server(&["--min-idle", "1"]);
+    let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let mut tests = common::Watched::spawn(
+        Command::new("python3")
+            .args(["-m", "unittest", "-v", "tests.test_client"])
+            .current_dir(&client)
+            .env("PYTHONPATH", &client)
+            .env("PYREPL3_URL", &base)
+            .env("PYREPL3_TOKEN", ALICE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        common::GUARD,
+    );
+    let status = tests.finish();
+    let report = tests.stderr();
+    assert!(
+        status.success(),
+        "the client's tests failed:\n{report}{}",
+        tests.stdout()
+    );
+    assert!(report.contains("Ran 6 tests"), "{report}");
+    server.kill_and_wait();
+}
