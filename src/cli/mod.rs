@@ -3,6 +3,7 @@
 
 mod displays;
 mod exec;
+mod mcp;
 pub mod repl;
 #[cfg(feature = "server")]
 mod serve;
@@ -40,6 +41,12 @@ pub enum Command {
     /// Exit status: 0 on Ctrl-D (or the status passed to exit()), 2 if the worker could not
     /// be started.
     Repl(ReplArgs),
+    /// Serve the Model Context Protocol over stdio, for a local AI agent: tools that run
+    /// Python in named sessions (made on first use), reset and close them, and move files.
+    ///
+    /// Register it with an MCP client as the command `pyrepl3 mcp`. Exit status: 0 when the
+    /// client closes the connection.
+    Mcp(McpArgs),
     #[cfg(feature = "server")]
     /// Serve sessions over HTTP and WebSocket (see docs/api.md).
     ///
@@ -226,6 +233,15 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct McpArgs {
+    /// Python interpreter to run the sessions' workers with.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ReplArgs {
     /// Python interpreter to run the worker with.
     #[arg(long, value_name = "PATH", default_value = "python3")]
@@ -279,6 +295,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Exec(args) => exec::run(args).await,
         Command::Run(args) => exec::run_file(args).await,
         Command::Repl(args) => repl::run(args).await,
+        Command::Mcp(args) => mcp::run(args).await,
         #[cfg(feature = "server")]
         Command::Serve(args) => serve::run(args).await,
     }

@@ -1,0 +1,363 @@
+//! `pyrepl3 mcp`: a Model Context Protocol server over stdio (the official Rust SDK, `rmcp`),
+//! for a local AI agent. Its tools run Python in named sessions of this process (made on
+//! first use, each an isolated worker whose variables persist), return outputs, the result
+//! and display outputs (images as MCP image content), and move files in and out. Sessions
+//! end with the process. stdout carries the protocol only: logs go to stderr.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::{schemars, tool, tool_router, ErrorData as McpError, ServiceExt};
+use tokio::sync::Mutex;
+
+use super::McpArgs;
+use crate::protocol::StreamName;
+use crate::{Event, ExecuteOptions, Session, SessionConfig};
+
+/// Sessions one server holds at most (each is a Python process).
+const MAX_SESSIONS: usize = 16;
+/// Characters of output text a tool answer keeps (an agent's context is precious); the rest
+/// is said to be left out.
+const MAX_TEXT: usize = 100_000;
+/// The largest file `read_file` returns.
+const MAX_READ_BYTES: usize = 8 << 20;
+/// A run's time limit when the call gives none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+struct PythonTools {
+    config: SessionConfig,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct RunPython {
+    /// Python source. Variables, imports and functions persist in the session between
+    /// calls. The value of a last-line expression is returned, as in a notebook; plots
+    /// (matplotlib's plt.show()) and display() come back as images or text.
+    code: String,
+    /// The session to run in (made on first use). Default: "default".
+    session: Option<String>,
+    /// Seconds before the code is interrupted (KeyboardInterrupt). Default: 300.
+    timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct SessionName {
+    /// The session's name.
+    session: String,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct WriteFile {
+    /// The session (made on first use). Default: "default".
+    session: Option<String>,
+    /// Path relative to the session's directory (its working directory), e.g. "data/in.csv".
+    path: String,
+    /// The file's content: text, or base64 when `base64` is true.
+    content: String,
+    /// Whether `content` is base64 (for binary files).
+    #[serde(default)]
+    base64: bool,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct ReadFile {
+    /// The session. Default: "default".
+    session: Option<String>,
+    /// Path relative to the session's directory.
+    path: String,
+}
+
+fn failed(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_TEXT) {
+        Some((cut, _)) => format!(
+            "{}\n[... {} more bytes left out]",
+            &text[..cut],
+            text.len() - cut
+        ),
+        None => text.to_string(),
+    }
+}
+
+#[tool_router(server_handler)]
+impl PythonTools {
+    #[tool(
+        description = "Run Python code in a persistent session (an isolated worker process; variables, imports and definitions persist between calls). Returns the printed output (stdout and stderr in order), the value of the last expression, any error with its traceback, and displayed images (matplotlib plots with plt.show(), display(obj)). input() gets end of file: pass data in the code instead."
+    )]
+    async fn run_python(
+        &self,
+        Parameters(request): Parameters<RunPython>,
+    ) -> Result<CallToolResult, McpError> {
+        let name = request.session.unwrap_or_else(|| "default".to_string());
+        let timeout = match request.timeout_secs {
+            None => Some(DEFAULT_TIMEOUT),
+            Some(secs) => match crate::time::duration_from_secs(secs).filter(|_| secs > 0.0) {
+                Some(timeout) => Some(timeout),
+                None => return Ok(failed("timeout_secs must be a positive number of seconds")),
+            },
+        };
+        let session = match self.session(&name).await {
+            Ok(session) => session,
+            Err(message) => return Ok(failed(message)),
+        };
+        let options = ExecuteOptions {
+            timeout,
+            ..ExecuteOptions::default()
+        };
+        let mut execution = session.execute(request.code, options);
+        let mut text = String::new();
+        let mut images = Vec::new();
+        let mut is_error = false;
+        while let Some(event) = execution.next_event().await {
+            match event {
+                Event::Output { stream, data } => {
+                    if stream == StreamName::Stderr && !text.is_empty() && !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text.push_str(&data);
+                }
+                Event::Input { input_id, .. } => {
+                    // No one to ask over this protocol: end of file, as without a terminal.
+                    let _ = session.answer_input(&input_id, None).await;
+                }
+                Event::Display(display) => {
+                    push_bundle(&display.data, &mut text, &mut images);
+                }
+                Event::Result { repr, bundle, .. } => {
+                    if let Some(bundle) = bundle {
+                        let mut ignored = String::new();
+                        push_bundle(&bundle.data, &mut ignored, &mut images);
+                    }
+                    if let Some(repr) = repr {
+                        text.push_str(&format!("Out: {repr}\n"));
+                    }
+                }
+                Event::Error { traceback, .. } => {
+                    is_error = true;
+                    text.push_str(&traceback);
+                }
+            }
+        }
+        let mut content = vec![ContentBlock::text(if text.is_empty() {
+            "(no output)".to_string()
+        } else {
+            clip(&text)
+        })];
+        content.extend(images);
+        Ok(if is_error {
+            CallToolResult::error(content)
+        } else {
+            CallToolResult::success(content)
+        })
+    }
+
+    #[tool(description = "List the open Python sessions by name.")]
+    async fn list_sessions(&self) -> Result<CallToolResult, McpError> {
+        let sessions = self.sessions.lock().await;
+        let mut names: Vec<&String> = sessions.keys().collect();
+        names.sort();
+        let listed = serde_json::to_string(&names).unwrap_or_default();
+        Ok(CallToolResult::success(vec![ContentBlock::text(listed)]))
+    }
+
+    #[tool(
+        description = "Reset a session: a fresh Python process with empty variables (its files stay)."
+    )]
+    async fn reset_session(
+        &self,
+        Parameters(request): Parameters<SessionName>,
+    ) -> Result<CallToolResult, McpError> {
+        let session = self.sessions.lock().await.get(&request.session).cloned();
+        let Some(session) = session else {
+            return Ok(failed(format!("no session named {:?}", request.session)));
+        };
+        Ok(match session.restart().await {
+            Ok(()) => CallToolResult::success(vec![ContentBlock::text("reset")]),
+            Err(e) => failed(format!("could not reset the session: {e}")),
+        })
+    }
+
+    #[tool(description = "Close a session: its process ends and its files are removed.")]
+    async fn close_session(
+        &self,
+        Parameters(request): Parameters<SessionName>,
+    ) -> Result<CallToolResult, McpError> {
+        let session = self.sessions.lock().await.remove(&request.session);
+        let Some(session) = session else {
+            return Ok(failed(format!("no session named {:?}", request.session)));
+        };
+        let _ = session.shutdown().await;
+        Ok(CallToolResult::success(vec![ContentBlock::text("closed")]))
+    }
+
+    #[tool(
+        description = "Write a file into a session's directory (the code's working directory), e.g. data for the code to read."
+    )]
+    async fn write_file(
+        &self,
+        Parameters(request): Parameters<WriteFile>,
+    ) -> Result<CallToolResult, McpError> {
+        let name = request.session.unwrap_or_else(|| "default".to_string());
+        let bytes = if request.base64 {
+            match base64::engine::general_purpose::STANDARD.decode(request.content.trim()) {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(failed(format!("content is not base64: {e}"))),
+            }
+        } else {
+            request.content.into_bytes()
+        };
+        let session = match self.session(&name).await {
+            Ok(session) => session,
+            Err(message) => return Ok(failed(message)),
+        };
+        let size = bytes.len() as u64;
+        Ok(
+            match session
+                .files()
+                .write(&request.path, &bytes[..], Some(size))
+                .await
+            {
+                Ok(written) => CallToolResult::success(vec![ContentBlock::text(format!(
+                    "wrote {} bytes to {}",
+                    written.size, written.path
+                ))]),
+                Err(e) => failed(e.to_string()),
+            },
+        )
+    }
+
+    #[tool(
+        description = "Read a file from a session's directory: text as text, images as images, other binary files as base64."
+    )]
+    async fn read_file(
+        &self,
+        Parameters(request): Parameters<ReadFile>,
+    ) -> Result<CallToolResult, McpError> {
+        let name = request.session.unwrap_or_else(|| "default".to_string());
+        let session = match self.session(&name).await {
+            Ok(session) => session,
+            Err(message) => return Ok(failed(message)),
+        };
+        let bytes = match session.files().read(&request.path).await {
+            Ok(bytes) if bytes.len() > MAX_READ_BYTES => {
+                return Ok(failed(format!(
+                    "{} is {} bytes; read_file returns at most {MAX_READ_BYTES}",
+                    request.path,
+                    bytes.len()
+                )))
+            }
+            Ok(bytes) => bytes,
+            Err(e) => return Ok(failed(e.to_string())),
+        };
+        let image = [
+            (".png", "image/png"),
+            (".jpg", "image/jpeg"),
+            (".jpeg", "image/jpeg"),
+        ]
+        .into_iter()
+        .find(|(ext, _)| request.path.to_ascii_lowercase().ends_with(ext));
+        let content = match (image, String::from_utf8(bytes)) {
+            (None, Ok(text)) => ContentBlock::text(clip(&text)),
+            (Some((_, mime)), Err(e)) => ContentBlock::image(
+                base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+                mime,
+            ),
+            (_, Ok(text)) => ContentBlock::text(clip(&text)),
+            (None, Err(e)) => ContentBlock::text(format!(
+                "base64: {}",
+                base64::engine::general_purpose::STANDARD.encode(e.into_bytes())
+            )),
+        };
+        Ok(CallToolResult::success(vec![content]))
+    }
+}
+
+impl PythonTools {
+    /// The session named `name`, made on first use.
+    async fn session(&self, name: &str) -> Result<Session, String> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(session) = sessions.get(name) {
+            return Ok(session.clone());
+        }
+        if name.is_empty() || name.len() > 64 {
+            return Err("a session name has 1 to 64 characters".to_string());
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(format!(
+                "{MAX_SESSIONS} sessions are open already: close one (close_session) first"
+            ));
+        }
+        let session = Session::start(self.config.clone())
+            .await
+            .map_err(|e| format!("could not start a Python session: {e}"))?;
+        sessions.insert(name.to_string(), session.clone());
+        Ok(session)
+    }
+}
+
+/// Text for a terminal-less client, and images as image content.
+fn push_bundle(data: &crate::MimeBundle, text: &mut String, images: &mut Vec<ContentBlock>) {
+    let image = ["image/png", "image/jpeg"]
+        .into_iter()
+        .find_map(|mime| data.get(mime).and_then(|v| v.as_str()).map(|v| (mime, v)));
+    match image {
+        Some((mime, content)) => images.push(ContentBlock::image(content, mime)),
+        None => {
+            let shown = ["text/markdown", "text/plain"]
+                .into_iter()
+                .find_map(|mime| data.get(mime).and_then(|v| v.as_str()))
+                .unwrap_or("");
+            text.push_str(shown);
+            if !shown.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+    }
+}
+
+pub async fn run(args: McpArgs) -> i32 {
+    let mut config = SessionConfig {
+        python: args.python.clone(),
+        ..SessionConfig::default()
+    };
+    args.sandbox.apply(&mut config);
+    let tools = PythonTools {
+        config,
+        sessions: Arc::default(),
+    };
+    let served = match tools.clone().serve(rmcp::transport::stdio()).await {
+        Ok(served) => served,
+        Err(e) => {
+            eprintln!("pyrepl3 mcp: {e}");
+            return 2;
+        }
+    };
+    let status = match served.waiting().await {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("pyrepl3 mcp: {e}");
+            1
+        }
+    };
+    // The client went away: every session's worker ends with this process.
+    let sessions: Vec<Session> = tools
+        .sessions
+        .lock()
+        .await
+        .drain()
+        .map(|(_, s)| s)
+        .collect();
+    for session in sessions {
+        let _ = session.shutdown().await;
+    }
+    status
+}
