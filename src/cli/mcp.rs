@@ -282,25 +282,42 @@ impl PythonTools {
 }
 
 impl PythonTools {
-    /// The session named `name`, made on first use.
+    /// The session named `name`, made on first use. (The table is not locked while a
+    /// session starts: two first uses of one name at once start two, and the later is shut
+    /// down.)
     async fn session(&self, name: &str) -> Result<Session, String> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(session) = sessions.get(name) {
-            return Ok(session.clone());
-        }
         if name.is_empty() || name.len() > 64 {
             return Err("a session name has 1 to 64 characters".to_string());
         }
-        if sessions.len() >= MAX_SESSIONS {
-            return Err(format!(
-                "{MAX_SESSIONS} sessions are open already: close one (close_session) first"
-            ));
+        let full =
+            || format!("{MAX_SESSIONS} sessions are open already: close one (close_session) first");
+        {
+            let sessions = self.sessions.lock().await;
+            if let Some(session) = sessions.get(name) {
+                return Ok(session.clone());
+            }
+            if sessions.len() >= MAX_SESSIONS {
+                return Err(full());
+            }
         }
-        let session = Session::start(self.config.clone())
+        let started = Session::start(self.config.clone())
             .await
             .map_err(|e| format!("could not start a Python session: {e}"))?;
-        sessions.insert(name.to_string(), session.clone());
-        Ok(session)
+        let (session, extra) = {
+            let mut sessions = self.sessions.lock().await;
+            match sessions.get(name) {
+                Some(existing) => (Ok(existing.clone()), Some(started)),
+                None if sessions.len() >= MAX_SESSIONS => (Err(full()), Some(started)),
+                None => {
+                    sessions.insert(name.to_string(), started.clone());
+                    (Ok(started), None)
+                }
+            }
+        };
+        if let Some(extra) = extra {
+            let _ = extra.shutdown().await;
+        }
+        session
     }
 }
 
