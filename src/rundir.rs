@@ -50,6 +50,27 @@ pub fn run_dir() -> Result<PathBuf, Error> {
     Ok(created.path)
 }
 
+/// Removes this process's run directory and its lock file, at the process's end, once every
+/// session is gone (a graceful end leaves nothing behind; what a crash leaves, the next
+/// process sweeps). Blocking. The directory is not made again afterwards by mistake: a later
+/// [`run_dir`] makes a new one, under a new name.
+pub fn remove_own() {
+    let Some(path) = crate::sync::lock_unpoisoned(&RUN_DIR).take() else {
+        return;
+    };
+    if let Err(e) = std::fs::remove_dir_all(&path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(dir = %path.display(), error = %e, "could not remove the run directory");
+            return; // its lock file stays with it: the next sweep finds both
+        }
+    }
+    let mut lock = path.into_os_string();
+    lock.push(".lock");
+    // Unlinked while still locked, then unlocked: no sweep can see it unlocked meanwhile.
+    let _ = std::fs::remove_file(&lock);
+    crate::sync::lock_unpoisoned(&LOCKS).clear();
+}
+
 /// Prepares the run directory off the async threads (see [`run_dir`]).
 pub async fn ensure() -> Result<PathBuf, Error> {
     tokio::task::spawn_blocking(run_dir)

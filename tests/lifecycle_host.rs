@@ -582,3 +582,55 @@ async fn workers_start_with_the_open_file_limit_the_server_was_started_with() {
     );
     drop(server);
 }
+
+/// The entries of a run root: what processes left there.
+fn left_in(root: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_graceful_end_leaves_no_run_directory_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    // exec (its session in the run directory) and a served, sandboxed session.
+    let mut exec = common::Watched::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pyrepl3"))
+            .args(["exec", "--temp-dir", "open('f', 'w').write('x')"])
+            .env("PYREPL3_RUN_ROOT", &root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+        common::GUARD,
+    );
+    assert!(exec.finish().success(), "{}", exec.stderr());
+    assert_eq!(left_in(&root), Vec::<String>::new());
+    let (mut server, base) = spawn_server_with(&["--min-idle", "1"], |command| {
+        command.env("PYREPL3_RUN_ROOT", &root);
+    });
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    json_of(
+        http.post(format!("{base}/v1/sessions/{id}/execute"))
+            .json(&json!({ "code": "open('f', 'w').write('x')" })),
+    )
+    .await;
+    assert!(
+        !left_in(&root).is_empty(),
+        "the server's run directory is there meanwhile"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = common::guard(tokio::task::spawn_blocking(move || server.wait()))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(left_in(&root), Vec::<String>::new());
+}

@@ -291,12 +291,16 @@ pub(crate) fn write_checked(stream: crate::protocol::StreamName, bytes: &[u8]) -
 
 /// Runs the parsed command line and returns the exit status.
 pub async fn run(cli: Cli) -> i32 {
-    match cli.command {
+    let status = match cli.command {
         Command::Exec(args) => exec::run(args).await,
         Command::Run(args) => exec::run_file(args).await,
         Command::Repl(args) => repl::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
         #[cfg(feature = "server")]
         Command::Serve(args) => serve::run(args).await,
-    }
+    };
+    // Every command has shut its sessions down by now: their directories are gone, and so
+    // goes the process's run directory (the sandbox's prepared /etc, the lock).
+    let _ = tokio::task::spawn_blocking(crate::rundir::remove_own).await;
+    status
 }
