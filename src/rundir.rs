@@ -54,6 +54,7 @@ pub fn run_dir() -> Result<PathBuf, Error> {
 /// session is gone (a graceful end leaves nothing behind; what a crash leaves, the next
 /// process sweeps). Blocking. The directory is not made again afterwards by mistake: a later
 /// [`run_dir`] makes a new one, under a new name.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))] // called by the binary's commands
 pub fn remove_own() {
     let Some(path) = crate::sync::lock_unpoisoned(&RUN_DIR).take() else {
         return;
