@@ -121,8 +121,10 @@ class Client:
             data = json.dumps(body).encode("utf-8")
             sent["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, headers=sent, method=method)
+        # A stream waits as long as the code runs, silent or not (the execution's own timeout
+        # bounds it); a plain request gets the client's timeout.
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)
+            response = urllib.request.urlopen(request, timeout=None if stream else self.timeout)
         except urllib.error.HTTPError as e:
             raise _api_error(e) from None
         if stream:

@@ -30,6 +30,11 @@ class ClientTest(unittest.TestCase):
             failed.raise_for_error()
         self.assertEqual(caught.exception.exception_type, "ZeroDivisionError")
 
+    def test_a_silent_run_longer_than_the_clients_timeout_is_followed_to_its_end(self):
+        client = Client(URL, TOKEN, timeout=1.0)
+        run = client.session(self.session.id).run("import time\ntime.sleep(2.5)\n'woke'")
+        self.assertEqual(run.result.value, "woke")
+
     def test_streaming_callbacks_input_and_displays(self):
         seen, asked = [], []
         run = self.session.run(
