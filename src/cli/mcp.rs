@@ -11,6 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{schemars, tool, tool_router, ErrorData as McpError, ServiceExt};
 use tokio::sync::Mutex;
 
@@ -25,8 +26,15 @@ const MAX_SESSIONS: usize = 16;
 const MAX_TEXT: usize = 100_000;
 /// The largest file `read_file` returns.
 const MAX_READ_BYTES: usize = 8 << 20;
-/// A run's time limit when the call gives none.
+/// A run's time limit when the call gives none, and the most a call may ask for.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_TIMEOUT_SECS: f64 = 3600.0;
+/// Images one answer carries at most, and their base64 bytes in all; the rest is said to be
+/// left out.
+const MAX_IMAGES: usize = 10;
+const MAX_IMAGE_BYTES: usize = 16 << 20;
+/// How long cancelled code may take to stop before its worker is restarted.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 struct PythonTools {
@@ -77,6 +85,68 @@ fn failed(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
 }
 
+/// A run's answer as it is gathered, within bounds: text up to [`MAX_TEXT`] characters (the
+/// rest only counted, never held), images up to [`MAX_IMAGES`] and [`MAX_IMAGE_BYTES`].
+#[derive(Default)]
+struct Answer {
+    text: String,
+    chars: usize,
+    dropped_bytes: usize,
+    images: Vec<ContentBlock>,
+    image_bytes: usize,
+    dropped_images: usize,
+}
+
+impl Answer {
+    fn push_text(&mut self, data: &str) {
+        let room = MAX_TEXT.saturating_sub(self.chars);
+        match data.char_indices().nth(room) {
+            None => {
+                self.chars += data.chars().count();
+                self.text.push_str(data);
+            }
+            Some((cut, _)) => {
+                self.chars = MAX_TEXT;
+                self.text.push_str(&data[..cut]);
+                self.dropped_bytes += data.len() - cut;
+            }
+        }
+    }
+
+    fn push_image(&mut self, base64: &str, mime: &str) {
+        if self.images.len() >= MAX_IMAGES || self.image_bytes + base64.len() > MAX_IMAGE_BYTES {
+            self.dropped_images += 1;
+            return;
+        }
+        self.image_bytes += base64.len();
+        self.images.push(ContentBlock::image(base64, mime));
+    }
+
+    /// The content blocks: the output, what was left out, then `tail` (the result or the
+    /// traceback, never clipped), then the images.
+    fn into_content(mut self, tail: &str) -> Vec<ContentBlock> {
+        if self.dropped_bytes > 0 {
+            self.text.push_str(&format!(
+                "\n[... {} more bytes of output left out]\n",
+                self.dropped_bytes
+            ));
+        }
+        if self.dropped_images > 0 {
+            self.text.push_str(&format!(
+                "[{} more images left out: at most {MAX_IMAGES} per answer]\n",
+                self.dropped_images
+            ));
+        }
+        self.text.push_str(tail);
+        if self.text.is_empty() {
+            self.text.push_str("(no output)");
+        }
+        let mut content = vec![ContentBlock::text(self.text)];
+        content.extend(self.images);
+        content
+    }
+}
+
 fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_TEXT) {
         Some((cut, _)) => format!(
@@ -96,13 +166,20 @@ impl PythonTools {
     async fn run_python(
         &self,
         Parameters(request): Parameters<RunPython>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let name = request.session.unwrap_or_else(|| "default".to_string());
         let timeout = match request.timeout_secs {
             None => Some(DEFAULT_TIMEOUT),
-            Some(secs) => match crate::time::duration_from_secs(secs).filter(|_| secs > 0.0) {
+            Some(secs) => match crate::time::duration_from_secs(secs)
+                .filter(|_| secs > 0.0 && secs <= MAX_TIMEOUT_SECS)
+            {
                 Some(timeout) => Some(timeout),
-                None => return Ok(failed("timeout_secs must be a positive number of seconds")),
+                None => {
+                    return Ok(failed(format!(
+                        "timeout_secs must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"
+                    )))
+                }
             },
         };
         let session = match self.session(&name).await {
@@ -114,45 +191,54 @@ impl PythonTools {
             ..ExecuteOptions::default()
         };
         let mut execution = session.execute(request.code, options);
-        let mut text = String::new();
-        let mut images = Vec::new();
+        let execution_id = execution.id().to_string();
+        let mut answer = Answer::default();
+        let mut tail = String::new();
         let mut is_error = false;
-        while let Some(event) = execution.next_event().await {
+        let mut cancel_sent = false;
+        loop {
+            let event = tokio::select! {
+                event = execution.next_event() => event,
+                // The client gave up on the call (notifications/cancelled): the code is
+                // stopped, and its end read as usual.
+                _ = context.ct.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    let (session, id) = (session.clone(), execution_id.clone());
+                    tokio::spawn(async move { session.cancel(&id, CANCEL_GRACE).await });
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             match event {
                 Event::Output { stream, data } => {
-                    if stream == StreamName::Stderr && !text.is_empty() && !text.ends_with('\n') {
-                        text.push('\n');
+                    if stream == StreamName::Stderr
+                        && !answer.text.is_empty()
+                        && !answer.text.ends_with('\n')
+                    {
+                        answer.push_text("\n");
                     }
-                    text.push_str(&data);
+                    answer.push_text(&data);
                 }
                 Event::Input { input_id, .. } => {
                     // No one to ask over this protocol: end of file, as without a terminal.
                     let _ = session.answer_input(&input_id, None).await;
                 }
-                Event::Display(display) => {
-                    push_bundle(&display.data, &mut text, &mut images);
-                }
+                Event::Display(display) => push_bundle(&display.data, &mut answer, true),
                 Event::Result { repr, bundle, .. } => {
                     if let Some(bundle) = bundle {
-                        let mut ignored = String::new();
-                        push_bundle(&bundle.data, &mut ignored, &mut images);
+                        push_bundle(&bundle.data, &mut answer, false);
                     }
                     if let Some(repr) = repr {
-                        text.push_str(&format!("Out: {repr}\n"));
+                        tail = format!("Out: {}\n", clip(&repr));
                     }
                 }
                 Event::Error { traceback, .. } => {
                     is_error = true;
-                    text.push_str(&traceback);
+                    tail = clip(&traceback);
                 }
             }
         }
-        let mut content = vec![ContentBlock::text(if text.is_empty() {
-            "(no output)".to_string()
-        } else {
-            clip(&text)
-        })];
-        content.extend(images);
+        let content = answer.into_content(&tail);
         Ok(if is_error {
             CallToolResult::error(content)
         } else {
@@ -247,12 +333,22 @@ impl PythonTools {
             Ok(session) => session,
             Err(message) => return Ok(failed(message)),
         };
+        // Its size first: nothing larger is read into memory.
+        match session.files().open(&request.path).await {
+            Ok(opened) if opened.size > MAX_READ_BYTES as u64 => {
+                return Ok(failed(format!(
+                    "{} is {} bytes; read_file returns at most {MAX_READ_BYTES}",
+                    request.path, opened.size
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Ok(failed(e.to_string())),
+        }
         let bytes = match session.files().read(&request.path).await {
             Ok(bytes) if bytes.len() > MAX_READ_BYTES => {
                 return Ok(failed(format!(
-                    "{} is {} bytes; read_file returns at most {MAX_READ_BYTES}",
-                    request.path,
-                    bytes.len()
+                    "{} grew past {MAX_READ_BYTES} bytes while being read",
+                    request.path
                 )))
             }
             Ok(bytes) => bytes,
@@ -321,23 +417,24 @@ impl PythonTools {
     }
 }
 
-/// Text for a terminal-less client, and images as image content.
-fn push_bundle(data: &crate::MimeBundle, text: &mut String, images: &mut Vec<ContentBlock>) {
+/// Images as image content; without one, the text (markdown or plain) when `text` is set.
+fn push_bundle(data: &crate::MimeBundle, answer: &mut Answer, text: bool) {
     let image = ["image/png", "image/jpeg"]
         .into_iter()
         .find_map(|mime| data.get(mime).and_then(|v| v.as_str()).map(|v| (mime, v)));
     match image {
-        Some((mime, content)) => images.push(ContentBlock::image(content, mime)),
-        None => {
+        Some((mime, content)) => answer.push_image(content, mime),
+        None if text => {
             let shown = ["text/markdown", "text/plain"]
                 .into_iter()
                 .find_map(|mime| data.get(mime).and_then(|v| v.as_str()))
                 .unwrap_or("");
-            text.push_str(shown);
+            answer.push_text(shown);
             if !shown.ends_with('\n') {
-                text.push('\n');
+                answer.push_text("\n");
             }
         }
+        None => {}
     }
 }
 

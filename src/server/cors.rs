@@ -65,10 +65,12 @@ pub(crate) fn layer(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::ACCEPT,
                 HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("x-request-id"),
             ])
             .expose_headers([
                 header::RETRY_AFTER,
                 header::CONTENT_LENGTH,
+                header::CONTENT_DISPOSITION,
                 HeaderName::from_static("x-request-id"),
             ])
             .max_age(PREFLIGHT_MAX_AGE),

@@ -69,6 +69,22 @@ async def main(binary, python):
             r = await call("close_session", session="other")
             r = await call("list_sessions")
             check(json.loads(text_of(r)) == ["default"], text_of(r))
+            # Long output: bounded, and the error after it is never cut off.
+            r = await call("run_python",
+                           code="print('a' * 300000)\nraise ValueError('the real error')")
+            check(r.is_error and "the real error" in text_of(r)
+                  and "more bytes of output left out" in text_of(r), text_of(r)[-300:])
+            check(len(text_of(r)) < 110000, len(text_of(r)))
+            # A call the client gives up on (notifications/cancelled) stops the code.
+            try:
+                await session.call_tool(
+                    "run_python", {"code": "import time\ntime.sleep(60)\nopen('ran', 'w')"},
+                    read_timeout_seconds=2.0)
+                check(False, "the call should have timed out on the client's side")
+            except Exception as exc:
+                print("< the client gave up:", type(exc).__name__)
+            r = await call("run_python", code="import os\nos.path.exists('ran')")
+            check(text_of(r) == "Out: False\n", "a cancelled run stopped: " + text_of(r))
             r = await call("run_python", code="input()")
             check(r.is_error and "EOFError" in text_of(r), "input() gets end of file")
     print("MCP OK")

@@ -113,7 +113,8 @@ class Client:
         return False
 
     # ---- HTTP ----------------------------------------------------------------------------
-    def _request(self, method, path, body=None, data=None, headers=None, stream=False):
+    def _request(self, method, path, body=None, data=None, headers=None, stream=False,
+                 follow=False):
         url = self.base_url + path
         sent = dict(headers or {})
         sent["Authorization"] = "Bearer " + self._token
@@ -121,10 +122,10 @@ class Client:
             data = json.dumps(body).encode("utf-8")
             sent["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, headers=sent, method=method)
-        # A stream waits as long as the code runs, silent or not (the execution's own timeout
-        # bounds it); a plain request gets the client's timeout.
+        # Following an execution waits as long as the code runs, silent or not (the
+        # execution's own timeout bounds it); anything else gets the client's timeout.
         try:
-            response = urllib.request.urlopen(request, timeout=None if stream else self.timeout)
+            response = urllib.request.urlopen(request, timeout=None if follow else self.timeout)
         except urllib.error.HTTPError as e:
             raise _api_error(e) from None
         if stream:
@@ -211,6 +212,10 @@ class Session:
                 run.result = Result(event)
             elif kind == "error":
                 run.error = event
+        if run.result is None and run.error is None:  # every execution ends with one
+            raise ApiError(0, "stream_ended",
+                           "the event stream of execution %s ended before its result "
+                           "(a connection cut on the way?)" % run.execution_id)
         return run
 
     def stream(self, code, timeout=None, stdin=None, execution_id=None,
@@ -224,7 +229,8 @@ class Session:
             if value is not None:
                 body[key] = value
         response = self.client._request("POST", self._path("/execute"), body,
-                                        headers={"Accept": "text/event-stream"}, stream=True)
+                                        headers={"Accept": "text/event-stream"}, stream=True,
+                                        follow=True)
         return _sse_events(response)
 
     def answer_input(self, input_id, text):
@@ -311,8 +317,10 @@ class AsyncSession:
         self.id = session.id
 
     def __getattr__(self, name):
+        if name == "stream":  # a blocking generator: no place in an event loop
+            raise AttributeError("AsyncSession has no stream(): use run() with callbacks")
         method = getattr(self._sync, name)
-        if not callable(method) or name == "stream":
+        if not callable(method):
             return method
 
         async def call(*args, **kwargs):
