@@ -168,7 +168,6 @@ impl PythonTools {
         Parameters(request): Parameters<RunPython>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let name = request.session.unwrap_or_else(|| "default".to_string());
         let timeout = match request.timeout_secs {
             None => Some(DEFAULT_TIMEOUT),
             Some(secs) => match crate::time::duration_from_secs(secs)
@@ -182,7 +181,7 @@ impl PythonTools {
                 }
             },
         };
-        let session = match self.session(&name).await {
+        let session = match self.session(request.session.as_deref()).await {
             Ok(session) => session,
             Err(message) => return Ok(failed(message)),
         };
@@ -292,7 +291,6 @@ impl PythonTools {
         &self,
         Parameters(request): Parameters<WriteFile>,
     ) -> Result<CallToolResult, McpError> {
-        let name = request.session.unwrap_or_else(|| "default".to_string());
         let bytes = if request.base64 {
             match base64::engine::general_purpose::STANDARD.decode(request.content.trim()) {
                 Ok(bytes) => bytes,
@@ -301,7 +299,7 @@ impl PythonTools {
         } else {
             request.content.into_bytes()
         };
-        let session = match self.session(&name).await {
+        let session = match self.session(request.session.as_deref()).await {
             Ok(session) => session,
             Err(message) => return Ok(failed(message)),
         };
@@ -328,8 +326,7 @@ impl PythonTools {
         &self,
         Parameters(request): Parameters<ReadFile>,
     ) -> Result<CallToolResult, McpError> {
-        let name = request.session.unwrap_or_else(|| "default".to_string());
-        let session = match self.session(&name).await {
+        let session = match self.session(request.session.as_deref()).await {
             Ok(session) => session,
             Err(message) => return Ok(failed(message)),
         };
@@ -378,10 +375,11 @@ impl PythonTools {
 }
 
 impl PythonTools {
-    /// The session named `name`, made on first use. (The table is not locked while a
+    /// The session named `name` (default: "default"), made on first use. (The table is not locked while a
     /// session starts: two first uses of one name at once start two, and the later is shut
     /// down.)
-    async fn session(&self, name: &str) -> Result<Session, String> {
+    async fn session(&self, name: Option<&str>) -> Result<Session, String> {
+        let name = name.unwrap_or("default");
         if name.is_empty() || name.len() > 64 {
             return Err("a session name has 1 to 64 characters".to_string());
         }

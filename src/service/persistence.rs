@@ -198,7 +198,7 @@ impl Service {
         // discarded: it holds this tenant's limits and state, and must never go back to the
         // pool for another tenant.
         let mut holder =
-            super::sessions::DiscardUnlessKept(Some(self.acquire_for(&tenant.config).await?));
+            super::sessions::DiscardUnlessKept(Some(self.acquire_for(&tenant.config, None).await?));
         let mut failed = Vec::new();
         let mut saved_at = None;
         if let (Some((at, state)), Some(session)) = (&record.state, holder.0.as_ref()) {

@@ -142,31 +142,19 @@ impl Service {
                 limit: tenant.max_sessions,
             });
         };
-        let guard = self.acquire_for(tenant).await?;
-        // Never given back to the pool once it may have got the caller's environment.
-        let mut handover = DiscardUnlessKept(Some(guard));
-        if let Some(session) = handover.0.as_ref().filter(|_| !environment.is_empty()) {
-            session
-                .set_environment(environment)
-                .await
-                .map_err(|e| ServiceError::from_session("create_session", None, e))?;
-        }
-        let Some(guard) = handover.0.take() else {
-            return Err(ServiceError::from_session(
-                "create_session",
-                None,
-                crate::error::Error::SessionClosed,
-            ));
-        };
+        let environment = (!environment.is_empty()).then_some(environment);
+        let guard = self.acquire_for(tenant, environment).await?;
         let hosted = self.inner.add_session(&caller.tenant, guard);
         self.inner.record_session(&hosted).await;
         Ok(hosted.summary())
     }
 
-    /// A warm session from the pool of `tenant`'s network, with the tenant's limits set.
+    /// A warm session from the pool of `tenant`'s network, with the tenant's limits set, and
+    /// the caller's `environment` when given.
     pub(super) async fn acquire_for(
         &self,
         tenant: &super::TenantConfig,
+        environment: Option<SessionEnvironment>,
     ) -> Result<crate::pool::PooledSession, ServiceError> {
         let pool = tenant
             .network
@@ -176,16 +164,23 @@ impl Service {
             .acquire()
             .await
             .map_err(|e| ServiceError::from_session("create_session", None, e))?;
-        // The pool's sessions are warmed before anyone's: the tenant's limits are set on the
-        // worker as it is handed over (and kept for any restart). A session that got them,
-        // or may have, is never given back to the pool for another tenant: if this fails or
-        // the caller goes away meanwhile, it is discarded.
+        // The pool's sessions are warmed before anyone's: the tenant's limits (and the
+        // caller's environment) are set on the worker as it is handed over (and kept for any
+        // restart). A session that got them, or may have, is never given back to the pool
+        // for another tenant: if this fails or the caller goes away meanwhile, it is
+        // discarded.
         let mut handover = DiscardUnlessKept(Some(guard));
         if let Some(session) = &handover.0 {
             session
                 .set_limits(tenant.limits())
                 .await
                 .map_err(|e| ServiceError::from_session("create_session", None, e))?;
+            if let Some(environment) = environment {
+                session
+                    .set_environment(environment)
+                    .await
+                    .map_err(|e| ServiceError::from_session("create_session", None, e))?;
+            }
         }
         let Some(guard) = handover.0.take() else {
             return Err(ServiceError::from_session(
