@@ -68,6 +68,59 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
 /// their receive buffers full), one over SSE and one over a WebSocket, cannot hold shutdown:
 /// after the shutdown grace (1 s) and the drain deadline (1 s) their connections are
 /// dropped and the server exits 0, no worker left.
+/// No request is taken once shutdown begins, so no `input()` can be answered: the one
+/// waiting, and any later one, get end-of-file at once, and the code's `except EOFError`
+/// runs and ends it within the grace (which here is long enough to tell the two apart).
+#[tokio::test]
+async fn shutdown_gives_input_end_of_file_so_the_code_ends_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "shutdown_grace_secs = 60.0\n[pool]\nmin_idle = 1\n").unwrap();
+    let (mut child, base) = spawn_server(&["--config", cfg.to_str().unwrap()]);
+    let http = Client::new();
+    let id = create_session_at(&http, &base).await;
+    let code = "try:\n    input('name? ')\nexcept EOFError:\n    print('first EOF', flush=True)\n\
+                try:\n    input('again? ')\nexcept EOFError:\n    print('second EOF', flush=True)\n'done'";
+    let resp = http
+        .post(format!("{base}/v1/sessions/{id}/execute"))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: input") {
+        let chunk = guard(body.next()).await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    while let Some(chunk) = guard(body.next()).await {
+        seen.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let first = seen.find("first EOF").unwrap_or_else(|| panic!("{seen}"));
+    let second = seen.find("second EOF").unwrap_or_else(|| panic!("{seen}"));
+    assert!(first < second, "{seen}");
+    assert!(seen.contains("event: result"), "{seen}");
+    assert!(!seen.contains("ServerShutdown"), "{seen}");
+    assert!(
+        !seen.contains("again? "),
+        "the second input() was asked of no one: {seen}"
+    );
+    let status = guard(tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "waited out the grace: {:?}",
+        t0.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -103,3 +103,33 @@ async fn shutdown_during_input_raises_eof_error_in_the_code_first() {
     let out = guard(ex.outcome()).await;
     assert_eq!(out.stdout, "cleaned up\n", "{out:?}");
 }
+
+/// After `end_input` the waiting `input()` and every later one get end-of-file at once:
+/// no second input request reaches the caller, and the session lives on.
+#[tokio::test]
+async fn end_input_gives_the_waiting_and_later_inputs_end_of_file() {
+    let s = start().await;
+    let mut ex = s.execute(
+        "for prompt in ('a? ', 'b? '):\n    try:\n        input(prompt)\n    except EOFError:\n        print('EOF at', prompt, flush=True)\n'done'",
+        ExecuteOptions::default(),
+    );
+    let Some(Event::Input { .. }) = guard(ex.next_event()).await else {
+        panic!("expected an input request")
+    };
+    guard(s.end_input()).await.unwrap();
+    let mut stdout = String::new();
+    loop {
+        match guard(ex.next_event()).await {
+            Some(Event::Output { data, .. }) => stdout.push_str(&data),
+            Some(Event::Result { repr, .. }) => {
+                assert_eq!(repr.as_deref(), Some("'done'"));
+                break;
+            }
+            other => panic!("unexpected {other:?} after {stdout:?}"),
+        }
+    }
+    assert_eq!(stdout, "EOF at a? \nEOF at b? \n");
+    let out = guard(s.execute("input('c? ')", ExecuteOptions::default()).outcome()).await;
+    assert!(format!("{out:?}").contains("EOFError"), "{out:?}");
+    s.shutdown().await.unwrap();
+}

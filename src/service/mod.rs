@@ -307,11 +307,19 @@ impl Service {
     }
 
     /// The shutdown sequence, up to the point where connections can close: no new work;
-    /// running executions get the shutdown grace to end, then end with `ServerShutdown`;
+    /// `input()` gets end-of-file; running executions get the shutdown grace to end, then end with `ServerShutdown`;
     /// [`Service::stopped`] resolves; every session is removed (its worker shut down).
     pub async fn shut_down(&self) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
+        // No request is taken from here on, so no `input()` can be answered: each gets
+        // end-of-file now, and its code's `except EOFError` runs (its output streaming)
+        // within the grace instead of waiting it out.
+        let hosted: Vec<Arc<Hosted>> = lock(&inner.sessions).values().cloned().collect();
+        for h in &hosted {
+            // A session whose actor is gone has no code waiting.
+            let _ = h.session.end_input().await;
+        }
         // not polling: one deadline for the whole grace.
         let deadline = crate::time::deadline(Instant::now(), inner.config.shutdown_grace);
         loop {

@@ -509,6 +509,13 @@ impl Session {
         .await?
     }
 
+    /// From now on every `input()` of the session's code gets end-of-file at once, the one
+    /// waiting now included (its `except EOFError` runs): for when no one will answer, as
+    /// while a server shuts down. It lasts for the session's life.
+    pub async fn end_input(&self) -> Result<(), Error> {
+        self.request(|reply| Command::EndInput { reply }).await
+    }
+
     /// Stops `execution_id`: KeyboardInterrupt first; if the code has not stopped after
     /// `grace`, the worker is killed and restarted (namespace lost). A queued execution is
     /// removed with an error event.

@@ -54,6 +54,10 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// From now on every `input()` gets end-of-file at once, the waiting ones included.
+    EndInput {
+        reply: oneshot::Sender<()>,
+    },
     Info {
         reply: oneshot::Sender<SessionInfo>,
     },

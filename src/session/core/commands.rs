@@ -63,11 +63,7 @@ impl Core {
                     .as_mut()
                     .is_some_and(|run| run.pending_inputs.remove(&input_id));
                 if known {
-                    self.send(Message::InputResponse(protocol::InputResponse {
-                        id: new_id(),
-                        input_id,
-                        data,
-                    }));
+                    self.send_input_answer(input_id, data);
                     let _ = reply.send(Ok(()));
                 } else {
                     let _ = reply.send(Err(Error::UnknownInput(input_id)));
@@ -113,6 +109,18 @@ impl Core {
                         self.start_worker();
                     }
                 }
+            }
+            Command::EndInput { reply } => {
+                self.input_ended = true;
+                let waiting: Vec<String> = self
+                    .current
+                    .as_mut()
+                    .map(|run| run.pending_inputs.drain().collect())
+                    .unwrap_or_default();
+                for input_id in waiting {
+                    self.send_input_answer(input_id, None);
+                }
+                let _ = reply.send(());
             }
             Command::Shutdown { reply } => {
                 self.shutdown_waiters.push(reply);
@@ -405,5 +413,14 @@ impl Core {
         if self.worker.is_some() {
             self.effects.push(Effect::Send(msg));
         }
+    }
+
+    /// Answers the worker's `input()` request `input_id` with a line, or end-of-file (`None`).
+    pub(super) fn send_input_answer(&mut self, input_id: String, data: Option<String>) {
+        self.send(Message::InputResponse(protocol::InputResponse {
+            id: new_id(),
+            input_id,
+            data,
+        }));
     }
 }

@@ -156,6 +156,8 @@ pub(crate) struct Core {
     restart_waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     closing: bool,
+    /// No one will answer `input()` any more ([`Command::EndInput`]): each gets end-of-file.
+    input_ended: bool,
     dead_reason: Option<String>,
     created_at: f64,
     last_used_at: f64,
@@ -197,6 +199,7 @@ impl Core {
             restart_waiters: Vec::new(),
             shutdown_waiters: Vec::new(),
             closing: false,
+            input_ended: false,
             dead_reason: None,
             created_at: now,
             last_used_at: now,

@@ -133,6 +133,12 @@ impl Core {
                 for Text { stream, text } in earlier {
                     run.sink.push(Event::Output { stream, data: text });
                 }
+                if self.input_ended {
+                    // No one will answer (the server is shutting down): end-of-file at once,
+                    // so the code's `except EOFError` runs within the grace.
+                    self.send_input_answer(req.id, None);
+                    return;
+                }
                 run.pending_inputs.insert(req.id.clone());
                 run.sink.push(Event::Input {
                     input_id: req.id,
