@@ -5,12 +5,17 @@ asyncio wrappers. Every failure the server reports is an `ApiError` with its cod
 import asyncio
 import base64
 import json
+import os
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 
 # Bytes of an upload or download moved at once.
 _CHUNK = 1 << 20
+# Events an `AsyncSession.stream` holds that its consumer has not taken yet.
+_ASYNC_QUEUE = 64
 
 
 class ApiError(Exception):
@@ -222,16 +227,21 @@ class Session:
                transaction_policy=None):
         """The execution's events (dicts, as docs/api.md describes them), as they come. An
         `input` event waits for `answer_input`."""
+        return _sse_events(self._open_stream(code, timeout, stdin, execution_id,
+                                             transaction_policy))
+
+    def _open_stream(self, code, timeout=None, stdin=None, execution_id=None,
+                     transaction_policy=None):
+        """Starts the execution; the open response of its event stream."""
         body = {"code": code}
         for key, value in (("timeout", timeout), ("stdin", stdin),
                            ("execution_id", execution_id),
                            ("transaction_policy", transaction_policy)):
             if value is not None:
                 body[key] = value
-        response = self.client._request("POST", self._path("/execute"), body,
-                                        headers={"Accept": "text/event-stream"}, stream=True,
-                                        follow=True)
-        return _sse_events(response)
+        return self.client._request("POST", self._path("/execute"), body,
+                                    headers={"Accept": "text/event-stream"}, stream=True,
+                                    follow=True)
 
     def answer_input(self, input_id, text):
         """Answers a pending `input()` (`text` without the newline; None: end of file)."""
@@ -316,9 +326,55 @@ class AsyncSession:
         self._sync = session
         self.id = session.id
 
+    async def stream(self, code, **kwargs):
+        """The execution's events, as `Session.stream` gives them, for `async for`. The
+        stream is read in a thread and handed over through a queue of at most
+        `_ASYNC_QUEUE` events (the thread waits while it is full); leaving the loop early
+        closes the connection, which the server takes as its reader going away."""
+        response = await asyncio.to_thread(self._sync._open_stream, code, **kwargs)
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue(maxsize=_ASYNC_QUEUE)
+        end = object()
+        leaving = threading.Event()
+
+        def hand_over(item):
+            # Blocks this thread while the queue is full; gives up once the consumer left.
+            if not leaving.is_set():
+                try:
+                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+                except RuntimeError:  # the loop is closed: nobody is listening
+                    leaving.set()
+
+        def pump():
+            try:
+                for event in _sse_events(response):
+                    if leaving.is_set():
+                        return
+                    hand_over(event)
+            except BaseException as e:  # handed to the consumer, which raises it
+                hand_over(e)
+                return
+            hand_over(end)
+
+        thread = threading.Thread(target=pump, name="pyrepl3-stream", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    if leaving.is_set():
+                        return
+                    raise item
+                yield item
+        finally:
+            leaving.set()
+            _abort(response)
+            while not queue.empty():  # frees a thread waiting to put
+                queue.get_nowait()
+
     def __getattr__(self, name):
-        if name == "stream":  # a blocking generator: no place in an event loop
-            raise AttributeError("AsyncSession has no stream(): use run() with callbacks")
         method = getattr(self._sync, name)
         if not callable(method):
             return method
@@ -326,6 +382,20 @@ class AsyncSession:
         async def call(*args, **kwargs):
             return await asyncio.to_thread(method, *args, **kwargs)
         return call
+
+
+def _abort(response):
+    """Shuts the connection of `response` down, waking a thread blocked reading it."""
+    try:
+        sock = socket.socket(fileno=os.dup(response.fileno()))
+    except (AttributeError, OSError, ValueError):  # already closed
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _quote_path(path):

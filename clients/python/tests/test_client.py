@@ -2,7 +2,9 @@
 tests/client_python.rs starts one and runs this file)."""
 
 import asyncio
+import contextlib
 import os
+import threading
 import unittest
 
 from pyrepl3_client import ApiError, AsyncClient, Client, ExecutionError
@@ -94,6 +96,51 @@ class AsyncClientTest(unittest.TestCase):
                 finally:
                     await session.close()
         self.assertEqual(asyncio.run(main()), "hello")
+
+    def test_async_stream_gives_events_in_order_and_takes_input(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session()
+                try:
+                    seen = []
+                    code = "print('a')\nname = input('name? ')\nprint('hi', name)\nlen(name)"
+                    async for event in session.stream(code):
+                        seen.append(event["type"])
+                        if event["type"] == "input":
+                            self.assertEqual(event["prompt"], "name? ")
+                            await session.answer_input(event["id"], "bob")
+                        elif event["type"] == "output":
+                            seen.append(event["data"])
+                        elif event["type"] == "result":
+                            seen.append(event["repr"])
+                    return seen
+                finally:
+                    await session.close()
+        seen = [s for s in asyncio.run(main()) if s not in ("status",)]
+        self.assertEqual(seen, ["output", "a\n", "input", "output", "hi bob\n", "result", "3"],
+                         seen)
+
+    def test_leaving_an_async_stream_early_closes_it(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session()
+                try:
+                    code = "print('started', flush=True)\nwhile True: pass"
+                    async with contextlib.aclosing(session.stream(code)) as events:
+                        async for event in events:
+                            if event["type"] == "output":
+                                execution_id = event["execution_id"]
+                                break
+                    # The reading thread ends once the connection is shut down.
+                    for thread in threading.enumerate():
+                        if thread.name == "pyrepl3-stream":
+                            await asyncio.to_thread(thread.join, 30)
+                            self.assertFalse(thread.is_alive())
+                    await session.cancel(execution_id)
+                    return (await session.run("1+1")).result.value
+                finally:
+                    await session.close()
+        self.assertEqual(asyncio.run(main()), 2)
 
 
 if __name__ == "__main__":
