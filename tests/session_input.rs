@@ -129,7 +129,11 @@ async fn end_input_gives_the_waiting_and_later_inputs_end_of_file() {
         }
     }
     assert_eq!(stdout, "EOF at a? \nEOF at b? \n");
-    let out = guard(s.execute("input('c? ')", ExecuteOptions::default()).outcome()).await;
+    let out = guard(
+        s.execute("input('c? ')", ExecuteOptions::default())
+            .outcome(),
+    )
+    .await;
     assert!(format!("{out:?}").contains("EOFError"), "{out:?}");
     s.shutdown().await.unwrap();
 }
