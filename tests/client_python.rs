@@ -9,7 +9,11 @@ use common::server::{spawn_server, ALICE};
 
 #[test]
 fn the_python_clients_tests_pass_against_a_real_server() {
-    let (mut server, base) = spawn_server(&["--min-idle", "1"]);
+    // A small per-file limit, for the test of an upload refused while it is being sent.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "[files]\nmax_file_bytes = 4194304\n").unwrap();
+    let (mut server, base) = spawn_server(&["--min-idle", "1", "--config", cfg.to_str().unwrap()]);
     let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
     let mut tests = common::Watched::spawn(
         Command::new("python3")
@@ -30,6 +34,6 @@ fn the_python_clients_tests_pass_against_a_real_server() {
         "the client's tests failed:\n{report}{}",
         tests.stdout()
     );
-    assert!(report.contains("Ran 9 tests"), "{report}");
+    assert!(report.contains("Ran 13 tests"), "{report}");
     server.kill_and_wait();
 }

@@ -4,6 +4,7 @@ asyncio wrappers. Every failure the server reports is an `ApiError` with its cod
 
 import asyncio
 import base64
+import http.client
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 # Bytes of an upload or download moved at once.
 _CHUNK = 1 << 20
@@ -103,6 +105,67 @@ class Run:
         return self
 
 
+class _Follow:
+    """Builds a `Run` from an execution's events and decides the answers to its `input`
+    events (shared by the sync and the async `run`)."""
+
+    def __init__(self, execution_id, stdin, on_output, on_display, on_input):
+        self.run = Run(execution_id)
+        # The server answers the first len(stdin) input() calls itself; their events come
+        # as a record.
+        self._answered_by_server = len(stdin or ())
+        self._on_output, self._on_display, self._on_input = on_output, on_display, on_input
+
+    def take(self, event):
+        """Records `event`; returns (input_id, answer) when it is an input to answer."""
+        run = self.run
+        run.events.append(event)
+        kind = event.get("type")
+        if kind == "output":
+            run.outputs.append((event["stream"], event["data"]))
+            if self._on_output is not None:
+                self._on_output(event["stream"], event["data"])
+        elif kind == "display":
+            display = Display(event)
+            run.displays.append(display)
+            if self._on_display is not None:
+                self._on_display(display)
+        elif kind == "input":
+            if self._answered_by_server:
+                self._answered_by_server -= 1
+                return None
+            answer = None
+            if self._on_input is not None:
+                answer = self._on_input(event.get("prompt", ""), event.get("password", False))
+            if answer is not None and not isinstance(answer, str):
+                # Answered end-of-file so the code does not wait; the caller learns why.
+                self.bad_answer = TypeError("on_input must return a str or None, not %s"
+                                            % type(answer).__name__)
+                answer = None
+            return event["id"], answer
+        elif kind == "result":
+            run.result = Result(event)
+        elif kind == "error":
+            run.error = event
+        return None
+
+    bad_answer = None
+
+    def finish(self):
+        if self.bad_answer is not None:
+            raise self.bad_answer
+        run = self.run
+        if run.result is None and run.error is None:  # every execution ends with one
+            raise ApiError(0, "stream_ended",
+                           "the event stream of execution %s ended before its result "
+                           "(a connection cut on the way?)" % run.execution_id)
+        return run
+
+
+def _new_execution_id():
+    return uuid.uuid4().hex
+
+
 class Client:
     """A connection to one server with one tenant's token."""
 
@@ -142,6 +205,47 @@ class Client:
         if response.headers.get("Content-Type", "").startswith("application/json"):
             return json.loads(raw)
         return raw
+
+    def _upload(self, path, data):
+        """PUT of `data` (bytes or a binary file object, streamed). A server that refuses
+        the upload before its end (over a size limit) answers and closes while the body is
+        still being sent: that answer is read and raised as `ApiError`, not the broken pipe
+        (urllib cannot read an answer once its send failed)."""
+        url = urllib.parse.urlsplit(self.base_url + path)
+        connection_class = (http.client.HTTPSConnection if url.scheme == "https"
+                            else http.client.HTTPConnection)
+        connection = connection_class(url.hostname, url.port, timeout=self.timeout)
+        headers = {"Authorization": "Bearer " + self._token,
+                   "Content-Type": "application/octet-stream"}
+        try:
+            try:
+                connection.request("PUT", url.path, body=data, headers=headers,
+                                   encode_chunked=not isinstance(data, (bytes, bytearray)))
+            except (BrokenPipeError, ConnectionResetError) as e:
+                sent_error = e  # the answer, if the server sent one before closing, says why
+            else:
+                sent_error = None
+            try:
+                response = connection.getresponse()
+                raw = response.read()
+            except (OSError, http.client.HTTPException):
+                if sent_error is None:
+                    raise
+                raise ApiError(0, "connection_lost",
+                               "the server closed the connection during the upload (%s)"
+                               % sent_error) from None
+            if response.status >= 400:
+                try:
+                    error = json.loads(raw or b"{}").get("error") or {}
+                except ValueError:
+                    error = {}
+                retry = response.headers.get("Retry-After")
+                raise ApiError(response.status, error.get("code", "http_error"),
+                               error.get("message", response.reason),
+                               float(retry) if retry else None)
+            return json.loads(raw) if raw else None
+        finally:
+            connection.close()
 
     # ---- sessions ------------------------------------------------------------------------
     def create_session(self, env=None, cwd=None, from_checkpoint=None):
@@ -193,42 +297,24 @@ class Session:
         are handed to the callbacks as they come: `on_output(stream, text)`,
         `on_display(Display)`, `on_input(prompt, password) -> str or None` (None: end of
         file). `stdin` answers the first `input()` calls in order. Without `on_input`, an
-        input beyond `stdin` gets end of file."""
-        run = Run(execution_id)
-        for event in self.stream(code, timeout=timeout, stdin=stdin, execution_id=execution_id,
+        input beyond `stdin` gets end of file. `execution_id` (default: a new one) names the
+        run, so that another thread can `cancel` it."""
+        follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display,
+                         on_input)
+        for event in self.stream(code, timeout=timeout, stdin=stdin,
+                                 execution_id=follow.run.execution_id,
                                  transaction_policy=transaction_policy):
-            run.execution_id = event.get("execution_id", run.execution_id)
-            run.events.append(event)
-            kind = event.get("type")
-            if kind == "output":
-                run.outputs.append((event["stream"], event["data"]))
-                if on_output is not None:
-                    on_output(event["stream"], event["data"])
-            elif kind == "display":
-                display = Display(event)
-                run.displays.append(display)
-                if on_display is not None:
-                    on_display(display)
-            elif kind == "input":
-                answer = on_input(event.get("prompt", ""), event.get("password", False)) \
-                    if on_input is not None else None
-                self.answer_input(event["id"], answer)
-            elif kind == "result":
-                run.result = Result(event)
-            elif kind == "error":
-                run.error = event
-        if run.result is None and run.error is None:  # every execution ends with one
-            raise ApiError(0, "stream_ended",
-                           "the event stream of execution %s ended before its result "
-                           "(a connection cut on the way?)" % run.execution_id)
-        return run
+            answer = follow.take(event)
+            if answer is not None:
+                self.answer_input(*answer)
+        return follow.finish()
 
     def stream(self, code, timeout=None, stdin=None, execution_id=None,
                transaction_policy=None):
         """The execution's events (dicts, as docs/api.md describes them), as they come. An
         `input` event waits for `answer_input`."""
-        return _sse_events(self._open_stream(code, timeout, stdin, execution_id,
-                                             transaction_policy))
+        return _to_the_end(_sse_events(self._open_stream(code, timeout, stdin, execution_id,
+                                                         transaction_policy)))
 
     def _open_stream(self, code, timeout=None, stdin=None, execution_id=None,
                      transaction_policy=None):
@@ -256,9 +342,7 @@ class Session:
         """Uploads `data` (bytes, str, or a binary file object, streamed) to `path`."""
         if isinstance(data, str):
             data = data.encode("utf-8")
-        return self.client._request("PUT", self._path("/files/" + _quote_path(path)),
-                                    data=data,
-                                    headers={"Content-Type": "application/octet-stream"})
+        return self.client._upload(self._path("/files/" + _quote_path(path)), data)
 
     def read_file(self, path):
         """The bytes of the file at `path`."""
@@ -326,6 +410,37 @@ class AsyncSession:
         self._sync = session
         self.id = session.id
 
+    async def run(self, code, timeout=None, stdin=None, on_output=None, on_display=None,
+                  on_input=None, execution_id=None, transaction_policy=None):
+        """`Session.run` for asyncio: the callbacks are called on the event loop (`on_input`
+        may also be a coroutine function). A caller that stops waiting (its task cancelled,
+        e.g. by `asyncio.wait_for`) cancels the code too, instead of leaving it running
+        unread."""
+        follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display,
+                         None)
+        events = self.stream(code, timeout=timeout, stdin=stdin,
+                             execution_id=follow.run.execution_id,
+                             transaction_policy=transaction_policy)
+        try:
+            async for event in events:
+                if (event.get("type") == "input" and on_input is not None
+                        and not follow._answered_by_server):
+                    follow._on_input = _AnswerLater(event, on_input)
+                    await follow._on_input.ask()
+                answer = follow.take(event)
+                if answer is not None:
+                    await asyncio.to_thread(self._sync.answer_input, *answer)
+        except asyncio.CancelledError:
+            # Fire and forget: the loop may be on its way out. An execution that ended
+            # meanwhile answers not_running, which nobody needs to hear.
+            threading.Thread(target=_cancel_quietly,
+                             args=(self._sync, follow.run.execution_id),
+                             name="pyrepl3-cancel", daemon=True).start()
+            raise
+        finally:
+            await events.aclose()
+        return follow.finish()
+
     async def stream(self, code, **kwargs):
         """The execution's events, as `Session.stream` gives them, for `async for`. The
         stream is read in a thread and handed over through a queue of at most
@@ -347,7 +462,7 @@ class AsyncSession:
 
         def pump():
             try:
-                for event in _sse_events(response):
+                for event in _to_the_end(_sse_events(response)):
                     if leaving.is_set():
                         return
                     hand_over(event)
@@ -384,6 +499,30 @@ class AsyncSession:
         return call
 
 
+class _AnswerLater:
+    """An `on_input` callback (plain or a coroutine function) asked on the event loop
+    before `_Follow.take` reads its answer."""
+
+    def __init__(self, event, on_input):
+        self._event, self._on_input, self._answer = event, on_input, None
+
+    async def ask(self):
+        answer = self._on_input(self._event.get("prompt", ""), self._event.get("password", False))
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        self._answer = answer
+
+    def __call__(self, prompt, password):
+        return self._answer
+
+
+def _cancel_quietly(session, execution_id):
+    try:
+        session.cancel(execution_id)
+    except (ApiError, OSError):
+        pass
+
+
 def _abort(response):
     """Shuts the connection of `response` down, waking a thread blocked reading it."""
     try:
@@ -411,6 +550,18 @@ def _api_error(e):
     retry = e.headers.get("Retry-After") if e.headers else None
     return ApiError(e.code, error.get("code", "http_error"), error.get("message", e.reason),
                     float(retry) if retry else None)
+
+
+def _to_the_end(events):
+    """`events`, then `ApiError` `stream_ended` if they stop before the terminal event (a
+    result or an error: every execution ends with one)."""
+    last = None
+    for last in events:
+        yield last
+    if last is None or last.get("type") not in ("result", "error"):
+        raise ApiError(0, "stream_ended",
+                       "the event stream ended before the execution's result "
+                       "(a connection cut on the way?)")
 
 
 def _sse_events(response):

@@ -3,6 +3,7 @@ tests/client_python.rs starts one and runs this file)."""
 
 import asyncio
 import contextlib
+import io
 import os
 import threading
 import unittest
@@ -64,6 +65,22 @@ class ClientTest(unittest.TestCase):
         self.assertEqual((caught.exception.status, caught.exception.code),
                          (404, "file_not_found"))
 
+    def test_stdin_answers_first_and_the_handler_the_rest(self):
+        asked = []
+        run = self.session.run(
+            "a = input('a? ')\nb = input('b? ')\na + b", stdin=["one"],
+            on_input=lambda prompt, password: asked.append(prompt) or "two")
+        self.assertEqual((run.result.value, asked), ("onetwo", ["b? "]))
+
+    def test_an_upload_over_the_size_limit_is_an_api_error(self):
+        # The test server's limit is 4 MiB a file (tests/client_python.rs); the body is sent
+        # on after the server has refused it, from bytes and from a file object.
+        for data in (b"x" * (24 << 20), io.BytesIO(b"y" * (24 << 20))):
+            with self.assertRaises(ApiError) as caught:
+                self.session.write_file("big.bin", data)
+            self.assertIn(caught.exception.code, ("file_too_large", "connection_lost"))
+        self.assertEqual(self.session.write_file("small.bin", b"z" * 1000)["size"], 1000)
+
     def test_checkpoint_and_restore(self):
         self.session.run("kept = [1, 2, 3]")
         record = self.session.checkpoint()
@@ -119,6 +136,41 @@ class AsyncClientTest(unittest.TestCase):
         seen = [s for s in asyncio.run(main()) if s not in ("status",)]
         self.assertEqual(seen, ["output", "a\n", "input", "output", "hi bob\n", "result", "3"],
                          seen)
+
+    def test_an_async_run_the_caller_stops_waiting_for_is_cancelled(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session()
+                try:
+                    started = asyncio.Event()
+                    task = asyncio.create_task(session.run(
+                        "print('go', flush=True)\nwhile True: pass",
+                        on_output=lambda stream, text: started.set()))
+                    await started.wait()
+                    task.cancel()
+                    with self.assertRaises(asyncio.CancelledError):
+                        await task
+                    # The code was cancelled, not left running until the server's reconnect
+                    # grace (30 s) ran out: the next run gets the session well before that.
+                    run = await asyncio.wait_for(session.run("1+1"), 20)
+                    return run.result.value
+                finally:
+                    await session.close()
+        self.assertEqual(asyncio.run(main()), 2)
+
+    def test_an_async_run_asks_a_coroutine_for_input(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session()
+                try:
+                    async def answer(prompt, password):
+                        await asyncio.sleep(0)
+                        return prompt.upper()
+                    run = await session.run("input('abc')", on_input=answer)
+                    return run.result.value
+                finally:
+                    await session.close()
+        self.assertEqual(asyncio.run(main()), "ABC")
 
     def test_leaving_an_async_stream_early_closes_it(self):
         async def main():

@@ -1,0 +1,428 @@
+"""The client proper: HTTP with `urllib`, executions followed as server-sent events (so output
+arrives as it is produced and `input()` can be answered while the code waits), and thin
+asyncio wrappers. Every failure the server reports is an `ApiError` with its code."""
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+
+# Bytes of an upload or download moved at once.
+_CHUNK = 1 << 20
+# Events an `AsyncSession.stream` holds that its consumer has not taken yet.
+_ASYNC_QUEUE = 64
+
+
+class ApiError(Exception):
+    """An error answer of the server: `status` (HTTP), `code` (e.g. `not_found`,
+    `rate_limited`), `message`, and `retry_after` (seconds) when the server gave one."""
+
+    def __init__(self, status, code, message, retry_after=None):
+        super().__init__("%s %s: %s" % (status, code, message))
+        self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after
+
+
+class ExecutionError(Exception):
+    """Raised by `Run.raise_for_error()`: the code raised (or was stopped)."""
+
+    def __init__(self, run):
+        error = run.error or {}
+        super().__init__("%s: %s" % (error.get("exception_type"), error.get("exception_message")))
+        self.run = run
+        self.exception_type = error.get("exception_type")
+        self.traceback = error.get("traceback", "")
+
+
+class Display:
+    """A rich output: `data` maps MIME types to content (`text/plain` always)."""
+
+    def __init__(self, event):
+        self.data = event.get("data") or {}
+        self.metadata = event.get("metadata") or {}
+        self.display_id = event.get("display_id")
+        self.update = bool(event.get("update"))
+
+    @property
+    def text(self):
+        return self.data.get("text/plain", "")
+
+    def image(self, mime="image/png"):
+        """The decoded bytes of a binary type, or None."""
+        content = self.data.get(mime)
+        return base64.b64decode(content) if isinstance(content, str) else None
+
+    def __repr__(self):
+        return "Display(%s)" % ", ".join(sorted(self.data))
+
+
+class Result:
+    """The value of the code's trailing expression: `repr`, `value` (when JSON), and `data`
+    (a MIME bundle) when it has richer representations."""
+
+    def __init__(self, event):
+        self.repr = event.get("repr")
+        self.value = event.get("value")
+        self.data = event.get("data")
+        self.execution_time = event.get("execution_time", 0.0)
+
+    def __repr__(self):
+        return "Result(%s)" % self.repr
+
+
+class Run:
+    """One execution, as it ended: `stdout`, `stderr`, `outputs` (stream, text) in order,
+    `displays`, and `result` or `error`."""
+
+    def __init__(self, execution_id):
+        self.execution_id = execution_id
+        self.outputs, self.displays, self.events = [], [], []
+        self.result = None
+        self.error = None
+
+    @property
+    def stdout(self):
+        return "".join(text for stream, text in self.outputs if stream == "stdout")
+
+    @property
+    def stderr(self):
+        return "".join(text for stream, text in self.outputs if stream == "stderr")
+
+    @property
+    def ok(self):
+        return self.error is None
+
+    def raise_for_error(self):
+        if self.error is not None:
+            raise ExecutionError(self)
+        return self
+
+
+class Client:
+    """A connection to one server with one tenant's token."""
+
+    def __init__(self, base_url, token, timeout=60.0):
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    # ---- HTTP ----------------------------------------------------------------------------
+    def _request(self, method, path, body=None, data=None, headers=None, stream=False,
+                 follow=False):
+        url = self.base_url + path
+        sent = dict(headers or {})
+        sent["Authorization"] = "Bearer " + self._token
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            sent["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, headers=sent, method=method)
+        # Following an execution waits as long as the code runs, silent or not (the
+        # execution's own timeout bounds it); anything else gets the client's timeout.
+        try:
+            response = urllib.request.urlopen(request, timeout=None if follow else self.timeout)
+        except urllib.error.HTTPError as e:
+            raise _api_error(e) from None
+        if stream:
+            return response
+        with response:
+            raw = response.read()
+        if not raw:
+            return None
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            return json.loads(raw)
+        return raw
+
+    # ---- sessions ------------------------------------------------------------------------
+    def create_session(self, env=None, cwd=None, from_checkpoint=None):
+        body = {k: v for k, v in (("env", env), ("cwd", cwd),
+                                   ("from_checkpoint", from_checkpoint)) if v is not None}
+        info = self._request("POST", "/v1/sessions", body)
+        return Session(self, info["id"], info)
+
+    def session(self, session_id):
+        """A handle to an existing session of this tenant."""
+        return Session(self, session_id)
+
+    def list_sessions(self):
+        return self._request("GET", "/v1/sessions")
+
+    def health(self):
+        return self._request("GET", "/healthz")
+
+
+class Session:
+    """One session: runs code, answers input, moves files, takes checkpoints."""
+
+    def __init__(self, client, session_id, info=None):
+        self.client, self.id, self.info_at_creation = client, session_id, info
+
+    def __repr__(self):
+        return "Session(%s)" % self.id
+
+    def _path(self, tail=""):
+        return "/v1/sessions/%s%s" % (urllib.parse.quote(self.id, safe=""), tail)
+
+    def info(self):
+        return self.client._request("GET", self._path())
+
+    def close(self):
+        """Deletes the session (its worker and files)."""
+        self.client._request("DELETE", self._path())
+
+    def restart(self):
+        return self.client._request("POST", self._path("/restart"), {})
+
+    def namespace(self):
+        return self.client._request("GET", self._path("/namespace"))
+
+    # ---- running code --------------------------------------------------------------------
+    def run(self, code, timeout=None, stdin=None, on_output=None, on_display=None,
+            on_input=None, execution_id=None, transaction_policy=None):
+        """Runs `code` to its end and returns the `Run`. Output, displays and input requests
+        are handed to the callbacks as they come: `on_output(stream, text)`,
+        `on_display(Display)`, `on_input(prompt, password) -> str or None` (None: end of
+        file). `stdin` answers the first `input()` calls in order. Without `on_input`, an
+        input beyond `stdin` gets end of file."""
+        run = Run(execution_id)
+        for event in self.stream(code, timeout=timeout, stdin=stdin, execution_id=execution_id,
+                                 transaction_policy=transaction_policy):
+            run.execution_id = event.get("execution_id", run.execution_id)
+            run.events.append(event)
+            kind = event.get("type")
+            if kind == "output":
+                run.outputs.append((event["stream"], event["data"]))
+                if on_output is not None:
+                    on_output(event["stream"], event["data"])
+            elif kind == "display":
+                display = Display(event)
+                run.displays.append(display)
+                if on_display is not None:
+                    on_display(display)
+            elif kind == "input":
+                answer = on_input(event.get("prompt", ""), event.get("password", False)) \
+                    if on_input is not None else None
+                self.answer_input(event["id"], answer)
+            elif kind == "result":
+                run.result = Result(event)
+            elif kind == "error":
+                run.error = event
+        if run.result is None and run.error is None:  # every execution ends with one
+            raise ApiError(0, "stream_ended",
+                           "the event stream of execution %s ended before its result "
+                           "(a connection cut on the way?)" % run.execution_id)
+        return run
+
+    def stream(self, code, timeout=None, stdin=None, execution_id=None,
+               transaction_policy=None):
+        """The execution's events (dicts, as docs/api.md describes them), as they come. An
+        `input` event waits for `answer_input`."""
+        return _sse_events(self._open_stream(code, timeout, stdin, execution_id,
+                                             transaction_policy))
+
+    def _open_stream(self, code, timeout=None, stdin=None, execution_id=None,
+                     transaction_policy=None):
+        """Starts the execution; the open response of its event stream."""
+        body = {"code": code}
+        for key, value in (("timeout", timeout), ("stdin", stdin),
+                           ("execution_id", execution_id),
+                           ("transaction_policy", transaction_policy)):
+            if value is not None:
+                body[key] = value
+        return self.client._request("POST", self._path("/execute"), body,
+                                    headers={"Accept": "text/event-stream"}, stream=True,
+                                    follow=True)
+
+    def answer_input(self, input_id, text):
+        """Answers a pending `input()` (`text` without the newline; None: end of file)."""
+        self.client._request("POST", self._path("/input"), {"input_id": input_id, "data": text})
+
+    def cancel(self, execution_id):
+        return self.client._request("POST", self._path("/cancel"),
+                                    {"execution_id": execution_id})
+
+    # ---- files ---------------------------------------------------------------------------
+    def write_file(self, path, data):
+        """Uploads `data` (bytes, str, or a binary file object, streamed) to `path`."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return self.client._request("PUT", self._path("/files/" + _quote_path(path)),
+                                    data=data,
+                                    headers={"Content-Type": "application/octet-stream"})
+
+    def read_file(self, path):
+        """The bytes of the file at `path`."""
+        response = self.client._request("GET", self._path("/files/" + _quote_path(path)),
+                                        stream=True)
+        with response:
+            chunks = []
+            while True:
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+
+    def list_files(self, path=""):
+        query = "?path=" + urllib.parse.quote(path) if path else ""
+        return self.client._request("GET", self._path("/files" + query))
+
+    def delete_file(self, path, recursive=False):
+        tail = "?recursive=true" if recursive else ""
+        self.client._request("DELETE", self._path("/files/" + _quote_path(path) + tail))
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def checkpoint(self):
+        """Saves the namespace in the server's store; returns the checkpoint's record (its
+        `id` restores it, here or in another session of the tenant)."""
+        return self.client._request("POST", self._path("/checkpoints"))
+
+    def checkpoints(self):
+        return self.client._request("GET", self._path("/checkpoints"))["checkpoints"]
+
+    def restore(self, checkpoint_id, clear_existing=False):
+        return self.client._request("POST", self._path("/restore"),
+                                    {"checkpoint_id": checkpoint_id,
+                                     "clear_existing": clear_existing})
+
+
+class AsyncClient:
+    """`Client` for asyncio code: the same methods, awaited (each runs in a worker thread,
+    so the event loop is never blocked; callbacks of `run` are called in that thread)."""
+
+    def __init__(self, base_url, token, timeout=60.0):
+        self._sync = Client(base_url, token, timeout)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    async def create_session(self, **kwargs):
+        session = await asyncio.to_thread(self._sync.create_session, **kwargs)
+        return AsyncSession(session)
+
+    def session(self, session_id):
+        return AsyncSession(self._sync.session(session_id))
+
+    async def list_sessions(self):
+        return await asyncio.to_thread(self._sync.list_sessions)
+
+
+class AsyncSession:
+    """`Session` for asyncio code."""
+
+    def __init__(self, session):
+        self._sync = session
+        self.id = session.id
+
+    async def stream(self, code, **kwargs):
+        """The execution's events, as `Session.stream` gives them, for `async for`. The
+        stream is read in a thread and handed over through a queue of at most
+        `_ASYNC_QUEUE` events (the thread waits while it is full); leaving the loop early
+        closes the connection, which the server takes as its reader going away."""
+        response = await asyncio.to_thread(self._sync._open_stream, code, **kwargs)
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue(maxsize=_ASYNC_QUEUE)
+        end = object()
+        leaving = threading.Event()
+
+        def hand_over(item):
+            # Blocks this thread while the queue is full; gives up once the consumer left.
+            if not leaving.is_set():
+                try:
+                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+                except RuntimeError:  # the loop is closed: nobody is listening
+                    leaving.set()
+
+        def pump():
+            try:
+                for event in _sse_events(response):
+                    if leaving.is_set():
+                        return
+                    hand_over(event)
+            except BaseException as e:  # handed to the consumer, which raises it
+                hand_over(e)
+                return
+            hand_over(end)
+
+        thread = threading.Thread(target=pump, name="pyrepl3-stream", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    if leaving.is_set():
+                        return
+                    raise item
+                yield item
+        finally:
+            leaving.set()
+            _abort(response)
+            while not queue.empty():  # frees a thread waiting to put
+                queue.get_nowait()
+
+    def __getattr__(self, name):
+        method = getattr(self._sync, name)
+        if not callable(method):
+            return method
+
+        async def call(*args, **kwargs):
+            return await asyncio.to_thread(method, *args, **kwargs)
+        return call
+
+
+def _abort(response):
+    """Shuts the connection of `response` down, waking a thread blocked reading it."""
+    try:
+        sock = socket.socket(fileno=os.dup(response.fileno()))
+    except (AttributeError, OSError, ValueError):  # already closed
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _quote_path(path):
+    return "/".join(urllib.parse.quote(part, safe="") for part in path.split("/"))
+
+
+def _api_error(e):
+    try:
+        body = json.loads(e.read() or b"{}")
+        error = body.get("error") or {}
+    except ValueError:
+        error = {}
+    retry = e.headers.get("Retry-After") if e.headers else None
+    return ApiError(e.code, error.get("code", "http_error"), error.get("message", e.reason),
+                    float(retry) if retry else None)
+
+
+def _sse_events(response):
+    """The `data:` payloads of a server-sent-event stream, decoded, until it ends."""
+    with response:
+        data = []
+        for raw in response:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+            elif not line and data:
+                yield json.loads("\n".join(data))
+                data = []
+        if data:
+            yield json.loads("\n".join(data))
