@@ -46,13 +46,20 @@ impl Collected {
         let mut take = 0;
         if room > overhead {
             room -= overhead;
-            for (i, c) in data.char_indices() {
-                let cost = json_escaped_len(c);
+            // Byte by byte (a character's bytes cost one each, escapes aside), not char by
+            // char: this runs over megabytes of output per execution.
+            for (i, &b) in data.as_bytes().iter().enumerate() {
+                let cost = json_escaped_len(b);
                 if cost > room {
                     break;
                 }
                 room -= cost;
-                take = i + c.len_utf8();
+                take = i + 1;
+            }
+            // A character cut in the middle is left out whole (its bytes refunded).
+            while !data.is_char_boundary(take) {
+                take -= 1;
+                room += 1;
             }
         }
         if take > 0 {
@@ -80,12 +87,13 @@ impl Collected {
     }
 }
 
-/// Bytes `c` takes in a JSON string as serde_json writes it.
-fn json_escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if u32::from(c) < 0x20 => 6,
-        c => c.len_utf8(),
+/// Bytes the byte `b` of a UTF-8 string takes in a JSON string as serde_json writes it
+/// (the bytes of a multi-byte character are written as they are).
+fn json_escaped_len(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+        0..0x20 => 6,
+        _ => 1,
     }
 }
 
@@ -179,5 +187,40 @@ pub(super) async fn collect(mut reader: Reader, max_output_bytes: usize) -> Valu
 fn with_transaction(object: &mut Value, transaction: Option<crate::service::TransactionReport>) {
     if let (Some(transaction), Some(map)) = (transaction, object.as_object_mut()) {
         map.insert("transaction".into(), json!(transaction));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collected(limit: usize) -> Collected {
+        Collected {
+            outputs: Vec::new(),
+            displays: Vec::new(),
+            used: 0,
+            limit,
+            dropped: 0,
+            dropped_displays: 0,
+        }
+    }
+
+    #[test]
+    fn output_is_cut_at_the_limit_counted_as_json_and_never_inside_a_character() {
+        // "ab" (2), "é" (2 bytes), "\n" (2 escaped): 6 bytes of JSON; one byte short of
+        // it, the newline is left out; two short, the "é" is left out whole, not halved.
+        for (room, kept) in [(6, "abé\n"), (5, "abé"), (3, "ab")] {
+            let mut c = collected(OUTPUT_ENTRY_BYTES + room);
+            c.push(StreamName::Stdout, "abé\n");
+            let text = c.outputs.first().map(|(_, t)| t.as_str()).unwrap_or("");
+            assert_eq!(text, kept, "room {room}");
+            assert_eq!(c.dropped, "abé\n".len() - kept.len(), "room {room}");
+            let json = serde_json::to_string(text).unwrap();
+            assert!(json.len() - 2 <= room, "room {room}: {json}");
+        }
+        // A control character costs six (\u0001).
+        let mut c = collected(OUTPUT_ENTRY_BYTES + 6);
+        c.push(StreamName::Stdout, "\u{1}x");
+        assert_eq!(c.outputs[0].1, "\u{1}");
     }
 }
