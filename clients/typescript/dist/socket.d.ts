@@ -5,20 +5,22 @@
  * with any class of the same shape (the `ws` package's, on Node 20).
  */
 import { type ExecutionEvent, type Run, type RunCallbacks } from "./events.js";
-/** What this client needs of a WebSocket: the browsers' API, which `ws` also offers. */
+/**
+ * What this client needs of a WebSocket: a part of the browsers' API, which the `ws`
+ * package's class also has. (Methods, so that both classes' own listener types fit.)
+ */
 export interface WebSocketLike {
     readonly readyState: number;
     send(data: string): void;
     close(code?: number, reason?: string): void;
-    onopen: ((event: unknown) => void) | null;
-    onmessage: ((event: {
+    addEventListener(type: "open" | "error", listener: (event: unknown) => void): void;
+    addEventListener(type: "message", listener: (event: {
         data: unknown;
-    }) => void) | null;
-    onerror: ((event: unknown) => void) | null;
-    onclose: ((event: {
+    }) => void): void;
+    addEventListener(type: "close", listener: (event: {
         code: number;
         reason: string;
-    }) => void) | null;
+    }) => void): void;
 }
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface SocketRunOptions extends RunCallbacks {

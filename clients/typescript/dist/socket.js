@@ -48,20 +48,25 @@ export class SessionSocket {
     #closed = null;
     constructor(ws) {
         this.#ws = ws;
-        ws.onmessage = (event) => this.#receive(event.data);
-        ws.onclose = (event) => {
-            this.#fail(new ApiError(0, "connection_closed", `the WebSocket closed (${event.code}${event.reason ? ` ${event.reason}` : ""})`));
-        };
+        ws.addEventListener("message", (event) => this.#receive(event.data));
+        ws.addEventListener("close", (event) => {
+            const reason = event.reason ? ` ${event.reason}` : "";
+            this.#fail(new ApiError(0, "connection_closed", `the WebSocket closed (${event.code}${reason})`));
+        });
     }
     /** Waits for `ws` to open (or fail) and wraps it. */
     static open(ws) {
         return new Promise((resolve, reject) => {
-            ws.onopen = () => {
-                ws.onerror = null;
+            let opened = false;
+            ws.addEventListener("open", () => {
+                opened = true;
                 resolve(new SessionSocket(ws));
-            };
-            ws.onerror = () => reject(new ApiError(0, "connection_failed", "the WebSocket could not be opened"));
-            ws.onclose = (event) => reject(new ApiError(0, "connection_failed", `the WebSocket closed while opening (${event.code})`));
+            });
+            ws.addEventListener("close", (event) => {
+                if (!opened) {
+                    reject(new ApiError(0, "connection_failed", `the WebSocket could not be opened (${event.code})`));
+                }
+            });
         });
     }
     /** Runs `code` on the session and resolves with the `Run`, like `Session.run`. */
@@ -105,7 +110,7 @@ export class SessionSocket {
                 reject(this.#closed);
                 return;
             }
-            this.#cancels.set(executionId, resolve);
+            this.#cancels.set(executionId, { resolve, reject });
             const message = { type: "cancel", execution_id: executionId };
             if (graceTimeoutMs !== undefined)
                 message.grace_timeout_ms = graceTimeoutMs;
@@ -125,10 +130,16 @@ export class SessionSocket {
         if (typeof data !== "string") {
             return; // the server sends text frames only
         }
-        const message = JSON.parse(data);
+        let message;
+        try {
+            message = JSON.parse(data);
+        }
+        catch {
+            return; // the server sends JSON only; nothing to route
+        }
         if (message.type === "cancel_reply") {
             const executionId = String(message.execution_id);
-            this.#cancels.get(executionId)?.(String(message.outcome));
+            this.#cancels.get(executionId)?.resolve(String(message.outcome));
             this.#cancels.delete(executionId);
             return;
         }
@@ -143,6 +154,9 @@ export class SessionSocket {
         this.#closed = error;
         for (const queue of this.#executions.values()) {
             queue.fail(error);
+        }
+        for (const pending of this.#cancels.values()) {
+            pending.reject(error);
         }
         this.#cancels.clear();
     }

@@ -16,15 +16,17 @@ import {
   type RunCallbacks,
 } from "./events.js";
 
-/** What this client needs of a WebSocket: the browsers' API, which `ws` also offers. */
+/**
+ * What this client needs of a WebSocket: a part of the browsers' API, which the `ws`
+ * package's class also has. (Methods, so that both classes' own listener types fit.)
+ */
 export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
+  addEventListener(type: "open" | "error", listener: (event: unknown) => void): void;
+  addEventListener(type: "message", listener: (event: { data: unknown }) => void): void;
+  addEventListener(type: "close", listener: (event: { code: number; reason: string }) => void): void;
 }
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
@@ -78,26 +80,31 @@ const OPEN = 1;
 export class SessionSocket {
   readonly #ws: WebSocketLike;
   readonly #executions = new Map<string, EventQueue>();
-  readonly #cancels = new Map<string, (outcome: string) => void>();
+  readonly #cancels = new Map<string, { resolve: (outcome: string) => void; reject: (error: Error) => void }>();
   #closed: ApiError | null = null;
 
   private constructor(ws: WebSocketLike) {
     this.#ws = ws;
-    ws.onmessage = (event) => this.#receive(event.data);
-    ws.onclose = (event) => {
-      this.#fail(new ApiError(0, "connection_closed", `the WebSocket closed (${event.code}${event.reason ? ` ${event.reason}` : ""})`));
-    };
+    ws.addEventListener("message", (event) => this.#receive(event.data));
+    ws.addEventListener("close", (event) => {
+      const reason = event.reason ? ` ${event.reason}` : "";
+      this.#fail(new ApiError(0, "connection_closed", `the WebSocket closed (${event.code}${reason})`));
+    });
   }
 
   /** Waits for `ws` to open (or fail) and wraps it. */
   static open(ws: WebSocketLike): Promise<SessionSocket> {
     return new Promise((resolve, reject) => {
-      ws.onopen = () => {
-        ws.onerror = null;
+      let opened = false;
+      ws.addEventListener("open", () => {
+        opened = true;
         resolve(new SessionSocket(ws));
-      };
-      ws.onerror = () => reject(new ApiError(0, "connection_failed", "the WebSocket could not be opened"));
-      ws.onclose = (event) => reject(new ApiError(0, "connection_failed", `the WebSocket closed while opening (${event.code})`));
+      });
+      ws.addEventListener("close", (event) => {
+        if (!opened) {
+          reject(new ApiError(0, "connection_failed", `the WebSocket could not be opened (${event.code})`));
+        }
+      });
     });
   }
 
@@ -142,7 +149,7 @@ export class SessionSocket {
         reject(this.#closed);
         return;
       }
-      this.#cancels.set(executionId, resolve);
+      this.#cancels.set(executionId, { resolve, reject });
       const message: Record<string, unknown> = { type: "cancel", execution_id: executionId };
       if (graceTimeoutMs !== undefined) message.grace_timeout_ms = graceTimeoutMs;
       this.#send(message);
@@ -164,10 +171,15 @@ export class SessionSocket {
     if (typeof data !== "string") {
       return; // the server sends text frames only
     }
-    const message = JSON.parse(data) as Record<string, unknown> & { type: string };
+    let message: Record<string, unknown> & { type: string };
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return; // the server sends JSON only; nothing to route
+    }
     if (message.type === "cancel_reply") {
       const executionId = String(message.execution_id);
-      this.#cancels.get(executionId)?.(String(message.outcome));
+      this.#cancels.get(executionId)?.resolve(String(message.outcome));
       this.#cancels.delete(executionId);
       return;
     }
@@ -183,6 +195,9 @@ export class SessionSocket {
     this.#closed = error;
     for (const queue of this.#executions.values()) {
       queue.fail(error);
+    }
+    for (const pending of this.#cancels.values()) {
+      pending.reject(error);
     }
     this.#cancels.clear();
   }
