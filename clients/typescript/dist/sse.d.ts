@@ -8,5 +8,9 @@
  * stream that passes it is refused rather than buffered without end.
  */
 export declare const MAX_SSE_LINE: number;
-/** The `data:` payloads of a server-sent-event stream, JSON-decoded, until it ends. */
+/**
+ * The `data:` payloads of a server-sent-event stream, JSON-decoded, until it ends. Each
+ * chunk is scanned once (a line that spans many chunks is joined once, at its end), so a
+ * large event costs time in proportion to its size.
+ */
 export declare function sseData(body: ReadableStream<Uint8Array>): AsyncGenerator<unknown>;

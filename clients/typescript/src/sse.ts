@@ -12,11 +12,16 @@ import { ApiError } from "./errors.js";
  */
 export const MAX_SSE_LINE = 32 * 1024 * 1024;
 
-/** The `data:` payloads of a server-sent-event stream, JSON-decoded, until it ends. */
+/**
+ * The `data:` payloads of a server-sent-event stream, JSON-decoded, until it ends. Each
+ * chunk is scanned once (a line that spans many chunks is joined once, at its end), so a
+ * large event costs time in proportion to its size.
+ */
 export async function* sseData(body: ReadableStream<Uint8Array>): AsyncGenerator<unknown> {
   const reader = body.getReader();
   const decoder = new TextDecoder();
-  let pending = "";
+  let pieces: string[] = []; // the line so far, when it spans chunks
+  let pendingLength = 0;
   let data: string[] = [];
   // One line of the stream: a `data:` line adds to the event, an empty one ends it.
   function* line(raw: string): Generator<unknown> {
@@ -29,25 +34,36 @@ export async function* sseData(body: ReadableStream<Uint8Array>): AsyncGenerator
       yield JSON.parse(payload);
     }
   }
+  // The lines that `text` ends; what follows its last newline waits for the next chunk.
+  function* feed(text: string): Generator<unknown> {
+    let start = 0;
+    for (let end = text.indexOf("\n"); end >= 0; end = text.indexOf("\n", start)) {
+      pieces.push(text.slice(start, end));
+      const whole = pieces.join("");
+      pieces = [];
+      pendingLength = 0;
+      start = end + 1;
+      yield* line(whole);
+    }
+    if (start < text.length) {
+      pieces.push(text.slice(start));
+      pendingLength += text.length - start;
+      if (pendingLength > MAX_SSE_LINE) {
+        throw new ApiError(0, "event_too_large", `an event stream line passed ${MAX_SSE_LINE} characters`);
+      }
+    }
+  }
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) {
         break;
       }
-      pending += decoder.decode(value, { stream: true });
-      const lines = pending.split("\n");
-      pending = lines.pop() ?? "";
-      if (pending.length > MAX_SSE_LINE) {
-        throw new ApiError(0, "event_too_large", `an event stream line passed ${MAX_SSE_LINE} characters`);
-      }
-      for (const raw of lines) {
-        yield* line(raw);
-      }
+      yield* feed(decoder.decode(value, { stream: true }));
     }
-    pending += decoder.decode();
-    if (pending !== "") {
-      yield* line(pending);
+    yield* feed(decoder.decode());
+    if (pieces.length > 0) {
+      yield* line(pieces.join(""));
     }
     yield* line("");
   } finally {
