@@ -190,6 +190,7 @@ pub(crate) fn router(service: Service, max_body: usize) -> Router {
         .route("/v1/sessions/{id}/ws-ticket", post(ws_ticket))
         .merge(super::checkpoints::routes())
         .merge(super::files::routes())
+        .merge(super::playground::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

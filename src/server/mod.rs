@@ -4,7 +4,7 @@
 //! `http.rs`; the WebSocket loop and its frames in `ws/`; the accept loop, socket options
 //! and connection limits in `listener.rs`; the access log and request ids in
 //! `access_log.rs`; the checkpoint routes in `checkpoints.rs`, the files routes in
-//! `files.rs`.
+//! `files.rs`; the playground page at `/` in `playground.rs`.
 
 mod access_log;
 mod checkpoints;
@@ -14,6 +14,7 @@ mod cors;
 mod files;
 mod http;
 mod listener;
+mod playground;
 mod ws;
 
 use std::net::SocketAddr;

@@ -6,6 +6,7 @@
 //! - `child`: a child process whose output and exit are awaited with a deadline.
 //! - `pty`: an interactive command on a pseudo-terminal.
 //! - `server`: `pyrepl3 serve`, in process or as its own process, and its clients.
+//! - `npm`: `npm ci` and `node` for the TypeScript client's and the playground's tests.
 
 // Each test binary uses its own subset of these helpers (and of their re-exports).
 #![allow(dead_code, unused_imports)]
@@ -13,6 +14,7 @@
 use std::time::Duration;
 
 mod child;
+pub mod npm;
 mod process;
 mod pty;
 pub mod server;

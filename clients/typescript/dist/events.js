@@ -1,0 +1,138 @@
+/**
+ * What an execution gives: its events as the server sends them (docs/api.md, "Execution
+ * events"), and the `Run` they add up to, with `Display` and `Result`. `followRun` turns a
+ * stream of events into a `Run`, answering `input()` and calling the callbacks on the way;
+ * both transports (server-sent events, the WebSocket) use it.
+ */
+import { ApiError, ExecutionError } from "./errors.js";
+/** A rich output: `data` maps MIME types to content (`text/plain` always). */
+export class Display {
+    data;
+    metadata;
+    displayId;
+    /** True: replaces the earlier display with the same `displayId`. */
+    update;
+    constructor(event) {
+        this.data = event.data ?? {};
+        this.metadata = event.metadata ?? {};
+        this.displayId = event.display_id ?? null;
+        this.update = Boolean(event.update);
+    }
+    get text() {
+        const text = this.data["text/plain"];
+        return typeof text === "string" ? text : "";
+    }
+    /** The decoded bytes of a binary type (base64 on the wire), or null when it is absent. */
+    image(mime = "image/png") {
+        const content = this.data[mime];
+        return typeof content === "string" ? decodeBase64(content) : null;
+    }
+}
+/** The value of the code's trailing expression. */
+export class Result {
+    /** Null when the code ends with a statement, not an expression. */
+    repr;
+    /** The value itself when it is JSON (else null). */
+    value;
+    /** Its MIME bundle when it has representations beyond its repr. */
+    data;
+    metadata;
+    executionTime;
+    constructor(event) {
+        this.repr = event.repr ?? null;
+        this.value = event.value ?? null;
+        this.data = event.data ?? null;
+        this.metadata = event.metadata ?? null;
+        this.executionTime = event.execution_time ?? 0;
+    }
+}
+/** One execution as it ended: its output in order, displays, and `result` or `error`. */
+export class Run {
+    executionId;
+    outputs = [];
+    displays = [];
+    events = [];
+    result = null;
+    error = null;
+    constructor(executionId) {
+        this.executionId = executionId;
+    }
+    get stdout() {
+        return this.outputs.filter((o) => o.stream === "stdout").map((o) => o.text).join("");
+    }
+    get stderr() {
+        return this.outputs.filter((o) => o.stream === "stderr").map((o) => o.text).join("");
+    }
+    get ok() {
+        return this.error === null;
+    }
+    /** Throws `ExecutionError` when the code raised; else returns the run. */
+    raiseForError() {
+        if (this.error !== null) {
+            throw new ExecutionError(this.error);
+        }
+        return this;
+    }
+}
+/**
+ * Follows `events` to the terminal event and returns the `Run`. `answer` sends the reply to
+ * an `input` event. A stream that ends without a terminal event is an `ApiError`
+ * `stream_ended`.
+ */
+export async function followRun(executionId, events, callbacks, answer) {
+    const run = new Run(executionId);
+    for await (const event of events) {
+        run.events.push(event);
+        callbacks.onEvent?.(event);
+        switch (event.type) {
+            case "output":
+                run.outputs.push({ stream: event.stream, text: event.data });
+                callbacks.onOutput?.(event.stream, event.data, event);
+                break;
+            case "display": {
+                const display = new Display(event);
+                run.displays.push(display);
+                callbacks.onDisplay?.(display, event);
+                break;
+            }
+            case "input": {
+                const text = callbacks.onInput ? await callbacks.onInput(event.prompt ?? "", Boolean(event.password)) : null;
+                await answer(event.id, text ?? null);
+                break;
+            }
+            case "result":
+                run.result = new Result(event);
+                break;
+            case "error":
+                run.error = event;
+                break;
+        }
+    }
+    if (run.result === null && run.error === null) {
+        throw new ApiError(0, "stream_ended", `the event stream of execution ${executionId} ended before its result (a connection cut on the way?)`);
+    }
+    return run;
+}
+export function isTerminal(event) {
+    return event.type === "result" || event.type === "error";
+}
+function decodeBase64(text) {
+    const binary = atob(text);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) {
+        bytes[i] = binary.charCodeAt(i);
+    }
+    return bytes;
+}
+/**
+ * A random UUID (v4). `crypto.randomUUID` exists only in secure contexts (https, localhost),
+ * and a playground may be served over plain http from another host: `getRandomValues` works
+ * everywhere.
+ */
+export function newId() {
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}

@@ -1,0 +1,141 @@
+// The playground page (GET /) in headless Chromium, used as a person would: type the token,
+// type code, Run, answer input() in the page, see the output, the plot and the variables;
+// Cancel a loop. tests/playground.rs starts the server (with a Python that has matplotlib)
+// and runs this file with `node --test`; PYREPL3_URL, PYREPL3_TOKEN, PYREPL3_SCREENSHOT and
+// PYREPL3_BROWSER_PROFILE (a fresh directory) come from it.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+
+const { PYREPL3_URL: URL, PYREPL3_TOKEN: TOKEN, PYREPL3_SCREENSHOT: SCREENSHOT, PYREPL3_BROWSER_PROFILE: PROFILE } = process.env;
+assert.ok(URL && TOKEN && SCREENSHOT && PROFILE, "the Rust test sets the environment");
+
+const SANDBOX_REFUSAL = /^Blocked script execution in 'about:srcdoc' because the document's frame is sandboxed/;
+
+let browser;
+let page;
+const pageErrors = [];
+
+before(async () => {
+  // Without the background-networking flags Chromium reaches out to Google's services at
+  // start; on a closed network those connections are refused and only slow it down.
+  browser = await chromium.launchPersistentContext(PROFILE, {
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+    viewport: { width: 1200, height: 900 },
+  });
+  page = browser.pages()[0] ?? (await browser.newPage());
+  page.on("pageerror", (error) => pageErrors.push(String(error)));
+  page.on("console", (message) => {
+    // The HTML display test's script, refused by the frame's sandbox, is expected.
+    if (message.type() === "error" && !SANDBOX_REFUSAL.test(message.text())) pageErrors.push(message.text());
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test("the page runs code with input(), shows output, a plot and the variables", async () => {
+  const response = await page.goto(`${URL}/`);
+  assert.equal(response.status(), 200);
+  assert.match(response.headers()["content-security-policy"], /script-src 'self'/);
+
+  await page.fill("#token", TOKEN);
+  await page.fill(
+    "#code",
+    [
+      "print('hello from the page')",
+      "name = input('your name? ')",
+      "print('hi', name)",
+      "import matplotlib.pyplot as plt",
+      "plt.plot([1, 2, 3], [4, 1, 9])",
+      "plt.title('a plot')",
+      "plt.show()",
+      "answer = 6 * 7",
+    ].join("\n"),
+  );
+  await page.click("#run");
+
+  // The prompt appears in the page; answer it as a user would.
+  const field = page.locator("#output form input.input-answer");
+  await field.waitFor();
+  assert.equal(await page.locator("#output form label").textContent(), "your name? ");
+  await field.fill("ada");
+  await field.press("Enter");
+
+  // The plot arrives as an image/png display and decodes to a real image.
+  const image = page.locator("#output img");
+  await image.waitFor();
+  await page.waitForFunction(() => {
+    const img = document.querySelector("#output img");
+    return img !== null && img.complete && img.naturalWidth > 0;
+  });
+  const width = await image.evaluate((img) => img.naturalWidth);
+  assert.ok(width > 100, `the plot is ${width} pixels wide`);
+
+  // The variables are listed once the run has ended.
+  const answerRow = page.locator("#variables tbody tr", { hasText: "answer" });
+  await answerRow.waitFor();
+  assert.deepEqual(await answerRow.locator("td").allTextContents(), ["answer", "int", "42"]);
+  assert.deepEqual(await page.locator("#variables tbody tr", { hasText: "name" }).locator("td").allTextContents(), ["name", "str", "'ada'"]);
+
+  const text = await page.locator("#output").innerText();
+  assert.match(text, /hello from the page/);
+  assert.match(text, /your name\? ada/);
+  assert.match(text, /hi ada/);
+  assert.doesNotMatch(text, /^null$/m, "a run ending with a statement shows no result");
+  assert.equal(await page.isEnabled("#run"), true);
+  assert.deepEqual(await page.evaluate(() => sessionStorage.getItem("pyrepl3.token")), TOKEN);
+
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  console.log(`screenshot: ${SCREENSHOT}`);
+});
+
+test("an HTML display is shown in a sandboxed frame, not in the page", async () => {
+  await page.fill(
+    "#code",
+    "class Card:\n    def _repr_html_(self):\n        return '<p id=\"card\">a card</p><script>parent.document.title = \"owned\"</script>'\ndisplay(Card())",
+  );
+  const refused = page.waitForEvent("console", { predicate: (message) => SANDBOX_REFUSAL.test(message.text()) });
+  await page.click("#run");
+  const frame = page.locator("#output iframe");
+  await frame.waitFor();
+  assert.equal(await frame.getAttribute("sandbox"), "");
+  assert.equal(await page.locator("#card").count(), 0, "the HTML is not part of the page");
+  assert.equal(await page.frameLocator("#output iframe").locator("#card").textContent(), "a card");
+  await page.locator("#run:enabled").waitFor();
+  await refused; // Chromium says it refused the display's script
+  assert.equal(await page.title(), "pyrepl3 playground", "no script of the display ran");
+});
+
+test("Cancel stops a `while True: pass` run", async () => {
+  await page.fill("#code", "while True: pass");
+  await page.click("#run");
+  await page.locator("#cancel:enabled").waitFor();
+  await page.locator("#status", { hasText: "running" }).waitFor();
+  await page.click("#cancel");
+  await page.locator("#output pre.error", { hasText: "KeyboardInterrupt" }).waitFor();
+  await page.locator("#run:enabled").waitFor();
+  assert.equal(await page.isDisabled("#cancel"), true);
+  // The session lives on: the variables of the first run are still there.
+  await page.fill("#code", "answer + 1");
+  await page.focus("#code");
+  await page.keyboard.press("Control+Enter"); // the editor's shortcut runs it
+  await page.locator("#output pre.result", { hasText: "43" }).waitFor();
+});
+
+test("the page logged no error", () => {
+  assert.deepEqual(pageErrors, []);
+});
