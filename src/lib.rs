@@ -13,6 +13,8 @@
 //! execution):
 //!
 //! - [`cli`] (feature `cli`): `pyrepl3 exec | repl | serve`.
+//! - [`mcp`] (feature `mcp`): the Model Context Protocol tools over [`service`], for
+//!   `pyrepl3 mcp` (stdio) and `/mcp` of `pyrepl3 serve` (streamable HTTP).
 //! - [`server`] (feature `server`): HTTP + SSE + WebSocket, translating to and from [`service`].
 //! - [`service`]: the operations clients use, transport-free — tenants, limits, sessions held
 //!   by clients, executions and their event logs, culling, shutdown; [`service::ClientEvent`].
@@ -33,6 +35,8 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod pool;
 pub mod protocol;
 pub mod ratelimit;

@@ -4,7 +4,8 @@
 //! `http.rs`; the WebSocket loop and its frames in `ws/`; the accept loop, socket options
 //! and connection limits in `listener.rs`; the access log and request ids in
 //! `access_log.rs`; the checkpoint routes in `checkpoints.rs`, the files routes in
-//! `files.rs`; the playground page at `/` in `playground.rs`.
+//! `files.rs`; the playground page at `/` in `playground.rs`; the MCP endpoint `/mcp` in
+//! `mcp.rs`.
 
 mod access_log;
 mod checkpoints;
@@ -14,6 +15,7 @@ mod cors;
 mod files;
 mod http;
 mod listener;
+mod mcp;
 mod playground;
 mod ws;
 
@@ -104,8 +106,12 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, Error> {
         drop_all: shutdown.drop_all.clone(),
         max_message_bytes: config.max_body_bytes,
     };
-    let mut router = access_log::layer(http::router(service.clone(), config.max_body_bytes))
-        .layer(axum::Extension(ws_tasks));
+    let routes = http::router(service.clone(), config.max_body_bytes).merge(mcp::routes(
+        service.clone(),
+        shutdown.stop.clone(),
+        config.max_body_bytes,
+    ));
+    let mut router = access_log::layer(routes).layer(axum::Extension(ws_tasks));
     if let Some(cors) = cors::layer(&config.cors_origins) {
         router = router.layer(cors); // outermost: preflights are answered before auth
     }

@@ -1,0 +1,272 @@
+//! The tools that run code: `run_python` (a run followed to its end: its output, result,
+//! displays and images gathered into one bounded answer; progress notifications as output
+//! arrives; `input()` asked of the user by elicitation; stopped when the client cancels the
+//! call) and `cancel` (stops what runs in a session, e.g. from another call).
+
+use std::time::Duration;
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ProgressNotificationParam, ProgressToken};
+use rmcp::service::{ElicitationError, Peer, RequestContext, RoleServer};
+use rmcp::{schemars, tool, tool_router, ErrorData as McpError};
+use tokio::time::Instant;
+
+use super::answer::{clip, last_line, Answer};
+use super::{failed, ok_json, PythonTools};
+use crate::protocol::StreamName;
+use crate::service::{ClientEvent, ExecuteRequest, SessionHandle};
+
+/// A run's time limit when the call gives none, and the most a call may ask for (the
+/// tenant's own execution time limit, if lower, wins).
+const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
+const MAX_TIMEOUT_SECS: f64 = 3600.0;
+/// How long cancelled code may take to stop before its worker is restarted.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// Progress notifications of one run are at least this far apart: output that arrives
+/// sooner is counted, and the next notification (sent on a later output) carries it.
+const MIN_PROGRESS_GAP: Duration = Duration::from_millis(250);
+/// Characters of a progress message (the latest line of output).
+const MAX_PROGRESS_MESSAGE: usize = 200;
+/// Said in the answer when the code called `input()` and the user could not be asked.
+const NO_ELICITATION: &str = "input() is not available: this MCP client does not support elicitation (asking its user), so input() got end of file (EOFError). Put the data in the code, or write it to a file with write_file and read that";
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct RunPython {
+    /// Python source. Variables, imports and functions persist in the session between
+    /// calls. The value of a last-line expression is returned, as in a notebook; plots
+    /// (matplotlib's plt.show()) and display() come back as images or text.
+    code: String,
+    /// The session to run in (a name, made on first use, or a session id of yours).
+    /// Default: "default".
+    session: Option<String>,
+    /// Seconds before the code is interrupted (KeyboardInterrupt). Default: 300, at most
+    /// 3600.
+    timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct CancelRun {
+    /// The session whose running (and queued) code to stop. Default: "default".
+    session: Option<String>,
+}
+
+/// The line the user types when the code calls `input()` (asked by elicitation).
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct InputLine {
+    /// The line input() returns to the code.
+    line: String,
+}
+rmcp::elicit_safe!(InputLine);
+
+#[tool_router(router = run_tools, vis = "pub(super)")]
+impl PythonTools {
+    #[tool(
+        description = "Run Python code in a persistent session (an isolated worker process; variables, imports and definitions persist between calls). Returns the printed output (stdout and stderr in order), the value of the last expression (\"Out: ...\"), any error with its traceback, and displayed images (matplotlib plots with plt.show(), display(obj)). Sends progress notifications with the latest output line while it runs, when the call has a progressToken. input() asks the user (MCP elicitation) when the client supports it, else gets end of file."
+    )]
+    async fn run_python(
+        &self,
+        Parameters(request): Parameters<RunPython>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let timeout = request.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !(timeout > 0.0 && timeout <= MAX_TIMEOUT_SECS) {
+            return Ok(failed(format!(
+                "timeout_secs must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"
+            )));
+        }
+        let (_, handle) = match self.session(&context, request.session.as_deref()).await {
+            Ok(found) => found,
+            Err(message) => return Ok(failed(message)),
+        };
+        let execution = match handle.execute(ExecuteRequest {
+            code: request.code,
+            timeout: Some(timeout),
+            ..ExecuteRequest::default()
+        }) {
+            Ok(execution) => execution,
+            Err(e) => return Ok(failed(e.to_string())),
+        };
+        let can_elicit = context
+            .client_capabilities()
+            .is_some_and(|c| c.elicitation.is_some());
+        let mut progress = Progress {
+            token: context.meta.get_progress_token(),
+            peer: context.peer.clone(),
+            outputs: 0,
+            last_sent: None,
+        };
+        let mut reader = execution.follow(0);
+        let mut answer = Answer::default();
+        let mut tail = String::new();
+        let mut is_error = false;
+        let mut cancel_sent = false;
+        loop {
+            let batch = tokio::select! {
+                batch = reader.next_batch() => batch,
+                // The client gave up on the call (notifications/cancelled): the code is
+                // stopped, and its end read as usual.
+                _ = context.ct.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    let (handle, id) = (handle.clone(), execution.id().to_string());
+                    tokio::spawn(async move { handle.cancel(&id, Some(CANCEL_GRACE)).await });
+                    continue;
+                }
+            };
+            let Some(batch) = batch else { break };
+            let mut latest_output = None;
+            for event in batch.iter().filter_map(|logged| logged.event()) {
+                match event {
+                    ClientEvent::Output { stream, data, .. } => {
+                        answer.push_output(&data, stream == StreamName::Stderr);
+                        progress.outputs += 1;
+                        latest_output = Some(data);
+                    }
+                    ClientEvent::Input {
+                        id,
+                        prompt,
+                        password,
+                        ..
+                    } => {
+                        // Said first: what the user is asked about is the output so far.
+                        if let Some(data) = latest_output.take() {
+                            progress.send(&data).await;
+                        }
+                        let line = if can_elicit && !cancel_sent {
+                            tokio::select! {
+                                line = ask(&context.peer, &prompt, password, &mut answer) => line,
+                                _ = context.ct.cancelled() => None,
+                            }
+                        } else {
+                            answer.note(NO_ELICITATION);
+                            None
+                        };
+                        // An answer for an input that meanwhile ended (cancelled) is
+                        // refused: nothing to do.
+                        let _ = handle.input(&id, line).await;
+                    }
+                    ClientEvent::Display { data, .. } => answer.push_bundle(&data, true),
+                    ClientEvent::Result { repr, data, .. } => {
+                        if let Some(data) = data {
+                            answer.push_bundle(&data, false);
+                        }
+                        if let Some(repr) = repr {
+                            tail = format!("Out: {}\n", clip(&repr));
+                        }
+                    }
+                    ClientEvent::Error { traceback, .. } => {
+                        is_error = true;
+                        tail = clip(&traceback);
+                    }
+                }
+            }
+            if let Some(data) = latest_output {
+                progress.send(&data).await;
+            }
+        }
+        let content = answer.into_content(&tail);
+        Ok(if is_error {
+            CallToolResult::error(content)
+        } else {
+            CallToolResult::success(content)
+        })
+    }
+
+    #[tool(
+        description = "Stop the code running in a session (KeyboardInterrupt; the worker is restarted if it does not stop within 2 s), and any queued behind it. The run_python call that started it then answers with the KeyboardInterrupt."
+    )]
+    async fn cancel(
+        &self,
+        Parameters(request): Parameters<CancelRun>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let handle: SessionHandle = match self.lookup(&context, request.session.as_deref()) {
+            Ok((_, handle)) => handle,
+            Err(message) => return Ok(failed(message)),
+        };
+        let running: Vec<String> = handle
+            .executions()
+            .into_iter()
+            .filter(|e| !e.done)
+            .map(|e| e.execution_id)
+            .collect();
+        if running.is_empty() {
+            return Ok(failed("nothing is running in that session"));
+        }
+        let mut outcomes = Vec::new();
+        for id in running {
+            match handle.cancel(&id, Some(CANCEL_GRACE)).await {
+                Ok(outcome) => outcomes.push(serde_json::json!({"execution_id": id, "outcome": outcome})),
+                Err(e) => return Ok(failed(e.to_string())),
+            }
+        }
+        Ok(ok_json(&serde_json::Value::Array(outcomes)))
+    }
+}
+
+/// The progress notifications of one run: sent on output, at most one per
+/// [`MIN_PROGRESS_GAP`] (compared with the last one's instant, never waited for).
+struct Progress {
+    /// The call's progressToken; without one, nothing is sent.
+    token: Option<ProgressToken>,
+    peer: Peer<RoleServer>,
+    /// Output events so far: the progress count.
+    outputs: u64,
+    last_sent: Option<Instant>,
+}
+
+impl Progress {
+    /// A notification carrying the latest line of `latest` (the newest output), unless one
+    /// went out less than [`MIN_PROGRESS_GAP`] ago.
+    async fn send(&mut self, latest: &str) {
+        let Some(token) = &self.token else { return };
+        let now = Instant::now();
+        if self
+            .last_sent
+            .is_some_and(|sent| now.duration_since(sent) < MIN_PROGRESS_GAP)
+        {
+            return;
+        }
+        self.last_sent = Some(now);
+        let mut param = ProgressNotificationParam::new(token.clone(), self.outputs as f64);
+        if let Some(line) = last_line(latest, MAX_PROGRESS_MESSAGE) {
+            param = param.with_message(line);
+        }
+        // A client gone meanwhile: the run's answer says what happened.
+        let _ = self.peer.notify_progress(param).await;
+    }
+}
+
+/// The user's line for `input(prompt)`, by elicitation; `None` (end of file) when they
+/// decline or cancel, or when it fails (said in the answer).
+async fn ask(
+    peer: &Peer<RoleServer>,
+    prompt: &str,
+    password: bool,
+    answer: &mut Answer,
+) -> Option<String> {
+    let mut message = if prompt.trim().is_empty() {
+        "The Python code asks for a line of input (input()).".to_string()
+    } else {
+        format!("The Python code asks: {prompt}")
+    };
+    if password {
+        message.push_str(" (a password: getpass)");
+    }
+    match peer.elicit::<InputLine>(message).await {
+        Ok(Some(input)) => Some(input.line),
+        Ok(None)
+        | Err(ElicitationError::UserDeclined)
+        | Err(ElicitationError::UserCancelled)
+        | Err(ElicitationError::NoContent) => None,
+        Err(ElicitationError::CapabilityNotSupported) => {
+            answer.note(NO_ELICITATION);
+            None
+        }
+        Err(e) => {
+            answer.note(&format!(
+                "input() could not be asked of the user ({e}): it got end of file (EOFError)"
+            ));
+            None
+        }
+    }
+}

@@ -1,0 +1,98 @@
+"""A real MCP client (the official `mcp` package, its streamable HTTP transport) driving
+`/mcp` of a running `pyrepl3 serve`, as an agent would, with a tenant's bearer token. Run by
+tests/mcp_http.rs: argv[1] is the server's base URL, argv[2] and argv[3] the tokens of two
+tenants. Prints the transcript; exits non-zero on the first wrong answer."""
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_checks import (Agent, check, checkpoints_round_trip, cancel_stops_a_run,
+                        code_runs_and_plots, files_move, input_is_asked_with_progress_first,
+                        input_without_elicitation_is_end_of_file, sessions_are_managed,
+                        text_of, tools_are_listed)
+
+INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "raw", "version": "0"}}}).encode()
+
+
+def status_of(base, token):
+    """The status of an MCP initialize POSTed with `token` (None: no Authorization)."""
+    headers = {"Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}
+    if token is not None:
+        headers["Authorization"] = "Bearer " + token
+    request = urllib.request.Request(base + "/mcp", data=INITIALIZE, headers=headers)
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status, answer.headers.get("content-type")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def rest_sessions(base, token):
+    request = urllib.request.Request(base + "/v1/sessions",
+                                     headers={"Authorization": "Bearer " + token})
+    with urllib.request.urlopen(request) as answer:
+        return [s["id"] for s in json.loads(answer.read())["sessions"]]
+
+
+def connect(base, token):
+    http = httpx2.AsyncClient(headers={"Authorization": "Bearer " + token},
+                              timeout=httpx2.Timeout(30.0, read=300.0))
+    return streamable_http_client(base + "/mcp", http_client=http)
+
+
+async def main(base, alice, bob):
+    for token in (None, "not-a-token"):
+        status, body = status_of(base, token)
+        print("> POST /mcp initialize, token", repr(token), "\n<", status, body, flush=True)
+        check(status == 401 and body["error"]["code"] == "unauthorized", (status, body))
+    status, kind = status_of(base, alice)
+    print("> POST /mcp initialize, alice's token\n<", status, kind, flush=True)
+    check(status == 200, status)
+
+    agent = Agent()
+    async with connect(base, alice) as (read, write):
+        async with ClientSession(read, write, elicitation_callback=agent.elicit) as session:
+            await session.initialize()
+            agent.session = session
+            await tools_are_listed(agent)
+            await code_runs_and_plots(agent)
+            await files_move(agent)
+            await sessions_are_managed(agent)
+            await input_is_asked_with_progress_first(agent)
+            await cancel_stops_a_run(agent)
+            await checkpoints_round_trip(agent)
+            r = await agent.call("create_session", session="shown")
+            shown = json.loads(text_of(r))["id"]
+
+    # The MCP sessions are alice's sessions of the service, and only hers.
+    alices, bobs = rest_sessions(base, alice), rest_sessions(base, bob)
+    print("> GET /v1/sessions (alice)\n<", alices, "\n> GET /v1/sessions (bob)\n<", bobs)
+    check(shown in alices and shown not in bobs, (shown, alices, bobs))
+
+    plain = Agent()
+    async with connect(base, bob) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            plain.session = session
+            r = await plain.call("list_sessions")
+            check(shown not in text_of(r), "bob does not see alice's sessions: " + text_of(r))
+            r = await plain.call("reset_session", session=shown)
+            check(r.is_error and "no open session" in text_of(r), "nor reach them")
+            r = await plain.call("list_checkpoints")
+            check(json.loads(text_of(r)) == [], "nor her checkpoints: " + text_of(r))
+            await input_without_elicitation_is_end_of_file(plain)
+    check(len(rest_sessions(base, bob)) == 1, "bob's MCP session is his")
+    print("MCP HTTP OK")
+
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
