@@ -331,9 +331,7 @@ impl PythonTools {
             CallerSource::Fixed(caller) => caller.clone(),
             CallerSource::PerRequest => per_request_caller(context)?,
         };
-        let tenant = self
-            .tenant
-            .get_or_init(|| caller.tenant_name().to_string());
+        let tenant = self.tenant.get_or_init(|| caller.tenant_name().to_string());
         if tenant != caller.tenant_name() {
             return Err("this MCP session was opened with another tenant's token".to_string());
         }
@@ -366,7 +364,9 @@ impl PythonTools {
         let name = name.unwrap_or(DEFAULT_SESSION);
         match self.existing(&caller, name) {
             Some(handle) => Ok((caller, handle)),
-            None => Err(format!("no open session named {name:?} (list_sessions lists them)")),
+            None => Err(format!(
+                "no open session named {name:?} (list_sessions lists them)"
+            )),
         }
     }
 
@@ -430,7 +430,10 @@ impl PythonTools {
         if let Err(existing) = kept {
             let _ = self.service.delete_session(caller, &summary.id);
             let id = existing.ok_or_else(full)?;
-            let handle = self.service.session(caller, &id).map_err(|e| e.to_string())?;
+            let handle = self
+                .service
+                .session(caller, &id)
+                .map_err(|e| e.to_string())?;
             return Ok((handle, None));
         }
         let handle = self

@@ -195,7 +195,9 @@ impl PythonTools {
         let mut outcomes = Vec::new();
         for id in running {
             match handle.cancel(&id, Some(CANCEL_GRACE)).await {
-                Ok(outcome) => outcomes.push(serde_json::json!({"execution_id": id, "outcome": outcome})),
+                Ok(outcome) => {
+                    outcomes.push(serde_json::json!({"execution_id": id, "outcome": outcome}))
+                }
                 Err(e) => return Ok(failed(e.to_string())),
             }
         }

@@ -13,9 +13,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use rmcp::transport::streamable_http_server::session::local::{
-    LocalSessionManager, SessionConfig,
-};
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
@@ -69,9 +67,9 @@ pub(crate) fn routes(service: Service, stop: CancellationToken, max_body: usize)
         config,
     );
     let gate = Gate { service, sessions };
-    Router::new().route_service("/mcp", mcp).layer(
-        axum::middleware::from_fn_with_state(gate, authenticate),
-    )
+    Router::new()
+        .route_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
 }
 
 /// The caller of the request's bearer token, put in the request's extensions (the tools
@@ -90,7 +88,9 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "mcp_session_limit",
-            format!("{MAX_MCP_SESSIONS} MCP sessions are open: close one (DELETE /mcp) or retry later"),
+            format!(
+                "{MAX_MCP_SESSIONS} MCP sessions are open: close one (DELETE /mcp) or retry later"
+            ),
         )
         .into_response();
     }
