@@ -14,11 +14,18 @@ fn an_mcp_client_works_over_streamable_http_as_its_tenant_only() {
     let python = common::rich_python();
     let config = format!(
         "[[tenants]]\nname = \"default\"\ntoken = \"{ALICE}\"\nrate_per_second = 1e6\nburst = 1000000\n\n\
-         [[tenants]]\nname = \"bob\"\ntoken = \"{BOB}\"\nrate_per_second = 1e6\nburst = 1000000\n"
+         [[tenants]]\nname = \"bob\"\ntoken = \"{BOB}\"\nrate_per_second = 1e6\nburst = 1000000\nmax_sessions = 20\n"
     );
     let (mut server, base, _dir) = spawn_server_with_config(
         &config,
-        &["--min-idle", "0", "--python", python.to_str().unwrap()],
+        &[
+            "--min-idle",
+            "0",
+            "--max-sessions",
+            "32",
+            "--python",
+            python.to_str().unwrap(),
+        ],
     );
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mcp_http_client.py");
@@ -43,4 +50,100 @@ fn an_mcp_client_works_over_streamable_http_as_its_tenant_only() {
         client.stderr()
     );
     server.kill_and_wait();
+}
+
+/// An MCP `initialize` request's body.
+fn initialize() -> serde_json::Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "bounds", "version": "0"}}})
+}
+
+#[tokio::test]
+async fn open_mcp_sessions_are_bounded_and_a_closed_one_frees_its_place() {
+    use common::server::{config, tenant, Api};
+    let mut alice = tenant("default", ALICE);
+    (alice.rate_per_second, alice.burst) = (1e6, 1_000_000);
+    let mut settings = config(vec![alice]);
+    settings.pool.min_idle = 0;
+    let api = Api::start(settings).await;
+    let open = |token: &'static str| {
+        api.http
+            .post(api.url("/mcp"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize())
+            .send()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..256 {
+        let answer = common::guard(open(ALICE)).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        ids.push(
+            answer.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let refused = common::guard(open(ALICE)).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "mcp_session_limit", "{body}");
+    // A request on an open MCP session still passes at the bound: here, closing it.
+    let closed = api
+        .http
+        .delete(api.url("/mcp"))
+        .bearer_auth(ALICE)
+        .header("mcp-session-id", &ids[0])
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let again = common::guard(open(ALICE)).await.unwrap();
+    assert_eq!(again.status(), 200);
+    // Wrong tokens never reach the bound's check, nor MCP.
+    let unauthorized = common::guard(open("wrong-token-123")).await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    api.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_mcp_session_is_its_tenants_and_refuses_another_tenants_token() {
+    use common::server::{config, tenant, Api};
+    let mut settings = config(vec![tenant("default", ALICE), tenant("bob", BOB)]);
+    settings.pool.min_idle = 0;
+    let api = Api::start(settings).await;
+    let post = |token: &'static str, session: Option<&str>, body: serde_json::Value| {
+        let mut request = api
+            .http
+            .post(api.url("/mcp"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(id) = session {
+            request = request.header("mcp-session-id", id);
+        }
+        request.send()
+    };
+    let opened = common::guard(post(ALICE, None, initialize()))
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let id = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let sent = common::guard(post(ALICE, Some(&id), initialized))
+        .await
+        .unwrap();
+    assert!(sent.status().is_success(), "{}", sent.status());
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "list_sessions", "arguments": {}}});
+    let answer = common::guard(post(BOB, Some(&id), call)).await.unwrap();
+    let text = common::guard(answer.text()).await.unwrap();
+    eprintln!("> tools/call list_sessions on alice's MCP session with bob's token\n< {text}");
+    assert!(text.contains("another tenant's token"), "{text}");
+    api.handle.shutdown().await.unwrap();
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::model::{CallToolResult, ContentBlock, InitializeRequestParams, InitializeResult};
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData as McpError, ServerHandler};
 use serde_json::json;
@@ -310,7 +310,19 @@ impl PythonTools {
     router = self.tools,
     instructions = "Runs Python for you in persistent sessions (isolated worker processes). Use run_python to run code (a session named \"default\" is made on first use; name others with the session argument); read_file/write_file move files in and out of a session's directory; create_checkpoint/restore_checkpoint save and bring back a session's variables; cancel stops a run."
 )]
-impl ServerHandler for PythonTools {}
+impl ServerHandler for PythonTools {
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        // The MCP session is the tenant's that opens it (a later call with another tenant's
+        // token is refused by `caller`).
+        let _ = self.caller(&context);
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+}
 
 impl PythonTools {
     /// The tools of one MCP connection, acting on `service` as `caller` says.

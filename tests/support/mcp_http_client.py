@@ -91,7 +91,16 @@ async def main(base, alice, bob):
             r = await plain.call("list_checkpoints")
             check(json.loads(text_of(r)) == [], "nor her checkpoints: " + text_of(r))
             await input_without_elicitation_is_end_of_file(plain)
-    check(len(rest_sessions(base, bob)) == 1, "bob's MCP session is his")
+            check(len(rest_sessions(base, bob)) == 1, "bob's MCP session is his")
+            # One MCP session names 16 sessions at most (bob may hold more).
+            for n in range(15):
+                r = await plain.session.call_tool("create_session", {"session": "s%d" % n})
+                check(not r.is_error, text_of(r))
+            r = await plain.call("create_session", session="one-too-many")
+            check(r.is_error and "16 named sessions" in text_of(r), text_of(r))
+            r = await plain.call("close_session", session="s0")
+            r = await plain.call("create_session", session="one-more")
+            check(not r.is_error, "a closed session frees its name: " + text_of(r))
     print("MCP HTTP OK")
 
 
