@@ -60,14 +60,23 @@ fn initialize() -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn open_mcp_sessions_are_bounded_and_a_closed_one_frees_its_place() {
+async fn open_mcp_sessions_are_bounded_per_tenant_and_in_all() {
     use common::server::{config, tenant, Api};
-    let mut alice = tenant("default", ALICE);
-    (alice.rate_per_second, alice.burst) = (1e6, 1_000_000);
-    let mut settings = config(vec![alice]);
+    // Five tenants: four fill the server's 256 MCP sessions with their 64 each.
+    let tokens: Vec<String> = (0..5).map(|n| format!("tenant-token-{n:04}")).collect();
+    let tenants = tokens
+        .iter()
+        .enumerate()
+        .map(|(n, token)| {
+            let mut t = tenant(&format!("t{n}"), token);
+            (t.rate_per_second, t.burst) = (1e6, 1_000_000);
+            t
+        })
+        .collect();
+    let mut settings = config(tenants);
     settings.pool.min_idle = 0;
     let api = Api::start(settings).await;
-    let open = |token: &'static str| {
+    let open = |token: &str| {
         api.http
             .post(api.url("/mcp"))
             .bearer_auth(token)
@@ -75,34 +84,34 @@ async fn open_mcp_sessions_are_bounded_and_a_closed_one_frees_its_place() {
             .json(&initialize())
             .send()
     };
-    let mut ids = Vec::new();
-    for _ in 0..256 {
-        let answer = common::guard(open(ALICE)).await.unwrap();
-        assert_eq!(answer.status(), 200);
-        ids.push(
-            answer.headers()["mcp-session-id"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-        );
+    let mut first = None;
+    for token in &tokens[..4] {
+        for _ in 0..64 {
+            let answer = common::guard(open(token)).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            let id = answer.headers()["mcp-session-id"].to_str().unwrap();
+            first.get_or_insert(id.to_string());
+        }
     }
-    let refused = common::guard(open(ALICE)).await.unwrap();
-    assert_eq!(refused.status(), 503);
+    let refused = common::guard(open(&tokens[0])).await.unwrap();
+    assert_eq!(refused.status(), 429, "a tenant's 65th");
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "mcp_session_limit", "{body}");
-    // A request on an open MCP session still passes at the bound: here, closing it.
+    let refused = common::guard(open(&tokens[4])).await.unwrap();
+    assert_eq!(refused.status(), 503, "the server's 257th");
+    // A request on an open MCP session still passes at the bounds: here, closing it.
     let closed = api
         .http
         .delete(api.url("/mcp"))
-        .bearer_auth(ALICE)
-        .header("mcp-session-id", &ids[0])
+        .bearer_auth(&tokens[0])
+        .header("mcp-session-id", first.unwrap())
         .send()
         .await
         .unwrap();
     assert!(closed.status().is_success(), "{}", closed.status());
-    let again = common::guard(open(ALICE)).await.unwrap();
-    assert_eq!(again.status(), 200);
-    // Wrong tokens never reach the bound's check, nor MCP.
+    let again = common::guard(open(&tokens[4])).await.unwrap();
+    assert_eq!(again.status(), 200, "a closed MCP session frees its place");
+    // Wrong tokens never reach the bounds, nor MCP.
     let unauthorized = common::guard(open("wrong-token-123")).await.unwrap();
     assert_eq!(unauthorized.status(), 401);
     api.handle.shutdown().await.unwrap();

@@ -3,9 +3,10 @@
 //! bearer tokens: a missing or wrong token is answered `401` before any MCP traffic, and the
 //! caller rides in the request's extensions to the tools, which act as that tenant through
 //! the service. This module owns that gate and the bounds on what MCP over HTTP holds: open
-//! MCP sessions (transports), their idle deadline, request bodies.
+//! MCP sessions (transports) in all and per tenant, their idle deadline, request bodies.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -20,10 +21,12 @@ use tokio_util::sync::CancellationToken;
 use super::http::{ApiError, Auth};
 use crate::mcp::{CallerSource, PythonTools};
 use crate::service::Service;
+use crate::sync::lock_unpoisoned as lock;
 
 /// MCP sessions (one per client that initialized, each with its names of sessions) open at
-/// once over HTTP; an `initialize` beyond it is answered `503`.
+/// once over HTTP, and of one tenant; an `initialize` beyond them is refused.
 pub const MAX_MCP_SESSIONS: usize = 256;
+pub const MAX_MCP_SESSIONS_PER_TENANT: usize = 64;
 /// An MCP session unused this long is closed (its Python sessions stay: they are the
 /// tenant's, culled by the tenant's idle timeout).
 pub const MCP_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
@@ -35,6 +38,7 @@ const CHANNEL_CAPACITY: usize = 64;
 struct Gate {
     service: Service,
     sessions: Arc<LocalSessionManager>,
+    owners: Arc<Mutex<Owners>>,
 }
 
 /// The `/mcp` route. `stop` ends every MCP session (at shutdown); `max_body` bounds a
@@ -66,15 +70,19 @@ pub(crate) fn routes(service: Service, stop: CancellationToken, max_body: usize)
         sessions.clone(),
         config,
     );
-    let gate = Gate { service, sessions };
+    let gate = Gate {
+        service,
+        sessions,
+        owners: Arc::default(),
+    };
     Router::new()
         .route_service("/mcp", mcp)
         .layer(axum::middleware::from_fn_with_state(gate, authenticate))
 }
 
 /// The caller of the request's bearer token, put in the request's extensions (the tools
-/// read it); `401` without a valid token, `503` for a new MCP session beyond
-/// [`MAX_MCP_SESSIONS`].
+/// read it); `401` without a valid token. A request that opens an MCP session is counted
+/// ([`Owners`]).
 async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
     let caller = match Auth::from_headers(request.headers(), &gate.service) {
         Ok(caller) => caller,
@@ -82,18 +90,99 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
     };
     // For the access log: the tenant's name, never its token.
     tracing::Span::current().record("tenant", caller.tenant_name());
-    let opens_session = request.method() == axum::http::Method::POST
-        && !request.headers().contains_key("mcp-session-id");
-    if opens_session && gate.sessions.sessions.read().await.len() >= MAX_MCP_SESSIONS {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "mcp_session_limit",
-            format!(
-                "{MAX_MCP_SESSIONS} MCP sessions are open: close one (DELETE /mcp) or retry later"
-            ),
-        )
-        .into_response();
-    }
+    let tenant = caller.tenant_name().to_string();
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    let opens_session = request.method() == axum::http::Method::POST
+        && !request.headers().contains_key(SESSION_HEADER);
+    if !opens_session {
+        return next.run(request).await;
+    }
+    let live: HashSet<String> = gate
+        .sessions
+        .sessions
+        .read()
+        .await
+        .keys()
+        .map(|id| id.to_string())
+        .collect();
+    let opening = match Opening::reserve(&gate.owners, &tenant, &live) {
+        Ok(opening) => opening,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let response = next.run(request).await;
+    if let Some(id) = response
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        lock(&gate.owners).by_session.insert(id.to_string(), tenant);
+    }
+    drop(opening);
+    response
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Who opened each open MCP session, and the openings under way per tenant: what the bounds
+/// count. A session rmcp closed (idle, DELETE, shutdown) is forgotten at the next opening.
+#[derive(Default)]
+struct Owners {
+    /// MCP session id → tenant name.
+    by_session: HashMap<String, String>,
+    /// Tenant name → `initialize` requests under way.
+    opening: HashMap<String, usize>,
+}
+
+/// An `initialize` under way, counted against the bounds until it is answered (or dropped).
+struct Opening {
+    owners: Arc<Mutex<Owners>>,
+    tenant: String,
+}
+
+impl Opening {
+    /// A place for one more MCP session of `tenant` (sessions not in `live` are gone), or
+    /// the refusal: `429 mcp_session_limit` beyond [`MAX_MCP_SESSIONS_PER_TENANT`], `503
+    /// mcp_session_limit` beyond [`MAX_MCP_SESSIONS`].
+    fn reserve(
+        owners: &Arc<Mutex<Owners>>,
+        tenant: &str,
+        live: &HashSet<String>,
+    ) -> Result<Opening, ApiError> {
+        let mut held = lock(owners);
+        held.by_session.retain(|id, _| live.contains(id));
+        let total = held.by_session.len() + held.opening.values().sum::<usize>();
+        let mine = held.by_session.values().filter(|t| *t == tenant).count()
+            + held.opening.get(tenant).copied().unwrap_or(0);
+        if mine >= MAX_MCP_SESSIONS_PER_TENANT {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "mcp_session_limit",
+                format!("this tenant has {MAX_MCP_SESSIONS_PER_TENANT} MCP sessions open: close one (DELETE /mcp) first"),
+            ));
+        }
+        if total >= MAX_MCP_SESSIONS {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "mcp_session_limit",
+                format!("{MAX_MCP_SESSIONS} MCP sessions are open: retry later"),
+            ));
+        }
+        *held.opening.entry(tenant.to_string()).or_default() += 1;
+        Ok(Opening {
+            owners: owners.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let mut held = lock(&self.owners);
+        if let Some(count) = held.opening.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.opening.remove(&self.tenant);
+            }
+        }
+    }
 }
