@@ -74,7 +74,9 @@ async fn open_mcp_sessions_are_bounded_per_tenant_and_in_all() {
         })
         .collect();
     let mut settings = config(tenants);
+    // No worker runs in this test: no pool to fill, no sandbox to check.
     settings.pool.min_idle = 0;
+    settings.sandbox.enabled = false;
     let api = Api::start(settings).await;
     let open = |token: &str| {
         api.http
@@ -121,7 +123,9 @@ async fn open_mcp_sessions_are_bounded_per_tenant_and_in_all() {
 async fn an_mcp_session_is_its_tenants_and_refuses_another_tenants_token() {
     use common::server::{config, tenant, Api};
     let mut settings = config(vec![tenant("default", ALICE), tenant("bob", BOB)]);
+    // No worker runs in this test: no pool to fill, no sandbox to check.
     settings.pool.min_idle = 0;
+    settings.sandbox.enabled = false;
     let api = Api::start(settings).await;
     let post = |token: &'static str, session: Option<&str>, body: serde_json::Value| {
         let mut request = api

@@ -98,6 +98,32 @@ async def input_is_asked_with_progress_first(agent):
     check(r.is_error and "EOFError" in text_of(r), "a declined input() gets end of file")
 
 
+async def progress_is_coalesced(agent):
+    """Output printed fast: at most one notification per 250 ms of the run (and the first at
+    once), the latest line as the message, counts that grow."""
+    agent.progress.clear()
+    counts = []
+
+    async def on_progress(progress, total, message):
+        counts.append(progress)
+        agent.progress.append(message or "")
+
+    print("> run_python {\"code\": \"for i in range(3000): print('line', i, flush=True)\"}",
+          flush=True)
+    started = asyncio.get_running_loop().time()
+    r = await agent.session.call_tool(
+        "run_python", {"code": "for i in range(3000): print('line', i, flush=True)"},
+        progress_callback=on_progress)
+    elapsed = asyncio.get_running_loop().time() - started
+    print("<", "error" if r.is_error else "ok", "%d lines;" % text_of(r).count("\n"),
+          len(counts), "progress notifications in %.2f s:" % elapsed, agent.progress[:3],
+          flush=True)
+    check(not r.is_error and text_of(r).count("\n") == 3000, "all the output is answered")
+    check(1 <= len(counts) <= 2 + elapsed / 0.25, "coalesced: %d in %.2f s" % (len(counts), elapsed))
+    check(agent.progress[0].startswith("line "), agent.progress)
+    check(counts == sorted(set(counts)), "progress grows: %r" % counts)
+
+
 async def input_without_elicitation_is_end_of_file(agent):
     r = await agent.call("run_python", code="print('before')\ninput('x? ')")
     check(r.is_error and "EOFError" in text_of(r), text_of(r))

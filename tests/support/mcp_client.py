@@ -9,7 +9,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from mcp_checks import (Agent, check, checkpoints_round_trip, cancel_stops_a_run,
-                        code_runs_and_plots, files_move, input_is_asked_with_progress_first,
+                        code_runs_and_plots, files_move, progress_is_coalesced, input_is_asked_with_progress_first,
                         input_without_elicitation_is_end_of_file, sessions_are_managed,
                         text_of, tools_are_listed)
 
@@ -26,6 +26,7 @@ async def main(binary, python):
             await files_move(agent)
             await sessions_are_managed(agent)
             await input_is_asked_with_progress_first(agent)
+            await progress_is_coalesced(agent)
             await cancel_stops_a_run(agent)
             await checkpoints_round_trip(agent)
             # Long output: bounded, and the error after it is never cut off.

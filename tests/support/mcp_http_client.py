@@ -14,7 +14,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_checks import (Agent, check, checkpoints_round_trip, cancel_stops_a_run,
-                        code_runs_and_plots, files_move, input_is_asked_with_progress_first,
+                        code_runs_and_plots, files_move, progress_is_coalesced, input_is_asked_with_progress_first,
                         input_without_elicitation_is_end_of_file, sessions_are_managed,
                         text_of, tools_are_listed)
 
@@ -69,6 +69,7 @@ async def main(base, alice, bob):
             await files_move(agent)
             await sessions_are_managed(agent)
             await input_is_asked_with_progress_first(agent)
+            await progress_is_coalesced(agent)
             await cancel_stops_a_run(agent)
             await checkpoints_round_trip(agent)
             r = await agent.call("create_session", session="shown")
