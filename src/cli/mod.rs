@@ -42,13 +42,17 @@ pub enum Command {
     /// be started.
     Repl(ReplArgs),
     /// Serve the Model Context Protocol over stdio, for a local AI agent: tools that run
-    /// Python in named sessions (made on first use), reset and close them, and move files.
+    /// Python in named sessions (made on first use; progress notified as the code prints,
+    /// input() asked of the user by elicitation), create, list, reset, close and cancel them,
+    /// move files, and checkpoint and restore their variables (see docs/mcp.md; `serve`
+    /// serves the same tools over HTTP at /mcp).
     ///
     /// Register it with an MCP client as the command `pyrepl3 mcp`. Exit status: 0 when the
-    /// client closes the connection.
+    /// client closes the connection, 2 if the sessions' service could not start.
     Mcp(McpArgs),
     #[cfg(feature = "server")]
-    /// Serve sessions over HTTP and WebSocket (see docs/api.md).
+    /// Serve sessions over HTTP and WebSocket (see docs/api.md), and the MCP tools over
+    /// streamable HTTP at /mcp (see docs/mcp.md).
     ///
     /// Settings: the --config TOML file, then PYREPL3_* environment variables, then flags.
     /// Without any token configured, one is generated and printed. SIGTERM or Ctrl-C shut
