@@ -86,7 +86,7 @@ pub(crate) fn routes(service: Service, stop: CancellationToken, max_body: usize)
 async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
     let caller = match Auth::from_headers(request.headers(), &gate.service) {
         Ok(caller) => caller,
-        Err(e) => return e.into_response(),
+        Err(e) => return gate.refuse(e),
     };
     // For the access log: the tenant's name, never its token.
     tracing::Span::current().record("tenant", caller.tenant_name());
@@ -107,7 +107,7 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
         .collect();
     let opening = match Opening::reserve(&gate.owners, &tenant, &live) {
         Ok(opening) => opening,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => return gate.refuse(refusal),
     };
     let response = next.run(request).await;
     if let Some(id) = response
@@ -122,6 +122,15 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
 }
 
 const SESSION_HEADER: &str = "mcp-session-id";
+
+impl Gate {
+    /// A refusal's answer, counted in `/metrics` as the REST API's errors are.
+    fn refuse(&self, error: ApiError) -> Response {
+        let response = error.into_response();
+        self.service.record_http_error(response.status().as_u16());
+        response
+    }
+}
 
 /// Who opened each open MCP session, and the openings under way per tenant: what the bounds
 /// count. A session rmcp closed (idle, DELETE, shutdown) is forgotten at the next opening.
