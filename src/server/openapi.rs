@@ -1,0 +1,206 @@
+//! The API's OpenAPI document and its docs page. The document is derived from the code: each
+//! route is added to the router together with its handler's `#[utoipa::path]` description
+//! (`http::api_routes`), whose bodies, parameters and answers are the handler's own types
+//! (`ToSchema`, `IntoParams`). This module owns what is common to every route (the document's
+//! head, the bearer scheme, the tags, the errors every authenticated route can answer), the
+//! finished document as served at `GET /openapi.json`, and `GET /docs`: Swagger UI, whose
+//! files are built into the binary (nothing is fetched from another host).
+//!
+//! Not in the document: `/docs` itself (a page, not the API).
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use serde_json::{json, Map, Value};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use super::http::ErrorBody;
+use crate::service::Service;
+
+/// The document's head: what the derived routes are added to.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "pyrepl3",
+        description = "Python sessions in isolated worker processes, over HTTP, server-sent \
+            events and a WebSocket (docs/api.md). Every route but `/healthz` and \
+            `/openapi.json` needs `Authorization: Bearer <token>`.",
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "service", description = "Health, metrics, the pool, this document."),
+        (name = "sessions", description = "Take, inspect, restart and end sessions."),
+        (name = "executions", description = "Run code, follow it, answer `input()`, stop it."),
+        (name = "checkpoints", description = "Save, download, upload and restore namespaces."),
+        (name = "files", description = "A session's working directory."),
+        (name = "websocket", description = "The session's WebSocket, and tickets for browsers."),
+    ),
+)]
+pub(crate) struct ApiDoc;
+
+/// The scheme every authenticated route names.
+const BEARER: &str = "bearer";
+
+/// The served document, serialized once.
+#[derive(Clone)]
+pub(crate) struct Document(Arc<String>);
+
+/// The API's routes with `GET /docs` (its files under `/docs/`) and what `GET /openapi.json`
+/// serves: `document`. Neither needs a token.
+pub(crate) fn with_docs(api: Router<Service>, document: &Value) -> Router<Service> {
+    let json = serde_json::to_string_pretty(document).unwrap_or_default();
+    let docs: Router<Service> = SwaggerUi::new("/docs")
+        .config(
+            Config::new(["/openapi.json"])
+                // Swagger UI's default validator is a web service of its makers: the page
+                // would send the document there and show its badge.
+                .validator_url("none")
+                .try_it_out_enabled(true)
+                .persist_authorization(false),
+        )
+        .into();
+    api.merge(docs).layer(Extension(Document(Arc::new(json))))
+}
+
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, path = "/openapi.json", tag = "service", security(()),
+    responses((status = 200, description = "The OpenAPI document.", content_type = "application/json",
+        body = Object)))]
+pub(crate) async fn openapi_json(Extension(Document(json)): Extension<Document>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+/// Finishes the derived document: the bearer scheme and who needs it, the errors every
+/// route can answer, and the router's path syntax made OpenAPI's.
+pub(crate) fn finish(document: &utoipa::openapi::OpenApi) -> Value {
+    let mut document = serde_json::to_value(document).unwrap_or(Value::Null);
+    document["components"]["securitySchemes"] = json!({
+        BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A tenant's token (`--token`, or `[[tenants]] token` in the config file).",
+        }
+    });
+    document["security"] = json!([{ BEARER: [] }]);
+    if let Some(create) =
+        document["components"]["schemas"]["CreateBody"]["properties"].as_object_mut()
+    {
+        for (field, rules) in super::sessions::environment_schemas() {
+            if let (Some(schema), Value::Object(rules)) = (create.get_mut(field), rules) {
+                if let Some(schema) = schema.as_object_mut() {
+                    schema.extend(rules);
+                }
+            }
+        }
+    }
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return document;
+    };
+    let paths = std::mem::take(paths);
+    let mut finished = Map::new();
+    for (path, mut item) in paths {
+        // The router's `{*path}` (the rest of the URL) is OpenAPI's `{path}`.
+        let path = path.replace("{*", "{");
+        if let Some(operations) = item.as_object_mut() {
+            for operation in operations.values_mut() {
+                finish_operation(&path, operation);
+            }
+        }
+        finished.insert(path, item);
+    }
+    document["paths"] = Value::Object(finished);
+    document
+}
+
+/// One operation: `security(())` (public) becomes an empty list, and the errors that do not
+/// depend on the route are added where the route did not describe them itself
+/// (docs/api.md, "Endpoints").
+fn finish_operation(path: &str, operation: &mut Value) {
+    // Bytes as bytes (the derived schema of `[u8]` is an array of integers): a file's body.
+    if let Some(body) = operation.get_mut("requestBody") {
+        binary_bodies(body);
+    }
+    if let Some(responses) = operation["responses"].as_object_mut() {
+        responses.values_mut().for_each(binary_bodies);
+    }
+    let public = operation["security"] == json!([{}]);
+    if public {
+        operation["security"] = json!([]);
+    }
+    let json_body = operation["requestBody"]["content"]
+        .get("application/json")
+        .is_some();
+    let any_body = operation.get("requestBody").is_some();
+    let Some(responses) = operation["responses"].as_object_mut() else {
+        return;
+    };
+    let mut add = |status: &str, description: &str| {
+        responses.entry(status.to_string()).or_insert_with(|| {
+            json!({
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+            })
+        });
+    };
+    if public {
+        return;
+    }
+    add(
+        "401",
+        "A missing or unknown bearer token. Codes: `unauthorized`.",
+    );
+    add(
+        "429",
+        "The tenant's request rate is exceeded (see `Retry-After`). Codes: `rate_limited`.",
+    );
+    add(
+        "503",
+        "The server is shutting down. Codes: `shutting_down`.",
+    );
+    if path.contains("{id}") || path.contains("{cid}") {
+        add(
+            "404",
+            "No such session or checkpoint (or another tenant's). Codes: `not_found`.",
+        );
+    }
+    if json_body {
+        add(
+            "400",
+            "The body is not valid JSON, or a field is missing, unknown or of the wrong type. \
+             Codes: `bad_request`.",
+        );
+        add(
+            "415",
+            "The body is not sent as `Content-Type: application/json`. Codes: \
+             `unsupported_media_type`.",
+        );
+    }
+    if any_body {
+        add(
+            "413",
+            "The request body exceeds `max_body_bytes`. Codes: `too_large`.",
+        );
+    }
+}
+
+/// An `application/octet-stream` body's schema as OpenAPI 3.1 says bytes: a string of that
+/// media type (with the bounds the derived schema has, if any).
+fn binary_bodies(body: &mut Value) {
+    let content = body
+        .get_mut("content")
+        .and_then(|c| c.get_mut("application/octet-stream"));
+    if let Some(content) = content {
+        let mut schema = json!({"type": "string", "contentMediaType": "application/octet-stream"});
+        if let Some(min) = content["schema"].get("minLength") {
+            schema["minLength"] = min.clone();
+        }
+        content["schema"] = schema;
+    }
+}
