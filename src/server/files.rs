@@ -44,7 +44,9 @@ pub(crate) fn routes() -> OpenApiRouter<Service> {
 struct FilePath {
     /// The session's id.
     id: String,
-    /// Relative to the session's directory, `/`-separated; no `..`, not absolute.
+    /// Relative to the session's directory, `/`-separated; no `..`, not absolute, not the
+    /// top itself.
+    #[param(pattern = r"^(?!/)(?!(.*/)?\.\.(/|$))(?!(\.?/)*\.?$)[^\u0000]*$")]
     path: String,
 }
 
@@ -151,8 +153,9 @@ async fn download(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
-    /// The directory to list; absent or empty: the top.
+    /// The directory to list; absent or empty: the top. No `..`, not absolute.
     #[serde(default)]
+    #[param(pattern = r"^(?!/)(?!(.*/)?\.\.(/|$))[^\u0000]*$")]
     path: String,
 }
 

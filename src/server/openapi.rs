@@ -77,8 +77,9 @@ pub(crate) async fn openapi_json(Extension(Document(json)): Extension<Document>)
         .into_response()
 }
 
-/// Finishes the derived document: the bearer scheme and who needs it, the errors every
-/// route can answer, and the router's path syntax made OpenAPI's.
+/// Finishes the derived document: the bearer scheme and who needs it, the bodies' rules the
+/// derive cannot say, the errors every route can answer, and the router's path syntax made
+/// OpenAPI's.
 pub(crate) fn finish(document: &utoipa::openapi::OpenApi) -> Value {
     let mut document = serde_json::to_value(document).unwrap_or(Value::Null);
     document["components"]["securitySchemes"] = json!({
@@ -89,15 +90,12 @@ pub(crate) fn finish(document: &utoipa::openapi::OpenApi) -> Value {
         }
     });
     document["security"] = json!([{ BEARER: [] }]);
-    if let Some(create) =
-        document["components"]["schemas"]["CreateBody"]["properties"].as_object_mut()
-    {
-        for (field, rules) in super::sessions::environment_schemas() {
-            if let (Some(schema), Value::Object(rules)) = (create.get_mut(field), rules) {
-                if let Some(schema) = schema.as_object_mut() {
-                    schema.extend(rules);
-                }
-            }
+    for (schema, field, rules) in super::sessions::body_rules() {
+        let property = document["components"]["schemas"][schema]["properties"]
+            .get_mut(field)
+            .and_then(Value::as_object_mut);
+        if let (Some(property), Value::Object(rules)) = (property, rules) {
+            property.extend(rules);
         }
     }
     let Some(paths) = document["paths"].as_object_mut() else {
@@ -191,16 +189,22 @@ fn finish_operation(path: &str, operation: &mut Value) {
 }
 
 /// An `application/octet-stream` body's schema as OpenAPI 3.1 says bytes: a string of that
-/// media type (with the bounds the derived schema has, if any).
+/// media type (with the bounds the derived schema has, if any). Without a lower bound, no
+/// body at all is bytes too (an empty file).
 fn binary_bodies(body: &mut Value) {
     let content = body
         .get_mut("content")
         .and_then(|c| c.get_mut("application/octet-stream"));
-    if let Some(content) = content {
-        let mut schema = json!({"type": "string", "contentMediaType": "application/octet-stream"});
-        if let Some(min) = content["schema"].get("minLength") {
-            schema["minLength"] = min.clone();
-        }
-        content["schema"] = schema;
+    let Some(content) = content else {
+        return;
+    };
+    let mut schema = json!({"type": "string", "contentMediaType": "application/octet-stream"});
+    let min = content["schema"].get("minLength").cloned();
+    if let Some(min) = &min {
+        schema["minLength"] = min.clone();
+    }
+    content["schema"] = schema;
+    if min.is_none() && body.get("required").is_some() {
+        body["required"] = json!(false);
     }
 }

@@ -70,11 +70,12 @@ struct CreateBody {
     cwd: Option<std::path::PathBuf>,
 }
 
-/// What `SessionEnvironment::validate` takes of `env` and `cwd`, as JSON Schema (more than
-/// the derive can say), from the same constants; `openapi::finish` puts it in `CreateBody`'s
-/// schema. Lengths are in characters there, bytes here (the same for ASCII); the bound on the
-/// environment's total size is only in the description.
-pub(super) fn environment_schemas() -> [(&'static str, Value); 2] {
+/// Rules of the request bodies that the derive cannot say, as JSON Schema, from the
+/// constants the service checks them with: `(schema, field, rules)`, added to the field's
+/// schema by `openapi::finish`. `env` and `cwd` as `SessionEnvironment::validate` takes them
+/// (lengths in characters there, bytes here: the same for ASCII; the bound on the
+/// environment's total size is only in the description); the largest `timeout`.
+pub(super) fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
     use crate::session::environment::{
         MAX_CWD_BYTES, MAX_NAME_BYTES, MAX_VALUE_BYTES, MAX_VARS, REFUSED_NAMES, RESERVED_PREFIX,
     };
@@ -100,7 +101,15 @@ pub(super) fn environment_schemas() -> [(&'static str, Value); 2] {
         // Relative, without a `..` component, without NUL.
         "pattern": "^(?!/)(?!(.*/)?\\.\\.(/|$))[^\\u0000]*$",
     });
-    [("env", env), ("cwd", cwd)]
+    vec![
+        ("CreateBody", "env", env),
+        ("CreateBody", "cwd", cwd),
+        (
+            "ExecuteBody",
+            "timeout",
+            serde_json::json!({"maximum": crate::time::MAX_SECS}),
+        ),
+    ]
 }
 
 /// A new session: its summary, and the restore's report when it started from a checkpoint.
