@@ -259,3 +259,28 @@ async fn live_answers_agree_with_the_document() {
     assert!(info["execution_count"].as_u64().unwrap() > 0, "{info}");
     stop_server(server).await;
 }
+
+/// What schemathesis found, each fixed where it was a fault of the server: a whole number of
+/// milliseconds written as a float (`1181.0`, a JSON Schema `integer`) was refused; a grace
+/// beyond the longest duration the service takes was accepted.
+#[tokio::test]
+async fn answers_schemathesis_found_wrong_stay_fixed() {
+    let api = Api::start(config(vec![tenant("alice", ALICE)])).await;
+    let id = api.new_session(ALICE).await;
+    let cancel = format!("/v1/sessions/{id}/cancel");
+    let body = serde_json::json!({"execution_id": "x", "grace_timeout_ms": 1181.0});
+    let (status, answer) = api.post(&cancel, ALICE, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "not_running");
+    for refused in [
+        serde_json::json!(1181.5),
+        serde_json::json!(-1),
+        serde_json::json!(9223372036854775808u64),
+    ] {
+        let body = serde_json::json!({"execution_id": "x", "grace_timeout_ms": refused});
+        let (status, answer) = api.post(&cancel, ALICE, body).await;
+        assert_eq!(status, 400, "{refused}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request");
+    }
+    api.handle.shutdown().await.unwrap();
+}

@@ -74,7 +74,8 @@ struct CreateBody {
 /// constants the service checks them with: `(schema, field, rules)`, added to the field's
 /// schema by `openapi::finish`. `env` and `cwd` as `SessionEnvironment::validate` takes them
 /// (lengths in characters there, bytes here: the same for ASCII; the bound on the
-/// environment's total size is only in the description); the largest `timeout`.
+/// environment's total size is only in the description); the largest `timeout` and
+/// `grace_timeout_ms`.
 pub(super) fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
     use crate::session::environment::{
         MAX_CWD_BYTES, MAX_NAME_BYTES, MAX_VALUE_BYTES, MAX_VARS, REFUSED_NAMES, RESERVED_PREFIX,
@@ -108,6 +109,11 @@ pub(super) fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
             "ExecuteBody",
             "timeout",
             serde_json::json!({"maximum": crate::time::MAX_SECS}),
+        ),
+        (
+            "CancelBody",
+            "grace_timeout_ms",
+            serde_json::json!({"maximum": MAX_GRACE_MS}),
         ),
     ]
 }
@@ -455,13 +461,36 @@ async fn input(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The longest `grace_timeout_ms` taken (as long as any duration the service takes: "never").
+const MAX_GRACE_MS: u64 = crate::time::MAX_SECS as u64 * 1000;
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     execution_id: String,
     /// How long the code may take to stop after KeyboardInterrupt before the worker is
     /// killed. Default 500.
+    #[serde(default, deserialize_with = "whole_millis")]
     grace_timeout_ms: Option<u64>,
+}
+
+/// A whole number of milliseconds as JSON has it: `500`, or `500.0` from a client that holds
+/// its numbers as floats (JSON Schema's `integer` is both).
+fn whole_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|ms| ms.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(ms))
+            .map(|ms| ms as u64)
+    });
+    whole.map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{number} is not a whole, non-negative number of milliseconds"
+        ))
+    })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -484,7 +513,16 @@ async fn cancel(
     Body(body): Body<CancelBody>,
 ) -> Result<Json<Value>, ApiError> {
     let session = service.session(&caller, &id)?;
-    let grace = body.grace_timeout_ms.map(Duration::from_millis);
+    let grace = match body.grace_timeout_ms {
+        Some(ms) if ms > MAX_GRACE_MS => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                super::http::ErrorCode::BadRequest,
+                format!("grace_timeout_ms must be at most {MAX_GRACE_MS}, not {ms}"),
+            ))
+        }
+        ms => ms.map(Duration::from_millis),
+    };
     let outcome = session.cancel(&body.execution_id, grace).await?;
     Ok(json_of(&Cancelled { outcome }))
 }
