@@ -8,11 +8,10 @@
 //!
 //! Not in the document: `/docs` itself (a page, not the API).
 
-use std::sync::Arc;
-
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
@@ -44,14 +43,19 @@ pub(crate) struct ApiDoc;
 /// The scheme every authenticated route names.
 const BEARER: &str = "bearer";
 
+/// The keys of a path item that are operations (the others are its parameters, summary...).
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
 /// The served document, serialized once.
 #[derive(Clone)]
-pub(crate) struct Document(Arc<String>);
+pub(crate) struct Document(Bytes);
 
 /// The API's routes with `GET /docs` (its files under `/docs/`) and what `GET /openapi.json`
 /// serves: `document`. Neither needs a token.
 pub(crate) fn with_docs(api: Router<Service>, document: &Value) -> Router<Service> {
-    let json = serde_json::to_string_pretty(document).unwrap_or_default();
+    let json = Bytes::from(serde_json::to_vec_pretty(document).unwrap_or_default());
     let docs: Router<Service> = SwaggerUi::new("/docs")
         .config(
             Config::new(["/openapi.json"])
@@ -62,7 +66,7 @@ pub(crate) fn with_docs(api: Router<Service>, document: &Value) -> Router<Servic
                 .persist_authorization(false),
         )
         .into();
-    api.merge(docs).layer(Extension(Document(Arc::new(json))))
+    api.merge(docs).layer(Extension(Document(json)))
 }
 
 /// This document (OpenAPI 3.1).
@@ -70,11 +74,7 @@ pub(crate) fn with_docs(api: Router<Service>, document: &Value) -> Router<Servic
     responses((status = 200, description = "The OpenAPI document.", content_type = "application/json",
         body = Object)))]
 pub(crate) async fn openapi_json(Extension(Document(json)): Extension<Document>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json.as_str().to_owned(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 /// Finishes the derived document: the bearer scheme and who needs it, the bodies' rules the
@@ -98,6 +98,7 @@ pub(crate) fn finish(document: &utoipa::openapi::OpenApi) -> Value {
             property.extend(rules);
         }
     }
+    unsigned_bounds(&mut document);
     let Some(paths) = document["paths"].as_object_mut() else {
         return document;
     };
@@ -106,8 +107,11 @@ pub(crate) fn finish(document: &utoipa::openapi::OpenApi) -> Value {
     for (path, mut item) in paths {
         // The router's `{*path}` (the rest of the URL) is OpenAPI's `{path}`.
         let path = path.replace("{*", "{");
-        if let Some(operations) = item.as_object_mut() {
-            for operation in operations.values_mut() {
+        if let Some(item) = item.as_object_mut() {
+            let operations = item
+                .iter_mut()
+                .filter(|(key, _)| METHODS.contains(&key.as_str()));
+            for (_, operation) in operations {
                 finish_operation(&path, operation);
             }
         }
@@ -206,5 +210,30 @@ fn binary_bodies(body: &mut Value) {
     content["schema"] = schema;
     if min.is_none() && body.get("required").is_some() {
         body["required"] = json!(false);
+    }
+}
+
+/// Gives every unsigned integer's schema its largest value (a JSON Schema integer has no
+/// bound of its own, and a value past the Rust type's is refused), and its format the usual
+/// name (`uint64`: utoipa writes `u-int64`).
+fn unsigned_bounds(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            let format = object.get("format").and_then(Value::as_str);
+            let unsigned = match format.map(|f| f.replace('-', "")).as_deref() {
+                Some("uint8") => Some(("uint8", json!(u8::MAX))),
+                Some("uint16") => Some(("uint16", json!(u16::MAX))),
+                Some("uint32") => Some(("uint32", json!(u32::MAX))),
+                Some("uint64") => Some(("uint64", json!(u64::MAX))),
+                _ => None,
+            };
+            if let Some((format, largest)) = unsigned {
+                object.insert("format".into(), json!(format));
+                object.entry("maximum").or_insert(largest);
+            }
+            object.values_mut().for_each(unsigned_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_bounds),
+        _ => {}
     }
 }
