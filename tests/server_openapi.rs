@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::guard;
 use common::server::*;
 use serde_json::Value;
 
@@ -189,6 +190,38 @@ async fn the_docs_page_works_offline() {
         initializer.contains("\"validatorUrl\": \"none\""),
         "{initializer}"
     );
+    api.handle.shutdown().await.unwrap();
+}
+
+/// In a real browser (headless Chromium) that can resolve no host but the server's, `/docs`
+/// renders every route of the document: the page needs nothing from elsewhere.
+#[tokio::test]
+async fn the_docs_page_renders_every_route_in_a_browser_without_other_hosts() {
+    let api = Api::start(config(vec![tenant("alice", ALICE)])).await;
+    let served = served_document(&api).await;
+    let profile = tempfile::tempdir().unwrap();
+    let out = guard(
+        tokio::process::Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            // Every other host name fails to resolve.
+            .arg("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+            // Let the page's scripts run (virtual time: no waiting on the clock).
+            .arg("--virtual-time-budget=20000")
+            .arg("--dump-dom")
+            .arg(api.url("/docs/"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium runs (scripts/install-test-deps installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    for path in served["paths"].as_object().unwrap().keys() {
+        assert!(
+            dom.contains(&format!("data-path=\"{path}\"")),
+            "/docs does not show {path}:\n{dom}"
+        );
+    }
     api.handle.shutdown().await.unwrap();
 }
 
