@@ -113,6 +113,7 @@ impl Default for PoolConfig {
 
 /// A snapshot of the pool, for `info()` and `/metrics`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PoolInfo {
     pub idle: usize,
     pub active: usize,

@@ -35,6 +35,7 @@ pub(crate) struct IdleEntry<S> {
 
 /// Counters that make the pool's behaviour visible (and prove it event-driven).
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PoolMetrics {
     /// Acquires served from an idle session.
     pub hits: u64,

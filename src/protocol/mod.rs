@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which output pipe a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StreamName {
     Stdout,
@@ -29,6 +30,7 @@ impl StreamName {
 
 /// What happens to the session's state after an execution (docs/transactions.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionPolicy {
     /// Whatever the code changed stays (no snapshot is taken).
@@ -49,6 +51,7 @@ impl TransactionPolicy {
 
 /// What became of a transaction's changes, reported on its terminal frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionOutcome {
     /// The changes were kept.
@@ -388,6 +391,7 @@ pub struct NamespaceReply {
 
 /// One name of the namespace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NamespaceEntry {
     pub name: String,
     /// The value's type, `module.qualname` (`builtins.` left out).

@@ -3,10 +3,86 @@
 //! up to `max_output_bytes` of the answer (the rest counted, not kept), so the answer's size
 //! is bounded whatever the code prints or displays.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::protocol::StreamName;
-use crate::service::{ClientEvent, Reader};
+use crate::service::{ClientEvent, Reader, TransactionReport};
+use crate::session::MimeBundle;
+
+/// The JSON answer of `POST /v1/sessions/{id}/execute`: the execution's outcome and the first
+/// `max_output_bytes` of its output and displays.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ExecuteAnswer {
+    execution_id: String,
+    /// Output in the order produced; consecutive output of one stream is one entry.
+    outputs: Vec<OutputChunk>,
+    /// Rich outputs in the order produced (plots, `display()`).
+    displays: Vec<DisplayOutput>,
+    /// Output or displays beyond `max_output_bytes` were left out (and all that followed).
+    truncated: bool,
+    /// Bytes of output left out.
+    output_truncated_bytes: usize,
+    /// Displays left out.
+    displays_truncated: usize,
+    /// Set when the code finished; `null` after an error.
+    result: Option<ResultValue>,
+    /// Set when the code raised or was stopped.
+    error: Option<ErrorValue>,
+    /// Seconds the code ran (`0.0` when it ended with an error).
+    execution_time: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct OutputChunk {
+    stream: StreamName,
+    data: String,
+}
+
+/// A rich output (docs/api.md, "Rich outputs").
+#[derive(Serialize, ToSchema)]
+struct DisplayOutput {
+    /// MIME type → content (base64 for binary types); always has `text/plain`.
+    #[schema(value_type = Object)]
+    data: MimeBundle,
+    #[schema(value_type = Object)]
+    metadata: MimeBundle,
+    /// Set by `display(..., display_id=...)`: a display with the same id and `update`
+    /// replaces it.
+    display_id: Option<String>,
+    update: bool,
+}
+
+/// The value of the code's trailing expression.
+#[derive(Serialize, ToSchema)]
+struct ResultValue {
+    /// The value as `json.dumps` would give it; `null` when it is not JSON (or over 1 MiB).
+    value: Value,
+    /// Its `repr()`; `null` when there is no trailing expression or it is `None`.
+    repr: Option<String>,
+    /// The value's MIME bundle, when it has representations beyond its repr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    data: Option<MimeBundle>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<MimeBundle>,
+    /// Under a rollback policy: what became of the execution's changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction: Option<TransactionReport>,
+}
+
+/// How the code failed.
+#[derive(Serialize, ToSchema)]
+struct ErrorValue {
+    exception_type: String,
+    exception_message: String,
+    traceback: String,
+    /// Under a rollback policy: what became of the execution's changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction: Option<TransactionReport>,
+}
 
 /// Bytes an entry of `outputs` costs in the answer beyond its data's JSON:
 /// `{"data":"","stream":"stdout"},`.
@@ -22,7 +98,7 @@ const DISPLAY_ENTRY_BYTES: usize = 96;
 /// outputs share the budget: one that does not fit whole is left out, as is all that follows.
 struct Collected {
     outputs: Vec<(StreamName, String)>,
-    displays: Vec<Value>,
+    displays: Vec<DisplayOutput>,
     /// Bytes of the answer's JSON that `outputs` and `displays` take.
     used: usize,
     limit: usize,
@@ -72,8 +148,9 @@ impl Collected {
         self.dropped += data.len() - take;
     }
 
-    fn push_display(&mut self, display: Value) {
-        let cost = display.to_string().len() + DISPLAY_ENTRY_BYTES;
+    fn push_display(&mut self, display: DisplayOutput) {
+        let json_bytes = serde_json::to_string(&display).map_or(0, |json| json.len());
+        let cost = json_bytes + DISPLAY_ENTRY_BYTES;
         if self.truncated() || self.used + cost > self.limit {
             self.dropped_displays += 1;
             return;
@@ -100,7 +177,7 @@ fn json_escaped_len(b: u8) -> usize {
 /// Reads an execution to its end (the reader answers its `input()` calls) and gathers the
 /// JSON answer, with at most `max_output_bytes` of output and displays (`truncated` says
 /// whether some was left out, `output_truncated_bytes` and `displays_truncated` how much).
-pub(super) async fn collect(mut reader: Reader, max_output_bytes: usize) -> Value {
+pub(super) async fn collect(mut reader: Reader, max_output_bytes: usize) -> ExecuteAnswer {
     let mut kept = Collected {
         outputs: Vec::new(),
         displays: Vec::new(),
@@ -109,7 +186,7 @@ pub(super) async fn collect(mut reader: Reader, max_output_bytes: usize) -> Valu
         dropped: 0,
         dropped_displays: 0,
     };
-    let (mut result, mut error, mut execution_time) = (Value::Null, Value::Null, 0.0);
+    let (mut result, mut error, mut execution_time) = (None, None, 0.0);
     while let Some(batch) = reader.next_batch().await {
         for logged in batch {
             if logged.kind == "input" {
@@ -123,12 +200,12 @@ pub(super) async fn collect(mut reader: Reader, max_output_bytes: usize) -> Valu
                     display_id,
                     update,
                     ..
-                }) => kept.push_display(json!({
-                    "data": data,
-                    "metadata": metadata,
-                    "display_id": display_id,
-                    "update": update,
-                })),
+                }) => kept.push_display(DisplayOutput {
+                    data,
+                    metadata,
+                    display_id,
+                    update,
+                }),
                 Some(ClientEvent::Result {
                     value,
                     repr,
@@ -138,12 +215,15 @@ pub(super) async fn collect(mut reader: Reader, max_output_bytes: usize) -> Valu
                     transaction,
                     ..
                 }) => {
-                    result = json!({"value": value, "repr": repr});
-                    if let (Some(data), Some(map)) = (data, result.as_object_mut()) {
-                        map.insert("data".into(), Value::Object(data));
-                        map.insert("metadata".into(), json!(metadata.unwrap_or_default()));
-                    }
-                    with_transaction(&mut result, transaction);
+                    // A bundle's metadata is there whenever the bundle is.
+                    let metadata = data.as_ref().map(|_| metadata.unwrap_or_default());
+                    result = Some(ResultValue {
+                        value,
+                        repr,
+                        data,
+                        metadata,
+                        transaction,
+                    });
                     execution_time = t;
                 }
                 Some(ClientEvent::Error {
@@ -153,40 +233,32 @@ pub(super) async fn collect(mut reader: Reader, max_output_bytes: usize) -> Valu
                     transaction,
                     ..
                 }) => {
-                    error = json!({
-                        "exception_type": exception_type,
-                        "exception_message": exception_message,
-                        "traceback": traceback,
+                    error = Some(ErrorValue {
+                        exception_type,
+                        exception_message,
+                        traceback,
+                        transaction,
                     });
-                    with_transaction(&mut error, transaction);
                 }
                 Some(ClientEvent::Input { .. }) | None => {}
             }
         }
     }
     let truncated = kept.truncated();
-    json!({
-        "execution_id": reader.id(),
-        "outputs": kept
+    ExecuteAnswer {
+        execution_id: reader.id().to_string(),
+        outputs: kept
             .outputs
             .into_iter()
-            .map(|(stream, data)| json!({"stream": stream, "data": data}))
-            .collect::<Vec<_>>(),
-        "displays": kept.displays,
-        "truncated": truncated,
-        "output_truncated_bytes": kept.dropped,
-        "displays_truncated": kept.dropped_displays,
-        "result": result,
-        "error": error,
-        "execution_time": execution_time,
-    })
-}
-
-/// Adds what became of the execution's transaction to its `result` or `error`, if it ran in
-/// one.
-fn with_transaction(object: &mut Value, transaction: Option<crate::service::TransactionReport>) {
-    if let (Some(transaction), Some(map)) = (transaction, object.as_object_mut()) {
-        map.insert("transaction".into(), json!(transaction));
+            .map(|(stream, data)| OutputChunk { stream, data })
+            .collect(),
+        displays: kept.displays,
+        truncated,
+        output_truncated_bytes: kept.dropped,
+        displays_truncated: kept.dropped_displays,
+        result,
+        error,
+        execution_time,
     }
 }
 

@@ -224,9 +224,15 @@ fn is_out_of_resources(e: &io::Error) -> bool {
 /// not read first (the answer does not depend on it); what the client sends is drained
 /// until it closes or [`REFUSAL_LINGER`] passes, so the close does not reset the answer away.
 async fn refuse(mut stream: TcpStream, max_connections: usize) {
-    let body = format!(
-        "{{\"error\":{{\"code\":\"too_many_connections\",\"message\":\"the server has {max_connections} connections open, its limit (max_connections); try again later\"}}}}"
-    );
+    let body = serde_json::to_string(&super::http::ErrorBody {
+        error: super::http::ErrorDetail {
+            code: super::http::ErrorCode::TooManyConnections,
+            message: format!(
+                "the server has {max_connections} connections open, its limit (max_connections); try again later"
+            ),
+        },
+    })
+    .unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()

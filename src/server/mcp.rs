@@ -165,14 +165,14 @@ impl Opening {
         if mine >= MAX_MCP_SESSIONS_PER_TENANT {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "mcp_session_limit",
+                super::http::ErrorCode::McpSessionLimit,
                 format!("this tenant has {MAX_MCP_SESSIONS_PER_TENANT} MCP sessions open: close one (DELETE /mcp) first"),
             ));
         }
         if total >= MAX_MCP_SESSIONS {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "mcp_session_limit",
+                super::http::ErrorCode::McpSessionLimit,
                 format!("{MAX_MCP_SESSIONS} MCP sessions are open: retry later"),
             ));
         }

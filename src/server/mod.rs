@@ -3,9 +3,10 @@
 //! public handle. Routes, extractors and the translation between HTTP and the service are in
 //! `http.rs`; the WebSocket loop and its frames in `ws/`; the accept loop, socket options
 //! and connection limits in `listener.rs`; the access log and request ids in
-//! `access_log.rs`; the checkpoint routes in `checkpoints.rs`, the files routes in
-//! `files.rs`; the playground page at `/` in `playground.rs`; the MCP endpoint `/mcp` in
-//! `mcp.rs`.
+//! `access_log.rs`; the session and execution routes in `sessions.rs`, the checkpoint routes
+//! in `checkpoints.rs`, the files routes in `files.rs`; the OpenAPI document and the `/docs`
+//! page in `openapi.rs`; the playground page at `/` in `playground.rs`; the MCP endpoint
+//! `/mcp` in `mcp.rs`.
 
 mod access_log;
 mod checkpoints;
@@ -16,7 +17,9 @@ mod files;
 mod http;
 mod listener;
 mod mcp;
+mod openapi;
 mod playground;
+mod sessions;
 mod ws;
 
 use std::net::SocketAddr;

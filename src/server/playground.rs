@@ -82,7 +82,12 @@ async fn page() -> Response {
 async fn client_module(Path(module): Path<String>) -> Response {
     match CLIENT_MODULES.iter().find(|(name, _)| *name == module) {
         Some((_, text)) => asset(JAVASCRIPT, text),
-        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such module").into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            super::http::ErrorCode::NotFound,
+            "no such module",
+        )
+        .into_response(),
     }
 }
 

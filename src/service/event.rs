@@ -13,6 +13,7 @@ use crate::session::{Event, MimeBundle};
 /// `exec --json` has always printed them; `id` is a fresh UUID per event, except for
 /// `input`, whose `id` is the input id that an answer names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientEvent {
     Output {
@@ -36,7 +37,9 @@ pub enum ClientEvent {
         id: String,
         execution_id: String,
         /// MIME type → content (base64 for binary types); always has `text/plain`.
+        #[cfg_attr(feature = "server", schema(value_type = Object))]
         data: MimeBundle,
+        #[cfg_attr(feature = "server", schema(value_type = Object))]
         metadata: MimeBundle,
         /// Set by `display(..., display_id=...)`: a display with the same id and `update`
         /// replaces it.
@@ -51,8 +54,10 @@ pub enum ClientEvent {
         repr: Option<String>,
         /// The value's MIME bundle, when it has representations beyond its repr.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
         data: Option<MimeBundle>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
         metadata: Option<MimeBundle>,
         /// Seconds.
         execution_time: f64,
@@ -77,6 +82,7 @@ pub enum ClientEvent {
 
 /// What became of a transaction's changes, as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct TransactionReport {
     pub outcome: TransactionOutcome,
     /// What a rollback does not cover (or why there was none).

@@ -83,6 +83,7 @@ impl Hosted {
 
 /// A session as listed (and as `POST /v1/sessions` answers).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct SessionSummary {
     /// Unix time when the client got the session.
     pub created_at: f64,

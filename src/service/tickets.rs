@@ -33,6 +33,7 @@ pub(super) struct Tickets {
 
 /// A ticket as the caller gets it.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct WsTicket {
     pub ticket: String,
     /// Seconds it stays usable.

@@ -149,6 +149,7 @@ pub struct Checkpoint {
 
 /// A name left out of a checkpoint or of a restore, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NotSaved {
     pub name: String,
     pub reason: String,
@@ -156,6 +157,7 @@ pub struct NotSaved {
 
 /// What [`super::Session::restore`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RestoreReport {
     /// Names restored.
     pub restored: Vec<String>,

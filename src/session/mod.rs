@@ -56,7 +56,7 @@ pub use environment::{
     PACKAGES_SUBDIR, REFUSED_NAMES,
 };
 pub use execution::{Event, Execution, ExecutionOutcome};
-pub use files::{FileLimits, FilesError, SessionFiles};
+pub use files::{FileLimits, FilesError, Listing, SessionFiles};
 pub use output::decode_utf8;
 pub use sink::EVENT_CHANNEL_CAPACITY;
 
@@ -153,6 +153,7 @@ pub struct ExecuteOptions {
 
 /// How a [`Session::cancel`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CancelOutcome {
     /// The code stopped (KeyboardInterrupt) within the grace period, or was removed from the
@@ -169,6 +170,7 @@ pub enum CancelOutcome {
 
 /// How a [`Session::interrupt`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum InterruptOutcome {
     /// KeyboardInterrupt was delivered (or a queued execution removed).
@@ -180,6 +182,7 @@ pub enum InterruptOutcome {
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Starting,
@@ -209,11 +212,13 @@ pub enum Completeness {
 
 /// A snapshot of a session, from [`Session::info`].
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub id: String,
     pub state: SessionState,
     pub pid: Option<u32>,
     pub python_version: String,
+    #[cfg_attr(feature = "server", schema(value_type = String))]
     pub cwd: PathBuf,
     /// Unix time, seconds.
     pub created_at: f64,

@@ -15,6 +15,7 @@ use crate::session::NotSaved;
 
 /// What is known of a stored checkpoint besides its bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct CheckpointRecord {
     /// `ckpt-<uuid>`.
     pub id: String,

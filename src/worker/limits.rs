@@ -9,6 +9,7 @@ use serde::Serialize;
 
 /// Limits for one worker; `None` leaves the host's own limit in force.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ResourceLimits {
     /// Address space (`RLIMIT_AS`): an allocation beyond it fails, which Python raises as
     /// `MemoryError`; the worker lives on.

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
-use super::http::{ApiError, Auth};
+use super::http::{ApiError, Auth, ErrorBody};
 use crate::service::{Caller, ExecutionHandle, Reader, Service, SessionHandle};
 
 mod client;
@@ -72,20 +72,40 @@ impl Tasks {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ResumeQuery {
+    /// Resume after a disconnect: this execution's events after `since`, then every later
+    /// execution that has not ended.
     execution_id: Option<String>,
     #[serde(default)]
+    #[param(minimum = 0)]
     since: u64,
     /// A WebSocket ticket (`POST .../ws-ticket`), for a browser, which cannot send the
     /// `Authorization` header on a WebSocket.
     ticket: Option<String>,
 }
 
+/// The session's WebSocket (docs/api.md, "The WebSocket"): JSON text frames both ways. The
+/// token comes in the `Authorization` header as on every route, or, from a browser, as a
+/// `ticket` (`POST .../ws-ticket`).
+#[utoipa::path(get, path = "/v1/sessions/{id}/ws", tag = "websocket",
+    params(crate::server::sessions::SessionPath, ResumeQuery,
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "`Upgrade`"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, description = "The handshake's nonce (RFC 6455)."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket upgrade request, or a bad query. Codes: `bad_request`.", body = ErrorBody),
+        (status = 404, description = "No such session, or `execution_id` unknown or expired. Codes: `not_found`, `execution_expired`.", body = ErrorBody),
+        (status = 409, description = "Codes: `session_unavailable`.", body = ErrorBody),
+    ))]
 pub(crate) async fn upgrade(
     State(service): State<Service>,
     Extension(tasks): Extension<Tasks>,
-    Path(id): Path<String>,
+    Path(crate::server::sessions::SessionPath { id }): Path<crate::server::sessions::SessionPath>,
     Query(resume): Query<ResumeQuery>,
     headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,

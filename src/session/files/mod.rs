@@ -79,6 +79,7 @@ pub struct WrittenFile {
 
 /// The kind of a directory entry, as `lstat` tells it (a symlink is not followed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EntryType {
     File,
@@ -89,6 +90,7 @@ pub enum EntryType {
 
 /// One entry of a listing.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct FileEntry {
     /// The entry's name (bytes that are not UTF-8 shown as U+FFFD).
     pub name: String,
@@ -102,6 +104,8 @@ pub struct FileEntry {
 
 /// A directory's entries, sorted by name.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "server", schema(as = FileListing))]
 pub struct Listing {
     /// The directory listed, normalised (`""`: the top).
     pub path: String,
