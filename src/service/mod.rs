@@ -312,16 +312,14 @@ impl Service {
     pub async fn shut_down(&self) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
-        // No request is taken from here on, so no `input()` can be answered: each gets
-        // end-of-file now, and its code's `except EOFError` runs (its output streaming)
-        // within the grace instead of waiting it out.
-        let hosted: Vec<Arc<Hosted>> = lock(&inner.sessions).values().cloned().collect();
-        for h in &hosted {
-            // A session whose actor is gone has no code waiting.
-            let _ = h.session.end_input().await;
-        }
         // not polling: one deadline for the whole grace.
         let deadline = crate::time::deadline(Instant::now(), inner.config.shutdown_grace);
+        // No request is taken from here on, so no `input()` can be answered: each gets
+        // end-of-file now (all sessions told at once), and its code's `except EOFError` runs
+        // (its output streaming) within the grace instead of waiting it out. A session
+        // whose actor is gone has no code waiting.
+        let hosted: Vec<Arc<Hosted>> = lock(&inner.sessions).values().cloned().collect();
+        futures::future::join_all(hosted.iter().map(|h| h.session.end_input())).await;
         loop {
             let ended = inner.execution_ended.notified();
             tokio::pin!(ended);
