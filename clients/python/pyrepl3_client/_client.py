@@ -106,18 +106,19 @@ class Run:
 
 
 class _Follow:
-    """Builds a `Run` from an execution's events and decides the answers to its `input`
-    events (shared by the sync and the async `run`)."""
+    """Builds a `Run` from an execution's events and picks out the `input` events the
+    caller must answer (shared by the sync and the async `run`)."""
 
-    def __init__(self, execution_id, stdin, on_output, on_display, on_input):
+    def __init__(self, execution_id, stdin, on_output, on_display):
         self.run = Run(execution_id)
+        self.bad_answer = None
         # The server answers the first len(stdin) input() calls itself; their events come
         # as a record.
         self._answered_by_server = len(stdin or ())
-        self._on_output, self._on_display, self._on_input = on_output, on_display, on_input
+        self._on_output, self._on_display = on_output, on_display
 
     def take(self, event):
-        """Records `event`; returns (input_id, answer) when it is an input to answer."""
+        """Records `event`; returns it when it is an input for the caller to answer."""
         run = self.run
         run.events.append(event)
         kind = event.get("type")
@@ -134,22 +135,21 @@ class _Follow:
             if self._answered_by_server:
                 self._answered_by_server -= 1
                 return None
-            answer = None
-            if self._on_input is not None:
-                answer = self._on_input(event.get("prompt", ""), event.get("password", False))
-            if answer is not None and not isinstance(answer, str):
-                # Answered end-of-file so the code does not wait; the caller learns why.
-                self.bad_answer = TypeError("on_input must return a str or None, not %s"
-                                            % type(answer).__name__)
-                answer = None
-            return event["id"], answer
+            return event
         elif kind == "result":
             run.result = Result(event)
         elif kind == "error":
             run.error = event
         return None
 
-    bad_answer = None
+    def checked(self, answer):
+        """`on_input`'s answer, or None (end of file, so the code does not wait) for one
+        that is not a str; `finish` then raises why."""
+        if answer is not None and not isinstance(answer, str):
+            self.bad_answer = TypeError("on_input must return a str or None, not %s"
+                                        % type(answer).__name__)
+            return None
+        return answer
 
     def finish(self):
         if self.bad_answer is not None:
@@ -160,6 +160,11 @@ class _Follow:
                            "the event stream of execution %s ended before its result "
                            "(a connection cut on the way?)" % run.execution_id)
         return run
+
+
+def _prompt_of(event):
+    """The arguments of `on_input` for an `input` event: (prompt, password)."""
+    return event.get("prompt", ""), event.get("password", False)
 
 
 def _new_execution_id():
@@ -299,14 +304,14 @@ class Session:
         file). `stdin` answers the first `input()` calls in order. Without `on_input`, an
         input beyond `stdin` gets end of file. `execution_id` (default: a new one) names the
         run, so that another thread can `cancel` it."""
-        follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display,
-                         on_input)
+        follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display)
         for event in self.stream(code, timeout=timeout, stdin=stdin,
                                  execution_id=follow.run.execution_id,
                                  transaction_policy=transaction_policy):
-            answer = follow.take(event)
-            if answer is not None:
-                self.answer_input(*answer)
+            asked = follow.take(event)
+            if asked is not None:
+                answer = on_input(*_prompt_of(asked)) if on_input is not None else None
+                self.answer_input(asked["id"], follow.checked(answer))
         return follow.finish()
 
     def stream(self, code, timeout=None, stdin=None, execution_id=None,
@@ -416,20 +421,20 @@ class AsyncSession:
         may also be a coroutine function). A caller that stops waiting (its task cancelled,
         e.g. by `asyncio.wait_for`) cancels the code too, instead of leaving it running
         unread."""
-        follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display,
-                         None)
+        follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display)
         events = self.stream(code, timeout=timeout, stdin=stdin,
                              execution_id=follow.run.execution_id,
                              transaction_policy=transaction_policy)
         try:
             async for event in events:
-                if (event.get("type") == "input" and on_input is not None
-                        and not follow._answered_by_server):
-                    follow._on_input = _AnswerLater(event, on_input)
-                    await follow._on_input.ask()
-                answer = follow.take(event)
-                if answer is not None:
-                    await asyncio.to_thread(self._sync.answer_input, *answer)
+                asked = follow.take(event)
+                if asked is None:
+                    continue
+                answer = on_input(*_prompt_of(asked)) if on_input is not None else None
+                if asyncio.iscoroutine(answer):
+                    answer = await answer
+                await asyncio.to_thread(self._sync.answer_input, asked["id"],
+                                        follow.checked(answer))
         except asyncio.CancelledError:
             # Fire and forget: the loop may be on its way out. An execution that ended
             # meanwhile answers not_running, which nobody needs to hear.
@@ -497,23 +502,6 @@ class AsyncSession:
         async def call(*args, **kwargs):
             return await asyncio.to_thread(method, *args, **kwargs)
         return call
-
-
-class _AnswerLater:
-    """An `on_input` callback (plain or a coroutine function) asked on the event loop
-    before `_Follow.take` reads its answer."""
-
-    def __init__(self, event, on_input):
-        self._event, self._on_input, self._answer = event, on_input, None
-
-    async def ask(self):
-        answer = self._on_input(self._event.get("prompt", ""), self._event.get("password", False))
-        if asyncio.iscoroutine(answer):
-            answer = await answer
-        self._answer = answer
-
-    def __call__(self, prompt, password):
-        return self._answer
 
 
 def _cancel_quietly(session, execution_id):
