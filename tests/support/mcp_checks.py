@@ -206,3 +206,15 @@ async def sessions_are_managed(agent):
     check("other" not in [s["session"] for s in json.loads(text_of(r))], text_of(r))
     r = await agent.call("reset_session", session="nope")
     check(r.is_error and "no open session" in text_of(r), text_of(r))
+
+
+async def both_transports_checks(agent):
+    """What stdio and HTTP both must do, in this order."""
+    await tools_are_listed(agent)
+    await code_runs_and_plots(agent)
+    await files_move(agent)
+    await sessions_are_managed(agent)
+    await input_is_asked_with_progress_first(agent)
+    await progress_is_coalesced(agent)
+    await cancel_stops_a_run(agent)
+    await checkpoints_round_trip(agent)

@@ -8,10 +8,8 @@ import sys
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from mcp_checks import (Agent, check, checkpoints_round_trip, cancel_stops_a_run,
-                        code_runs_and_plots, files_move, progress_is_coalesced, input_is_asked_with_progress_first,
-                        input_without_elicitation_is_end_of_file, sessions_are_managed,
-                        text_of, tools_are_listed)
+from mcp_checks import (Agent, both_transports_checks, check,
+                        input_without_elicitation_is_end_of_file, text_of)
 
 
 async def main(binary, python):
@@ -21,14 +19,7 @@ async def main(binary, python):
         async with ClientSession(read, write, elicitation_callback=agent.elicit) as session:
             await session.initialize()
             agent.session = session
-            await tools_are_listed(agent)
-            await code_runs_and_plots(agent)
-            await files_move(agent)
-            await sessions_are_managed(agent)
-            await input_is_asked_with_progress_first(agent)
-            await progress_is_coalesced(agent)
-            await cancel_stops_a_run(agent)
-            await checkpoints_round_trip(agent)
+            await both_transports_checks(agent)
             # Long output: bounded, and the error after it is never cut off.
             r = await agent.call("run_python",
                                  code="print('a' * 300000)\nraise ValueError('the real error')")

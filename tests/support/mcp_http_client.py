@@ -13,10 +13,8 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_checks import (Agent, check, checkpoints_round_trip, cancel_stops_a_run,
-                        code_runs_and_plots, files_move, progress_is_coalesced, input_is_asked_with_progress_first,
-                        input_without_elicitation_is_end_of_file, sessions_are_managed,
-                        text_of, tools_are_listed)
+from mcp_checks import (Agent, both_transports_checks, check,
+                        input_without_elicitation_is_end_of_file, text_of)
 
 INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {},
@@ -64,14 +62,7 @@ async def main(base, alice, bob):
         async with ClientSession(read, write, elicitation_callback=agent.elicit) as session:
             await session.initialize()
             agent.session = session
-            await tools_are_listed(agent)
-            await code_runs_and_plots(agent)
-            await files_move(agent)
-            await sessions_are_managed(agent)
-            await input_is_asked_with_progress_first(agent)
-            await progress_is_coalesced(agent)
-            await cancel_stops_a_run(agent)
-            await checkpoints_round_trip(agent)
+            await both_transports_checks(agent)
             r = await agent.call("create_session", session="shown")
             shown = json.loads(text_of(r))["id"]
 
