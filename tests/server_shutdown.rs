@@ -64,10 +64,6 @@ async fn sigterm_with_busy_sessions_exits_in_time_with_no_worker_left() {
     }
 }
 
-/// Clients that start a stream of endless output and then stop reading (their sockets open,
-/// their receive buffers full), one over SSE and one over a WebSocket, cannot hold shutdown:
-/// after the shutdown grace (1 s) and the drain deadline (1 s) their connections are
-/// dropped and the server exits 0, no worker left.
 /// No request is taken once shutdown begins, so no `input()` can be answered: the one
 /// waiting, and any later one, get end-of-file at once, and the code's `except EOFError`
 /// runs and ends it within the grace (which here is long enough to tell the two apart).
@@ -121,6 +117,10 @@ async fn shutdown_gives_input_end_of_file_so_the_code_ends_within_the_grace() {
     );
 }
 
+/// Clients that start a stream of endless output and then stop reading (their sockets open,
+/// their receive buffers full), one over SSE and one over a WebSocket, cannot hold shutdown:
+/// after the shutdown grace (1 s) and the drain deadline (1 s) their connections are
+/// dropped and the server exits 0, no worker left.
 #[tokio::test]
 async fn a_client_that_stops_reading_its_stream_cannot_hold_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
