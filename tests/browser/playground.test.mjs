@@ -136,6 +136,18 @@ test("Cancel stops a `while True: pass` run", async () => {
   await page.locator("#output pre.result", { hasText: "43" }).waitFor();
 });
 
+test("a run's output is shown up to 1 000 000 characters, the rest counted", async () => {
+  await page.fill("#code", "print('x' * 1_500_000)\nprint('y' * 10)\n'end'");
+  await page.click("#run");
+  await page.locator("#output pre.result", { hasText: "'end'" }).waitFor();
+  const shown = await page.evaluate(() =>
+    [...document.querySelectorAll("#output pre.stdout")].map((pre) => pre.textContent.length)
+      .reduce((a, b) => a + b, 0));
+  assert.equal(shown, 1_000_000);
+  assert.equal(await page.locator("#output pre.note").textContent(),
+    "[500012 more characters of output not shown]\n");
+});
+
 test("the page logged no error", () => {
   assert.deepEqual(pageErrors, []);
 });

@@ -55,11 +55,44 @@ function append(node) {
   return node;
 }
 
+/**
+ * Characters of a run's output the page shows; the rest is only counted. Streams are never
+ * cut by the server, so a run that prints without end would otherwise grow the page until
+ * the tab dies (and Cancel with it).
+ */
+const MAX_SHOWN_OUTPUT = 1_000_000;
+let shownOutput = 0;
+/** The note saying how much output was left out, once some was: { count, node }. */
+let hiddenOutput = null;
+
+function clearOutput() {
+  output.replaceChildren();
+  shownOutput = 0;
+  hiddenOutput = null;
+}
+
+/** The code's output, shown up to MAX_SHOWN_OUTPUT characters a run. */
+function appendOutput(text, stream) {
+  const part = text.slice(0, Math.max(0, MAX_SHOWN_OUTPUT - shownOutput));
+  if (part.length > 0) {
+    shownOutput += part.length;
+    appendText(part, stream);
+  }
+  const left = text.length - part.length;
+  if (left === 0) return;
+  if (hiddenOutput === null) {
+    const node = append(Object.assign(document.createElement("pre"), { className: "note" }));
+    hiddenOutput = { count: 0, node };
+  }
+  hiddenOutput.count += left;
+  hiddenOutput.node.textContent = `[${hiddenOutput.count} more characters of output not shown]\n`;
+}
+
 /** Output text goes into a <pre> per stream, continued while the stream does not change. */
 function appendText(text, kind) {
   const last = output.lastElementChild;
   if (last && last.tagName === "PRE" && last.className === kind) {
-    last.textContent += text;
+    last.append(text); // a new text node: no copy of what is there
   } else {
     const pre = document.createElement("pre");
     pre.className = kind;
@@ -142,14 +175,14 @@ async function run() {
   const { signal } = running;
   runButton.disabled = true;
   cancelButton.disabled = false;
-  output.replaceChildren();
+  clearOutput();
   const shown = new Map(); // display_id → element, for updates in place
   try {
     const session = await currentSession();
     status.textContent = `session ${session.id.slice(0, 8)}: running`;
     const result = await session.run(codeInput.value, {
       signal,
-      onOutput: (stream, text) => appendText(text, stream),
+      onOutput: (stream, text) => appendOutput(text, stream),
       onDisplay: (display) => {
         const element = renderBundle(display.data);
         const previous = display.displayId === null ? undefined : shown.get(display.displayId);
@@ -191,7 +224,7 @@ $("new-session").addEventListener("click", async () => {
     sessionStorage.removeItem(SESSION_KEY);
     await newSession();
     variables.replaceChildren();
-    output.replaceChildren();
+    clearOutput();
   } catch (e) {
     appendText(`${e}\n`, "error");
   }
