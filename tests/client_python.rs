@@ -34,6 +34,6 @@ fn the_python_clients_tests_pass_against_a_real_server() {
         "the client's tests failed:\n{report}{}",
         tests.stdout()
     );
-    assert!(report.contains("Ran 13 tests"), "{report}");
+    assert!(report.contains("Ran 17 tests"), "{report}");
     server.kill_and_wait();
 }

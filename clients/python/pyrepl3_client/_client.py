@@ -142,12 +142,22 @@ class _Follow:
             run.error = event
         return None
 
+    @property
+    def ended(self):
+        """Whether the execution's terminal event (its result or error) has come."""
+        return self.run.result is not None or self.run.error is not None
+
+    def fail(self, error):
+        """Keeps the first error of an input handler, raised by `finish`."""
+        if self.bad_answer is None:
+            self.bad_answer = error
+
     def checked(self, answer):
         """`on_input`'s answer, or None (end of file, so the code does not wait) for one
         that is not a str; `finish` then raises why."""
         if answer is not None and not isinstance(answer, str):
-            self.bad_answer = TypeError("on_input must return a str or None, not %s"
-                                        % type(answer).__name__)
+            self.fail(TypeError("on_input must return a str or None, not %s"
+                                % type(answer).__name__))
             return None
         return answer
 
@@ -303,15 +313,29 @@ class Session:
         `on_display(Display)`, `on_input(prompt, password) -> str or None` (None: end of
         file). `stdin` answers the first `input()` calls in order. Without `on_input`, an
         input beyond `stdin` gets end of file. `execution_id` (default: a new one) names the
-        run, so that another thread can `cancel` it."""
+        run, so that another thread can `cancel` it.
+
+        The callbacks run in the calling thread, which reads the events: while `on_input`
+        waits, later events wait for it (none is lost). If the execution ends meanwhile (a
+        timeout, a cancel from elsewhere), the answer is dropped quietly; `AsyncSession.run`
+        instead cancels a pending `on_input` coroutine when the execution ends. Leaving early
+        (a callback raises, KeyboardInterrupt) cancels the execution on the server."""
         follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display)
-        for event in self.stream(code, timeout=timeout, stdin=stdin,
-                                 execution_id=follow.run.execution_id,
-                                 transaction_policy=transaction_policy):
-            asked = follow.take(event)
-            if asked is not None:
-                answer = on_input(*_prompt_of(asked)) if on_input is not None else None
-                self.answer_input(asked["id"], follow.checked(answer))
+        events = self.stream(code, timeout=timeout, stdin=stdin,
+                             execution_id=follow.run.execution_id,
+                             transaction_policy=transaction_policy)
+        try:
+            for event in events:
+                asked = follow.take(event)
+                if asked is not None:
+                    answer = on_input(*_prompt_of(asked)) if on_input is not None else None
+                    _answer_if_pending(self, asked["id"], follow.checked(answer))
+        finally:
+            events.close()
+            if not follow.ended:
+                # Left early (a callback raised, Ctrl-C): the code is stopped now rather
+                # than left running until the server's reconnect grace runs out.
+                _cancel_quietly(self, follow.run.execution_id)
         return follow.finish()
 
     def stream(self, code, timeout=None, stdin=None, execution_id=None,
@@ -418,33 +442,54 @@ class AsyncSession:
     async def run(self, code, timeout=None, stdin=None, on_output=None, on_display=None,
                   on_input=None, execution_id=None, transaction_policy=None):
         """`Session.run` for asyncio: the callbacks are called on the event loop (`on_input`
-        may also be a coroutine function). A caller that stops waiting (its task cancelled,
-        e.g. by `asyncio.wait_for`) cancels the code too, instead of leaving it running
-        unread."""
+        may also be a coroutine function). Events are read on while `on_input` is pending,
+        and if the execution ends before it answers (a timeout, a cancel), its coroutine is
+        cancelled (it sees `CancelledError`). If `on_input` raises, the `input()` gets end of
+        file and the run raises that error once the execution has ended. A caller that stops
+        waiting (its task cancelled, e.g. by `asyncio.wait_for`) or any other early exit
+        cancels the code too, instead of leaving it running unread."""
         follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display)
         events = self.stream(code, timeout=timeout, stdin=stdin,
                              execution_id=follow.run.execution_id,
                              transaction_policy=transaction_policy)
+        asking = None  # the task answering the pending input(), if any
         try:
             async for event in events:
                 asked = follow.take(event)
-                if asked is None:
-                    continue
-                answer = on_input(*_prompt_of(asked)) if on_input is not None else None
+                if asked is not None:
+                    # The code waits in one input() at a time, so one task at a time.
+                    asking = asyncio.ensure_future(self._ask(asked, on_input, follow))
+        finally:
+            if asking is not None and not asking.done():
+                asking.cancel()  # the execution ended (or we left): nobody waits for it
+                await asyncio.gather(asking, return_exceptions=True)
+            await events.aclose()
+            if not follow.ended:
+                # Fire and forget: the loop may be on its way out. An execution that ended
+                # meanwhile answers not_running, which nobody needs to hear.
+                threading.Thread(target=_cancel_quietly,
+                                 args=(self._sync, follow.run.execution_id),
+                                 name="pyrepl3-cancel", daemon=True).start()
+        return follow.finish()
+
+    async def _ask(self, event, on_input, follow):
+        """Answers one `input` event with `on_input`'s answer (end of file without one, or
+        when it raises, the error kept for `finish`)."""
+        answer = None
+        if on_input is not None:
+            try:
+                answer = on_input(*_prompt_of(event))
                 if asyncio.iscoroutine(answer):
                     answer = await answer
-                await asyncio.to_thread(self._sync.answer_input, asked["id"],
-                                        follow.checked(answer))
-        except asyncio.CancelledError:
-            # Fire and forget: the loop may be on its way out. An execution that ended
-            # meanwhile answers not_running, which nobody needs to hear.
-            threading.Thread(target=_cancel_quietly,
-                             args=(self._sync, follow.run.execution_id),
-                             name="pyrepl3-cancel", daemon=True).start()
-            raise
-        finally:
-            await events.aclose()
-        return follow.finish()
+            except Exception as e:  # raised by the run once the code has ended
+                follow.fail(e)
+                answer = None
+        try:
+            await asyncio.to_thread(_answer_if_pending, self._sync, event["id"],
+                                    follow.checked(answer))
+        except Exception as e:  # the code would wait for an answer that cannot come
+            follow.fail(e)
+            await asyncio.to_thread(_cancel_quietly, self._sync, follow.run.execution_id)
 
     async def stream(self, code, **kwargs):
         """The execution's events, as `Session.stream` gives them, for `async for`. The
@@ -502,6 +547,16 @@ class AsyncSession:
         async def call(*args, **kwargs):
             return await asyncio.to_thread(method, *args, **kwargs)
         return call
+
+
+def _answer_if_pending(session, input_id, text):
+    """Answers an input; one that is no longer pending (the execution ended meanwhile, or the
+    server is shutting down) needs no answer."""
+    try:
+        session.answer_input(input_id, text)
+    except ApiError as e:
+        if e.code not in ("unknown_input", "not_found", "shutting_down"):
+            raise
 
 
 def _cancel_quietly(session, execution_id):

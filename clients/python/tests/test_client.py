@@ -72,6 +72,31 @@ class ClientTest(unittest.TestCase):
             on_input=lambda prompt, password: asked.append(prompt) or "two")
         self.assertEqual((run.result.value, asked), ("onetwo", ["b? "]))
 
+    def test_an_answer_after_the_execution_ended_is_dropped_quietly(self):
+        execution_id = "late-answer"
+
+        def on_input(prompt, password):
+            # Cancelled while asking (cancel returns once the execution has ended): the
+            # answer comes too late and must not fail the run.
+            self.assertEqual(self.session.cancel(execution_id)["outcome"], "cancelled")
+            return "too late"
+        run = self.session.run("input('name? ')", on_input=on_input,
+                               execution_id=execution_id)
+        self.assertEqual(run.error["exception_type"], "KeyboardInterrupt")
+
+    def test_a_run_left_early_by_a_callback_is_cancelled(self):
+        class Stop(Exception):
+            pass
+
+        def on_output(stream, text):
+            raise Stop()
+        with self.assertRaises(Stop):
+            self.session.run("print('go', flush=True)\nwhile True: pass", on_output=on_output)
+        # Cancelled at once, not left spinning until the server's reconnect grace (30 s)
+        # runs out: the session takes the next run.
+        fast = Client(URL, TOKEN, timeout=20.0).session(self.session.id)
+        self.assertEqual(fast.run("1+1").result.value, 2)
+
     def test_an_upload_over_the_size_limit_is_an_api_error(self):
         # The test server's limit is 4 MiB a file (tests/client_python.rs); the body is sent
         # on after the server has refused it, from bytes and from a file object.
@@ -171,6 +196,40 @@ class AsyncClientTest(unittest.TestCase):
                 finally:
                     await session.close()
         self.assertEqual(asyncio.run(main()), "ABC")
+
+    def test_a_pending_input_handler_is_cancelled_when_the_execution_ends(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session()
+                try:
+                    told = asyncio.Event()
+
+                    async def answer(prompt, password):
+                        try:
+                            await asyncio.Event().wait()  # a person who never answers
+                        except asyncio.CancelledError:
+                            told.set()
+                            raise
+                    run = await session.run("input('name? ')", timeout=1, on_input=answer)
+                    return run.error["exception_type"], told.is_set()
+                finally:
+                    await session.close()
+        self.assertEqual(asyncio.run(main()), ("ExecutionTimeout", True))
+
+    def test_an_async_input_handler_that_raises_fails_the_run_after_the_code_ends(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session()
+                try:
+                    async def answer(prompt, password):
+                        raise LookupError("no answer here")
+                    with self.assertRaises(LookupError):
+                        await session.run("try:\n    input()\nexcept EOFError:\n"
+                                          "    caught = True", on_input=answer)
+                    return (await session.run("caught")).result.value
+                finally:
+                    await session.close()
+        self.assertIs(asyncio.run(main()), True)
 
     def test_leaving_an_async_stream_early_closes_it(self):
         async def main():
