@@ -11,6 +11,12 @@ pub enum ServiceError {
     /// No token, or one no tenant has.
     #[error("missing or invalid token")]
     Unauthorized,
+    /// A WebSocket ticket that is unknown, spent, expired or for another session.
+    #[error(
+        "invalid WebSocket ticket: unknown, already used, expired, or for another session \
+         (ask for a new one with POST /v1/sessions/{{id}}/ws-ticket)"
+    )]
+    TicketRefused,
     /// The tenant's request rate is exceeded; a request can succeed after `retry_in`.
     #[error("request rate limit exceeded; retry in {:.3} s", retry_in.as_secs_f64())]
     RateLimited { tenant: String, retry_in: Duration },

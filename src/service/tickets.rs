@@ -107,7 +107,7 @@ impl Service {
             .inner
             .tickets
             .redeem(ticket, id, Instant::now())
-            .ok_or(ServiceError::Unauthorized)?;
+            .ok_or(ServiceError::TicketRefused)?;
         let caller = Caller { tenant };
         self.rate_limit(&caller)?;
         self.check_open()?;
