@@ -33,6 +33,7 @@ async fn the_page_and_its_assets_are_served_without_a_token_with_their_types() {
         .collect();
     assert_eq!(script_src, ["script-src 'self'"], "{csp}");
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"<script type="module" src="/ui/playground.js"></script>"#));
     assert!(!html.contains("<script>"), "no inline script");

@@ -43,6 +43,49 @@ async fn auth_and_tenant_isolation() {
     api.handle.shutdown().await.unwrap();
 }
 
+/// A tenant's answers (outputs, files, tickets) are kept by no cache, the browser's included.
+#[tokio::test]
+async fn api_answers_are_not_stored_by_caches() {
+    let api = Api::start(config(vec![tenant("alice", ALICE)])).await;
+    let id = api.new_session(ALICE).await;
+    let put = api
+        .http
+        .put(api.url(&format!("/v1/sessions/{id}/files/a.txt")))
+        .bearer_auth(ALICE)
+        .body("secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    for path in [
+        "/v1/sessions".to_string(),
+        format!("/v1/sessions/{id}"),
+        format!("/v1/sessions/{id}/files/a.txt"),
+        format!("/v1/sessions/{id}/files"),
+        format!("/v1/sessions/{id}/namespace"),
+    ] {
+        let resp = api
+            .http
+            .get(api.url(&path))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+    }
+    let executed = api
+        .http
+        .post(api.url(&format!("/v1/sessions/{id}/execute")))
+        .bearer_auth(ALICE)
+        .json(&json!({"code": "1 + 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(executed.headers()["cache-control"], "no-store");
+    api.handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn every_endpoint_and_clear_errors_for_client_mistakes() {
     let api = Api::start(config(vec![tenant("alice", ALICE)])).await;

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -120,7 +121,7 @@ pub(crate) fn status_and_code(e: &ServiceError) -> (StatusCode, ErrorCode) {
     use ErrorCode as C;
     use ServiceError as E;
     match e {
-        E::Unauthorized => (StatusCode::UNAUTHORIZED, C::Unauthorized),
+        E::Unauthorized | E::TicketRefused => (StatusCode::UNAUTHORIZED, C::Unauthorized),
         E::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, C::RateLimited),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, C::ShuttingDown),
         E::SessionNotFound { .. } | E::ExecutionNotFound { .. } => {
@@ -247,6 +248,12 @@ pub(crate) fn api_routes() -> OpenApiRouter<Service> {
 
 pub(crate) fn router(service: Service, max_body: usize) -> Router {
     let (api, document) = api_routes().split_for_parts();
+    // Answers hold a tenant's data (outputs, files, tickets): no cache on the way, nor the
+    // browser's, may keep them (an event stream's `no-cache` is replaced too).
+    let api = api.layer(SetResponseHeaderLayer::overriding(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ));
     super::openapi::with_docs(api, &super::openapi::finish(&document))
         // A page beside the API, not in the document.
         .merge(super::playground::routes())
