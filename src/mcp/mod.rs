@@ -308,7 +308,8 @@ impl PythonTools {
 
 #[tool_handler(
     router = self.tools,
-    instructions = "Runs Python for you in persistent sessions (isolated worker processes). Use run_python to run code (a session named \"default\" is made on first use; name others with the session argument); read_file/write_file move files in and out of a session's directory; create_checkpoint/restore_checkpoint save and bring back a session's variables; cancel stops a run."
+    name = "pyrepl3",
+    instructions = "Runs Python for you in persistent sessions (isolated worker processes). Use run_python to run code (a session named \"default\" is made on first use; name others with the session argument); read_file/write_file move files in and out of a session's directory; create_checkpoint/restore_checkpoint save and bring back a session's variables; cancel stops a run; reset_session gives a session a fresh, empty worker (after its worker died, or to start clean). Answers keep at most 100000 characters of output, then the result or traceback (itself cut at 100000 characters)."
 )]
 impl ServerHandler for PythonTools {
     async fn initialize(

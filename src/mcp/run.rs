@@ -58,6 +58,9 @@ struct InputLine {
 }
 rmcp::elicit_safe!(InputLine);
 
+/// Said when the session's worker is dead: what the agent can do about it.
+const DEAD_SESSION: &str = "this session's worker is dead: call reset_session (same session name) for a fresh worker; its variables are lost";
+
 #[tool_router(router = run_tools, vis = "pub(super)")]
 impl PythonTools {
     #[tool(
@@ -153,9 +156,17 @@ impl PythonTools {
                             tail = format!("Out: {}\n", clip(&repr));
                         }
                     }
-                    ClientEvent::Error { traceback, .. } => {
+                    ClientEvent::Error {
+                        exception_type,
+                        traceback,
+                        ..
+                    } => {
                         is_error = true;
                         tail = clip(&traceback);
+                        if exception_type == "SessionDead" {
+                            // The service's words name its own HTTP call; an agent has a tool.
+                            answer.note(DEAD_SESSION);
+                        }
                     }
                 }
             }

@@ -21,6 +21,14 @@ def check(condition, what):
         sys.exit(1)
 
 
+def server_is_described(init):
+    """The initialize answer names pyrepl3 and tells the agent how to use it."""
+    print("< serverInfo:", init.server_info.name, init.server_info.version, flush=True)
+    check(init.server_info.name == "pyrepl3", init.server_info)
+    check("run_python" in (init.instructions or "") and "reset_session" in init.instructions,
+          init.instructions)
+
+
 def text_of(result):
     return "".join(c.text for c in result.content if c.type == "text")
 

@@ -9,7 +9,8 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from mcp_checks import (Agent, both_transports_checks, check,
-                        input_without_elicitation_is_end_of_file, text_of)
+                        input_without_elicitation_is_end_of_file, server_is_described,
+                        text_of)
 
 
 async def main(binary, python):
@@ -17,7 +18,7 @@ async def main(binary, python):
     agent = Agent()
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write, elicitation_callback=agent.elicit) as session:
-            await session.initialize()
+            server_is_described(await session.initialize())
             agent.session = session
             await both_transports_checks(agent)
             # Long output: bounded, and the error after it is never cut off.
@@ -26,6 +27,11 @@ async def main(binary, python):
             check(r.is_error and "the real error" in text_of(r)
                   and "more bytes of output left out" in text_of(r), text_of(r)[-300:])
             check(len(text_of(r)) < 110000, len(text_of(r)))
+            # A huge result is cut too, saying so.
+            r = await agent.call("run_python", code="'b' * 500000")
+            check(not r.is_error and text_of(r).startswith("Out: 'bbb")
+                  and "more bytes left out" in text_of(r) and len(text_of(r)) < 110000,
+                  text_of(r)[-200:])
             # A call the client gives up on (notifications/cancelled) stops the code.
             try:
                 await session.call_tool(

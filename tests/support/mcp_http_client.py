@@ -14,7 +14,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_checks import (Agent, both_transports_checks, check,
-                        input_without_elicitation_is_end_of_file, text_of)
+                        input_without_elicitation_is_end_of_file, text_of, server_is_described)
 
 INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {},
@@ -60,7 +60,7 @@ async def main(base, alice, bob):
     agent = Agent()
     async with connect(base, alice) as (read, write):
         async with ClientSession(read, write, elicitation_callback=agent.elicit) as session:
-            await session.initialize()
+            server_is_described(await session.initialize())
             agent.session = session
             await both_transports_checks(agent)
             r = await agent.call("create_session", session="shown")

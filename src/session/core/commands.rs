@@ -37,7 +37,7 @@ impl Core {
                     sink.push(Event::error(
                         "SessionDead",
                         format!(
-                            "the session's worker is dead ({reason}); restart the session first"
+                            "the session's worker is dead ({reason}); the session needs a restart (a fresh worker) to run code"
                         ),
                     ));
                     return;
