@@ -137,3 +137,55 @@ async fn end_input_gives_the_waiting_and_later_inputs_end_of_file() {
     assert!(format!("{out:?}").contains("EOFError"), "{out:?}");
     s.shutdown().await.unwrap();
 }
+
+/// The code's own `stdin` lines still answer after `end_input` (shutdown): only an
+/// `input()` they do not cover gets end-of-file. Each answered one is still reported.
+#[tokio::test]
+async fn stdin_given_with_the_code_answers_even_after_end_input() {
+    let s = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let made = std::ffi::CString::new(gate.to_str().unwrap()).unwrap();
+    // SAFETY: a plain mkfifo(3) of a path in a fresh temporary directory.
+    assert_eq!(unsafe { libc::mkfifo(made.as_ptr(), 0o600) }, 0);
+    let code = format!(
+        "print('ready', flush=True)\nopen({gate:?}).read()\na = input('a? ')\n\
+         try:\n    input('b? ')\nexcept EOFError:\n    print('EOF at b', flush=True)\na"
+    );
+    let mut ex = s.execute(
+        code,
+        ExecuteOptions {
+            stdin: vec!["kept".to_string()],
+            ..ExecuteOptions::default()
+        },
+    );
+    let Some(Event::Output { data, .. }) = guard(ex.next_event()).await else {
+        panic!("expected the code's first line")
+    };
+    assert_eq!(data, "ready\n");
+    // Shutdown's end of input, then the code goes on to its input() calls.
+    guard(s.end_input()).await.unwrap();
+    let opened = tokio::task::spawn_blocking(move || std::fs::write(&gate, "go"));
+    let mut prompts = Vec::new();
+    let mut stdout = String::new();
+    let repr = guard(async {
+        loop {
+            match ex.next_event().await.expect("terminal event") {
+                Event::Input { prompt, .. } => prompts.push(prompt),
+                Event::Output { data, .. } => stdout.push_str(&data),
+                Event::Result { repr, .. } => return repr,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    guard(opened).await.unwrap().unwrap();
+    assert_eq!(repr.as_deref(), Some("'kept'"));
+    assert_eq!(
+        prompts,
+        ["a? "],
+        "the answered input is reported, the EOF one is not"
+    );
+    assert_eq!(stdout, "EOF at b\n");
+    s.shutdown().await.unwrap();
+}

@@ -3,7 +3,7 @@
 //! follow an execution, answer its `input()`, cancel or interrupt it. Each handler's types
 //! (its body, its parameters, its answer) are what the OpenAPI document says of it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use super::collect::ExecuteAnswer;
 use super::http::{json_of, ApiError, Auth, Body, ErrorBody};
 use crate::protocol::{NamespaceEntry, TransactionPolicy};
-use crate::service::{AfterStdin, ClientEvent, ExecuteRequest, Reader, Service, SessionSummary};
+use crate::service::{ClientEvent, ExecuteRequest, Reader, Service, SessionSummary};
 use crate::session::{CancelOutcome, InterruptOutcome, RestoreReport, SessionInfo};
 
 pub(crate) fn routes() -> OpenApiRouter<Service> {
@@ -333,13 +333,12 @@ async fn execute(
         timeout: body.timeout,
         execution_id: body.execution_id,
         transaction_policy: body.transaction_policy.unwrap_or_default(),
+        stdin: body.stdin,
     })?;
-    let stdin: VecDeque<String> = body.stdin.into();
     if wants_sse(&headers) {
-        let reader = execution.follow_answering(0, stdin, AfterStdin::Wait);
-        return Ok(sse(reader).into_response());
+        return Ok(sse(execution.follow(0)).into_response());
     }
-    let reader = execution.follow_answering(0, stdin, AfterStdin::Eof);
+    let reader = execution.follow_answering_eof(0);
     let limit = service.bounds().max_output_bytes;
     Ok(json_of(&super::collect::collect(reader, limit).await).into_response())
 }

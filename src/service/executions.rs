@@ -4,7 +4,6 @@
 //! executions, and [`Reader`]s that replay and follow a log from `since=seq`, optionally
 //! answering `input()` from given lines.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,9 @@ pub struct ExecuteRequest {
     pub execution_id: Option<String>,
     /// See [`ExecuteOptions::transaction_policy`].
     pub transaction_policy: crate::protocol::TransactionPolicy,
+    /// Answers of the first `input()` calls, given by the session itself (see
+    /// [`ExecuteOptions::stdin`]), so that they hold whoever reads, and at shutdown too.
+    pub stdin: Vec<String>,
 }
 
 /// One execution of a session, as listed.
@@ -53,15 +55,6 @@ pub struct ExecutionHandle {
     hosted: Arc<Hosted>,
     /// While a handle lives, a reader may still attach: retention does not expire the log.
     _claim: Arc<Claim>,
-}
-
-/// What a [`Reader`] does with `input()` requests once its lines have run out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterStdin {
-    /// Answers end of file (`EOFError`).
-    Eof,
-    /// Leaves them pending, for someone else to answer.
-    Wait,
 }
 
 impl SessionHandle {
@@ -120,6 +113,7 @@ impl SessionHandle {
                     timeout,
                     execution_id: request.execution_id,
                     transaction_policy: request.transaction_policy,
+                    stdin: request.stdin,
                     ..ExecuteOptions::default()
                 },
             );
@@ -281,19 +275,19 @@ impl ExecutionHandle {
         self.log.snapshot_after(since)
     }
 
-    /// An attached reader of the events after `since` (replay, then live).
+    /// An attached reader of the events after `since` (replay, then live); `input()`
+    /// requests wait for someone to answer them.
     pub fn follow(&self, since: u64) -> Reader {
-        self.follow_answering(since, VecDeque::new(), AfterStdin::Wait)
+        self.attach(since, false)
     }
 
-    /// Like [`ExecutionHandle::follow`], answering each `input()` request with the next of
-    /// `stdin`, and once they have run out as `after` says.
-    pub fn follow_answering(
-        &self,
-        since: u64,
-        stdin: VecDeque<String>,
-        after: AfterStdin,
-    ) -> Reader {
+    /// Like [`ExecutionHandle::follow`], answering end of file (`EOFError`) to each
+    /// `input()` request the code's `stdin` did not answer: for a caller who cannot answer.
+    pub fn follow_answering_eof(&self, since: u64) -> Reader {
+        self.attach(since, true)
+    }
+
+    fn attach(&self, since: u64, answer_eof: bool) -> Reader {
         let session = self.hosted.session.clone();
         Reader {
             guard: self
@@ -305,8 +299,7 @@ impl ExecutionHandle {
             hosted: self.hosted.clone(),
             since,
             answered_upto: since,
-            stdin,
-            after,
+            answer_eof,
         }
     }
 }
@@ -320,8 +313,8 @@ pub struct Reader {
     since: u64,
     /// Last input request answered (so that none is answered twice).
     answered_upto: u64,
-    stdin: VecDeque<String>,
-    after: AfterStdin,
+    /// Answers end of file to input requests.
+    answer_eof: bool,
     /// Registers the reader with the log while it lives.
     guard: ReaderGuard,
     /// For the retention pass once this reader has the end.
@@ -334,25 +327,23 @@ impl Reader {
         &self.log.execution_id
     }
 
-    /// The next events, waiting for at least one (answering input requests among them as
-    /// configured); `None` after the terminal event. Cancel-safe: dropped before it returns,
-    /// the next call returns the same events again and answers no input twice.
+    /// The next events, waiting for at least one (answering input requests among them
+    /// with end of file if so made); `None` after the terminal event. Cancel-safe: dropped
+    /// before it returns, the next call returns the same events again and answers no input
+    /// twice.
     pub async fn next_batch(&mut self) -> Option<Vec<LoggedEvent>> {
         let Some(batch) = self.log.next_after(self.since).await else {
             self.received_end();
             return None;
         };
         for logged in &batch {
-            if logged.kind == "input" && logged.seq > self.answered_upto {
-                if self.stdin.is_empty() && self.after == AfterStdin::Wait {
-                    continue;
-                }
+            if self.answer_eof && logged.kind == "input" && logged.seq > self.answered_upto {
                 // Marked first: the answer is sent on the first poll, so it goes out once.
                 self.answered_upto = logged.seq;
                 if let Some(ClientEvent::Input { id, .. }) = logged.event() {
-                    // An answer for an input that meanwhile ended (cancelled) is refused:
-                    // nothing to do.
-                    let _ = self.session.answer_input(&id, self.stdin.pop_front()).await;
+                    // An input the code's stdin answered, or that meanwhile ended
+                    // (cancelled), is refused: nothing to do.
+                    let _ = self.session.answer_input(&id, None).await;
                 }
             }
         }

@@ -45,7 +45,7 @@ pub use config::{Bounds, ServiceConfig, TenantConfig};
 pub use error::ServiceError;
 pub use event::{ClientEvent, TransactionReport};
 pub use execlog::LoggedEvent;
-pub use executions::{AfterStdin, ExecuteRequest, ExecutionHandle, ExecutionSummary, Reader};
+pub use executions::{ExecuteRequest, ExecutionHandle, ExecutionSummary, Reader};
 use metrics::Metrics;
 use sessions::Hosted;
 pub use sessions::{SessionHandle, SessionSummary};

@@ -1,6 +1,5 @@
 //! The service's rules, checked without any transport (real Python workers).
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::*;
@@ -51,6 +50,7 @@ fn request(code: &str, execution_id: Option<&str>) -> ExecuteRequest {
         timeout: None,
         execution_id: execution_id.map(str::to_string),
         transaction_policy: Default::default(),
+        stdin: Vec::new(),
     }
 }
 
@@ -113,15 +113,17 @@ async fn tenants_limits_and_executions_follow_the_services_rules() {
         Err(ServiceError::ExecutionNotFound { .. })
     ));
 
-    // A reader answers input() from its lines, then with end of file.
+    // The code's stdin answers input() first, then a reader with end of file.
     let execution = session
-        .execute(request(
-            "a = input()\ntry:\n    input()\nexcept EOFError:\n    a += '!'\na",
-            None,
-        ))
+        .execute(ExecuteRequest {
+            stdin: vec!["x".to_string()],
+            ..request(
+                "a = input()\ntry:\n    input()\nexcept EOFError:\n    a += '!'\na",
+                None,
+            )
+        })
         .unwrap();
-    let stdin = VecDeque::from(["x".to_string()]);
-    let events = read_all(execution.follow_answering(0, stdin, AfterStdin::Eof)).await;
+    let events = read_all(execution.follow_answering_eof(0)).await;
     assert!(
         matches!(events.last(), Some(ClientEvent::Result { repr: Some(r), .. }) if r == "'x!'"),
         "{events:?}"
@@ -270,7 +272,7 @@ async fn a_sessions_queue_is_capped() {
         a.execute(request("1", None)),
         Err(ServiceError::QueueFull { limit: 2, .. })
     ));
-    read_all(running.follow_answering(0, VecDeque::new(), AfterStdin::Eof)).await;
+    read_all(running.follow_answering_eof(0)).await;
     for q in queued {
         read_all(q.follow(0)).await;
     }
@@ -302,7 +304,7 @@ async fn retention_never_takes_a_result_from_a_reader_that_is_behind() {
                 .follow(0)
         })
         .collect();
-    read_all(block.follow_answering(0, VecDeque::new(), AfterStdin::Eof)).await;
+    read_all(block.follow_answering_eof(0)).await;
     let mut readers = readers.into_iter();
     // The last one's end means all have ended (one after the other).
     let last = read_all(readers.next_back().unwrap()).await;

@@ -149,6 +149,10 @@ pub struct ExecuteOptions {
     /// `for i in range(3): i` or `1; 2`, is shown as output when it is computed, and the
     /// `Result` carries no value), or as `python -c` does (`CodeMode::Script`).
     pub mode: CodeMode,
+    /// Answers of the first `input()` calls, in order (each without its newline), as a
+    /// pipe into `python` would give them; later calls wait for [`Session::input_response`].
+    /// Their `Input` events are sent all the same, as a record of what was asked.
+    pub stdin: Vec<String>,
 }
 
 /// How a [`Session::cancel`] ended.
@@ -479,6 +483,7 @@ impl Session {
             internal,
             policy: options.transaction_policy,
             mode: options.mode,
+            stdin: options.stdin,
         };
         if let Err(mpsc::error::SendError(Command::Execute { events, .. })) =
             self.inner.commands.send(command)

@@ -27,6 +27,8 @@ pub(crate) enum Command {
         internal: Option<serde_json::Value>,
         policy: crate::protocol::TransactionPolicy,
         mode: crate::protocol::CodeMode,
+        /// Answers of the first `input()` calls (see `ExecuteOptions::stdin`).
+        stdin: Vec<String>,
     },
     InputResponse {
         input_id: String,

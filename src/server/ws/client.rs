@@ -178,6 +178,8 @@ pub(super) async fn handle(
                 timeout,
                 execution_id: client_id.clone(),
                 transaction_policy,
+                // A WebSocket client answers input() as it comes (`input_response`).
+                stdin: Vec::new(),
             };
             // Room in the writer's queue first: an execution is never accepted without the
             // reader that follows it.

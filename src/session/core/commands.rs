@@ -27,6 +27,7 @@ impl Core {
                 internal,
                 policy,
                 mode,
+                stdin,
             } => {
                 let mut sink = Sink::new(events);
                 if self.closing {
@@ -50,6 +51,7 @@ impl Core {
                     internal,
                     policy,
                     mode,
+                    stdin,
                 });
                 self.pump(now);
             }
@@ -270,7 +272,7 @@ impl Core {
         if !w.ready || w.exit_cause.is_some() {
             return;
         }
-        let Some(queued) = self.queue.pop_front() else {
+        let Some(mut queued) = self.queue.pop_front() else {
             return;
         };
         // Every marked message is delivered by now, so both pipes are at this marker count.
@@ -285,6 +287,7 @@ impl Core {
             deadline: queued.timeout.map(|t| crate::time::deadline(now, t)),
             cancel: None,
             pending_inputs: HashSet::new(),
+            stdin: std::mem::take(&mut queued.stdin).into(),
             owned_segment: segment,
             seq,
             transactional: queued.policy.rolls_back() && w.transactions,

@@ -120,6 +120,9 @@ struct Running {
     deadline: Option<Instant>,
     cancel: Option<CancelState>,
     pending_inputs: HashSet<String>,
+    /// Answers for the next `input()` calls, given with the code; then whoever reads the
+    /// events answers.
+    stdin: VecDeque<String>,
     /// The output segment (markers passed) whose text belongs to this execution.
     owned_segment: u64,
     /// Its number on the worker (the SIGINT target).
@@ -140,6 +143,7 @@ struct Queued {
     internal: Option<serde_json::Value>,
     policy: protocol::TransactionPolicy,
     mode: protocol::CodeMode,
+    stdin: Vec<String>,
 }
 
 pub(crate) struct Core {

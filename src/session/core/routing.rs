@@ -133,18 +133,25 @@ impl Core {
                 for Text { stream, text } in earlier {
                     run.sink.push(Event::Output { stream, data: text });
                 }
-                if self.input_ended {
+                let given = run.stdin.pop_front();
+                if given.is_none() && self.input_ended {
                     // No one will answer (the server is shutting down): end-of-file at once,
                     // so the code's `except EOFError` runs within the grace.
                     self.send_input_answer(req.id, None);
                     return;
                 }
-                run.pending_inputs.insert(req.id.clone());
                 run.sink.push(Event::Input {
-                    input_id: req.id,
+                    input_id: req.id.clone(),
                     prompt: req.prompt,
                     password: req.password,
                 });
+                match given {
+                    // Answered with the code's own stdin; the event stays as a record.
+                    Some(line) => self.send_input_answer(req.id, Some(line)),
+                    None => {
+                        run.pending_inputs.insert(req.id);
+                    }
+                }
             }
             Message::Display(d) => {
                 // Stray text written before the display's marker, the display, then the text

@@ -98,6 +98,7 @@ impl Harness {
             internal: None,
             policy: Default::default(),
             mode: Default::default(),
+            stdin: Vec::new(),
         }));
         (rx, effects)
     }
