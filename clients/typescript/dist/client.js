@@ -120,7 +120,9 @@ export class Session {
             if (options.signal?.aborted) {
                 cancelOnAbort();
             }
-            return await followRun(executionId, events, options, (inputId, text) => this.answerInput(inputId, text));
+            return await followRun(executionId, events, options, (inputId, text) => this.answerInput(inputId, text), {
+                answeredByServer: options.stdin?.length ?? 0,
+            });
         }
         finally {
             options.signal?.removeEventListener("abort", cancelOnAbort);

@@ -113,12 +113,21 @@ export interface RunCallbacks {
     /** Answers `input()`; without it, an `input()` gets end of file (`EOFError`). */
     onInput?: InputHandler;
 }
+/** How `followRun` follows an execution, beyond its callbacks. */
+export interface FollowOptions {
+    /**
+     * How many `input()` calls the server answers itself, from the execute request's `stdin`.
+     * Their `input` events still come, as a record of the prompts: answering them again would
+     * be refused (`404 unknown_input`), so the first this many are not answered.
+     */
+    answeredByServer?: number;
+}
 /**
  * Follows `events` to the terminal event and returns the `Run`. `answer` sends the reply to
  * an `input` event. A stream that ends without a terminal event is an `ApiError`
  * `stream_ended`.
  */
-export declare function followRun(executionId: string, events: AsyncIterable<ExecutionEvent>, callbacks: RunCallbacks, answer: (inputId: string, text: string | null) => Promise<void>): Promise<Run>;
+export declare function followRun(executionId: string, events: AsyncIterable<ExecutionEvent>, callbacks: RunCallbacks, answer: (inputId: string, text: string | null) => Promise<void>, options?: FollowOptions): Promise<Run>;
 export declare function isTerminal(event: ExecutionEvent): boolean;
 /**
  * A random UUID (v4). `crypto.randomUUID` exists only in secure contexts (https, localhost),

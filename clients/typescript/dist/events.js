@@ -79,8 +79,9 @@ export class Run {
  * an `input` event. A stream that ends without a terminal event is an `ApiError`
  * `stream_ended`.
  */
-export async function followRun(executionId, events, callbacks, answer) {
+export async function followRun(executionId, events, callbacks, answer, options = {}) {
     const run = new Run(executionId);
+    let answeredByServer = options.answeredByServer ?? 0;
     for await (const event of events) {
         run.events.push(event);
         callbacks.onEvent?.(event);
@@ -96,6 +97,10 @@ export async function followRun(executionId, events, callbacks, answer) {
                 break;
             }
             case "input": {
+                if (answeredByServer > 0) {
+                    answeredByServer -= 1; // answered from `stdin` already: only a record
+                    break;
+                }
                 const text = callbacks.onInput ? await callbacks.onInput(event.prompt ?? "", Boolean(event.password)) : null;
                 await answer(event.id, text ?? null);
                 break;

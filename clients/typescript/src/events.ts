@@ -171,6 +171,16 @@ export interface RunCallbacks {
   onInput?: InputHandler;
 }
 
+/** How `followRun` follows an execution, beyond its callbacks. */
+export interface FollowOptions {
+  /**
+   * How many `input()` calls the server answers itself, from the execute request's `stdin`.
+   * Their `input` events still come, as a record of the prompts: answering them again would
+   * be refused (`404 unknown_input`), so the first this many are not answered.
+   */
+  answeredByServer?: number;
+}
+
 /**
  * Follows `events` to the terminal event and returns the `Run`. `answer` sends the reply to
  * an `input` event. A stream that ends without a terminal event is an `ApiError`
@@ -181,8 +191,10 @@ export async function followRun(
   events: AsyncIterable<ExecutionEvent>,
   callbacks: RunCallbacks,
   answer: (inputId: string, text: string | null) => Promise<void>,
+  options: FollowOptions = {},
 ): Promise<Run> {
   const run = new Run(executionId);
+  let answeredByServer = options.answeredByServer ?? 0;
   for await (const event of events) {
     run.events.push(event);
     callbacks.onEvent?.(event);
@@ -198,6 +210,10 @@ export async function followRun(
         break;
       }
       case "input": {
+        if (answeredByServer > 0) {
+          answeredByServer -= 1; // answered from `stdin` already: only a record
+          break;
+        }
         const text = callbacks.onInput ? await callbacks.onInput(event.prompt ?? "", Boolean(event.password)) : null;
         await answer(event.id, text ?? null);
         break;

@@ -72,6 +72,23 @@ describe("a session", () => {
     assert.equal(eof.error.exception_type, "EOFError");
   });
 
+  test("stdin answers the first input() calls and the input handler only the rest", async () => {
+    // The server answers from stdin itself and still sends those input events, as a record:
+    // answering them again was a 404 unknown_input that failed the run.
+    const asked = [];
+    const run = await session.run("a = input('a? ')\nb = input('b? ')\na + b", {
+      stdin: ["one"],
+      onInput: (prompt) => {
+        asked.push(prompt);
+        return "two";
+      },
+    });
+    assert.equal(run.error, null, JSON.stringify(run.error));
+    assert.equal(run.result.value, "onetwo");
+    assert.deepEqual(asked, ["b? "]);
+    assert.deepEqual(run.events.filter((e) => e.type === "input").map((e) => e.prompt), ["a? ", "b? "]);
+  });
+
   test("a display of an object with _repr_html_ arrives with its formats", async () => {
     const displays = [];
     const run = await session.run(
