@@ -122,6 +122,7 @@ export class Session {
             }
             return await followRun(executionId, events, options, (inputId, text) => this.answerInput(inputId, text), {
                 answeredByServer: options.stdin?.length ?? 0,
+                signal: options.signal,
             });
         }
         finally {

@@ -225,6 +225,7 @@ export class Session {
       }
       return await followRun(executionId, events, options, (inputId, text) => this.answerInput(inputId, text), {
         answeredByServer: options.stdin?.length ?? 0,
+        signal: options.signal,
       });
     } finally {
       options.signal?.removeEventListener("abort", cancelOnAbort);

@@ -89,6 +89,25 @@ describe("a session", () => {
     assert.deepEqual(run.events.filter((e) => e.type === "input").map((e) => e.prompt), ["a? ", "b? "]);
   });
 
+  test("an input handler still waiting is told through its signal when the execution ends", async () => {
+    // The handler answers only when told that nobody waits any more, as a prompt for a
+    // person would: the run must not wait for it, and its late answer is not sent.
+    let handlerSignal;
+    const run = await session.run("input('never answered? ')", {
+      timeout: 1,
+      onInput: (prompt, password, signal) => {
+        handlerSignal = signal;
+        return new Promise((resolve) => signal.addEventListener("abort", () => resolve("too late"), { once: true }));
+      },
+    });
+    assert.equal(run.error?.exception_type, "ExecutionTimeout", JSON.stringify(run.error));
+    assert.ok(handlerSignal instanceof AbortSignal);
+    assert.equal(handlerSignal.aborted, true);
+    // The session goes on: the late answer was not taken for the next input().
+    const next = await session.run("input('again? ')", { onInput: () => "fresh" });
+    assert.equal(next.result.value, "fresh");
+  });
+
   test("a display of an object with _repr_html_ arrives with its formats", async () => {
     const displays = [];
     const run = await session.run(
