@@ -210,6 +210,32 @@ describe("a session", () => {
   });
 });
 
+describe("a session's WebSocket", () => {
+  const client = new Client(URL, TOKEN, { WebSocket });
+  let session;
+  before(async () => {
+    session = await client.createSession();
+  });
+  after(async () => {
+    await session.close();
+  });
+
+  test("aborting a socket run's signal cancels the execution", async () => {
+    const socket = await session.connect();
+    try {
+      const controller = new AbortController();
+      const run = await socket.run("while True:\n    print('tick', flush=True)\n    sum(range(100000))", {
+        signal: controller.signal,
+        onOutput: () => controller.abort(),
+      });
+      assert.equal(run.error.exception_type, "KeyboardInterrupt");
+      assert.equal((await socket.run("'still here'")).result.value, "still here");
+    } finally {
+      socket.close();
+    }
+  });
+});
+
 describe("errors", () => {
   test("an unknown session is a typed 404", async () => {
     const client = new Client(URL, TOKEN);
