@@ -1,7 +1,8 @@
 // The playground page (GET /) in headless Chromium, used as a person would: type the token,
 // type code, Run, answer input() in the page, see the output, the plot and the variables;
-// Cancel a loop. tests/playground.rs starts the server (with a Python that has matplotlib)
-// and runs this file with `node --test`; PYREPL3_URL, PYREPL3_TOKEN, PYREPL3_SCREENSHOT and
+// Cancel a loop, and a prompt.
+// tests/playground.rs starts the server (with a Python that has matplotlib) and runs this
+// file with `node --test`; PYREPL3_URL, PYREPL3_TOKEN, PYREPL3_SCREENSHOT and
 // PYREPL3_BROWSER_PROFILE (a fresh directory) come from it.
 
 import assert from "node:assert/strict";
@@ -146,6 +147,37 @@ test("a run's output is shown up to 1 000 000 characters, the rest counted", asy
   assert.equal(shown, 1_000_000);
   assert.equal(await page.locator("#output pre.note").textContent(),
     "[500012 more characters of output not shown]\n");
+});
+
+/** The requests the page sends while `body` runs whose URL path ends with `tail`. */
+async function requestsDuring(tail, body) {
+  const seen = [];
+  const listener = (request) => {
+    if (new globalThis.URL(request.url()).pathname.endsWith(tail)) seen.push(request);
+  };
+  page.on("request", listener);
+  try {
+    await body();
+  } finally {
+    page.off("request", listener);
+  }
+  return seen;
+}
+
+test("Cancel while input() waits closes the prompt and sends no answer", async () => {
+  const answers = await requestsDuring("/input", async () => {
+    await page.fill("#code", "input('wait? ')");
+    await page.click("#run");
+    const field = page.locator("#output form input.input-answer");
+    await field.waitFor();
+    await page.click("#cancel");
+    await page.locator("#output pre.error", { hasText: "KeyboardInterrupt" }).waitFor();
+    await page.locator("#run:enabled").waitFor();
+    assert.equal(await field.isDisabled(), true, "the prompt is closed");
+  });
+  // An end-of-file answer raced the cancel: 404 unknown_input in the page, or an EOFError.
+  assert.deepEqual(answers.map((r) => r.url()), []);
+  assert.doesNotMatch(await page.locator("#output").innerText(), /unknown_input|EOFError/);
 });
 
 test("the page logged no error", () => {

@@ -124,8 +124,9 @@ function renderBundle(data) {
 }
 
 /**
- * Shows an input() prompt in the output; resolves with what the user submits, or with null
- * (end of file) when the run is cancelled meanwhile.
+ * Shows an input() prompt in the output; resolves with what the user submits. `signal` (the
+ * client's) aborts when nobody waits for the answer any more (the run was cancelled or timed
+ * out, or ended): the prompt is then closed, and what it resolves with is not sent.
  */
 function askInput(prompt, password, signal) {
   return new Promise((resolve) => {
@@ -146,7 +147,9 @@ function askInput(prompt, password, signal) {
       resolve(field.value);
     });
     signal.addEventListener("abort", () => {
-      form.remove();
+      // Kept in the output, closed: the prompt stays readable beside the run's error.
+      field.disabled = true;
+      form.classList.add("closed");
       resolve(null);
     }, { once: true });
     append(form);
@@ -190,7 +193,7 @@ async function run() {
         else append(element);
         if (display.displayId !== null) shown.set(display.displayId, element);
       },
-      onInput: (prompt, password) => askInput(prompt, password, signal),
+      onInput: (prompt, password, inputSignal) => askInput(prompt, password, inputSignal),
     });
     if (result.error !== null) {
       appendText(result.error.traceback || `${result.error.exception_type}: ${result.error.exception_message}\n`, "error");
