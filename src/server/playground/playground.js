@@ -10,6 +10,7 @@ const tokenInput = $("token");
 const codeInput = $("code");
 const runButton = $("run");
 const cancelButton = $("cancel");
+const newSessionButton = $("new-session");
 const output = $("output");
 const status = $("status");
 const variables = $("variables").querySelector("tbody");
@@ -173,15 +174,23 @@ async function showVariables(session) {
 }
 
 async function run() {
-  if (running !== null) return;
+  // Disabled also while "New session" replaces the session (Ctrl+Enter comes here anyway).
+  if (running !== null || runButton.disabled) return;
   running = new AbortController();
   const { signal } = running;
   runButton.disabled = true;
   cancelButton.disabled = false;
+  newSessionButton.disabled = true; // the run's session stays the tab's session until it ends
   clearOutput();
   const shown = new Map(); // display_id → element, for updates in place
   try {
     const session = await currentSession();
+    if (signal.aborted) {
+      // Cancel came while the session was being found or made: the code is not run at all.
+      appendText("cancelled before the run started\n", "note");
+      status.textContent = `session ${session.id.slice(0, 8)}`;
+      return;
+    }
     status.textContent = `session ${session.id.slice(0, 8)}: running`;
     const result = await session.run(codeInput.value, {
       signal,
@@ -211,6 +220,7 @@ async function run() {
     running = null;
     runButton.disabled = false;
     cancelButton.disabled = true;
+    newSessionButton.disabled = false;
   }
 }
 
@@ -222,13 +232,28 @@ codeInput.addEventListener("keydown", (event) => {
     run();
   }
 });
-$("new-session").addEventListener("click", async () => {
+newSessionButton.addEventListener("click", async () => {
+  if (running !== null) return; // the button is disabled while a run is under way
+  // Nothing may run while the old session is closed and the new one made: a run started
+  // meanwhile would find no session in storage and make one more.
+  newSessionButton.disabled = true;
+  runButton.disabled = true;
   try {
+    const old = sessionStorage.getItem(SESSION_KEY);
     sessionStorage.removeItem(SESSION_KEY);
+    if (old !== null) {
+      // Closed rather than left to the idle timeout: it holds a worker until then.
+      await client().session(old).close().catch((e) => {
+        if (!(e instanceof ApiError && e.status === 404)) throw e; // gone already
+      });
+    }
     await newSession();
     variables.replaceChildren();
     clearOutput();
   } catch (e) {
-    appendText(`${e}\n`, "error");
+    appendText(e instanceof ApiError ? `${e.status} ${e.code}: ${e.message}\n` : `${e}\n`, "error");
+  } finally {
+    newSessionButton.disabled = false;
+    runButton.disabled = false;
   }
 });
