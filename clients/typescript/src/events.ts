@@ -214,13 +214,17 @@ export async function followRun(
   if (options.signal?.aborted) {
     runAborted();
   }
-  // An input answered in the background that failed: the loop waits for it along with the
-  // next event, so that the failure ends the run without waiting for the stream.
-  let fail: (error: unknown) => void = () => undefined;
-  const failed = new Promise<never>((_, reject) => {
-    fail = reject;
-  });
-  failed.catch(() => undefined); // raced below; unobserved when nothing fails
+  const iterator = events[Symbol.asyncIterator]();
+  // An input answered in the background that failed, which fails the run: the stream is
+  // dropped at once, which ends the read the loop waits in (the transports' streams end a
+  // pending read on `return`), and the loop then throws this.
+  let failure: { error: unknown } | null = null;
+  const fail = (error: unknown) => {
+    if (failure === null) {
+      failure = { error };
+      iterator.return?.().catch(() => undefined);
+    }
+  };
   const answerInput = async (event: InputEvent): Promise<void> => {
     const signal = ended.signal;
     let text: string | null = null;
@@ -246,11 +250,18 @@ export async function followRun(
       throw error;
     }
   };
-  const iterator = events[Symbol.asyncIterator]();
   try {
     for (;;) {
-      const next = await Promise.race([iterator.next(), failed]);
-      if (next.done) {
+      let next: IteratorResult<ExecutionEvent>;
+      try {
+        next = await iterator.next();
+      } catch (error) {
+        if (failure !== null) {
+          break; // the read that `fail` ended
+        }
+        throw error;
+      }
+      if (next.done || failure !== null) {
         break;
       }
       const event = next.value;
@@ -291,6 +302,10 @@ export async function followRun(
     // Drops the rest of the stream when the loop left early; not awaited, as a read may be
     // pending on it (the transports' streams end that read at once).
     iterator.return?.().catch(() => undefined);
+  }
+  if (failure !== null) {
+    // (Set by `fail`, in a closure: TypeScript's narrowing takes it for null still.)
+    throw (failure as { error: unknown }).error;
   }
   if (run.result === null && run.error === null) {
     throw new ApiError(

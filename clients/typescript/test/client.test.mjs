@@ -108,6 +108,24 @@ describe("a session", () => {
     assert.equal(next.result.value, "fresh");
   });
 
+  test("an input handler that throws fails the run at once, while the code still waits", async () => {
+    // A session of its own: the dropped execution waits in input() until the server's
+    // reconnect grace ends it, and would hold up the next runs of a shared session.
+    const other = await client.createSession();
+    try {
+      await assert.rejects(
+        other.run("input('x? ')", {
+          onInput: () => {
+            throw new Error("no answer here");
+          },
+        }),
+        /no answer here/,
+      );
+    } finally {
+      await other.close();
+    }
+  });
+
   test("a display of an object with _repr_html_ arrives with its formats", async () => {
     const displays = [];
     const run = await session.run(

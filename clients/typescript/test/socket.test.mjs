@@ -113,3 +113,18 @@ test("aborting a socket run's signal sends a cancel for its execution", async ()
   assert.equal(run.error.exception_type, "KeyboardInterrupt");
   socket.close();
 });
+
+test("an input handler that throws fails a socket run at once, and the execution is let go", async () => {
+  const { ws, socket } = await openSocket();
+  const running = socket.run("input('x? ')", {
+    executionId: "asks",
+    onInput: () => {
+      throw new Error("no answer here");
+    },
+  });
+  ws.receive({ type: "input", execution_id: "asks", seq: 1, id: "i1", prompt: "x? ", password: false, timeout: null });
+  await assert.rejects(running, /no answer here/);
+  // No event of it came after the input: it was let go without waiting for one.
+  assert.doesNotThrow(() => socket.stream("again", { executionId: "asks" }));
+  socket.close();
+});
