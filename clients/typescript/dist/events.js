@@ -106,6 +106,9 @@ export async function followRun(executionId, events, callbacks, answer, options 
     };
     const answerInput = async (event) => {
         const signal = ended.signal;
+        if (signal.aborted) {
+            return; // the run's signal aborted before this input came: the execution is cancelled
+        }
         let text = null;
         if (callbacks.onInput) {
             try {

@@ -227,6 +227,9 @@ export async function followRun(
   };
   const answerInput = async (event: InputEvent): Promise<void> => {
     const signal = ended.signal;
+    if (signal.aborted) {
+      return; // the run's signal aborted before this input came: the execution is cancelled
+    }
     let text: string | null = null;
     if (callbacks.onInput) {
       try {

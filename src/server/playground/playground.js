@@ -147,14 +147,19 @@ function askInput(prompt, password, signal) {
       }));
       resolve(field.value);
     });
-    signal.addEventListener("abort", () => {
+    const close = () => {
       // Kept in the output, closed: the prompt stays readable beside the run's error.
       field.disabled = true;
       form.classList.add("closed");
       resolve(null);
-    }, { once: true });
+    };
     append(form);
-    field.focus();
+    if (signal.aborted) {
+      close();
+    } else {
+      signal.addEventListener("abort", close, { once: true });
+      field.focus();
+    }
   });
 }
 
