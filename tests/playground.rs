@@ -126,7 +126,7 @@ fn a_user_runs_code_answers_input_sees_a_plot_and_cancels_in_chromium() {
         status.success(),
         "the browser test failed:\n{stdout}{stderr}"
     );
-    assert!(stdout.contains("ℹ pass 5"), "{stdout}");
+    assert!(stdout.contains("ℹ pass 8"), "{stdout}");
     assert!(stdout.contains("ℹ fail 0"), "{stdout}");
     let png = std::fs::read(&screenshot).expect("the screenshot was written");
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");

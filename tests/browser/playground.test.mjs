@@ -1,7 +1,8 @@
 // The playground page (GET /) in headless Chromium, used as a person would: type the token,
 // type code, Run, answer input() in the page, see the output, the plot and the variables;
-// Cancel a loop. tests/playground.rs starts the server (with a Python that has matplotlib)
-// and runs this file with `node --test`; PYREPL3_URL, PYREPL3_TOKEN, PYREPL3_SCREENSHOT and
+// Cancel a loop, a prompt, and a run whose session is not ready yet; New session.
+// tests/playground.rs starts the server (with a Python that has matplotlib) and runs this
+// file with `node --test`; PYREPL3_URL, PYREPL3_TOKEN, PYREPL3_SCREENSHOT and
 // PYREPL3_BROWSER_PROFILE (a fresh directory) come from it.
 
 import assert from "node:assert/strict";
@@ -146,6 +147,97 @@ test("a run's output is shown up to 1 000 000 characters, the rest counted", asy
   assert.equal(shown, 1_000_000);
   assert.equal(await page.locator("#output pre.note").textContent(),
     "[500012 more characters of output not shown]\n");
+});
+
+/** The requests the page sends while `body` runs whose URL path ends with `tail`. */
+async function requestsDuring(tail, body) {
+  const seen = [];
+  const listener = (request) => {
+    if (new globalThis.URL(request.url()).pathname.endsWith(tail)) seen.push(request);
+  };
+  page.on("request", listener);
+  try {
+    await body();
+  } finally {
+    page.off("request", listener);
+  }
+  return seen;
+}
+
+test("Cancel while input() waits closes the prompt and sends no answer", async () => {
+  const answers = await requestsDuring("/input", async () => {
+    await page.fill("#code", "input('wait? ')");
+    await page.click("#run");
+    const field = page.locator("#output form input.input-answer");
+    await field.waitFor();
+    await page.click("#cancel");
+    await page.locator("#output pre.error", { hasText: "KeyboardInterrupt" }).waitFor();
+    await page.locator("#run:enabled").waitFor();
+    assert.equal(await field.isDisabled(), true, "the prompt is closed");
+  });
+  // An end-of-file answer raced the cancel: 404 unknown_input in the page, or an EOFError.
+  assert.deepEqual(answers.map((r) => r.url()), []);
+  assert.doesNotMatch(await page.locator("#output").innerText(), /unknown_input|EOFError/);
+});
+
+test("Cancel before the session is ready does not run the code", async () => {
+  const id = await page.evaluate(() => sessionStorage.getItem("pyrepl3.session"));
+  assert.ok(id, "the tab has a session");
+  // The page checks its session before a run: that request is held until Cancel is clicked.
+  let reached;
+  const checking = new Promise((resolve) => (reached = resolve));
+  let release;
+  const held = new Promise((resolve) => (release = resolve));
+  const isSessionCheck = (url) => url.pathname === `/v1/sessions/${id}`;
+  await page.route(isSessionCheck, async (route) => {
+    reached();
+    await held;
+    await route.continue();
+  });
+  try {
+    const executes = await requestsDuring("/execute", async () => {
+      await page.fill("#code", "print('must not run')");
+      await page.click("#run");
+      await checking;
+      await page.click("#cancel");
+      release();
+      await page.locator("#run:enabled").waitFor();
+    });
+    assert.deepEqual(executes.map((r) => r.url()), []);
+  } finally {
+    release();
+    await page.unroute(isSessionCheck);
+  }
+  const text = await page.locator("#output").innerText();
+  assert.match(text, /cancelled before the run started/);
+  assert.doesNotMatch(text, /must not run/);
+});
+
+test("New session is off during a run, and closes the old session", async () => {
+  const old = await page.evaluate(() => sessionStorage.getItem("pyrepl3.session"));
+  assert.ok(old, "the tab has a session");
+  await page.fill("#code", "while True: pass");
+  await page.click("#run");
+  await page.locator("#status", { hasText: "running" }).waitFor();
+  assert.equal(await page.isDisabled("#new-session"), true);
+  await page.click("#cancel");
+  await page.locator("#run:enabled").waitFor();
+  assert.equal(await page.isEnabled("#new-session"), true);
+
+  const deleted = page.waitForResponse((r) => r.request().method() === "DELETE" && r.url().endsWith(`/v1/sessions/${old}`));
+  const created = page.waitForResponse((r) => r.request().method() === "POST" && r.url().endsWith("/v1/sessions"));
+  await page.click("#new-session");
+  assert.equal((await deleted).status(), 204);
+  const { id } = await (await created).json();
+  assert.notEqual(id, old);
+  await page.locator("#status", { hasText: `session ${id.slice(0, 8)}` }).waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("pyrepl3.session")), id);
+  const gone = await fetch(`${URL}/v1/sessions/${old}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  assert.equal(gone.status, 404, "the old session is closed");
+  // The new session runs code.
+  await page.fill("#code", "'fresh'");
+  await page.click("#run");
+  await page.locator("#output pre.result", { hasText: "'fresh'" }).waitFor();
 });
 
 test("the page logged no error", () => {

@@ -102,8 +102,13 @@ export declare class Run {
     /** Throws `ExecutionError` when the code raised; else returns the run. */
     raiseForError(): this;
 }
-/** Answers an `input()`: the text without its newline, or null for end of file. */
-export type InputHandler = (prompt: string, password: boolean) => string | null | Promise<string | null>;
+/**
+ * Answers an `input()`: the text without its newline, or null for end of file. `signal` is
+ * aborted when nobody waits for the answer any more: the execution ended (cancelled, timed
+ * out, stopped) or the run's own signal aborted. A handler that waits for a person should
+ * stop asking then; what it returns (or throws) after that is ignored.
+ */
+export type InputHandler = (prompt: string, password: boolean, signal: AbortSignal) => string | null | Promise<string | null>;
 /** The callbacks of a run, called as its events come. */
 export interface RunCallbacks {
     /** Every event, before the more specific callbacks. */
@@ -113,12 +118,27 @@ export interface RunCallbacks {
     /** Answers `input()`; without it, an `input()` gets end of file (`EOFError`). */
     onInput?: InputHandler;
 }
+/** How `followRun` follows an execution, beyond its callbacks. */
+export interface FollowOptions {
+    /**
+     * How many `input()` calls the server answers itself, from the execute request's `stdin`.
+     * Their `input` events still come, as a record of the prompts: answering them again would
+     * be refused (`404 unknown_input`), so the first this many are not answered.
+     */
+    answeredByServer?: number;
+    /** The run's own signal: its abort tells the input handlers still waiting. */
+    signal?: AbortSignal;
+}
 /**
  * Follows `events` to the terminal event and returns the `Run`. `answer` sends the reply to
  * an `input` event. A stream that ends without a terminal event is an `ApiError`
  * `stream_ended`.
+ *
+ * An input handler is not awaited before the next event is read: the execution can end
+ * while it waits (a cancel, a timeout), and the handler is told so through its signal. An
+ * input handler that throws, or an answer the server refuses, fails the run at once.
  */
-export declare function followRun(executionId: string, events: AsyncIterable<ExecutionEvent>, callbacks: RunCallbacks, answer: (inputId: string, text: string | null) => Promise<void>): Promise<Run>;
+export declare function followRun(executionId: string, events: AsyncIterable<ExecutionEvent>, callbacks: RunCallbacks, answer: (inputId: string, text: string | null) => Promise<void>, options?: FollowOptions): Promise<Run>;
 export declare function isTerminal(event: ExecutionEvent): boolean;
 /**
  * A random UUID (v4). `crypto.randomUUID` exists only in secure contexts (https, localhost),

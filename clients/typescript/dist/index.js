@@ -6,5 +6,5 @@
 export { ApiError, ExecutionError } from "./errors.js";
 export { Display, Result, Run, } from "./events.js";
 export { Client, Session, } from "./client.js";
-export { SessionSocket } from "./socket.js";
+export { MAX_QUEUED_EVENTS, SessionSocket } from "./socket.js";
 export { MAX_SSE_LINE } from "./sse.js";

@@ -27,7 +27,20 @@ export interface SocketRunOptions extends RunCallbacks {
     timeout?: number;
     executionId?: string;
     transactionPolicy?: "commit_always" | "rollback_on_failure" | "rollback_always";
+    /**
+     * Aborting it cancels the execution (a `cancel` message); the run then resolves with the
+     * execution's error event, as with `Session.run`.
+     */
+    signal?: AbortSignal;
 }
+/**
+ * The most events of one execution the socket holds unread. A browser's WebSocket cannot
+ * stop reading, so a reader that falls this far behind (a `stream()` nobody iterates) would
+ * make the queue grow without end: instead the socket is closed, which loses nothing (the
+ * events already queued are still read, then `ApiError` `queue_full`; the server keeps the
+ * execution's events, to be read again with `GET .../executions/{id}?since=`).
+ */
+export declare const MAX_QUEUED_EVENTS = 1024;
 /** An open WebSocket to one session. */
 export declare class SessionSocket {
     #private;
@@ -37,9 +50,12 @@ export declare class SessionSocket {
     /** Runs `code` on the session and resolves with the `Run`, like `Session.run`. */
     run(code: string, options?: SocketRunOptions): Promise<Run>;
     /** The events of `code`'s execution as they come; answer `input` with `answerInput`. */
-    stream(code: string, options?: Omit<SocketRunOptions, keyof RunCallbacks>): AsyncGenerator<ExecutionEvent>;
+    stream(code: string, options?: Omit<SocketRunOptions, keyof RunCallbacks | "signal">): AsyncGenerator<ExecutionEvent>;
     answerInput(inputId: string, text: string | null): void;
-    /** Cancels an execution; resolves with the outcome (`cancelled`, `killed`, ...). */
+    /**
+     * Cancels an execution; resolves with the outcome (`cancelled`, `killed`, ...), or rejects
+     * with an `ApiError` when the server refuses the cancel (`rate_limited`, `bad_request`).
+     */
     cancel(executionId: string, graceTimeoutMs?: number): Promise<string>;
     close(): void;
 }

@@ -6,21 +6,43 @@
  */
 import { ApiError } from "./errors.js";
 import { followRun, isTerminal, newId, } from "./events.js";
+/**
+ * The most events of one execution the socket holds unread. A browser's WebSocket cannot
+ * stop reading, so a reader that falls this far behind (a `stream()` nobody iterates) would
+ * make the queue grow without end: instead the socket is closed, which loses nothing (the
+ * events already queued are still read, then `ApiError` `queue_full`; the server keeps the
+ * execution's events, to be read again with `GET .../executions/{id}?since=`).
+ */
+export const MAX_QUEUED_EVENTS = 1024;
 /** The events of one execution followed on the socket, queued until they are read. */
 class EventQueue {
     #events = [];
     #wake = null;
     #failure = null;
+    #stopped = false;
+    /** Queues `event`; false when the queue is full (the event is not queued). */
     push(event) {
+        if (this.#events.length >= MAX_QUEUED_EVENTS) {
+            return false;
+        }
         this.#events.push(event);
         this.#wake?.();
+        return true;
     }
     fail(error) {
         this.#failure = error;
         this.#wake?.();
     }
+    /** Ends `drain` at once, even while it waits for an event: its reader has gone. */
+    stop() {
+        this.#stopped = true;
+        this.#wake?.();
+    }
     async *drain() {
         for (;;) {
+            if (this.#stopped) {
+                return;
+            }
             const event = this.#events.shift();
             if (event !== undefined) {
                 yield event;
@@ -44,6 +66,7 @@ const OPEN = 1;
 export class SessionSocket {
     #ws;
     #executions = new Map();
+    /** The cancels waiting for their reply, by the request's `id`. */
     #cancels = new Map();
     #closed = null;
     constructor(ws) {
@@ -72,9 +95,21 @@ export class SessionSocket {
     /** Runs `code` on the session and resolves with the `Run`, like `Session.run`. */
     async run(code, options = {}) {
         const executionId = options.executionId ?? newId();
-        return followRun(executionId, this.stream(code, { ...options, executionId }), options, async (inputId, text) => {
-            this.#send({ type: "input_response", input_id: inputId, data: text });
-        });
+        const events = this.stream(code, { ...options, executionId });
+        // The execute message is sent: a cancel sent after it finds the execution.
+        const cancelOnAbort = () => {
+            this.cancel(executionId).catch(() => undefined); // the error event tells the outcome
+        };
+        options.signal?.addEventListener("abort", cancelOnAbort, { once: true });
+        try {
+            if (options.signal?.aborted) {
+                cancelOnAbort();
+            }
+            return await followRun(executionId, events, options, async (inputId, text) => this.answerInput(inputId, text), { signal: options.signal });
+        }
+        finally {
+            options.signal?.removeEventListener("abort", cancelOnAbort);
+        }
     }
     /** The events of `code`'s execution as they come; answer `input` with `answerInput`. */
     stream(code, options = {}) {
@@ -91,7 +126,7 @@ export class SessionSocket {
             message.transaction_policy = options.transactionPolicy;
         this.#send(message);
         const executions = this.#executions;
-        return (async function* () {
+        const events = (async function* () {
             try {
                 yield* queue.drain();
             }
@@ -99,22 +134,43 @@ export class SessionSocket {
                 executions.delete(executionId);
             }
         })();
+        // An async generator's `return` waits for a `next` still pending, which may be forever
+        // (the code waits in input()): stopping the queue first ends that wait.
+        return {
+            next: () => events.next(),
+            return: () => {
+                queue.stop();
+                return events.return(undefined);
+            },
+            throw: (error) => {
+                queue.stop();
+                return events.throw(error);
+            },
+            [Symbol.asyncIterator]() {
+                return this;
+            },
+        };
     }
     answerInput(inputId, text) {
         this.#send({ type: "input_response", input_id: inputId, data: text });
     }
-    /** Cancels an execution; resolves with the outcome (`cancelled`, `killed`, ...). */
+    /**
+     * Cancels an execution; resolves with the outcome (`cancelled`, `killed`, ...), or rejects
+     * with an `ApiError` when the server refuses the cancel (`rate_limited`, `bad_request`).
+     */
     cancel(executionId, graceTimeoutMs) {
         return new Promise((resolve, reject) => {
             if (this.#closed !== null) {
                 reject(this.#closed);
                 return;
             }
-            this.#cancels.set(executionId, { resolve, reject });
-            const message = { type: "cancel", execution_id: executionId };
+            // The request's own id: an error about it names it in `in_reply_to`.
+            const requestId = newId();
+            const message = { type: "cancel", id: requestId, execution_id: executionId };
             if (graceTimeoutMs !== undefined)
                 message.grace_timeout_ms = graceTimeoutMs;
             this.#send(message);
+            this.#cancels.set(requestId, { executionId, resolve, reject });
         });
     }
     close() {
@@ -137,20 +193,56 @@ export class SessionSocket {
         catch {
             return; // the server sends JSON only; nothing to route
         }
+        if (this.#closed !== null) {
+            return; // closed by this client (a full queue): nobody to give it to
+        }
         if (message.type === "cancel_reply") {
-            const executionId = String(message.execution_id);
-            this.#cancels.get(executionId)?.resolve(String(message.outcome));
-            this.#cancels.delete(executionId);
+            this.#settleCancel(message, (pending) => pending.resolve(String(message.outcome)));
+            return;
+        }
+        // A refused cancel: an error about the request, `in_reply_to` its id.
+        if (message.type === "error" && typeof message.in_reply_to === "string" && this.#cancels.has(message.in_reply_to)) {
+            const retryAfter = typeof message.retry_after === "number" ? message.retry_after : null;
+            const code = message.exception_type === "RateLimited" ? "rate_limited" : "bad_request";
+            const error = new ApiError(0, code, `cancel refused: ${String(message.exception_message)}`, retryAfter);
+            this.#settleCancel(message, (pending) => pending.reject(error));
             return;
         }
         // A refused `execute` is an error about the message: `in_reply_to` names the execution.
         const executionId = (message.execution_id ?? message.in_reply_to);
         const queue = executionId === undefined ? undefined : this.#executions.get(executionId);
-        if (queue !== undefined) {
-            queue.push(message);
+        if (queue !== undefined && !queue.push(message)) {
+            this.#fail(new ApiError(0, "queue_full", `${MAX_QUEUED_EVENTS} events of execution ${executionId} were not read: the WebSocket was closed ` +
+                `(the server keeps the execution's events: GET .../executions/${executionId}?since=<last seq read>)`));
+            this.#ws.close(4000, "event queue full");
         }
     }
+    /**
+     * Settles the cancel a reply answers: the one its `in_reply_to` names, else (a
+     * `cancel_reply` names only the execution) the oldest cancel of its execution.
+     */
+    #settleCancel(message, settle) {
+        let requestId = typeof message.in_reply_to === "string" ? message.in_reply_to : undefined;
+        if (requestId === undefined || !this.#cancels.has(requestId)) {
+            requestId = undefined;
+            for (const [id, pending] of this.#cancels) {
+                if (pending.executionId === message.execution_id) {
+                    requestId = id;
+                    break;
+                }
+            }
+        }
+        const pending = requestId === undefined ? undefined : this.#cancels.get(requestId);
+        if (requestId !== undefined && pending !== undefined) {
+            this.#cancels.delete(requestId);
+            settle(pending);
+        }
+    }
+    /** Fails every run and cancel under way; the first failure is the one they all see. */
     #fail(error) {
+        if (this.#closed !== null) {
+            return;
+        }
         this.#closed = error;
         for (const queue of this.#executions.values()) {
             queue.fail(error);

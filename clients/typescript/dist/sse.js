@@ -29,7 +29,26 @@ export async function* sseData(body) {
         else if (text === "" && data.length > 0) {
             const payload = data.join("\n");
             data = [];
-            yield JSON.parse(payload);
+            yield parse(payload);
+        }
+    }
+    // The server sends each event as one line of JSON: one that does not parse is the start
+    // of an event whose end never came (the stream was cut), or not this API's stream.
+    function parse(payload) {
+        try {
+            return JSON.parse(payload);
+        }
+        catch {
+            throw new ApiError(0, "stream_ended", `an event of the stream is not whole JSON (${payload.length} characters): the stream was cut inside it?`);
+        }
+    }
+    // A read that fails is a connection cut on the way (fetch's own TypeError, "terminated").
+    async function read() {
+        try {
+            return await reader.read();
+        }
+        catch (error) {
+            throw new ApiError(0, "stream_ended", `the event stream was cut: ${error}`);
         }
     }
     // The lines that `text` ends; what follows its last newline waits for the next chunk.
@@ -53,7 +72,7 @@ export async function* sseData(body) {
     }
     try {
         for (;;) {
-            const { value, done } = await reader.read();
+            const { value, done } = await read();
             if (done) {
                 break;
             }

@@ -223,7 +223,10 @@ export class Session {
       if (options.signal?.aborted) {
         cancelOnAbort();
       }
-      return await followRun(executionId, events, options, (inputId, text) => this.answerInput(inputId, text));
+      return await followRun(executionId, events, options, (inputId, text) => this.answerInput(inputId, text), {
+        answeredByServer: options.stdin?.length ?? 0,
+        signal: options.signal,
+      });
     } finally {
       options.signal?.removeEventListener("abort", cancelOnAbort);
     }
@@ -256,13 +259,23 @@ export class Session {
     if (stream === null) {
       throw new ApiError(0, "stream_ended", "the execute answer has no body");
     }
-    return (async function* () {
-      try {
-        yield* sseData(stream) as AsyncGenerator<ExecutionEvent>;
-      } finally {
+    const events = sseData(stream) as AsyncGenerator<ExecutionEvent>;
+    // An async generator's `return` waits for a `next` still pending, which on a quiet stream
+    // (the code waits in input()) may be forever: dropping the request first ends that read.
+    return {
+      next: () => events.next(),
+      return: (value?: unknown) => {
         drop.abort();
-      }
-    })();
+        return events.return(value);
+      },
+      throw: (error?: unknown) => {
+        drop.abort();
+        return events.throw(error);
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    } as AsyncGenerator<ExecutionEvent>;
   }
 
   /** Answers a pending `input()`: `text` without its newline, or null for end of file. */

@@ -155,10 +155,16 @@ export class Run {
   }
 }
 
-/** Answers an `input()`: the text without its newline, or null for end of file. */
+/**
+ * Answers an `input()`: the text without its newline, or null for end of file. `signal` is
+ * aborted when nobody waits for the answer any more: the execution ended (cancelled, timed
+ * out, stopped) or the run's own signal aborted. A handler that waits for a person should
+ * stop asking then; what it returns (or throws) after that is ignored.
+ */
 export type InputHandler = (
   prompt: string,
   password: boolean,
+  signal: AbortSignal,
 ) => string | null | Promise<string | null>;
 
 /** The callbacks of a run, called as its events come. */
@@ -171,44 +177,138 @@ export interface RunCallbacks {
   onInput?: InputHandler;
 }
 
+/** How `followRun` follows an execution, beyond its callbacks. */
+export interface FollowOptions {
+  /**
+   * How many `input()` calls the server answers itself, from the execute request's `stdin`.
+   * Their `input` events still come, as a record of the prompts: answering them again would
+   * be refused (`404 unknown_input`), so the first this many are not answered.
+   */
+  answeredByServer?: number;
+  /** The run's own signal: its abort tells the input handlers still waiting. */
+  signal?: AbortSignal;
+}
+
 /**
  * Follows `events` to the terminal event and returns the `Run`. `answer` sends the reply to
  * an `input` event. A stream that ends without a terminal event is an `ApiError`
  * `stream_ended`.
+ *
+ * An input handler is not awaited before the next event is read: the execution can end
+ * while it waits (a cancel, a timeout), and the handler is told so through its signal. An
+ * input handler that throws, or an answer the server refuses, fails the run at once.
  */
 export async function followRun(
   executionId: string,
   events: AsyncIterable<ExecutionEvent>,
   callbacks: RunCallbacks,
   answer: (inputId: string, text: string | null) => Promise<void>,
+  options: FollowOptions = {},
 ): Promise<Run> {
   const run = new Run(executionId);
-  for await (const event of events) {
-    run.events.push(event);
-    callbacks.onEvent?.(event);
-    switch (event.type) {
-      case "output":
-        run.outputs.push({ stream: event.stream, text: event.data });
-        callbacks.onOutput?.(event.stream, event.data, event);
-        break;
-      case "display": {
-        const display = new Display(event);
-        run.displays.push(display);
-        callbacks.onDisplay?.(display, event);
-        break;
-      }
-      case "input": {
-        const text = callbacks.onInput ? await callbacks.onInput(event.prompt ?? "", Boolean(event.password)) : null;
-        await answer(event.id, text ?? null);
-        break;
-      }
-      case "result":
-        run.result = new Result(event);
-        break;
-      case "error":
-        run.error = event;
-        break;
+  let answeredByServer = options.answeredByServer ?? 0;
+  // Aborted when the execution ends or the run's signal aborts: the input handlers' signal.
+  const ended = new AbortController();
+  const runAborted = () => ended.abort(options.signal?.reason);
+  options.signal?.addEventListener("abort", runAborted, { once: true });
+  if (options.signal?.aborted) {
+    runAborted();
+  }
+  const iterator = events[Symbol.asyncIterator]();
+  // An input answered in the background that failed, which fails the run: the stream is
+  // dropped at once, which ends the read the loop waits in (the transports' streams end a
+  // pending read on `return`), and the loop then throws this.
+  let failure: { error: unknown } | null = null;
+  const fail = (error: unknown) => {
+    if (failure === null) {
+      failure = { error };
+      iterator.return?.().catch(() => undefined);
     }
+  };
+  const answerInput = async (event: InputEvent): Promise<void> => {
+    const signal = ended.signal;
+    if (signal.aborted) {
+      return; // the run's signal aborted before this input came: the execution is cancelled
+    }
+    let text: string | null = null;
+    if (callbacks.onInput) {
+      try {
+        text = await callbacks.onInput(event.prompt ?? "", Boolean(event.password), signal);
+      } catch (error) {
+        if (signal.aborted) {
+          return; // a handler that gave up when told to
+        }
+        throw error;
+      }
+    }
+    if (signal.aborted) {
+      return; // the execution ended or is being cancelled: nobody waits for this answer
+    }
+    try {
+      await answer(event.id, text ?? null);
+    } catch (error) {
+      if (signal.aborted || isNoLongerPending(error)) {
+        return; // the execution ended while the answer was on its way
+      }
+      throw error;
+    }
+  };
+  try {
+    for (;;) {
+      let next: IteratorResult<ExecutionEvent>;
+      try {
+        next = await iterator.next();
+      } catch (error) {
+        if (failure !== null) {
+          break; // the read that `fail` ended
+        }
+        throw error;
+      }
+      if (next.done || failure !== null) {
+        break;
+      }
+      const event = next.value;
+      run.events.push(event);
+      callbacks.onEvent?.(event);
+      switch (event.type) {
+        case "output":
+          run.outputs.push({ stream: event.stream, text: event.data });
+          callbacks.onOutput?.(event.stream, event.data, event);
+          break;
+        case "display": {
+          const display = new Display(event);
+          run.displays.push(display);
+          callbacks.onDisplay?.(display, event);
+          break;
+        }
+        case "input":
+          if (answeredByServer > 0) {
+            answeredByServer -= 1; // answered from `stdin` already: only a record
+            break;
+          }
+          answerInput(event).catch(fail);
+          break;
+        case "result":
+          run.result = new Result(event);
+          break;
+        case "error":
+          run.error = event;
+          break;
+      }
+      if (isTerminal(event)) {
+        ended.abort(); // the stream ends next: the input handlers still waiting are told now
+      }
+    }
+  } finally {
+    ended.abort();
+    options.signal?.removeEventListener("abort", runAborted);
+    // Drops the rest of the stream when the loop left early; not awaited, as a read may be
+    // pending on it (the transports' streams end that read at once).
+    iterator.return?.().catch(() => undefined);
+  }
+  if (failure !== null) {
+    // (Set by `fail`, in a closure: TypeScript's narrowing takes it for null still.)
+    throw (failure as { error: unknown }).error;
   }
   if (run.result === null && run.error === null) {
     throw new ApiError(
@@ -218,6 +318,17 @@ export async function followRun(
     );
   }
   return run;
+}
+
+/**
+ * An answer refused because its input is no longer pending: the execution ended (`404
+ * unknown_input`), or its worker is going away (`409`, `503`) and the execution with it.
+ */
+function isNoLongerPending(error: unknown): boolean {
+  return (
+    error instanceof ApiError &&
+    ((error.status === 404 && error.code === "unknown_input") || error.status === 409 || error.status === 503)
+  );
 }
 
 export function isTerminal(event: ExecutionEvent): boolean {

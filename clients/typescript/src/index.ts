@@ -33,5 +33,5 @@ export {
   type RunOptions,
   type SessionInfo,
 } from "./client.js";
-export { SessionSocket, type SocketRunOptions, type WebSocketConstructor, type WebSocketLike } from "./socket.js";
+export { MAX_QUEUED_EVENTS, SessionSocket, type SocketRunOptions, type WebSocketConstructor, type WebSocketLike } from "./socket.js";
 export { MAX_SSE_LINE } from "./sse.js";

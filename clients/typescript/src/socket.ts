@@ -35,17 +35,37 @@ export interface SocketRunOptions extends RunCallbacks {
   timeout?: number;
   executionId?: string;
   transactionPolicy?: "commit_always" | "rollback_on_failure" | "rollback_always";
+  /**
+   * Aborting it cancels the execution (a `cancel` message); the run then resolves with the
+   * execution's error event, as with `Session.run`.
+   */
+  signal?: AbortSignal;
 }
+
+/**
+ * The most events of one execution the socket holds unread. A browser's WebSocket cannot
+ * stop reading, so a reader that falls this far behind (a `stream()` nobody iterates) would
+ * make the queue grow without end: instead the socket is closed, which loses nothing (the
+ * events already queued are still read, then `ApiError` `queue_full`; the server keeps the
+ * execution's events, to be read again with `GET .../executions/{id}?since=`).
+ */
+export const MAX_QUEUED_EVENTS = 1024;
 
 /** The events of one execution followed on the socket, queued until they are read. */
 class EventQueue {
   readonly #events: ExecutionEvent[] = [];
   #wake: (() => void) | null = null;
   #failure: Error | null = null;
+  #stopped = false;
 
-  push(event: ExecutionEvent): void {
+  /** Queues `event`; false when the queue is full (the event is not queued). */
+  push(event: ExecutionEvent): boolean {
+    if (this.#events.length >= MAX_QUEUED_EVENTS) {
+      return false;
+    }
     this.#events.push(event);
     this.#wake?.();
+    return true;
   }
 
   fail(error: Error): void {
@@ -53,8 +73,17 @@ class EventQueue {
     this.#wake?.();
   }
 
+  /** Ends `drain` at once, even while it waits for an event: its reader has gone. */
+  stop(): void {
+    this.#stopped = true;
+    this.#wake?.();
+  }
+
   async *drain(): AsyncGenerator<ExecutionEvent> {
     for (;;) {
+      if (this.#stopped) {
+        return;
+      }
       const event = this.#events.shift();
       if (event !== undefined) {
         yield event;
@@ -80,7 +109,11 @@ const OPEN = 1;
 export class SessionSocket {
   readonly #ws: WebSocketLike;
   readonly #executions = new Map<string, EventQueue>();
-  readonly #cancels = new Map<string, { resolve: (outcome: string) => void; reject: (error: Error) => void }>();
+  /** The cancels waiting for their reply, by the request's `id`. */
+  readonly #cancels = new Map<
+    string,
+    { executionId: string; resolve: (outcome: string) => void; reject: (error: Error) => void }
+  >();
   #closed: ApiError | null = null;
 
   private constructor(ws: WebSocketLike) {
@@ -111,13 +144,33 @@ export class SessionSocket {
   /** Runs `code` on the session and resolves with the `Run`, like `Session.run`. */
   async run(code: string, options: SocketRunOptions = {}): Promise<Run> {
     const executionId = options.executionId ?? newId();
-    return followRun(executionId, this.stream(code, { ...options, executionId }), options, async (inputId, text) => {
-      this.#send({ type: "input_response", input_id: inputId, data: text });
-    });
+    const events = this.stream(code, { ...options, executionId });
+    // The execute message is sent: a cancel sent after it finds the execution.
+    const cancelOnAbort = () => {
+      this.cancel(executionId).catch(() => undefined); // the error event tells the outcome
+    };
+    options.signal?.addEventListener("abort", cancelOnAbort, { once: true });
+    try {
+      if (options.signal?.aborted) {
+        cancelOnAbort();
+      }
+      return await followRun(
+        executionId,
+        events,
+        options,
+        async (inputId, text) => this.answerInput(inputId, text),
+        { signal: options.signal },
+      );
+    } finally {
+      options.signal?.removeEventListener("abort", cancelOnAbort);
+    }
   }
 
   /** The events of `code`'s execution as they come; answer `input` with `answerInput`. */
-  stream(code: string, options: Omit<SocketRunOptions, keyof RunCallbacks> = {}): AsyncGenerator<ExecutionEvent> {
+  stream(
+    code: string,
+    options: Omit<SocketRunOptions, keyof RunCallbacks | "signal"> = {},
+  ): AsyncGenerator<ExecutionEvent> {
     const executionId = options.executionId ?? newId();
     if (this.#executions.has(executionId)) {
       throw new ApiError(0, "duplicate_execution_id", `execution ${executionId} is already followed on this socket`);
@@ -129,30 +182,51 @@ export class SessionSocket {
     if (options.transactionPolicy !== undefined) message.transaction_policy = options.transactionPolicy;
     this.#send(message);
     const executions = this.#executions;
-    return (async function* () {
+    const events = (async function* () {
       try {
         yield* queue.drain();
       } finally {
         executions.delete(executionId);
       }
     })();
+    // An async generator's `return` waits for a `next` still pending, which may be forever
+    // (the code waits in input()): stopping the queue first ends that wait.
+    return {
+      next: () => events.next(),
+      return: () => {
+        queue.stop();
+        return events.return(undefined);
+      },
+      throw: (error?: unknown) => {
+        queue.stop();
+        return events.throw(error);
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    } as AsyncGenerator<ExecutionEvent>;
   }
 
   answerInput(inputId: string, text: string | null): void {
     this.#send({ type: "input_response", input_id: inputId, data: text });
   }
 
-  /** Cancels an execution; resolves with the outcome (`cancelled`, `killed`, ...). */
+  /**
+   * Cancels an execution; resolves with the outcome (`cancelled`, `killed`, ...), or rejects
+   * with an `ApiError` when the server refuses the cancel (`rate_limited`, `bad_request`).
+   */
   cancel(executionId: string, graceTimeoutMs?: number): Promise<string> {
     return new Promise((resolve, reject) => {
       if (this.#closed !== null) {
         reject(this.#closed);
         return;
       }
-      this.#cancels.set(executionId, { resolve, reject });
-      const message: Record<string, unknown> = { type: "cancel", execution_id: executionId };
+      // The request's own id: an error about it names it in `in_reply_to`.
+      const requestId = newId();
+      const message: Record<string, unknown> = { type: "cancel", id: requestId, execution_id: executionId };
       if (graceTimeoutMs !== undefined) message.grace_timeout_ms = graceTimeoutMs;
       this.#send(message);
+      this.#cancels.set(requestId, { executionId, resolve, reject });
     });
   }
 
@@ -177,21 +251,67 @@ export class SessionSocket {
     } catch {
       return; // the server sends JSON only; nothing to route
     }
+    if (this.#closed !== null) {
+      return; // closed by this client (a full queue): nobody to give it to
+    }
     if (message.type === "cancel_reply") {
-      const executionId = String(message.execution_id);
-      this.#cancels.get(executionId)?.resolve(String(message.outcome));
-      this.#cancels.delete(executionId);
+      this.#settleCancel(message, (pending) => pending.resolve(String(message.outcome)));
+      return;
+    }
+    // A refused cancel: an error about the request, `in_reply_to` its id.
+    if (message.type === "error" && typeof message.in_reply_to === "string" && this.#cancels.has(message.in_reply_to)) {
+      const retryAfter = typeof message.retry_after === "number" ? message.retry_after : null;
+      const code = message.exception_type === "RateLimited" ? "rate_limited" : "bad_request";
+      const error = new ApiError(0, code, `cancel refused: ${String(message.exception_message)}`, retryAfter);
+      this.#settleCancel(message, (pending) => pending.reject(error));
       return;
     }
     // A refused `execute` is an error about the message: `in_reply_to` names the execution.
     const executionId = (message.execution_id ?? message.in_reply_to) as string | undefined;
     const queue = executionId === undefined ? undefined : this.#executions.get(executionId);
-    if (queue !== undefined) {
-      queue.push(message as unknown as ExecutionEvent | ExecutionErrorEvent);
+    if (queue !== undefined && !queue.push(message as unknown as ExecutionEvent | ExecutionErrorEvent)) {
+      this.#fail(
+        new ApiError(
+          0,
+          "queue_full",
+          `${MAX_QUEUED_EVENTS} events of execution ${executionId} were not read: the WebSocket was closed ` +
+            `(the server keeps the execution's events: GET .../executions/${executionId}?since=<last seq read>)`,
+        ),
+      );
+      this.#ws.close(4000, "event queue full");
     }
   }
 
+  /**
+   * Settles the cancel a reply answers: the one its `in_reply_to` names, else (a
+   * `cancel_reply` names only the execution) the oldest cancel of its execution.
+   */
+  #settleCancel(
+    message: Record<string, unknown>,
+    settle: (pending: { resolve: (outcome: string) => void; reject: (error: Error) => void }) => void,
+  ): void {
+    let requestId = typeof message.in_reply_to === "string" ? message.in_reply_to : undefined;
+    if (requestId === undefined || !this.#cancels.has(requestId)) {
+      requestId = undefined;
+      for (const [id, pending] of this.#cancels) {
+        if (pending.executionId === message.execution_id) {
+          requestId = id;
+          break;
+        }
+      }
+    }
+    const pending = requestId === undefined ? undefined : this.#cancels.get(requestId);
+    if (requestId !== undefined && pending !== undefined) {
+      this.#cancels.delete(requestId);
+      settle(pending);
+    }
+  }
+
+  /** Fails every run and cancel under way; the first failure is the one they all see. */
   #fail(error: ApiError): void {
+    if (this.#closed !== null) {
+      return;
+    }
     this.#closed = error;
     for (const queue of this.#executions.values()) {
       queue.fail(error);

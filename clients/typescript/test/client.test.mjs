@@ -72,6 +72,60 @@ describe("a session", () => {
     assert.equal(eof.error.exception_type, "EOFError");
   });
 
+  test("stdin answers the first input() calls and the input handler only the rest", async () => {
+    // The server answers from stdin itself and still sends those input events, as a record:
+    // answering them again was a 404 unknown_input that failed the run.
+    const asked = [];
+    const run = await session.run("a = input('a? ')\nb = input('b? ')\na + b", {
+      stdin: ["one"],
+      onInput: (prompt) => {
+        asked.push(prompt);
+        return "two";
+      },
+    });
+    assert.equal(run.error, null, JSON.stringify(run.error));
+    assert.equal(run.result.value, "onetwo");
+    assert.deepEqual(asked, ["b? "]);
+    assert.deepEqual(run.events.filter((e) => e.type === "input").map((e) => e.prompt), ["a? ", "b? "]);
+  });
+
+  test("an input handler still waiting is told through its signal when the execution ends", async () => {
+    // The handler answers only when told that nobody waits any more, as a prompt for a
+    // person would: the run must not wait for it, and its late answer is not sent.
+    let handlerSignal;
+    const run = await session.run("input('never answered? ')", {
+      timeout: 1,
+      onInput: (prompt, password, signal) => {
+        handlerSignal = signal;
+        return new Promise((resolve) => signal.addEventListener("abort", () => resolve("too late"), { once: true }));
+      },
+    });
+    assert.equal(run.error?.exception_type, "ExecutionTimeout", JSON.stringify(run.error));
+    assert.ok(handlerSignal instanceof AbortSignal);
+    assert.equal(handlerSignal.aborted, true);
+    // The session goes on: the late answer was not taken for the next input().
+    const next = await session.run("input('again? ')", { onInput: () => "fresh" });
+    assert.equal(next.result.value, "fresh");
+  });
+
+  test("an input handler that throws fails the run at once, while the code still waits", async () => {
+    // A session of its own: the dropped execution waits in input() until the server's
+    // reconnect grace ends it, and would hold up the next runs of a shared session.
+    const other = await client.createSession();
+    try {
+      await assert.rejects(
+        other.run("input('x? ')", {
+          onInput: () => {
+            throw new Error("no answer here");
+          },
+        }),
+        /no answer here/,
+      );
+    } finally {
+      await other.close();
+    }
+  });
+
   test("a display of an object with _repr_html_ arrives with its formats", async () => {
     const displays = [];
     const run = await session.run(
@@ -168,6 +222,32 @@ describe("a session", () => {
       });
       assert.equal(await outcome, "cancelled");
       assert.equal(loop.error.exception_type, "KeyboardInterrupt");
+    } finally {
+      socket.close();
+    }
+  });
+});
+
+describe("a session's WebSocket", () => {
+  const client = new Client(URL, TOKEN, { WebSocket });
+  let session;
+  before(async () => {
+    session = await client.createSession();
+  });
+  after(async () => {
+    await session.close();
+  });
+
+  test("aborting a socket run's signal cancels the execution", async () => {
+    const socket = await session.connect();
+    try {
+      const controller = new AbortController();
+      const run = await socket.run("while True:\n    print('tick', flush=True)\n    sum(range(100000))", {
+        signal: controller.signal,
+        onOutput: () => controller.abort(),
+      });
+      assert.equal(run.error.exception_type, "KeyboardInterrupt");
+      assert.equal((await socket.run("'still here'")).result.value, "still here");
     } finally {
       socket.close();
     }

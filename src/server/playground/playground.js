@@ -10,6 +10,7 @@ const tokenInput = $("token");
 const codeInput = $("code");
 const runButton = $("run");
 const cancelButton = $("cancel");
+const newSessionButton = $("new-session");
 const output = $("output");
 const status = $("status");
 const variables = $("variables").querySelector("tbody");
@@ -124,8 +125,9 @@ function renderBundle(data) {
 }
 
 /**
- * Shows an input() prompt in the output; resolves with what the user submits, or with null
- * (end of file) when the run is cancelled meanwhile.
+ * Shows an input() prompt in the output; resolves with what the user submits. `signal` (the
+ * client's) aborts when nobody waits for the answer any more (the run was cancelled or timed
+ * out, or ended): the prompt is then closed, and what it resolves with is not sent.
  */
 function askInput(prompt, password, signal) {
   return new Promise((resolve) => {
@@ -145,12 +147,19 @@ function askInput(prompt, password, signal) {
       }));
       resolve(field.value);
     });
-    signal.addEventListener("abort", () => {
-      form.remove();
+    const close = () => {
+      // Kept in the output, closed: the prompt stays readable beside the run's error.
+      field.disabled = true;
+      form.classList.add("closed");
       resolve(null);
-    }, { once: true });
+    };
     append(form);
-    field.focus();
+    if (signal.aborted) {
+      close();
+    } else {
+      signal.addEventListener("abort", close, { once: true });
+      field.focus();
+    }
   });
 }
 
@@ -170,15 +179,23 @@ async function showVariables(session) {
 }
 
 async function run() {
-  if (running !== null) return;
+  // Disabled also while "New session" replaces the session (Ctrl+Enter comes here anyway).
+  if (running !== null || runButton.disabled) return;
   running = new AbortController();
   const { signal } = running;
   runButton.disabled = true;
   cancelButton.disabled = false;
+  newSessionButton.disabled = true; // the run's session stays the tab's session until it ends
   clearOutput();
   const shown = new Map(); // display_id → element, for updates in place
   try {
     const session = await currentSession();
+    if (signal.aborted) {
+      // Cancel came while the session was being found or made: the code is not run at all.
+      appendText("cancelled before the run started\n", "note");
+      status.textContent = `session ${session.id.slice(0, 8)}`;
+      return;
+    }
     status.textContent = `session ${session.id.slice(0, 8)}: running`;
     const result = await session.run(codeInput.value, {
       signal,
@@ -190,7 +207,7 @@ async function run() {
         else append(element);
         if (display.displayId !== null) shown.set(display.displayId, element);
       },
-      onInput: (prompt, password) => askInput(prompt, password, signal),
+      onInput: (prompt, password, inputSignal) => askInput(prompt, password, inputSignal),
     });
     if (result.error !== null) {
       appendText(result.error.traceback || `${result.error.exception_type}: ${result.error.exception_message}\n`, "error");
@@ -208,6 +225,7 @@ async function run() {
     running = null;
     runButton.disabled = false;
     cancelButton.disabled = true;
+    newSessionButton.disabled = false;
   }
 }
 
@@ -219,13 +237,28 @@ codeInput.addEventListener("keydown", (event) => {
     run();
   }
 });
-$("new-session").addEventListener("click", async () => {
+newSessionButton.addEventListener("click", async () => {
+  if (running !== null) return; // the button is disabled while a run is under way
+  // Nothing may run while the old session is closed and the new one made: a run started
+  // meanwhile would find no session in storage and make one more.
+  newSessionButton.disabled = true;
+  runButton.disabled = true;
   try {
+    const old = sessionStorage.getItem(SESSION_KEY);
     sessionStorage.removeItem(SESSION_KEY);
+    if (old !== null) {
+      // Closed rather than left to the idle timeout: it holds a worker until then.
+      await client().session(old).close().catch((e) => {
+        if (!(e instanceof ApiError && e.status === 404)) throw e; // gone already
+      });
+    }
     await newSession();
     variables.replaceChildren();
     clearOutput();
   } catch (e) {
-    appendText(`${e}\n`, "error");
+    appendText(e instanceof ApiError ? `${e.status} ${e.code}: ${e.message}\n` : `${e}\n`, "error");
+  } finally {
+    newSessionButton.disabled = false;
+    runButton.disabled = false;
   }
 });
