@@ -80,6 +80,7 @@ async fn websocket_runs_queued_executions_in_order_with_input_and_cancel() {
         .find(|m| m["type"] == "cancel_reply")
         .expect("a cancel reply");
     assert_eq!(reply["outcome"], "cancelled");
+    assert_eq!(reply["in_reply_to"], "c1", "{reply}");
     ws_send(&mut ws, json!({"type": "no_such_type"})).await;
     assert_eq!(ws_next(&mut ws).await["exception_type"], "BadRequest");
     api.handle.shutdown().await.unwrap();

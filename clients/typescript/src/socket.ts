@@ -161,6 +161,11 @@ export class SessionSocket {
         async (inputId, text) => this.answerInput(inputId, text),
         { signal: options.signal },
       );
+    } catch (error) {
+      // Left early (a callback threw, the socket failed): the code is stopped now, not left
+      // running unread. An execution that already ended answers not_running.
+      cancelOnAbort();
+      throw error;
     } finally {
       options.signal?.removeEventListener("abort", cancelOnAbort);
     }
@@ -282,24 +287,12 @@ export class SessionSocket {
     }
   }
 
-  /**
-   * Settles the cancel a reply answers: the one its `in_reply_to` names, else (a
-   * `cancel_reply` names only the execution) the oldest cancel of its execution.
-   */
+  /** Settles the cancel a reply (or a refusal) answers: the one its `in_reply_to` names. */
   #settleCancel(
     message: Record<string, unknown>,
     settle: (pending: { resolve: (outcome: string) => void; reject: (error: Error) => void }) => void,
   ): void {
-    let requestId = typeof message.in_reply_to === "string" ? message.in_reply_to : undefined;
-    if (requestId === undefined || !this.#cancels.has(requestId)) {
-      requestId = undefined;
-      for (const [id, pending] of this.#cancels) {
-        if (pending.executionId === message.execution_id) {
-          requestId = id;
-          break;
-        }
-      }
-    }
+    const requestId = typeof message.in_reply_to === "string" ? message.in_reply_to : undefined;
     const pending = requestId === undefined ? undefined : this.#cancels.get(requestId);
     if (requestId !== undefined && pending !== undefined) {
       this.#cancels.delete(requestId);

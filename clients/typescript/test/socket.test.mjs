@@ -70,9 +70,14 @@ test("a cancel sends its own id; a refusal naming it rejects, a cancel_reply res
   });
   await assert.rejects(refused, (e) => e instanceof ApiError && e.code === "rate_limited" && e.retryAfter === 2);
 
-  const accepted = socket.cancel("e1");
-  ws.receive({ type: "cancel_reply", id: "s2", execution_id: "e1", outcome: "not_running" });
-  assert.equal(await accepted, "not_running");
+  // Two cancels of one execution: each reply settles the cancel it names.
+  const first = socket.cancel("e1");
+  const firstId = ws.sent.at(-1).id;
+  const second = socket.cancel("e1");
+  const secondId = ws.sent.at(-1).id;
+  ws.receive({ type: "cancel_reply", id: "s2", in_reply_to: secondId, execution_id: "e1", outcome: "cancelled" });
+  ws.receive({ type: "cancel_reply", id: "s3", in_reply_to: firstId, execution_id: "e1", outcome: "not_running" });
+  assert.deepEqual(await Promise.all([first, second]), ["not_running", "cancelled"]);
   socket.close();
 });
 
@@ -99,7 +104,7 @@ test("aborting a socket run's signal sends a cancel for its execution", async ()
   controller.abort();
   const cancel = ws.sent.at(-1);
   assert.deepEqual([cancel.type, cancel.execution_id], ["cancel", "loop"]);
-  ws.receive({ type: "cancel_reply", id: "s1", execution_id: "loop", outcome: "cancelled" });
+  ws.receive({ type: "cancel_reply", id: "s1", in_reply_to: cancel.id, execution_id: "loop", outcome: "cancelled" });
   ws.receive({
     type: "error",
     id: "s2",

@@ -240,6 +240,9 @@ pub(super) async fn handle(
                     Ok(outcome) => json!({
                         "type": format!("{}_reply", if is_cancel { "cancel" } else { "interrupt" }),
                         "id": uuid::Uuid::new_v4().to_string(),
+                        // The request's own id, when it had one: a client with two cancels
+                        // of one execution in flight tells their replies apart.
+                        "in_reply_to": reply_to,
                         "execution_id": execution_id,
                         "outcome": outcome,
                     }),
