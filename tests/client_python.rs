@@ -12,7 +12,13 @@ fn the_python_clients_tests_pass_against_a_real_server() {
     // A small per-file limit, for the test of an upload refused while it is being sent.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("serve.toml");
-    std::fs::write(&cfg, "[files]\nmax_file_bytes = 4194304\n").unwrap();
+    // And a reconnect grace far beyond the tests' own deadlines: an execution the client
+    // left running when it should have cancelled it holds its session up, and the test says so.
+    std::fs::write(
+        &cfg,
+        "reconnect_grace_secs = 600.0\n[files]\nmax_file_bytes = 4194304\n",
+    )
+    .unwrap();
     let (mut server, base) = spawn_server(&["--min-idle", "1", "--config", cfg.to_str().unwrap()]);
     let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
     let mut tests = common::Watched::spawn(

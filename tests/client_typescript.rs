@@ -19,7 +19,12 @@ const SUITE_DEADLINE: Duration = Duration::from_secs(180);
 fn the_typescript_clients_tests_pass_against_a_real_server() {
     let client = repo_dir("clients/typescript");
     npm_ci(&client);
-    let (mut server, base) = spawn_server(&["--min-idle", "1"]);
+    // A reconnect grace far beyond the tests' own deadlines: an execution the client left
+    // running when it should have cancelled it holds its session up, and the test says so.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "reconnect_grace_secs = 600.0\n").unwrap();
+    let (mut server, base) = spawn_server(&["--min-idle", "1", "--config", cfg.to_str().unwrap()]);
     let (status, stdout, stderr) = run(
         Command::new("node")
             .args(["--test", "--test-reporter=spec", "test/"])

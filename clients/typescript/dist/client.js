@@ -125,6 +125,12 @@ export class Session {
                 signal: options.signal,
             });
         }
+        catch (error) {
+            // Left early (a callback or the input handler threw, the stream was cut): the code is
+            // stopped now rather than left running until the server's reconnect grace runs out.
+            cancelOnAbort();
+            throw error;
+        }
         finally {
             options.signal?.removeEventListener("abort", cancelOnAbort);
         }

@@ -108,9 +108,9 @@ describe("a session", () => {
     assert.equal(next.result.value, "fresh");
   });
 
-  test("an input handler that throws fails the run at once, while the code still waits", async () => {
-    // A session of its own: the dropped execution waits in input() until the server's
-    // reconnect grace ends it, and would hold up the next runs of a shared session.
+  test("an input handler that throws fails the run at once, and the run cancels its code", async () => {
+    // A session of its own: were the execution left waiting in input(), it would hold up the
+    // next runs until the server's reconnect grace (10 minutes in this test server).
     const other = await client.createSession();
     try {
       await assert.rejects(
@@ -121,6 +121,8 @@ describe("a session", () => {
         }),
         /no answer here/,
       );
+      const next = await other.run("'next'", { signal: AbortSignal.timeout(60_000) });
+      assert.equal(next.result?.value, "next", JSON.stringify(next.error));
     } finally {
       await other.close();
     }
