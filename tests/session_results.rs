@@ -96,6 +96,30 @@ async fn exceptions_system_exit_and_syntax_errors_keep_the_session() {
     s.shutdown().await.unwrap();
 }
 
+/// A very deep traceback is formatted from its innermost frames only (where the error is),
+/// saying how many were left out: formatting every frame of deep recursion takes minutes.
+#[tokio::test]
+async fn a_very_deep_traceback_shows_its_innermost_frames() {
+    let s = start().await;
+    let code = "import sys\nsys.setrecursionlimit(50_000)\n\
+                def down(n):\n    return down(n - 1) if n else 1 / 0\ndown(20_000)";
+    let out = run(&s, code).await;
+    assert_eq!(out.error_type(), Some("ZeroDivisionError"));
+    let Event::Error { traceback, .. } = &out.terminal else {
+        panic!("{out:?}")
+    };
+    assert!(
+        traceback.starts_with("[only the innermost 1000 of 20002 frames are shown]\n"),
+        "{}",
+        &traceback[..200.min(traceback.len())]
+    );
+    assert!(
+        traceback.ends_with("ZeroDivisionError: division by zero\n"),
+        "{traceback}"
+    );
+    s.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn user_code_sees_an_interactive_interpreters_argv_and_path() {
     let s = start().await;

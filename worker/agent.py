@@ -35,6 +35,9 @@ _CANCELLED = "execution cancelled by the client"
 _TIMED_OUT = "execution interrupted at its time limit"
 _OVERRAN = "interrupted: code reported finished ran past its time limit"
 TEXT_LIMIT = 1 << 20        # cap for repr/traceback/message/prompt text, in characters
+# Frames of a traceback formatted at most: the innermost ones, where the error is. Formatting
+# a million frames (deep recursion under a raised recursion limit) takes minutes.
+MAX_TRACEBACK_FRAMES = 1000
 VALUE_LIMIT = 1 << 20       # a result `value` whose JSON is larger is sent as null
 HISTORY_LIMIT = 1000        # results kept in Out / _n (IPython's default cache size)
 NAMESPACE_ENTRIES = 10000   # names in a namespace answer, at most
@@ -964,7 +967,13 @@ class Agent:
                 text = "".join(traceback.format_exception_only(type(exc), exc))
             else:
                 _trim_traceback_chain(exc)
-                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                depth = _depth(exc.__traceback__)
+                limit = -MAX_TRACEBACK_FRAMES if depth > MAX_TRACEBACK_FRAMES else None
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                                          limit=limit))
+                if limit is not None:
+                    text = ("[only the innermost %d of %d frames are shown]\n"
+                            % (MAX_TRACEBACK_FRAMES, depth)) + text
                 sys.last_type, sys.last_value, sys.last_exc = type(exc), exc, exc  # pdb.pm()
                 sys.last_traceback = exc.__traceback__
         except BaseException:
@@ -1051,6 +1060,14 @@ def _run_beside_the_session_loop(asyncio, session_loop):
     first = lambda args: args[0] if args else None  # noqa: E731  (the loop: `self`)
     base.run_until_complete = beside(base.run_until_complete, first)
     base.run_forever = beside(base.run_forever, first)
+
+
+def _depth(tb):
+    """The number of frames in traceback `tb` (a walk of its links: cheap even for a million)."""
+    depth = 0
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    return depth
 
 
 def _trim_traceback_chain(exc):
