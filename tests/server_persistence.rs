@@ -128,3 +128,59 @@ async fn sessions_come_back_within_their_tenants_session_limit() {
     assert_eq!(listed(base).await, 3, "the others were kept for later");
     drop(server);
 }
+
+/// A session running code at shutdown is not saved; without an autosave it had no saved
+/// state at all, so it comes back empty, and its info says so (no `restored_from`, the reason
+/// in `restore_failed`) rather than claim a restore.
+#[tokio::test]
+async fn a_session_busy_at_shutdown_without_a_saved_state_comes_back_saying_so() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.sqlite3");
+    let store = store.to_str().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "shutdown_grace_secs = 0.5\n").unwrap();
+    let args = [
+        "--min-idle",
+        "0",
+        "--store",
+        store,
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let http = Client::new();
+    let busy = {
+        let (mut server, base) = spawn_server(&args);
+        let busy = create_session_at(&http, &base).await;
+        let resp = http
+            .post(format!("{base}/v1/sessions/{busy}/execute"))
+            .bearer_auth(ALICE)
+            .header("accept", "text/event-stream")
+            .json(&json!({"code": "x = 1\nprint('spinning', flush=True)\nwhile True: pass"}))
+            .send()
+            .await
+            .unwrap();
+        let mut body = resp.bytes_stream();
+        let mut seen = String::new();
+        while !seen.contains("spinning") {
+            let chunk = common::guard(body.next()).await.unwrap().unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        assert!(server.wait().success());
+        busy
+    };
+    let (server, base) = spawn_server(&args);
+    let info = json_of(http.get(format!("{base}/v1/sessions/{busy}"))).await;
+    assert_eq!(info["id"], busy.as_str(), "{info}");
+    assert!(info["restored_from"].is_null(), "{info}");
+    assert_eq!(info["restore_failed"][0]["name"], "*", "{info}");
+    let reason = info["restore_failed"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("no saved state"), "{info}");
+    let answer = run(&http, &base, &busy, "'x' in globals()").await;
+    assert_eq!(answer["result"]["repr"], "False", "{answer}");
+    drop(server);
+}

@@ -213,6 +213,15 @@ impl Service {
                 })?;
             failed = report.failed;
             saved_at = Some(*at);
+        } else {
+            // Never saved (it was running code at every save, and had no autosave): it comes
+            // back with an empty namespace, and its info says why.
+            failed.push(crate::session::NotSaved {
+                name: "*".to_string(),
+                reason: "no saved state: the session was running code at shutdown and had no \
+                         autosave, so its namespace starts empty"
+                    .to_string(),
+            });
         }
         let Some(guard) = holder.0.take() else {
             return Err(super::ServiceError::from_session(
@@ -224,12 +233,7 @@ impl Service {
         let hosted = self.inner.add_session_as(
             tenant,
             guard,
-            Some((
-                record.id,
-                record.created_at,
-                saved_at.unwrap_or(record.created_at),
-                failed,
-            )),
+            Some((record.id, record.created_at, saved_at, failed)),
         );
         *crate::sync::lock_unpoisoned(&hosted.saved_at) = saved_at;
         Ok(())

@@ -37,7 +37,7 @@ pub(super) struct Hosted {
     /// that asking for one answers "expired" rather than "no such execution".
     pub expired: Mutex<VecDeque<String>>,
     /// Brought back after a restart: from the state saved when, and what of it failed.
-    pub restored: Option<(f64, Vec<crate::session::NotSaved>)>,
+    pub restored: Option<(Option<f64>, Vec<crate::session::NotSaved>)>,
     /// An autosave is under way / another is due when it ends (`persistence.rs`).
     pub autosaving: std::sync::atomic::AtomicBool,
     pub autosave_due: std::sync::atomic::AtomicBool,
@@ -258,7 +258,7 @@ impl SessionHandle {
         info.id = self.hosted.id.clone();
         info.saved_at = *lock(&self.hosted.saved_at);
         if let Some((saved_at, failed)) = &self.hosted.restored {
-            info.restored_from = Some(*saved_at);
+            info.restored_from = *saved_at;
             info.restore_failed = failed.clone();
         }
         Ok(info)
@@ -314,12 +314,12 @@ impl Inner {
     }
 
     /// [`Self::add_session`]; with `restored`, under the id, creation time and saved state's
-    /// time of a session brought back after a restart.
+    /// time (`None`: it had none) of a session brought back after a restart.
     pub(super) fn add_session_as(
         &self,
         tenant: &Arc<Tenant>,
         guard: PooledSession,
-        restored: Option<(String, f64, f64, Vec<crate::session::NotSaved>)>,
+        restored: Option<(String, f64, Option<f64>, Vec<crate::session::NotSaved>)>,
     ) -> Arc<Hosted> {
         let session: Session = (*guard).clone();
         let (id, created_at, restored) = match restored {
