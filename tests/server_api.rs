@@ -83,6 +83,21 @@ async fn api_answers_are_not_stored_by_caches() {
         .await
         .unwrap();
     assert_eq!(executed.headers()["cache-control"], "no-store");
+    let mcp = api
+        .http
+        .post(api.url("/mcp"))
+        .bearer_auth(ALICE)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mcp.status(), StatusCode::OK);
+    assert_eq!(mcp.headers()["cache-control"], "no-store", "/mcp");
     api.handle.shutdown().await.unwrap();
 }
 

@@ -248,12 +248,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<Service> {
 
 pub(crate) fn router(service: Service, max_body: usize) -> Router {
     let (api, document) = api_routes().split_for_parts();
-    // Answers hold a tenant's data (outputs, files, tickets): no cache on the way, nor the
-    // browser's, may keep them (an event stream's `no-cache` is replaced too).
-    let api = api.layer(SetResponseHeaderLayer::overriding(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    ));
+    let api = api.layer(no_store());
     super::openapi::with_docs(api, &super::openapi::finish(&document))
         // A page beside the API, not in the document.
         .merge(super::playground::routes())
@@ -273,6 +268,13 @@ pub(crate) fn router(service: Service, max_body: usize) -> Router {
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(service)
+}
+
+/// `Cache-Control: no-store` on every answer: they hold a tenant's data (outputs, files,
+/// tickets), which no cache on the way, nor the browser's, may keep (an event stream's
+/// `no-cache` is replaced too).
+pub(crate) fn no_store() -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 /// A single-use ticket that opens the session's WebSocket from a browser (`?ticket=`):

@@ -78,6 +78,7 @@ pub(crate) fn routes(service: Service, stop: CancellationToken, max_body: usize)
     Router::new()
         .route_service("/mcp", mcp)
         .layer(axum::middleware::from_fn_with_state(gate, authenticate))
+        .layer(super::http::no_store())
 }
 
 /// The caller of the request's bearer token, put in the request's extensions (the tools
