@@ -444,52 +444,63 @@ class AsyncSession:
         """`Session.run` for asyncio: the callbacks are called on the event loop (`on_input`
         may also be a coroutine function). Events are read on while `on_input` is pending,
         and if the execution ends before it answers (a timeout, a cancel), its coroutine is
-        cancelled (it sees `CancelledError`). If `on_input` raises, the `input()` gets end of
-        file and the run raises that error once the execution has ended. A caller that stops
+        cancelled (it sees `CancelledError`). If `on_input` raises, the execution is
+        cancelled and the run raises that error (as the sync run does). A caller that stops
         waiting (its task cancelled, e.g. by `asyncio.wait_for`) or any other early exit
         cancels the code too, instead of leaving it running unread."""
         follow = _Follow(execution_id or _new_execution_id(), stdin, on_output, on_display)
-        events = self.stream(code, timeout=timeout, stdin=stdin,
-                             execution_id=follow.run.execution_id,
-                             transaction_policy=transaction_policy)
+        # Opened before the `try`: a refused execute (a duplicate id, a full queue) has
+        # nothing of ours to cancel, and must not cancel another run with that id.
+        response = await asyncio.to_thread(
+            self._sync._open_stream, code, timeout=timeout, stdin=stdin,
+            execution_id=follow.run.execution_id, transaction_policy=transaction_policy)
+        events = _events_of(response)
         asking = None  # the task answering the pending input(), if any
+
+        def stop():  # ends the read the loop waits in: the input handler failed
+            _abort(response)
         try:
-            async for event in events:
-                asked = follow.take(event)
-                if asked is not None:
-                    # The code waits in one input() at a time, so one task at a time.
-                    asking = asyncio.ensure_future(self._ask(asked, on_input, follow))
+            try:
+                async for event in events:
+                    asked = follow.take(event)
+                    if asked is not None:
+                        # The code waits in one input() at a time, so one task at a time.
+                        asking = asyncio.ensure_future(self._ask(asked, on_input, follow, stop))
+            except Exception:
+                if follow.bad_answer is None:
+                    raise  # else the stream was ended by `stop`: the handler's error wins
         finally:
+            if not follow.ended:
+                # First, before any await: the loop may be on its way out. Fire and forget;
+                # an execution that ended meanwhile answers not_running, which nobody needs
+                # to hear.
+                threading.Thread(target=_cancel_quietly,
+                                 args=(self._sync, follow.run.execution_id),
+                                 name="pyrepl3-cancel", daemon=True).start()
             if asking is not None and not asking.done():
                 asking.cancel()  # the execution ended (or we left): nobody waits for it
                 await asyncio.gather(asking, return_exceptions=True)
             await events.aclose()
-            if not follow.ended:
-                # Fire and forget: the loop may be on its way out. An execution that ended
-                # meanwhile answers not_running, which nobody needs to hear.
-                threading.Thread(target=_cancel_quietly,
-                                 args=(self._sync, follow.run.execution_id),
-                                 name="pyrepl3-cancel", daemon=True).start()
         return follow.finish()
 
-    async def _ask(self, event, on_input, follow):
-        """Answers one `input` event with `on_input`'s answer (end of file without one, or
-        when it raises, the error kept for `finish`)."""
+    async def _ask(self, event, on_input, follow, stop):
+        """Answers one `input` event with `on_input`'s answer (end of file without one). If
+        `on_input` raises or answers something else than a str or None, or the answer
+        cannot be sent, the error is kept for the run to raise and `stop` ends the run,
+        which cancels the execution."""
         answer = None
-        if on_input is not None:
-            try:
+        try:
+            if on_input is not None:
                 answer = on_input(*_prompt_of(event))
                 if asyncio.iscoroutine(answer):
                     answer = await answer
-            except Exception as e:  # raised by the run once the code has ended
-                follow.fail(e)
-                answer = None
-        try:
-            await asyncio.to_thread(_answer_if_pending, self._sync, event["id"],
-                                    follow.checked(answer))
-        except Exception as e:  # the code would wait for an answer that cannot come
+                if answer is not None and not isinstance(answer, str):
+                    raise TypeError("on_input must return a str or None, not %s"
+                                    % type(answer).__name__)
+            await asyncio.to_thread(_answer_if_pending, self._sync, event["id"], answer)
+        except Exception as e:
             follow.fail(e)
-            await asyncio.to_thread(_cancel_quietly, self._sync, follow.run.execution_id)
+            stop()
 
     async def stream(self, code, **kwargs):
         """The execution's events, as `Session.stream` gives them, for `async for`. The
@@ -497,47 +508,12 @@ class AsyncSession:
         `_ASYNC_QUEUE` events (the thread waits while it is full); leaving the loop early
         closes the connection, which the server takes as its reader going away."""
         response = await asyncio.to_thread(self._sync._open_stream, code, **kwargs)
-        loop = asyncio.get_running_loop()
-        queue = asyncio.Queue(maxsize=_ASYNC_QUEUE)
-        end = object()
-        leaving = threading.Event()
-
-        def hand_over(item):
-            # Blocks this thread while the queue is full; gives up once the consumer left.
-            if not leaving.is_set():
-                try:
-                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
-                except RuntimeError:  # the loop is closed: nobody is listening
-                    leaving.set()
-
-        def pump():
-            try:
-                for event in _to_the_end(_sse_events(response)):
-                    if leaving.is_set():
-                        return
-                    hand_over(event)
-            except BaseException as e:  # handed to the consumer, which raises it
-                hand_over(e)
-                return
-            hand_over(end)
-
-        thread = threading.Thread(target=pump, name="pyrepl3-stream", daemon=True)
-        thread.start()
+        events = _events_of(response)
         try:
-            while True:
-                item = await queue.get()
-                if item is end:
-                    return
-                if isinstance(item, BaseException):
-                    if leaving.is_set():
-                        return
-                    raise item
-                yield item
+            async for event in events:
+                yield event
         finally:
-            leaving.set()
-            _abort(response)
-            while not queue.empty():  # frees a thread waiting to put
-                queue.get_nowait()
+            await events.aclose()
 
     def __getattr__(self, name):
         method = getattr(self._sync, name)
@@ -549,13 +525,60 @@ class AsyncSession:
         return call
 
 
+async def _events_of(response):
+    """The events of an open execute `response`, read in a thread and handed over through a
+    queue of at most `_ASYNC_QUEUE` events (the thread waits while it is full); leaving
+    early shuts the connection down, which ends the thread."""
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue(maxsize=_ASYNC_QUEUE)
+    end = object()
+    leaving = threading.Event()
+
+    def hand_over(item):
+        # Blocks this thread while the queue is full; gives up once the consumer left.
+        if not leaving.is_set():
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+            except RuntimeError:  # the loop is closed: nobody is listening
+                leaving.set()
+
+    def pump():
+        try:
+            for event in _to_the_end(_sse_events(response)):
+                if leaving.is_set():
+                    return
+                hand_over(event)
+        except BaseException as e:  # handed to the consumer, which raises it
+            hand_over(e)
+            return
+        hand_over(end)
+
+    thread = threading.Thread(target=pump, name="pyrepl3-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                if leaving.is_set():
+                    return
+                raise item
+            yield item
+    finally:
+        leaving.set()
+        _abort(response)
+        while not queue.empty():  # frees a thread waiting to put
+            queue.get_nowait()
+
+
 def _answer_if_pending(session, input_id, text):
-    """Answers an input; one that is no longer pending (the execution ended meanwhile, or the
-    server is shutting down) needs no answer."""
+    """Answers an input; one that is no longer pending (the execution ended meanwhile, the
+    session closed or lost its worker, or the server is shutting down) needs no answer."""
     try:
         session.answer_input(input_id, text)
     except ApiError as e:
-        if e.code not in ("unknown_input", "not_found", "shutting_down"):
+        if e.code not in ("unknown_input", "not_found", "session_unavailable", "shutting_down"):
             raise
 
 

@@ -135,6 +135,19 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(caught.exception.status, 401)
 
 
+class _AskedOnce:
+    """An input handler's state: `asked` is set when it is called; it answers "ok" once
+    `answer` is set."""
+
+    def __init__(self):
+        self.asked, self.answer = asyncio.Event(), asyncio.Event()
+
+    async def wait(self):
+        self.asked.set()
+        await self.answer.wait()
+        return "ok"
+
+
 class AsyncClientTest(unittest.TestCase):
     def test_the_same_surface_awaited(self):
         async def main():
@@ -226,7 +239,7 @@ class AsyncClientTest(unittest.TestCase):
                     await session.close()
         self.assertEqual(asyncio.run(main()), ("ExecutionTimeout", True))
 
-    def test_an_async_input_handler_that_raises_fails_the_run_after_the_code_ends(self):
+    def test_an_async_input_handler_that_raises_fails_the_run_and_cancels_it(self):
         async def main():
             async with AsyncClient(URL, TOKEN) as client:
                 session = await client.create_session()
@@ -235,11 +248,33 @@ class AsyncClientTest(unittest.TestCase):
                         raise LookupError("no answer here")
                     with self.assertRaises(LookupError):
                         await session.run("try:\n    input()\nexcept EOFError:\n"
-                                          "    caught = True", on_input=answer)
-                    return (await session.run("caught")).result.value
+                                          "    answered = 'EOF'", on_input=answer)
+                    # Cancelled (not answered, not left waiting in input() for the
+                    # reconnect grace): the next run gets the session.
+                    run = await asyncio.wait_for(session.run("'answered' in globals()"), 60)
+                    return run.result.value
                 finally:
                     await session.close()
-        self.assertIs(asyncio.run(main()), True)
+        self.assertIs(asyncio.run(main()), False)
+
+    def test_a_refused_async_run_cancels_nothing(self):
+        async def main():
+            async with AsyncClient(URL, TOKEN) as client:
+                session = await client.create_session()
+                try:
+                    asked = _AskedOnce()
+                    first = asyncio.ensure_future(session.run(
+                        "input('wait? ')\n'first'", execution_id="same-id",
+                        on_input=lambda prompt, password: asked.wait()))
+                    await asked.asked.wait()  # the first run waits in input()
+                    with self.assertRaises(ApiError) as caught:
+                        await session.run("'second'", execution_id="same-id")
+                    self.assertEqual(caught.exception.code, "duplicate_execution_id")
+                    asked.answer.set()  # the first run goes on: it was not cancelled
+                    return (await asyncio.wait_for(first, 60)).result.value
+                finally:
+                    await session.close()
+        self.assertEqual(asyncio.run(main()), "first")
 
     def test_leaving_an_async_stream_early_closes_it(self):
         async def main():
