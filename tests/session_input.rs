@@ -165,7 +165,13 @@ async fn stdin_given_with_the_code_answers_even_after_end_input() {
     assert_eq!(data, "ready\n");
     // Shutdown's end of input, then the code goes on to its input() calls.
     guard(s.end_input()).await.unwrap();
-    let opened = tokio::task::spawn_blocking(move || std::fs::write(&gate, "go"));
+    // A thread of its own, not the runtime's blocking pool: were the code never to open the
+    // fifo, the write would block for good, and the runtime would wait for it at its end
+    // instead of the guard failing the test.
+    let (opened_tx, opened) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = opened_tx.send(std::fs::write(&gate, "go"));
+    });
     let mut prompts = Vec::new();
     let mut stdout = String::new();
     let repr = guard(async {

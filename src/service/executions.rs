@@ -2,7 +2,7 @@
 //! cap on queued executions, the tenant's time limit), the pump that moves the session's events into the execution's log
 //! (recording the metrics of its end), input, cancel, interrupt, the list of a session's
 //! executions, and [`Reader`]s that replay and follow a log from `since=seq`, optionally
-//! answering `input()` from given lines.
+//! answering end of file to the `input()` calls the execution's own `stdin` did not answer.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -111,9 +111,18 @@ export class Session {
     async run(code, options = {}) {
         const executionId = options.executionId ?? newId();
         const events = await this.#openStream(code, { ...options, executionId });
-        // The execution is on the server now (its stream has begun), so a cancel finds it.
+        // The execution is on the server now (its stream has begun), so a cancel finds it. Its
+        // outcome is told by the execution's error event; a refused cancel (rate limited, the
+        // network) fails the run with why, rather than leave it waiting on code that goes on.
+        let cancelRefused = null;
         const cancelOnAbort = () => {
-            this.cancel(executionId).catch(() => undefined); // the error event tells the outcome
+            this.cancel(executionId).catch((error) => {
+                if (error instanceof ApiError && error.status === 404) {
+                    return; // the execution is gone: its stream ends by itself
+                }
+                cancelRefused ??= { error };
+                events.return(undefined).catch(() => undefined);
+            });
         };
         options.signal?.addEventListener("abort", cancelOnAbort, { once: true });
         try {
@@ -126,6 +135,10 @@ export class Session {
             });
         }
         catch (error) {
+            if (cancelRefused !== null) {
+                // (Set in a callback: TypeScript's narrowing takes it for null still.)
+                throw cancelRefused.error;
+            }
             // Left early (a callback or the input handler threw, the stream was cut): the code is
             // stopped now rather than left running until the server's reconnect grace runs out.
             cancelOnAbort();

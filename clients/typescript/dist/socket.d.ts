@@ -37,7 +37,7 @@ export interface SocketRunOptions extends RunCallbacks {
  * The most events of one execution the socket holds unread. A browser's WebSocket cannot
  * stop reading, so a reader that falls this far behind (a `stream()` nobody iterates) would
  * make the queue grow without end: instead the socket is closed, which loses nothing (the
- * events already queued are still read, then `ApiError` `queue_full`; the server keeps the
+ * events already queued are still read, then `ApiError` `events_overflow`; the server keeps the
  * execution's events, to be read again with `GET .../executions/{id}?since=`).
  */
 export declare const MAX_QUEUED_EVENTS = 1024;

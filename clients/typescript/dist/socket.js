@@ -10,7 +10,7 @@ import { followRun, isTerminal, newId, } from "./events.js";
  * The most events of one execution the socket holds unread. A browser's WebSocket cannot
  * stop reading, so a reader that falls this far behind (a `stream()` nobody iterates) would
  * make the queue grow without end: instead the socket is closed, which loses nothing (the
- * events already queued are still read, then `ApiError` `queue_full`; the server keeps the
+ * events already queued are still read, then `ApiError` `events_overflow`; the server keeps the
  * execution's events, to be read again with `GET .../executions/{id}?since=`).
  */
 export const MAX_QUEUED_EVENTS = 1024;
@@ -96,9 +96,15 @@ export class SessionSocket {
     async run(code, options = {}) {
         const executionId = options.executionId ?? newId();
         const events = this.stream(code, { ...options, executionId });
-        // The execute message is sent: a cancel sent after it finds the execution.
+        // The execute message is sent: a cancel sent after it finds the execution. Its outcome
+        // is told by the execution's error event; a refused cancel (rate limited, the socket
+        // closed) fails the run with why, rather than leave it waiting on code that goes on.
+        let cancelRefused = null;
         const cancelOnAbort = () => {
-            this.cancel(executionId).catch(() => undefined); // the error event tells the outcome
+            this.cancel(executionId).catch((error) => {
+                cancelRefused ??= { error };
+                events.return(undefined).catch(() => undefined);
+            });
         };
         options.signal?.addEventListener("abort", cancelOnAbort, { once: true });
         try {
@@ -108,6 +114,10 @@ export class SessionSocket {
             return await followRun(executionId, events, options, async (inputId, text) => this.answerInput(inputId, text), { signal: options.signal });
         }
         catch (error) {
+            if (cancelRefused !== null) {
+                // (Set in a callback: TypeScript's narrowing takes it for null still.)
+                throw cancelRefused.error;
+            }
             // Left early (a callback threw, the socket failed): the code is stopped now, not left
             // running unread. An execution that already ended answers not_running.
             cancelOnAbort();
@@ -218,7 +228,7 @@ export class SessionSocket {
         const executionId = (message.execution_id ?? message.in_reply_to);
         const queue = executionId === undefined ? undefined : this.#executions.get(executionId);
         if (queue !== undefined && !queue.push(message)) {
-            this.#fail(new ApiError(0, "queue_full", `${MAX_QUEUED_EVENTS} events of execution ${executionId} were not read: the WebSocket was closed ` +
+            this.#fail(new ApiError(0, "events_overflow", `${MAX_QUEUED_EVENTS} events of execution ${executionId} were not read: the WebSocket was closed ` +
                 `(the server keeps the execution's events: GET .../executions/${executionId}?since=<last seq read>)`));
             this.#ws.close(4000, "event queue full");
         }

@@ -93,7 +93,14 @@ describe("a session", () => {
     // The handler answers only when told that nobody waits any more, as a prompt for a
     // person would: the run must not wait for it, and its late answer is not sent.
     let handlerSignal;
-    const run = await session.run("input('never answered? ')", {
+    let answersSent = 0;
+    const counting = new Client(URL, TOKEN, {
+      fetch: (url, init) => {
+        if (String(url).endsWith("/input")) answersSent += 1;
+        return fetch(url, init);
+      },
+    });
+    const run = await counting.session(session.id).run("input('never answered? ')", {
       timeout: 1,
       onInput: (prompt, password, signal) => {
         handlerSignal = signal;
@@ -103,6 +110,8 @@ describe("a session", () => {
     assert.equal(run.error?.exception_type, "ExecutionTimeout", JSON.stringify(run.error));
     assert.ok(handlerSignal instanceof AbortSignal);
     assert.equal(handlerSignal.aborted, true);
+    await new Promise((resolve) => setImmediate(resolve)); // the handler's promise settles
+    assert.equal(answersSent, 0, "the late answer is not sent");
     // The session goes on: the late answer was not taken for the next input().
     const next = await session.run("input('again? ')", { onInput: () => "fresh" });
     assert.equal(next.result.value, "fresh");

@@ -81,7 +81,7 @@ test("a cancel sends its own id; a refusal naming it rejects, a cancel_reply res
   socket.close();
 });
 
-test("a reader that falls MAX_QUEUED_EVENTS behind gets them all, then queue_full; the socket is closed", async () => {
+test("a reader that falls MAX_QUEUED_EVENTS behind gets them all, then events_overflow; the socket is closed", async () => {
   const { ws, socket } = await openSocket();
   const events = socket.stream("while True: print(1)", { executionId: "e" });
   const output = (seq) => ({ type: "output", execution_id: "e", seq, id: `o${seq}`, stream: "stdout", data: "1\n" });
@@ -92,7 +92,7 @@ test("a reader that falls MAX_QUEUED_EVENTS behind gets them all, then queue_ful
   const seqs = [];
   await assert.rejects(async () => {
     for await (const event of events) seqs.push(event.seq);
-  }, (e) => e instanceof ApiError && e.code === "queue_full" && /GET .*executions\/e\?since=/.test(e.message));
+  }, (e) => e instanceof ApiError && e.code === "events_overflow" && /GET .*executions\/e\?since=/.test(e.message));
   assert.deepEqual(seqs, Array.from({ length: MAX_QUEUED_EVENTS }, (_, i) => i + 1));
 });
 
@@ -119,7 +119,28 @@ test("aborting a socket run's signal sends a cancel for its execution", async ()
   socket.close();
 });
 
-test("an input handler that throws fails a socket run at once, and the execution is let go", async () => {
+test("a socket run whose abort's cancel is refused fails with the refusal instead of waiting", async () => {
+  const { ws, socket } = await openSocket();
+  const controller = new AbortController();
+  const running = socket.run("input('x? ')", { executionId: "stuck", signal: controller.signal });
+  controller.abort();
+  const cancel = ws.sent.at(-1);
+  assert.equal(cancel.type, "cancel");
+  ws.receive({
+    type: "error",
+    id: "s1",
+    in_reply_to: cancel.id,
+    execution_id: null,
+    exception_type: "RateLimited",
+    exception_message: "rate limited",
+    retry_after: 1,
+    traceback: "",
+  });
+  await assert.rejects(running, (e) => e instanceof ApiError && e.code === "rate_limited");
+  socket.close();
+});
+
+test("an input handler that throws fails a socket run at once, and its execution is cancelled", async () => {
   const { ws, socket } = await openSocket();
   const running = socket.run("input('x? ')", {
     executionId: "asks",
@@ -129,6 +150,7 @@ test("an input handler that throws fails a socket run at once, and the execution
   });
   ws.receive({ type: "input", execution_id: "asks", seq: 1, id: "i1", prompt: "x? ", password: false, timeout: null });
   await assert.rejects(running, /no answer here/);
+  assert.ok(ws.sent.some((m) => m.type === "cancel" && m.execution_id === "asks"), JSON.stringify(ws.sent));
   // No event of it came after the input: it was let go without waiting for one.
   assert.doesNotThrow(() => socket.stream("again", { executionId: "asks" }));
   socket.close();

@@ -245,16 +245,23 @@ newSessionButton.addEventListener("click", async () => {
   runButton.disabled = true;
   try {
     const old = sessionStorage.getItem(SESSION_KEY);
-    sessionStorage.removeItem(SESSION_KEY);
+    let closeFailed = null;
     if (old !== null) {
-      // Closed rather than left to the idle timeout: it holds a worker until then.
+      // Closed rather than left to the idle timeout: it holds a worker until then. A close
+      // that fails (other than 404: gone already) is said, and the new session made all the
+      // same: the old one then ends at the server's idle timeout.
       await client().session(old).close().catch((e) => {
-        if (!(e instanceof ApiError && e.status === 404)) throw e; // gone already
+        if (!(e instanceof ApiError && e.status === 404)) closeFailed = e;
       });
+      sessionStorage.removeItem(SESSION_KEY);
     }
     await newSession();
     variables.replaceChildren();
     clearOutput();
+    if (closeFailed !== null) {
+      const e = closeFailed;
+      appendText(`could not close the old session: ${e instanceof ApiError ? `${e.status} ${e.code}: ${e.message}` : e}\n`, "error");
+    }
   } catch (e) {
     appendText(e instanceof ApiError ? `${e.status} ${e.code}: ${e.message}\n` : `${e}\n`, "error");
   } finally {
