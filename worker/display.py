@@ -1,8 +1,8 @@
-"""pyrepl3 worker agent, part: rich outputs (see agent.py). Owns the MIME bundles of values as
-IPython makes them (the `_repr_*_` protocol), `display()` / `update_display()` in builtins,
-the `display` frames they send, and matplotlib's figures as PNG: a backend of the agent's
-own, chosen when matplotlib is imported unless the user chose one, whose `show()` displays
-every open figure, as does the end of every execution. No IPython needed, nothing imported
+"""pyrepl3 worker agent, part 6 of 8: rich outputs (see agent.py). Owns the MIME bundles of
+values as IPython makes them (the `_repr_*_` protocol), `display()` / `update_display()` in
+builtins, the `display` frames they send, and matplotlib's figures as PNG: a backend of the
+agent's own, chosen when matplotlib is imported unless the user chose one, whose `show()`
+displays every open figure, as does the end of every execution. No IPython needed, nothing imported
 until a value asks for it.
 """
 

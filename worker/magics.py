@@ -1,4 +1,4 @@
-"""pyrepl3 worker agent, the part joined just before main.py: IPython's shell lines and `%pip` in cells, and the
+"""pyrepl3 worker agent, part 7 of 8: IPython's shell lines and `%pip` in cells, and the
 session's own environment and package directory (docs/api.md, "Per-session environment" and
 "Packages per session"). This part owns:
 

@@ -1,4 +1,4 @@
-"""pyrepl3 worker agent, part 5 of 5: start-up (see agent.py). Runs last, once every part is
+"""pyrepl3 worker agent, part 8 of 8: start-up (see agent.py). Runs last, once every part is
 defined."""
 
 def main():

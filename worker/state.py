@@ -1,4 +1,4 @@
-"""pyrepl3 worker agent, part 3 of 5 (see agent.py): the session's state as data. Source tracking of
+"""pyrepl3 worker agent, part 4 of 8 (see agent.py): the session's state as data. Source tracking of
 the functions and classes cells define, namespace inspection, checkpoints (save) and restore,
 and the JSON form of a result's value. Uses the names agent.py defines."""
 

@@ -1,5 +1,5 @@
-"""pyrepl3 worker agent, part 2 of 5 (the host joins agent.py, streams.py, state.py,
-transaction.py and main.py into one program, in that order): what user code reads and writes.
+"""pyrepl3 worker agent, part 3 of 8 (the host joins the parts into one program, in the
+order agent.py lists): what user code reads and writes.
 `input()`, `getpass()` and `sys.stdin` as protocol requests; stdout and stderr block-buffered
 with a flusher thread that sends a burst of output within milliseconds, and a barrier between
 them at each switch so they arrive in the order written; and the wrappers that keep output in

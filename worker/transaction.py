@@ -1,4 +1,4 @@
-"""pyrepl3 worker agent, part 4 of 5: namespace transactions (docs/transactions.md).
+"""pyrepl3 worker agent, part 5 of 8: namespace transactions (docs/transactions.md).
 
 A transaction's snapshot is a copy-on-write fork of the worker, taken just before the cell
 runs and kept blocked. On commit it is killed. On rollback the worker hands it the cell's

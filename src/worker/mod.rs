@@ -39,6 +39,7 @@ pub(crate) use spawner::keep_open_file_limit_for_workers;
 /// The Python side, embedded so the binary is self-contained.
 pub const AGENT_SOURCE: &str = concat!(
     include_str!("../../worker/agent.py"),
+    include_str!("../../worker/cells.py"),
     include_str!("../../worker/streams.py"),
     include_str!("../../worker/state.py"),
     include_str!("../../worker/transaction.py"),
