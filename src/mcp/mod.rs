@@ -7,6 +7,7 @@
 //! `files.rs` moves files; `answer.rs` makes a run's events into a bounded tool answer.
 
 mod answer;
+mod elicit;
 mod files;
 mod run;
 

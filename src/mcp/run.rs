@@ -3,15 +3,20 @@
 //! arrives; `input()` asked of the user by elicitation; stopped when the client cancels the
 //! call) and `cancel` (stops what runs in a session, e.g. from another call).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ProgressNotificationParam, ProgressToken};
-use rmcp::service::{ElicitationError, Peer, RequestContext, RoleServer};
+use rmcp::service::{Peer, RequestContext, RoleServer};
 use rmcp::{schemars, tool, tool_router, ErrorData as McpError};
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
 use super::answer::{clip, last_line, Answer};
+use super::elicit::{ask, Asked, NO_ELICITATION};
 use super::{failed, ok_json, PythonTools};
 use crate::protocol::StreamName;
 use crate::service::{ClientEvent, ExecuteRequest, SessionHandle};
@@ -27,8 +32,6 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 const MIN_PROGRESS_GAP: Duration = Duration::from_millis(250);
 /// Characters of a progress message (the latest line of output).
 const MAX_PROGRESS_MESSAGE: usize = 200;
-/// Said in the answer when the code called `input()` and the user could not be asked.
-const NO_ELICITATION: &str = "input() is not available: this MCP client does not support elicitation (asking its user), so input() got end of file (EOFError). Put the data in the code, or write it to a file with write_file and read that";
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 struct RunPython {
@@ -49,14 +52,6 @@ struct CancelRun {
     /// The session whose running (and queued) code to stop. Default: "default".
     session: Option<String>,
 }
-
-/// The line the user types when the code calls `input()` (asked by elicitation).
-#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-struct InputLine {
-    /// The line input() returns to the code.
-    line: String,
-}
-rmcp::elicit_safe!(InputLine);
 
 /// Said when the session's worker is dead: what the agent can do about it.
 const DEAD_SESSION: &str = "this session's worker is dead: call reset_session (same session name) for a fresh worker; its variables are lost";
@@ -103,12 +98,36 @@ impl PythonTools {
         let mut tail = String::new();
         let mut is_error = false;
         let mut cancel_sent = false;
+        // The question being asked for the input() the code waits in, if any: events are
+        // read on meanwhile, so that an end (a timeout, a cancel) answers the call at once.
+        let mut asking: Option<Question> = None;
         loop {
-            let batch = tokio::select! {
-                batch = reader.next_batch() => batch,
+            let step = tokio::select! {
+                batch = reader.next_batch() => Step::Events(batch),
+                asked = async {
+                    match asking.as_mut() {
+                        Some(question) => (&mut question.answer).await,
+                        None => std::future::pending().await,
+                    }
+                }, if asking.is_some() => Step::Answered(asked),
                 // The client gave up on the call (notifications/cancelled): the code is
                 // stopped, and its end read as usual.
-                _ = context.ct.cancelled(), if !cancel_sent => {
+                _ = context.ct.cancelled(), if !cancel_sent => Step::ClientCancelled,
+            };
+            let batch = match step {
+                Step::Events(batch) => batch,
+                Step::Answered(asked) => {
+                    if let Some(question) = asking.take() {
+                        if let Some(note) = &asked.note {
+                            answer.note(note);
+                        }
+                        // An answer for an input that meanwhile ended (cancelled) is
+                        // refused: nothing to do.
+                        let _ = handle.input(&question.input_id, asked.line).await;
+                    }
+                    continue;
+                }
+                Step::ClientCancelled => {
                     cancel_sent = true;
                     let (handle, id) = (handle.clone(), execution.id().to_string());
                     tokio::spawn(async move { handle.cancel(&id, Some(CANCEL_GRACE)).await });
@@ -134,18 +153,21 @@ impl PythonTools {
                         if let Some(data) = latest_output.take() {
                             progress.send(&data).await;
                         }
-                        let line = if can_elicit && !cancel_sent {
-                            tokio::select! {
-                                line = ask(&context.peer, &prompt, password, &mut answer) => line,
-                                _ = context.ct.cancelled() => None,
-                            }
+                        // An earlier question still open was answered otherwise (end of
+                        // input at shutdown): withdrawn first.
+                        if let Some(earlier) = asking.take() {
+                            earlier.withdraw().await;
+                        }
+                        if can_elicit && !cancel_sent {
+                            asking = Some(Question::ask(&context.peer, id, prompt, password));
                         } else {
-                            answer.note(NO_ELICITATION);
-                            None
-                        };
-                        // An answer for an input that meanwhile ended (cancelled) is
-                        // refused: nothing to do.
-                        let _ = handle.input(&id, line).await;
+                            if !can_elicit {
+                                answer.note(NO_ELICITATION);
+                            }
+                            // An answer for an input that meanwhile ended (cancelled) is
+                            // refused: nothing to do.
+                            let _ = handle.input(&id, None).await;
+                        }
                     }
                     ClientEvent::Display { data, .. } => answer.push_bundle(&data, true),
                     ClientEvent::Result { repr, data, .. } => {
@@ -173,6 +195,11 @@ impl PythonTools {
             if let Some(data) = latest_output {
                 progress.send(&data).await;
             }
+        }
+        // The execution ended with a question open (a timeout, a cancel): withdrawn, so the
+        // user is not left with a prompt nobody waits for.
+        if let Some(question) = asking.take() {
+            question.withdraw().await;
         }
         let content = answer.into_content(&tail);
         Ok(if is_error {
@@ -216,6 +243,39 @@ impl PythonTools {
     }
 }
 
+/// What woke the run's loop.
+enum Step {
+    Events(Option<Vec<crate::service::LoggedEvent>>),
+    Answered(Asked),
+    ClientCancelled,
+}
+
+/// A question asked of the user for one `input()`: its answer to come, and how to
+/// withdraw it.
+struct Question {
+    input_id: String,
+    answer: Pin<Box<dyn Future<Output = Asked> + Send>>,
+    withdraw: CancellationToken,
+}
+
+impl Question {
+    fn ask(peer: &Peer<RoleServer>, input_id: String, prompt: String, password: bool) -> Question {
+        let withdraw = CancellationToken::new();
+        Question {
+            input_id,
+            answer: Box::pin(ask(peer.clone(), prompt, password, withdraw.clone())),
+            withdraw,
+        }
+    }
+
+    /// Withdraws the question from the client (`notifications/cancelled`), unless it was
+    /// answered meanwhile.
+    async fn withdraw(self) {
+        self.withdraw.cancel();
+        self.answer.await;
+    }
+}
+
 /// The progress notifications of one run: sent on output, at most one per
 /// [`MIN_PROGRESS_GAP`] (compared with the last one's instant, never waited for).
 struct Progress {
@@ -246,40 +306,5 @@ impl Progress {
         }
         // A client gone meanwhile: the run's answer says what happened.
         let _ = self.peer.notify_progress(param).await;
-    }
-}
-
-/// The user's line for `input(prompt)`, by elicitation; `None` (end of file) when they
-/// decline or cancel, or when it fails (said in the answer).
-async fn ask(
-    peer: &Peer<RoleServer>,
-    prompt: &str,
-    password: bool,
-    answer: &mut Answer,
-) -> Option<String> {
-    let mut message = if prompt.trim().is_empty() {
-        "The Python code asks for a line of input (input()).".to_string()
-    } else {
-        format!("The Python code asks: {prompt}")
-    };
-    if password {
-        message.push_str(" (a password: getpass)");
-    }
-    match peer.elicit::<InputLine>(message).await {
-        Ok(Some(input)) => Some(input.line),
-        Ok(None)
-        | Err(ElicitationError::UserDeclined)
-        | Err(ElicitationError::UserCancelled)
-        | Err(ElicitationError::NoContent) => None,
-        Err(ElicitationError::CapabilityNotSupported) => {
-            answer.note(NO_ELICITATION);
-            None
-        }
-        Err(e) => {
-            answer.note(&format!(
-                "input() could not be asked of the user ({e}): it got end of file (EOFError)"
-            ));
-            None
-        }
     }
 }

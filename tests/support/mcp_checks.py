@@ -35,13 +35,18 @@ def text_of(result):
 
 class Agent:
     """A connected session with a transcript, and what its callbacks saw: progress messages
-    and the elicitations it was asked (answered with `reply`: a line, or None to decline)."""
+    and the elicitations it was asked (answered with `reply`: a line, None to decline, or
+    HOLD to never answer, as a user who walked away; `withdrawn` counts those the server
+    withdrew, which cancels the callback)."""
+
+    HOLD = object()
 
     def __init__(self):
         self.session = None
         self.progress = []
         self.asked = []
         self.reply = None
+        self.withdrawn = 0
 
     async def on_progress(self, progress, total, message):
         print("  ~ progress", progress, repr(message), flush=True)
@@ -50,6 +55,14 @@ class Agent:
     async def elicit(self, context, params):
         # What the agent had been told of the run by the time it is asked.
         self.asked.append((params.message, list(self.progress)))
+        if self.reply is Agent.HOLD:
+            print("  ? elicitation", repr(params.message), "-> (no answer)", flush=True)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                print("  ! elicitation withdrawn by the server", flush=True)
+                self.withdrawn += 1
+                raise
         print("  ? elicitation", repr(params.message), "->", repr(self.reply), flush=True)
         if self.reply is None:
             return types.ElicitResult(action="decline")
@@ -216,6 +229,18 @@ async def sessions_are_managed(agent):
     check(r.is_error and "no open session" in text_of(r), text_of(r))
 
 
+async def an_unanswered_question_is_withdrawn_when_the_code_stops(agent):
+    """The code times out while its input() question is open: the call answers with the
+    timeout at once (not when the user answers, who never does here), and the question is
+    withdrawn from the client."""
+    agent.reply, agent.withdrawn = Agent.HOLD, 0
+    r = await asyncio.wait_for(
+        agent.call("run_python", code="input('still there? ')", timeout_secs=2), 60)
+    check(r.is_error and "ExecutionTimeout" in text_of(r), text_of(r))
+    check(agent.withdrawn == 1, "the open question was withdrawn: %d" % agent.withdrawn)
+    agent.reply = None
+
+
 async def both_transports_checks(agent):
     """What stdio and HTTP both must do, in this order."""
     await tools_are_listed(agent)
@@ -223,6 +248,7 @@ async def both_transports_checks(agent):
     await files_move(agent)
     await sessions_are_managed(agent)
     await input_is_asked_with_progress_first(agent)
+    await an_unanswered_question_is_withdrawn_when_the_code_stops(agent)
     await progress_is_coalesced(agent)
     await cancel_stops_a_run(agent)
     await checkpoints_round_trip(agent)
