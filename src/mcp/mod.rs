@@ -42,14 +42,44 @@ pub enum CallerSource {
     PerRequest,
 }
 
+/// The names one connection gave to sessions it made (name → session id). When the
+/// connection ends (its last handle dropped: an HTTP MCP session deleted or closed when idle,
+/// the stdio process ending), those sessions are closed: an agent's sessions must not
+/// outlive it and hold its tenant's session limit. Not at shutdown: the service then keeps
+/// its sessions (across a restart, with a store). Sessions reached by id are not closed.
+struct Names {
+    map: Mutex<HashMap<String, String>>,
+    service: Service,
+    /// Who made them: the connection's caller, once it made one.
+    owner: OnceLock<Caller>,
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let (Some(owner), false) = (self.owner.get(), self.service.is_shutting_down()) else {
+            return;
+        };
+        // Closing forgets the session in the store, a task of the runtime: none is left
+        // when the process itself is ending, and then neither are its sessions.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        for id in lock(&self.map).values() {
+            // Closed elsewhere meanwhile: nothing to do.
+            let _ = self.service.delete_session(owner, id);
+        }
+    }
+}
+
 /// The tool handler of one MCP connection (one stdio process, or one MCP session over
 /// HTTP): the service, who calls, and the names this connection gave to sessions.
 #[derive(Clone)]
 pub struct PythonTools {
     service: Service,
     caller: CallerSource,
-    /// Name → session id, at most [`MAX_NAMED_SESSIONS`].
-    names: Arc<Mutex<HashMap<String, String>>>,
+    /// Name → session id, at most [`MAX_NAMED_SESSIONS`]; the sessions made under them end
+    /// with the connection.
+    names: Arc<Names>,
     /// The tenant of the first call: an MCP session is one tenant's (another tenant's token
     /// on it is refused).
     tenant: Arc<OnceLock<String>>,
@@ -158,7 +188,7 @@ impl PythonTools {
             Ok(caller) => caller,
             Err(message) => return Ok(failed(message)),
         };
-        let by_id: HashMap<String, String> = lock(&self.names)
+        let by_id: HashMap<String, String> = lock(&self.names.map)
             .iter()
             .map(|(name, id)| (id.clone(), name.clone()))
             .collect();
@@ -208,7 +238,7 @@ impl PythonTools {
             Ok(found) => found,
             Err(message) => return Ok(failed(message)),
         };
-        lock(&self.names).retain(|_, id| id != handle.id());
+        lock(&self.names.map).retain(|_, id| id != handle.id());
         Ok(match self.service.delete_session(&caller, handle.id()) {
             Ok(()) => ok_text("closed"),
             Err(e) => failed(e.to_string()),
@@ -330,9 +360,13 @@ impl PythonTools {
     /// The tools of one MCP connection, acting on `service` as `caller` says.
     pub fn new(service: Service, caller: CallerSource) -> PythonTools {
         PythonTools {
-            service,
+            service: service.clone(),
             caller,
-            names: Arc::default(),
+            names: Arc::new(Names {
+                map: Mutex::default(),
+                service,
+                owner: OnceLock::new(),
+            }),
             tenant: Arc::default(),
             tools: Arc::new(Self::session_tools() + Self::run_tools() + Self::file_tools()),
         }
@@ -355,13 +389,13 @@ impl PythonTools {
     /// The session `name` (default: "default") if it is open: a name of this connection
     /// or a session id of the caller's.
     fn existing(&self, caller: &Caller, name: &str) -> Option<SessionHandle> {
-        let named = lock(&self.names).get(name).cloned();
+        let named = lock(&self.names.map).get(name).cloned();
         if let Some(id) = named {
             match self.service.session(caller, &id) {
                 Ok(handle) => return Some(handle),
                 // Closed elsewhere, or culled when idle: the name is free again.
                 Err(_) => {
-                    lock(&self.names).remove(name);
+                    lock(&self.names.map).remove(name);
                 }
             }
         }
@@ -414,7 +448,7 @@ impl PythonTools {
                 "this connection has {MAX_NAMED_SESSIONS} named sessions already: close one (close_session) first"
             )
         };
-        if lock(&self.names).len() >= MAX_NAMED_SESSIONS {
+        if lock(&self.names.map).len() >= MAX_NAMED_SESSIONS {
             return Err(full());
         }
         let started = match from {
@@ -431,12 +465,13 @@ impl PythonTools {
         };
         let (summary, report) = started.map_err(|e| start_error(&e))?;
         let kept = {
-            let mut names = lock(&self.names);
+            let mut names = lock(&self.names.map);
             match names.get(name) {
                 Some(existing) => Err(Some(existing.clone())),
                 None if names.len() >= MAX_NAMED_SESSIONS => Err(None),
                 None => {
                     names.insert(name.to_string(), summary.id.clone());
+                    let _ = self.names.owner.set(caller.clone());
                     Ok(())
                 }
             }

@@ -96,7 +96,14 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
     let opens_session = request.method() == axum::http::Method::POST
         && !request.headers().contains_key(SESSION_HEADER);
     if !opens_session {
-        return next.run(request).await;
+        let deletes = request.method() == axum::http::Method::DELETE;
+        let response = next.run(request).await;
+        if deletes && response.status() == StatusCode::ACCEPTED {
+            // rmcp answers a session's DELETE `202`; the protocol leaves the status open, and
+            // clients (the official Python one) take only 200 or 204 for a clean close.
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        return response;
     }
     let live: HashSet<String> = gate
         .sessions

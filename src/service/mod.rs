@@ -271,6 +271,11 @@ impl Service {
         self.inner.config.bounds
     }
 
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
+    }
+
     fn check_open(&self) -> Result<(), ServiceError> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);

@@ -42,6 +42,29 @@ def rest_sessions(base, token):
         return [s["id"] for s in json.loads(answer.read())["sessions"]]
 
 
+def rest_new_session(base, token):
+    request = urllib.request.Request(base + "/v1/sessions", data=b"{}", method="POST",
+                                     headers={"Authorization": "Bearer " + token,
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as answer:
+        return json.loads(answer.read())["id"]
+
+
+def rest_execute(base, token, session_id, code):
+    """The events of `code` run in the session over the REST API, as server-sent events
+    (a generator: each event as it comes, to the end of the stream)."""
+    request = urllib.request.Request(
+        "%s/v1/sessions/%s/execute" % (base, session_id),
+        data=json.dumps({"code": code}).encode(), method="POST",
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json",
+                 "Accept": "text/event-stream"})
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        for raw in answer:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("data:"):
+                yield json.loads(line[5:])
+
+
 def connect(base, token):
     http = httpx2.AsyncClient(headers={"Authorization": "Bearer " + token},
                               timeout=httpx2.Timeout(30.0, read=300.0))
@@ -65,11 +88,26 @@ async def main(base, alice, bob):
             await both_transports_checks(agent)
             r = await agent.call("create_session", session="shown")
             shown = json.loads(text_of(r))["id"]
+            # The MCP sessions are alice's sessions of the service, and only hers.
+            alices, bobs = rest_sessions(base, alice), rest_sessions(base, bob)
+            print("> GET /v1/sessions (alice)\n<", alices, "\n> GET /v1/sessions (bob)\n<",
+                  bobs)
+            check(shown in alices and shown not in bobs, (shown, alices, bobs))
+            # Code waiting in one of them, followed over the REST API.
+            waiting = rest_execute(base, alice, shown, "input('waiting? ')")
+            first = next(waiting)
+            print("> POST /v1/sessions/<shown>/execute (SSE)\n<", first["type"], flush=True)
+            check(first["type"] == "input", first)
 
-    # The MCP sessions are alice's sessions of the service, and only hers.
-    alices, bobs = rest_sessions(base, alice), rest_sessions(base, bob)
-    print("> GET /v1/sessions (alice)\n<", alices, "\n> GET /v1/sessions (bob)\n<", bobs)
-    check(shown in alices and shown not in bobs, (shown, alices, bobs))
+    # The connection is closed (DELETE /mcp): the sessions it made end with it, and the
+    # code waiting in one of them ends too.
+    last = list(waiting)[-1]
+    print("> (the MCP connection closed)\n<", last["type"], last.get("exception_type"),
+          flush=True)
+    check(last["type"] == "error", last)
+    check(shown not in rest_sessions(base, alice), "the connection's sessions are closed")
+    # A session of alice's made over REST, for bob's tries below.
+    shown = rest_new_session(base, alice)
 
     plain = Agent()
     async with connect(base, bob) as (read, write):
