@@ -40,6 +40,6 @@ fn the_python_clients_tests_pass_against_a_real_server() {
         "the client's tests failed:\n{report}{}",
         tests.stdout()
     );
-    assert!(report.contains("Ran 18 tests"), "{report}");
+    assert!(report.contains("Ran 19 tests"), "{report}");
     server.kill_and_wait();
 }

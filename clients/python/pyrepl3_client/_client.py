@@ -574,12 +574,15 @@ async def _events_of(response):
 
 def _answer_if_pending(session, input_id, text):
     """Answers an input; one that is no longer pending (the execution ended meanwhile, the
-    session closed or lost its worker, or the server is shutting down) needs no answer."""
+    session closed or lost its worker, or the server is shutting down or gone) needs no
+    answer. The event stream then tells how the execution ended (or that it was cut)."""
     try:
         session.answer_input(input_id, text)
     except ApiError as e:
         if e.code not in ("unknown_input", "not_found", "session_unavailable", "shutting_down"):
             raise
+    except OSError:  # the server is unreachable: the stream says the rest
+        pass
 
 
 def _cancel_quietly(session, execution_id):

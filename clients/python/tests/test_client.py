@@ -95,6 +95,19 @@ class ClientTest(unittest.TestCase):
                                execution_id=execution_id)
         self.assertEqual(run.error["exception_type"], "KeyboardInterrupt")
 
+    def test_an_answer_the_server_can_no_longer_take_is_dropped_quietly(self):
+        # A server gone (nothing listens on the port): the answer is dropped, and the run
+        # goes on to what its event stream says, instead of raising URLError.
+        import socket
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]
+        gone = Client("http://127.0.0.1:%d" % port, TOKEN, timeout=5).session("s")
+        from pyrepl3_client._client import _answer_if_pending
+        _answer_if_pending(gone, "some-input", "late")
+        with self.assertRaises(OSError):  # its other requests still say so
+            gone.info()
+
     def test_a_run_left_early_by_a_callback_is_cancelled(self):
         class Stop(Exception):
             pass

@@ -129,6 +129,11 @@ export class SessionSocket {
     }
     /** The events of `code`'s execution as they come; answer `input` with `answerInput`. */
     stream(code, options = {}) {
+        if (options.stdin !== undefined) {
+            // Said rather than ignored (a caller without types would never know): the WebSocket's
+            // execute takes no lines; answer input() with `onInput` or `answerInput`.
+            throw new TypeError("the WebSocket takes no `stdin`: answer input() with onInput (or use Session.run)");
+        }
         const executionId = options.executionId ?? newId();
         if (this.#executions.has(executionId)) {
             throw new ApiError(0, "duplicate_execution_id", `execution ${executionId} is already followed on this socket`);

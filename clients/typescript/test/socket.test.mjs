@@ -155,3 +155,11 @@ test("an input handler that throws fails a socket run at once, and its execution
   assert.doesNotThrow(() => socket.stream("again", { executionId: "asks" }));
   socket.close();
 });
+
+test("stdin given to a socket run is refused, not ignored", async () => {
+  const { ws, socket } = await openSocket();
+  const sent = ws.sent.length;
+  assert.throws(() => socket.stream("input()", { stdin: ["x"] }), TypeError);
+  assert.equal(ws.sent.length, sent, "nothing was sent");
+  socket.close();
+});
