@@ -164,3 +164,101 @@ async fn an_mcp_session_is_its_tenants_and_refuses_another_tenants_token() {
     assert!(text.contains("another tenant's token"), "{text}");
     api.handle.shutdown().await.unwrap();
 }
+
+/// During the shutdown grace an open MCP session's requests still pass (a client may list
+/// the tools before it takes a tool's result), while opening one is refused `503`.
+#[tokio::test]
+async fn an_open_mcp_session_is_served_through_the_shutdown_grace() {
+    use common::server::{config, tenant, Api};
+    use futures::StreamExt;
+    let mut settings = config(vec![tenant("default", ALICE)]);
+    settings.shutdown_grace_secs = 60.0;
+    // The code reads a fifo in this test's temporary directory, which a sandbox hides.
+    settings.sandbox.enabled = false;
+    let api = Api::start(settings).await;
+    let mcp = |session: Option<&str>, body: serde_json::Value| {
+        let mut request = api
+            .http
+            .post(api.url("/mcp"))
+            .bearer_auth(ALICE)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(id) = session {
+            request = request.header("mcp-session-id", id);
+        }
+        request.send()
+    };
+    let opened = common::guard(mcp(None, initialize())).await.unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    drop(opened);
+    let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let answer = common::guard(mcp(Some(&session), initialized))
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+
+    // Code that keeps the grace open until the test lets it end (a fifo it reads), after
+    // telling when shutdown began (its input() gets end of file then).
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let path = std::ffi::CString::new(gate.to_str().unwrap()).unwrap();
+    // SAFETY: a plain mkfifo(3) of a path in a fresh temporary directory.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let id = api.new_session(ALICE).await;
+    let code = format!(
+        "try:\n    input()\nexcept EOFError:\n    print('shutdown began', flush=True)\nopen({gate:?}).read()"
+    );
+    let stream = api
+        .http
+        .post(api.url(&format!("/v1/sessions/{id}/execute")))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    let mut body = stream.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: input") {
+        let chunk = common::guard(body.next()).await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let stop = api.handle.stop_token();
+    stop.cancel();
+    while !seen.contains("shutdown began") {
+        let chunk = common::guard(body.next()).await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+
+    let listed = common::guard(mcp(
+        Some(&session),
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(listed.status(), 200, "the open MCP session is served");
+    let text = common::guard(listed.text()).await.unwrap();
+    assert!(text.contains("run_python"), "{text}");
+    let refused = common::guard(mcp(None, initialize())).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "no MCP session is opened during shutdown"
+    );
+
+    // The code ends; so does the shutdown.
+    let (written_tx, written) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = written_tx.send(std::fs::write(&gate, "go"));
+    });
+    common::guard(written).await.unwrap().unwrap();
+    while let Some(chunk) = common::guard(body.next()).await {
+        seen.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(seen.contains("event: result"), "{seen}");
+    common::guard(api.handle.wait()).await.unwrap();
+}

@@ -191,13 +191,25 @@ impl FromRequestParts<Service> for Auth {
 impl Auth {
     /// The caller of `Authorization: Bearer <token>` in `headers`.
     pub(crate) fn from_headers(headers: &HeaderMap, service: &Service) -> Result<Caller, ApiError> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        Ok(service.authenticate(token)?)
+        Ok(service.authenticate(bearer_token(headers))?)
     }
+
+    /// [`Auth::from_headers`] for a request that carries on work under way: let through
+    /// during the shutdown grace ([`Service::authenticate_continuing`]).
+    pub(crate) fn continuing_from_headers(
+        headers: &HeaderMap,
+        service: &Service,
+    ) -> Result<Caller, ApiError> {
+        Ok(service.authenticate_continuing(bearer_token(headers))?)
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// A JSON body whose problems are answered in this API's error format (malformed: 400, too

@@ -85,7 +85,16 @@ pub(crate) fn routes(service: Service, stop: CancellationToken, max_body: usize)
 /// read it); `401` without a valid token. A request that opens an MCP session is counted
 /// ([`Owners`]).
 async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let caller = match Auth::from_headers(request.headers(), &gate.service) {
+    // A request of an open MCP session is let through during the shutdown grace: a client
+    // may ask something more (the official one lists the tools) before it takes a tool's
+    // result, and the tools themselves refuse new work then. Opening one is refused (503).
+    let continues = request.headers().contains_key(SESSION_HEADER);
+    let authenticated = if continues {
+        Auth::continuing_from_headers(request.headers(), &gate.service)
+    } else {
+        Auth::from_headers(request.headers(), &gate.service)
+    };
+    let caller = match authenticated {
         Ok(caller) => caller,
         Err(e) => return gate.refuse(e),
     };

@@ -233,6 +233,15 @@ impl Service {
     /// The caller behind `token`, after its tenant's rate limit (one token per call) and the
     /// shutdown check, in that order.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Caller, ServiceError> {
+        let caller = self.authenticate_continuing(token)?;
+        self.check_open()?;
+        Ok(caller)
+    }
+
+    /// [`Service::authenticate`] without the shutdown check: for a request that carries on
+    /// work already under way (an open MCP session's request during the shutdown grace),
+    /// which new work is still refused to.
+    pub fn authenticate_continuing(&self, token: Option<&str>) -> Result<Caller, ServiceError> {
         let tenant = token
             .and_then(|t| self.inner.tenants.get(t))
             .ok_or(ServiceError::Unauthorized)?;
@@ -242,7 +251,6 @@ impl Service {
                 retry_in: tenant.limiter.time_until_available(),
             });
         }
-        self.check_open()?;
         Ok(Caller {
             tenant: tenant.clone(),
         })
