@@ -210,3 +210,37 @@ async fn a_websocket_message_over_max_body_bytes_closes_the_connection() {
     assert_eq!(log["error"]["code"], "not_found", "{log}");
     api.handle.shutdown().await.unwrap();
 }
+
+/// At shutdown a WebSocket is closed with 1001 ("going away"), so that its client can tell
+/// the server's shutdown from a connection lost on the way.
+#[tokio::test]
+async fn a_websocket_is_closed_with_going_away_at_shutdown() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let api = Api::start(config(vec![tenant("alice", ALICE)])).await;
+    let id = api.new_session(ALICE).await;
+    let mut ws = api.ws(ALICE, &id, "").await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "id": "one", "code": "1 + 1"}),
+    )
+    .await;
+    assert_eq!(ws_next(&mut ws).await["repr"], "2");
+    let stop = api.handle.stop_token();
+    stop.cancel();
+    let close = guard(async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Away, "{close:?}");
+    guard(api.handle.wait()).await.unwrap();
+}

@@ -13,6 +13,9 @@ use super::liveness::Progress;
 use super::Outgoing;
 use crate::service::{LoggedEvent, Reader, Service};
 
+/// Close code of the server's shutdown (1001: going away).
+const SHUTTING_DOWN: u16 = 1001;
+
 /// What stopped the writer in the middle of a send.
 enum Stop {
     /// The socket failed.
@@ -144,7 +147,15 @@ pub(super) async fn write_loop(
                         return;
                     }
                 }
-                let _ = writer.sink.send(WsMessage::Close(None)).await;
+                // 1001 "going away": a client can tell the server's shutdown from a
+                // connection lost on the way (1006).
+                let _ = writer
+                    .sink
+                    .send(WsMessage::Close(Some(CloseFrame {
+                        code: SHUTTING_DOWN,
+                        reason: "the server is shutting down".into(),
+                    })))
+                    .await;
             })
             .await;
         }
