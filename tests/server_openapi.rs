@@ -161,6 +161,9 @@ async fn the_docs_page_works_offline() {
     let resp = api.http.get(api.url("/docs")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "redirected to /docs/ and served");
     assert!(resp.url().path().ends_with("/docs/"), "{}", resp.url());
+    // It takes a token: never framed by another site, never sniffed as another type.
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     let html = resp.text().await.unwrap();
     assert!(html.contains("swagger-ui"), "{html}");
     let files = referenced_files(&html);

@@ -8,12 +8,13 @@
 //!
 //! Not in the document: `/docs` itself (a page, not the API).
 
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use utoipa_swagger_ui::{Config, SwaggerUi};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::http::ErrorBody;
 use crate::service::Service;
@@ -66,6 +67,17 @@ pub(crate) fn with_docs(api: Router<Service>, document: &Value) -> Router<Servic
                 .persist_authorization(false),
         )
         .into();
+    // The page takes a token (Authorize): no other site may frame it, nor may a browser
+    // guess a type other than the one it is served with.
+    let docs = docs
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ));
     api.merge(docs).layer(Extension(Document(json)))
 }
 
