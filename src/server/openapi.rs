@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
-use utoipa_swagger_ui::{Config, SwaggerUi};
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::http::ErrorBody;
 use crate::service::Service;
