@@ -243,12 +243,34 @@ async fn an_open_mcp_session_is_served_through_the_shutdown_grace() {
     assert_eq!(listed.status(), 200, "the open MCP session is served");
     let text = common::guard(listed.text()).await.unwrap();
     assert!(text.contains("run_python"), "{text}");
+    // ... but no new work: a tool that would make a session answers why.
+    let made = common::guard(mcp(
+        Some(&session),
+        serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "create_session", "arguments": {"session": "late"}}}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(made.status(), 200);
+    let text = common::guard(made.text()).await.unwrap();
+    assert!(
+        text.contains(r#""isError":true"#) && text.contains("shutting down"),
+        "{text}"
+    );
     let refused = common::guard(mcp(None, initialize())).await.unwrap();
     assert_eq!(
         refused.status(),
         503,
         "no MCP session is opened during shutdown"
     );
+    // Nor does a made-up MCP session id pass for an open one.
+    let made_up = common::guard(mcp(
+        Some("made-up-session-id"),
+        serde_json::json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(made_up.status(), 503, "a made-up MCP session is new work");
 
     // The code ends; so does the shutdown.
     let (written_tx, written) = tokio::sync::oneshot::channel();

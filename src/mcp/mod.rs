@@ -11,12 +11,16 @@ mod elicit;
 mod files;
 mod run;
 
+pub(crate) use run::MAX_TIMEOUT_SECS;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, InitializeRequestParams, InitializeResult};
+use rmcp::model::{
+    CallToolResult, ContentBlock, InitializeRequestParams, InitializeResult, ProtocolVersion,
+};
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData as McpError, ServerHandler};
 use serde_json::json;
@@ -216,7 +220,7 @@ impl PythonTools {
         Parameters(request): Parameters<SessionName>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let handle = match self.lookup(&context, Some(&request.session)) {
+        let handle = match self.lookup_to_work(&context, Some(&request.session)) {
             Ok((_, handle)) => handle,
             Err(message) => return Ok(failed(message)),
         };
@@ -253,7 +257,7 @@ impl PythonTools {
         Parameters(request): Parameters<OptionalSession>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let (caller, handle) = match self.lookup(&context, request.session.as_deref()) {
+        let (caller, handle) = match self.lookup_to_work(&context, request.session.as_deref()) {
             Ok(found) => found,
             Err(message) => return Ok(failed(message)),
         };
@@ -343,6 +347,12 @@ impl PythonTools {
     instructions = "Runs Python for you in persistent sessions (isolated worker processes). Use run_python to run code (a session named \"default\" is made on first use; name others with the session argument); read_file/write_file move files in and out of a session's directory; create_checkpoint/restore_checkpoint save and bring back a session's variables; cancel stops a run; reset_session gives a session a fresh, empty worker (after its worker died, or to start clean). Answers keep at most 100000 characters of output, then the result or traceback (itself cut at 100000 characters)."
 )]
 impl ServerHandler for PythonTools {
+    /// Up to 2025-11-25: the later revision has no sessions, so a connection could keep no
+    /// names (nor the sessions made under them) from one request to the next.
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
     async fn initialize(
         &self,
         request: InitializeRequestParams,
@@ -418,12 +428,33 @@ impl PythonTools {
         }
     }
 
-    /// The caller and its session `name` (default: "default"), made on first use.
+    /// [`Self::lookup`] for a tool that starts work on the session: refused once shutdown
+    /// has begun (an open MCP session is still served then: `cancel`, listing and reading go
+    /// on).
+    fn lookup_to_work(
+        &self,
+        context: &RequestContext<RoleServer>,
+        name: Option<&str>,
+    ) -> Result<(Caller, SessionHandle), String> {
+        self.refuse_while_shutting_down()?;
+        self.lookup(context, name)
+    }
+
+    fn refuse_while_shutting_down(&self) -> Result<(), String> {
+        if self.service.is_shutting_down() {
+            return Err(ServiceError::ShuttingDown.to_string());
+        }
+        Ok(())
+    }
+
+    /// The caller and its session `name` (default: "default"), made on first use; refused
+    /// once shutdown has begun (every caller starts work on it).
     async fn session(
         &self,
         context: &RequestContext<RoleServer>,
         name: Option<&str>,
     ) -> Result<(Caller, SessionHandle), String> {
+        self.refuse_while_shutting_down()?;
         let caller = self.caller(context)?;
         let name = name.unwrap_or(DEFAULT_SESSION);
         check_name(name)?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ProgressNotificationParam, ProgressToken};
-use rmcp::service::{Peer, RequestContext, RoleServer};
+use rmcp::service::{ElicitationMode, Peer, RequestContext, RoleServer};
 use rmcp::{schemars, tool, tool_router, ErrorData as McpError};
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use crate::service::{ClientEvent, ExecuteRequest, SessionHandle};
 /// A run's time limit when the call gives none, and the most a call may ask for (the
 /// tenant's own execution time limit, if lower, wins).
 const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
-const MAX_TIMEOUT_SECS: f64 = 3600.0;
+pub(crate) const MAX_TIMEOUT_SECS: f64 = 3600.0;
 /// How long cancelled code may take to stop before its worker is restarted.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// Progress notifications of one run are at least this far apart: output that arrives
@@ -84,9 +84,12 @@ impl PythonTools {
             Ok(execution) => execution,
             Err(e) => return Ok(failed(e.to_string())),
         };
+        // Form elicitation (a line typed in): a client with only URL elicitation cannot
+        // answer input().
         let can_elicit = context
-            .client_capabilities()
-            .is_some_and(|c| c.elicitation.is_some());
+            .peer
+            .supported_elicitation_modes()
+            .contains(&ElicitationMode::Form);
         let mut progress = Progress {
             token: context.meta.get_progress_token(),
             peer: context.peer.clone(),

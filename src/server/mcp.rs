@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
@@ -27,9 +28,11 @@ use crate::sync::lock_unpoisoned as lock;
 /// once over HTTP, and of one tenant; an `initialize` beyond them is refused.
 pub const MAX_MCP_SESSIONS: usize = 256;
 pub const MAX_MCP_SESSIONS_PER_TENANT: usize = 64;
-/// An MCP session unused this long is closed (its Python sessions stay: they are the
-/// tenant's, culled by the tenant's idle timeout).
-pub const MCP_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// An MCP session unused this long is closed, and the sessions it made with it
+/// (`mcp::Names`). Longer than the longest run a tool call may ask for (an hour, waits in
+/// `input()` included): rmcp counts a silent run as unused.
+pub const MCP_SESSION_IDLE: Duration = Duration::from_secs(65 * 60);
+const _: () = assert!(MCP_SESSION_IDLE.as_secs() as f64 > crate::mcp::MAX_TIMEOUT_SECS);
 /// Messages waiting to be sent on one MCP session's stream.
 const CHANNEL_CAPACITY: usize = 64;
 
@@ -88,7 +91,20 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
     // A request of an open MCP session is let through during the shutdown grace: a client
     // may ask something more (the official one lists the tools) before it takes a tool's
     // result, and the tools themselves refuse new work then. Opening one is refused (503).
-    let continues = request.headers().contains_key(SESSION_HEADER);
+    let continues = match request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        // Only a session that is open: a made-up id (or a request of a protocol without
+        // sessions) is new work like any other.
+        Some(id) => gate
+            .sessions
+            .has_session(&id.to_string().into())
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
     let authenticated = if continues {
         Auth::continuing_from_headers(request.headers(), &gate.service)
     } else {

@@ -284,7 +284,7 @@ impl Service {
         self.inner.closing.load(Ordering::SeqCst)
     }
 
-    fn check_open(&self) -> Result<(), ServiceError> {
+    pub(crate) fn check_open(&self) -> Result<(), ServiceError> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
         }

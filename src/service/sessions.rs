@@ -129,6 +129,9 @@ impl Service {
         caller: &Caller,
         environment: SessionEnvironment,
     ) -> Result<SessionSummary, ServiceError> {
+        // Shutdown saves and then removes the sessions it finds: one made after would be
+        // recorded, never saved, and come back empty at the next start.
+        self.check_open()?;
         environment
             .validate()
             .map_err(|e| ServiceError::from_session("create_session", None, e))?;
