@@ -117,6 +117,22 @@ async fn a_very_deep_traceback_shows_its_innermost_frames() {
         traceback.ends_with("ZeroDivisionError: division by zero\n"),
         "{traceback}"
     );
+    // The same deep traceback as the context of a shallow one: it is formatted too.
+    let out = run(
+        &s,
+        "try:\n    down(20_000)\nexcept ZeroDivisionError:\n    raise ValueError('shallow')",
+    )
+    .await;
+    assert_eq!(out.error_type(), Some("ValueError"));
+    let Event::Error { traceback, .. } = &out.terminal else {
+        panic!("{out:?}")
+    };
+    assert!(
+        traceback.starts_with("[only the innermost 1000 of 20002 frames are shown]\n"),
+        "{}",
+        &traceback[..200.min(traceback.len())]
+    );
+    assert!(traceback.ends_with("ValueError: shallow\n"), "{traceback}");
     s.shutdown().await.unwrap();
 }
 

@@ -391,7 +391,7 @@ class Agent(_Protocol):
                 text = "".join(traceback.format_exception_only(type(exc), exc))
             else:
                 _trim_traceback_chain(exc)
-                depth = _depth(exc.__traceback__)
+                depth = _chain_depth(exc)
                 limit = -MAX_TRACEBACK_FRAMES if depth > MAX_TRACEBACK_FRAMES else None
                 text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__,
                                                           limit=limit))
@@ -486,12 +486,22 @@ def _run_beside_the_session_loop(asyncio, session_loop):
     base.run_forever = beside(base.run_forever, first)
 
 
-def _depth(tb):
-    """The number of frames in traceback `tb` (a walk of its links: cheap even for a million)."""
-    depth = 0
-    while tb is not None:
-        depth, tb = depth + 1, tb.tb_next
-    return depth
+def _chain_depth(exc):
+    """The most frames in a traceback of `exc` or of an exception it was raised from or
+    during (`__cause__`, `__context__`): each is formatted. A walk of the links, cheap even
+    for a million frames."""
+    deepest, seen, todo = 0, set(), [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        depth, tb = 0, current.__traceback__
+        while tb is not None:
+            depth, tb = depth + 1, tb.tb_next
+        deepest = max(deepest, depth)
+        todo += [current.__cause__, current.__context__]
+    return deepest
 
 
 def _trim_traceback_chain(exc):

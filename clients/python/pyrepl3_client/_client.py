@@ -581,8 +581,8 @@ def _answer_if_pending(session, input_id, text):
     except ApiError as e:
         if e.code not in ("unknown_input", "not_found", "session_unavailable", "shutting_down"):
             raise
-    except OSError:  # the server is unreachable: the stream says the rest
-        pass
+    except (urllib.error.URLError, ConnectionError):  # the server went away: the stream
+        pass                                            # says the rest
 
 
 def _cancel_quietly(session, execution_id):
