@@ -5,7 +5,7 @@
  * arrives as it is produced and `input()` can be answered while the code waits.
  */
 import { ApiError, apiErrorOf } from "./errors.js";
-import { followRun, newId } from "./events.js";
+import { followCancellable, newId } from "./events.js";
 import { sseData } from "./sse.js";
 import { SessionSocket } from "./socket.js";
 /** A connection to one server with one tenant's token. */
@@ -111,42 +111,8 @@ export class Session {
     async run(code, options = {}) {
         const executionId = options.executionId ?? newId();
         const events = await this.#openStream(code, { ...options, executionId });
-        // The execution is on the server now (its stream has begun), so a cancel finds it. Its
-        // outcome is told by the execution's error event; a refused cancel (rate limited, the
-        // network) fails the run with why, rather than leave it waiting on code that goes on.
-        let cancelRefused = null;
-        const cancelOnAbort = () => {
-            this.cancel(executionId).catch((error) => {
-                if (error instanceof ApiError && error.status === 404) {
-                    return; // the execution is gone: its stream ends by itself
-                }
-                cancelRefused ??= { error };
-                events.return(undefined).catch(() => undefined);
-            });
-        };
-        options.signal?.addEventListener("abort", cancelOnAbort, { once: true });
-        try {
-            if (options.signal?.aborted) {
-                cancelOnAbort();
-            }
-            return await followRun(executionId, events, options, (inputId, text) => this.answerInput(inputId, text), {
-                answeredByServer: options.stdin?.length ?? 0,
-                signal: options.signal,
-            });
-        }
-        catch (error) {
-            if (cancelRefused !== null) {
-                // (Set in a callback: TypeScript's narrowing takes it for null still.)
-                throw cancelRefused.error;
-            }
-            // Left early (a callback or the input handler threw, the stream was cut): the code is
-            // stopped now rather than left running until the server's reconnect grace runs out.
-            cancelOnAbort();
-            throw error;
-        }
-        finally {
-            options.signal?.removeEventListener("abort", cancelOnAbort);
-        }
+        // The execution is on the server now (its stream has begun), so a cancel finds it.
+        return followCancellable(executionId, events, options, (inputId, text) => this.answerInput(inputId, text), (id) => this.cancel(id), { answeredByServer: options.stdin?.length ?? 0, signal: options.signal });
     }
     /**
      * The execution's events as they come (server-sent events). An `input` event waits for

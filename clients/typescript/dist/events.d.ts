@@ -139,6 +139,15 @@ export interface FollowOptions {
  * input handler that throws, or an answer the server refuses, fails the run at once.
  */
 export declare function followRun(executionId: string, events: AsyncIterable<ExecutionEvent>, callbacks: RunCallbacks, answer: (inputId: string, text: string | null) => Promise<void>, options?: FollowOptions): Promise<Run>;
+/**
+ * `followRun` for a run that can be stopped, shared by both transports: the abort of
+ * `options.signal`, or the run failing early (a callback threw, the stream was cut), cancels
+ * the execution with `cancel`. The cancel's outcome is told by the execution's error event;
+ * a refused cancel (rate limited, the connection gone) fails the run with why, dropping the
+ * stream, rather than leave it waiting on code that goes on. A `404` (the execution is gone)
+ * is no refusal: its stream ends by itself.
+ */
+export declare function followCancellable(executionId: string, events: AsyncGenerator<ExecutionEvent>, callbacks: RunCallbacks, answer: (inputId: string, text: string | null) => Promise<void>, cancel: (executionId: string) => Promise<unknown>, options?: FollowOptions): Promise<Run>;
 export declare function isTerminal(event: ExecutionEvent): boolean;
 /**
  * A random UUID (v4). `crypto.randomUUID` exists only in secure contexts (https, localhost),

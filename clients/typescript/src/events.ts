@@ -321,6 +321,52 @@ export async function followRun(
 }
 
 /**
+ * `followRun` for a run that can be stopped, shared by both transports: the abort of
+ * `options.signal`, or the run failing early (a callback threw, the stream was cut), cancels
+ * the execution with `cancel`. The cancel's outcome is told by the execution's error event;
+ * a refused cancel (rate limited, the connection gone) fails the run with why, dropping the
+ * stream, rather than leave it waiting on code that goes on. A `404` (the execution is gone)
+ * is no refusal: its stream ends by itself.
+ */
+export async function followCancellable(
+  executionId: string,
+  events: AsyncGenerator<ExecutionEvent>,
+  callbacks: RunCallbacks,
+  answer: (inputId: string, text: string | null) => Promise<void>,
+  cancel: (executionId: string) => Promise<unknown>,
+  options: FollowOptions = {},
+): Promise<Run> {
+  let cancelRefused: { error: unknown } | null = null;
+  const cancelNow = () => {
+    cancel(executionId).catch((error: unknown) => {
+      if (error instanceof ApiError && error.status === 404) {
+        return;
+      }
+      cancelRefused ??= { error };
+      events.return(undefined).catch(() => undefined);
+    });
+  };
+  options.signal?.addEventListener("abort", cancelNow, { once: true });
+  try {
+    if (options.signal?.aborted) {
+      cancelNow();
+    }
+    return await followRun(executionId, events, callbacks, answer, options);
+  } catch (error) {
+    if (cancelRefused !== null) {
+      // (Set in a callback: TypeScript's narrowing takes it for null still.)
+      throw (cancelRefused as { error: unknown }).error;
+    }
+    // Left early: the code is stopped now rather than left running until the server's
+    // reconnect grace runs out (an execution that already ended answers not_running).
+    cancelNow();
+    throw error;
+  } finally {
+    options.signal?.removeEventListener("abort", cancelNow);
+  }
+}
+
+/**
  * An answer refused because its input is no longer pending: the execution ended (`404
  * unknown_input`), or its worker is going away (`409`, `503`) and the execution with it.
  */

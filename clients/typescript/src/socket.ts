@@ -7,7 +7,7 @@
 
 import { ApiError } from "./errors.js";
 import {
-  followRun,
+  followCancellable,
   isTerminal,
   newId,
   type ExecutionErrorEvent,
@@ -145,40 +145,15 @@ export class SessionSocket {
   async run(code: string, options: SocketRunOptions = {}): Promise<Run> {
     const executionId = options.executionId ?? newId();
     const events = this.stream(code, { ...options, executionId });
-    // The execute message is sent: a cancel sent after it finds the execution. Its outcome
-    // is told by the execution's error event; a refused cancel (rate limited, the socket
-    // closed) fails the run with why, rather than leave it waiting on code that goes on.
-    let cancelRefused: { error: unknown } | null = null;
-    const cancelOnAbort = () => {
-      this.cancel(executionId).catch((error: unknown) => {
-        cancelRefused ??= { error };
-        events.return(undefined).catch(() => undefined);
-      });
-    };
-    options.signal?.addEventListener("abort", cancelOnAbort, { once: true });
-    try {
-      if (options.signal?.aborted) {
-        cancelOnAbort();
-      }
-      return await followRun(
-        executionId,
-        events,
-        options,
-        async (inputId, text) => this.answerInput(inputId, text),
-        { signal: options.signal },
-      );
-    } catch (error) {
-      if (cancelRefused !== null) {
-        // (Set in a callback: TypeScript's narrowing takes it for null still.)
-        throw (cancelRefused as { error: unknown }).error;
-      }
-      // Left early (a callback threw, the socket failed): the code is stopped now, not left
-      // running unread. An execution that already ended answers not_running.
-      cancelOnAbort();
-      throw error;
-    } finally {
-      options.signal?.removeEventListener("abort", cancelOnAbort);
-    }
+    // The execute message is sent: a cancel sent after it finds the execution.
+    return followCancellable(
+      executionId,
+      events,
+      options,
+      async (inputId, text) => this.answerInput(inputId, text),
+      (id) => this.cancel(id),
+      { signal: options.signal },
+    );
   }
 
   /** The events of `code`'s execution as they come; answer `input` with `answerInput`. */
