@@ -155,9 +155,9 @@ class _Follow:
     def checked(self, answer):
         """`on_input`'s answer, or None (end of file, so the code does not wait) for one
         that is not a str; `finish` then raises why."""
-        if answer is not None and not isinstance(answer, str):
-            self.fail(TypeError("on_input must return a str or None, not %s"
-                                % type(answer).__name__))
+        error = _not_a_line(answer)
+        if error is not None:
+            self.fail(error)
             return None
         return answer
 
@@ -170,6 +170,13 @@ class _Follow:
                            "the event stream of execution %s ended before its result "
                            "(a connection cut on the way?)" % run.execution_id)
         return run
+
+
+def _not_a_line(answer):
+    """The error for an `on_input` answer that is neither a str nor None (end of file)."""
+    if answer is None or isinstance(answer, str):
+        return None
+    return TypeError("on_input must return a str or None, not %s" % type(answer).__name__)
 
 
 def _prompt_of(event):
@@ -494,9 +501,9 @@ class AsyncSession:
                 answer = on_input(*_prompt_of(event))
                 if asyncio.iscoroutine(answer):
                     answer = await answer
-                if answer is not None and not isinstance(answer, str):
-                    raise TypeError("on_input must return a str or None, not %s"
-                                    % type(answer).__name__)
+                error = _not_a_line(answer)
+                if error is not None:
+                    raise error
             await asyncio.to_thread(_answer_if_pending, self._sync, event["id"], answer)
         except Exception as e:
             follow.fail(e)
