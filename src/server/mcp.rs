@@ -91,13 +91,14 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
     // A request of an open MCP session is let through during the shutdown grace: a client
     // may ask something more (the official one lists the tools) before it takes a tool's
     // result, and the tools themselves refuse new work then. Opening one is refused (503).
-    let continues = match request
+    // Only a session that is open: a made-up id is new work like any other. Looked up only
+    // once shutdown has begun (before, every request passes the same check).
+    let open_session = request
         .headers()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-    {
-        // Only a session that is open: a made-up id (or a request of a protocol without
-        // sessions) is new work like any other.
+        .filter(|_| gate.service.is_shutting_down());
+    let continues = match open_session {
         Some(id) => gate
             .sessions
             .has_session(&id.to_string().into())
