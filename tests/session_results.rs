@@ -96,6 +96,20 @@ async fn exceptions_system_exit_and_syntax_errors_keep_the_session() {
     s.shutdown().await.unwrap();
 }
 
+/// The traceback of an outcome that is an error of `expected` type.
+fn error_traceback(out: &pyrepl3::ExecutionOutcome, expected: &str) -> String {
+    assert_eq!(out.error_type(), Some(expected));
+    let Event::Error { traceback, .. } = &out.terminal else {
+        panic!("{out:?}")
+    };
+    traceback.clone()
+}
+
+/// The first characters of a long text, for a failure message.
+fn head(text: &str) -> &str {
+    &text[..text.char_indices().nth(200).map_or(text.len(), |(i, _)| i)]
+}
+
 /// A very deep traceback is formatted from its innermost frames only (where the error is),
 /// saying how many were left out: formatting every frame of deep recursion takes minutes.
 #[tokio::test]
@@ -103,35 +117,17 @@ async fn a_very_deep_traceback_shows_its_innermost_frames() {
     let s = start().await;
     let code = "import sys\nsys.setrecursionlimit(50_000)\n\
                 def down(n):\n    return down(n - 1) if n else 1 / 0\ndown(20_000)";
-    let out = run(&s, code).await;
-    assert_eq!(out.error_type(), Some("ZeroDivisionError"));
-    let Event::Error { traceback, .. } = &out.terminal else {
-        panic!("{out:?}")
-    };
-    assert!(
-        traceback.starts_with("[only the innermost 1000 of 20002 frames are shown]\n"),
-        "{}",
-        &traceback[..200.min(traceback.len())]
-    );
+    let shown = "[only the innermost 1000 of 20002 frames are shown]\n";
+    let traceback = error_traceback(&run(&s, code).await, "ZeroDivisionError");
+    assert!(traceback.starts_with(shown), "{}", head(&traceback));
     assert!(
         traceback.ends_with("ZeroDivisionError: division by zero\n"),
         "{traceback}"
     );
     // The same deep traceback as the context of a shallow one: it is formatted too.
-    let out = run(
-        &s,
-        "try:\n    down(20_000)\nexcept ZeroDivisionError:\n    raise ValueError('shallow')",
-    )
-    .await;
-    assert_eq!(out.error_type(), Some("ValueError"));
-    let Event::Error { traceback, .. } = &out.terminal else {
-        panic!("{out:?}")
-    };
-    assert!(
-        traceback.starts_with("[only the innermost 1000 of 20002 frames are shown]\n"),
-        "{}",
-        &traceback[..200.min(traceback.len())]
-    );
+    let code = "try:\n    down(20_000)\nexcept ZeroDivisionError:\n    raise ValueError('shallow')";
+    let traceback = error_traceback(&run(&s, code).await, "ValueError");
+    assert!(traceback.starts_with(shown), "{}", head(&traceback));
     assert!(traceback.ends_with("ValueError: shallow\n"), "{traceback}");
     s.shutdown().await.unwrap();
 }

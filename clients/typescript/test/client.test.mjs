@@ -237,17 +237,6 @@ describe("a session", () => {
       socket.close();
     }
   });
-});
-
-describe("a session's WebSocket", () => {
-  const client = new Client(URL, TOKEN, { WebSocket });
-  let session;
-  before(async () => {
-    session = await client.createSession();
-  });
-  after(async () => {
-    await session.close();
-  });
 
   test("aborting a socket run's signal cancels the execution", async () => {
     const socket = await session.connect();
